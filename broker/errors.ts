@@ -1,0 +1,77 @@
+/**
+ * The one error type of the project. `code` is a closed union, so a `switch` on it narrows, HTTP
+ * status and CLI exit code derive from it, and callers never parse message text.
+ *
+ * Messages are for people and must never carry a secret (token, secret key, refresh token, private
+ * key). Detail that helps an operator but should not reach a client goes in `cause` (logged
+ * server-side, never serialised into a response).
+ */
+export const ERROR_CODES = {
+  // caller mistakes
+  invalid_request: 400,
+  invalid_template: 400,
+  invalid_config: 400,
+  unauthenticated: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  rate_limited: 429,
+  // local environment (CLI side)
+  not_logged_in: 401,
+  keychain_unavailable: 500,
+  // upstream (IdP, STS, IAM, Vault, the broker service as seen from the CLI)
+  upstream_error: 502,
+  upstream_unavailable: 503,
+  // the audit store could not record a decision: fail closed
+  audit_unavailable: 503,
+  internal: 500,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface ErrorDetail {
+  /** JSON pointer (API bodies) or `file:field.path` (templates, config). */
+  path?: string;
+  message: string;
+  hint?: string;
+}
+
+export class BrokerError extends Error {
+  override readonly name = 'BrokerError';
+  readonly code: ErrorCode;
+  readonly details: ErrorDetail[] | undefined;
+  /** What to do about it, shown to people after the message. */
+  readonly hint: string | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: ErrorDetail[]; hint?: string } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = options.details;
+    this.hint = options.hint;
+  }
+
+  get status(): number {
+    return ERROR_CODES[this.code];
+  }
+
+  toJSON(): { code: ErrorCode; message: string; hint?: string; details?: ErrorDetail[] } {
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.hint ? { hint: this.hint } : {}),
+      ...(this.details ? { details: this.details } : {}),
+    };
+  }
+}
+
+export function isBrokerError(e: unknown): e is BrokerError {
+  return e instanceof BrokerError;
+}
+
+export function isErrorCode(s: unknown): s is ErrorCode {
+  return typeof s === 'string' && Object.hasOwn(ERROR_CODES, s);
+}

