@@ -1,5 +1,49 @@
 import type { Command } from 'commander';
+import { BrokerApi, keychainAccount } from '../broker/client/api.js';
+import { readCliConfig, writeCliConfig } from '../broker/client/cli-config.js';
+import { deviceLogin, readIdTokenFile } from '../broker/client/device-login.js';
+import { BrokerError } from '../broker/errors.js';
+import { keychainSet } from '../broker/keychain.js';
+import { action, info, printJson } from './output.js';
 
-export function register(_program: Command): void {
-  // TODO: implemented by its owner
+interface LoginConfig { issuer: string; clientId: string; scopes: string; allowInsecureHttp: boolean }
+
+export function register(program: Command): void {
+  program
+    .command('login')
+    .description('log in with your identity provider (OAuth 2.0 device flow) and keep the broker login in the OS keychain')
+    .option('--server <url>', 'broker service URL (remembered for later commands; or set BROKER_URL)')
+    .option('--id-token-file <path|->', 'use an existing OIDC ID token (e.g. from CI) instead of the device flow; - reads stdin')
+    .option('--json', 'print the result as JSON')
+    .action(action(async (opts: { server?: string; idTokenFile?: string; json?: boolean }) => {
+      const serverUrl = (opts.server ?? readCliConfig()?.serverUrl)?.replace(/\/$/, '');
+      if (!serverUrl) {
+        throw new BrokerError('invalid_request', 'no broker service URL', { hint: 'run: broker login --server https://broker.example.com' });
+      }
+      if (!/^https?:\/\//.test(serverUrl)) {
+        throw new BrokerError('invalid_request', `--server "${serverUrl}" is not an http(s) URL`);
+      }
+      const anonymous = new BrokerApi(serverUrl);
+      let idToken: string;
+      if (opts.idTokenFile) {
+        idToken = await readIdTokenFile(opts.idTokenFile);
+      } else {
+        if (process.env.CI) {
+          throw new BrokerError('invalid_request', 'interactive login is disabled when CI is set', { hint: 'pass --id-token-file with the CI system\'s OIDC token' });
+        }
+        const lc = await anonymous.request<LoginConfig>('GET', '/v1/login-config');
+        ({ idToken } = await deviceLogin({
+          issuer: lc.issuer, clientId: lc.clientId, scope: lc.scopes, allowInsecureHttp: lc.allowInsecureHttp,
+          onPrompt: (p) => {
+            info(`To log in, open ${p.verificationUriComplete ?? p.verificationUri}`);
+            info(`and confirm the code: ${p.userCode}   (expires in ${Math.round(p.expiresIn / 60)} min)`);
+          },
+        }));
+      }
+      const r = await anonymous.request<{ refresh_token: string; developer: string; groups: string[] }>('POST', '/v1/auth/token', { id_token: idToken });
+      await keychainSet(keychainAccount(serverUrl), r.refresh_token);
+      if (opts.server) writeCliConfig({ serverUrl });
+      if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });
+      else info(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
+    }));
 }

@@ -1,5 +1,27 @@
 import type { Command } from 'commander';
+import { loadServerConfig } from '../broker/config/server-config.js';
+import { generateSigningJwk } from '../broker/identity/broker-tokens.js';
+import { startServer } from '../broker/server/start.js';
+import { action, info } from './output.js';
 
-export function register(_program: Command): void {
-  // TODO: implemented by its owner
+export function register(program: Command): void {
+  const server = program
+    .command('server')
+    .description('run the central broker service')
+    .requiredOption('--config <file>', 'service configuration (YAML); see README "Configuration"')
+    .action(action(async (opts: { config: string }) => {
+      const config = loadServerConfig(opts.config);
+      const running = await startServer(config);
+      const stop = () => { void running.stop().then(() => process.exit(0)); };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    }));
+  server
+    .command('keygen')
+    .description('print a new private signing key (JWK) on stdout, for a secret store or BROKER_SIGNING_KEY')
+    .option('--kid <id>', 'key id (default: broker-<date>-<random>)')
+    .action(action(async (opts: { kid?: string }) => {
+      info('This is private key material: pipe it into your secret store; do not commit it.');
+      process.stdout.write(`${JSON.stringify(await generateSigningJwk(opts.kid))}\n`);
+    }));
 }

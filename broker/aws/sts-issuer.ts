@@ -1,0 +1,58 @@
+import { AssumeRoleCommand, type AssumeRoleCommandInput, type STSClient } from '@aws-sdk/client-sts';
+import { BrokerError } from '../errors.js';
+
+export interface AwsCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken: string;
+  expiration: Date;
+  /** From the assumed-role ARN; botocore reads AccountId from credential_process output. */
+  accountId?: string | undefined;
+  assumedRoleArn?: string | undefined;
+}
+
+/** STS error names worth a specific hint (FACTS.md, "Errors to map to clear messages"). */
+const HINTS: Record<string, string> = {
+  AccessDenied: "the role's trust policy must let the broker's principal call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity; run: broker policy check --aws",
+  MalformedPolicyDocument: 'the rendered session policy was rejected; run: broker policy explain <template>',
+  PackedPolicyTooLarge: 'session policy plus tags exceed the packed size limit; shorten the policy or drop tags',
+  RegionDisabled: 'activate STS in this region (IAM console, account settings) or use another region',
+  ExpiredToken: "the broker service's own AWS credentials have expired",
+  ValidationError: 'the AssumeRole request broke an STS limit; run: broker policy validate',
+};
+
+const THROTTLE = new Set(['Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequestsException']);
+
+/** Wraps STS errors with STS's own name and message (they never carry our secrets). */
+export function wrapStsError(e: unknown): BrokerError {
+  const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const name = err.name ?? 'Error';
+  if (err.$metadata?.httpStatusCode === undefined) {
+    return new BrokerError('upstream_unavailable', `STS is unreachable: ${err.message ?? name}`, { cause: e, hint: 'check aws.stsEndpoint / network' });
+  }
+  if (THROTTLE.has(name)) return new BrokerError('upstream_unavailable', `STS throttled the request (${name}); retry shortly`, { cause: e });
+  const hint = HINTS[name.replace(/Exception$/, '')];
+  return new BrokerError('upstream_error', `STS AssumeRole failed: ${name}: ${err.message ?? ''}`.trim(), { cause: e, ...(hint ? { hint } : {}) });
+}
+
+export async function assumeRole(sts: STSClient, input: AssumeRoleCommandInput): Promise<AwsCredentials> {
+  let out;
+  try {
+    out = await sts.send(new AssumeRoleCommand(input));
+  } catch (e) {
+    throw wrapStsError(e);
+  }
+  const c = out.Credentials;
+  if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
+    throw new BrokerError('upstream_error', 'STS AssumeRole returned no credentials');
+  }
+  const arn = out.AssumedRoleUser?.Arn;
+  return {
+    accessKeyId: c.AccessKeyId,
+    secretAccessKey: c.SecretAccessKey,
+    sessionToken: c.SessionToken,
+    expiration: c.Expiration,
+    accountId: arn?.split(':')[4],
+    assumedRoleArn: arn,
+  };
+}

@@ -1,0 +1,87 @@
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import { BrokerError } from '../errors.js';
+import type { Principal } from './principal.js';
+
+export interface IdTokenVerifierOptions {
+  issuer: string;
+  audience: string | string[];
+  /** Allowlist; the token's own `alg` header never chooses (RFC 8725 §3.1). */
+  algorithms: string[];
+  groupsClaim: string;
+  identityClaim: string;
+  clockToleranceSeconds: number;
+  fetchTimeoutMs?: number;
+}
+
+/** Why a token was refused, for the audit log and server log only: clients get a fixed message. */
+export function idTokenFailureReason(e: unknown): string {
+  if (e instanceof joseErrors.JWTExpired) return 'expired';
+  if (e instanceof joseErrors.JWTClaimValidationFailed) return `claim ${e.claim} invalid`;
+  if (e instanceof joseErrors.JOSEAlgNotAllowed) return 'algorithm not allowed';
+  if (e instanceof joseErrors.JWSSignatureVerificationFailed) return 'signature invalid';
+  if (e instanceof joseErrors.JWKSNoMatchingKey) return 'no matching key';
+  if (e instanceof joseErrors.JWSInvalid || e instanceof joseErrors.JWTInvalid) return 'malformed';
+  if (e instanceof BrokerError) return e.message;
+  return 'invalid';
+}
+
+/**
+ * Verifies the IdP's ID tokens (OpenID Connect Core 1.0 §3.1.3.7) against the issuer's discovery
+ * document and JWKS. The discovery document is fetched once, lazily, and must name exactly the
+ * configured issuer (OIDC Discovery §4.3), so a look-alike IdP cannot slip in its own keys.
+ */
+export class IdTokenVerifier {
+  private jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
+
+  constructor(private readonly opts: IdTokenVerifierOptions) {}
+
+  private async keySet(): Promise<ReturnType<typeof createRemoteJWKSet>> {
+    if (this.jwks) return this.jwks;
+    const url = `${this.opts.issuer.replace(/\/$/, '')}/.well-known/openid-configuration`;
+    let doc: { issuer?: unknown; jwks_uri?: unknown };
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(this.opts.fetchTimeoutMs ?? 5000) });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      doc = (await res.json()) as typeof doc;
+    } catch (e) {
+      throw new BrokerError('upstream_unavailable', `cannot read the IdP's discovery document at ${url}: ${(e as Error).message}`, { cause: e });
+    }
+    if (doc.issuer !== this.opts.issuer || typeof doc.jwks_uri !== 'string') {
+      throw new BrokerError('upstream_error', `the IdP's discovery document names issuer ${String(doc.issuer)}, not the configured ${this.opts.issuer}`, {
+        hint: 'oidc.issuer must match the IdP exactly (scheme, host, path, trailing slash)',
+      });
+    }
+    this.jwks = createRemoteJWKSet(new URL(doc.jwks_uri), { timeoutDuration: this.opts.fetchTimeoutMs ?? 5000 });
+    return this.jwks;
+  }
+
+  async verify(idToken: string): Promise<Principal> {
+    const jwks = await this.keySet();
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(idToken, jwks, {
+        issuer: this.opts.issuer,
+        audience: this.opts.audience,
+        algorithms: this.opts.algorithms,
+        clockTolerance: this.opts.clockToleranceSeconds,
+        requiredClaims: ['sub', 'exp', 'iat'],
+      }));
+    } catch (e) {
+      if (e instanceof joseErrors.JWKSTimeout) {
+        throw new BrokerError('upstream_unavailable', 'the IdP key set could not be fetched', { cause: e });
+      }
+      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: e });
+    }
+    const id = payload[this.opts.identityClaim];
+    if (typeof id !== 'string' || id.length === 0) {
+      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: new Error(`claim ${this.opts.identityClaim} missing`) });
+    }
+    // An unverified email is somebody's claim, not an identity.
+    if (this.opts.identityClaim === 'email' && payload.email_verified === false) {
+      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: new Error('email not verified') });
+    }
+    const rawGroups = payload[this.opts.groupsClaim];
+    const groups = Array.isArray(rawGroups) ? rawGroups.filter((g): g is string => typeof g === 'string') : [];
+    return { id, email: typeof payload.email === 'string' ? payload.email : id, groups };
+  }
+}

@@ -1,0 +1,192 @@
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { z } from 'zod';
+import { parseDuration } from '../duration.js';
+import { BrokerError, isBrokerError } from '../errors.js';
+import type { BrokerTokens } from '../identity/broker-tokens.js';
+import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token-verifier.js';
+import type { Principal } from '../identity/principal.js';
+import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, TAG_VALUE_RE } from '../limits.js';
+import type { Logger } from '../log.js';
+import type { TaskSessionService, IssuedCredentials } from '../sessions/task-session-service.js';
+import type { SqliteStore } from '../store/sqlite-store.js';
+import { jsonPointer } from './json-pointer.js';
+import { RateLimiter } from './rate-limit.js';
+
+export interface AppDeps {
+  tokens: BrokerTokens;
+  idTokens: IdTokenVerifier;
+  sessions: TaskSessionService;
+  store: SqliteStore;
+  log: Logger;
+  loginConfig: { issuer: string; clientId: string; scopes: string; allowInsecureHttp: boolean };
+  issuePerMinute: number;
+  now?: () => number;
+}
+
+type Env = { Variables: { principal: Principal } };
+
+/** Printable text without control characters (they would garble logs and terminals). */
+const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+
+const startBody = z.strictObject({
+  template: z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be a template name ([a-z0-9-], at most 40 chars)'),
+  params: z.record(z.string().regex(/^[A-Za-z][A-Za-z0-9_]{0,31}$/, 'invalid parameter name'), z.string().max(1024)).default({}),
+  reason: printable(512).default(''),
+  ttl: z.union([z.string(), z.number()]).optional().transform((v, ctx) => {
+    if (v === undefined) return undefined;
+    const s = parseDuration(v);
+    // DurationSeconds bounds of AssumeRole: a task session shorter than one credential makes no sense.
+    if (s === undefined || s < MIN_DURATION_SECONDS || s > MAX_DURATION_SECONDS) {
+      ctx.addIssue({ code: 'custom', message: `must be a duration between ${MIN_DURATION_SECONDS}s and ${MAX_DURATION_SECONDS}s, e.g. 30m or 2h` });
+      return z.NEVER;
+    }
+    return s;
+  }),
+  // Becomes the broker:agent session tag, so it must fit STS's tag value charset and length.
+  agent: z.string().min(1).max(256).regex(TAG_VALUE_RE, 'must use only letters, digits, spaces and _.:/=+-@ (STS tag charset)').default('unspecified'),
+});
+
+const idTokenBody = z.strictObject({ id_token: z.string().min(1).max(20_000) });
+const refreshBody = z.strictObject({ refresh_token: z.string().min(1).max(8_000) });
+
+async function parseBody<T extends z.ZodType>(c: Context, schema: T): Promise<z.infer<T>> {
+  let raw: unknown;
+  try {
+    raw = await c.req.json();
+  } catch {
+    throw new BrokerError('invalid_request', 'request body is not valid JSON', { hint: 'send Content-Type: application/json with a JSON object' });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new BrokerError('invalid_request', 'request body is invalid', {
+      details: parsed.error.issues.map((i) => ({ path: jsonPointer(i.path), message: i.message })),
+    });
+  }
+  return parsed.data;
+}
+
+function credentialsBody(r: IssuedCredentials) {
+  return {
+    session: r.session,
+    credentials: {
+      Version: 1,
+      AccessKeyId: r.credentials.accessKeyId,
+      SecretAccessKey: r.credentials.secretAccessKey,
+      SessionToken: r.credentials.sessionToken,
+      Expiration: r.credentials.expiration.toISOString(),
+      ...(r.credentials.accountId ? { AccountId: r.credentials.accountId } : {}),
+    },
+  };
+}
+
+/**
+ * The service's HTTP API. One error path: BrokerError → `{code, message, hint?, details?}` with the
+ * code's status; anything else → a generic 500 whose detail stays in the server log.
+ */
+export function createApp(deps: AppDeps): Hono<Env> {
+  const app = new Hono<Env>();
+  const limiter = new RateLimiter(deps.issuePerMinute, deps.now);
+
+  app.onError((err, c) => {
+    if (isBrokerError(err)) {
+      if (err.status >= 500) deps.log.warn({ code: err.code, msg: err.message, cause: (err.cause as Error)?.message }, 'request failed');
+      if (err.code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer error="invalid_token"');
+      return c.json(err.toJSON(), err.status as 400);
+    }
+    deps.log.error({ err: (err as Error).message, stack: (err as Error).stack }, 'unhandled error');
+    return c.json({ code: 'internal', message: 'internal error' }, 500);
+  });
+  app.notFound((c) => c.json({ code: 'not_found', message: `no route ${c.req.method} ${c.req.path}` }, 404));
+
+  app.use('*', bodyLimit({
+    maxSize: 64 * 1024,
+    onError: () => { throw new BrokerError('invalid_request', 'request body larger than 64 KiB'); },
+  }));
+
+  app.get('/healthz', (c) => c.json({ ok: true }));
+  app.get('/.well-known/jwks.json', (c) => c.json(deps.tokens.publicJwks()));
+  app.get('/v1/login-config', (c) => c.json(deps.loginConfig));
+
+  // Exchange an IdP ID token for broker tokens.
+  app.post('/v1/auth/token', async (c) => {
+    const { id_token } = await parseBody(c, idTokenBody);
+    let principal: Principal;
+    try {
+      principal = await deps.idTokens.verify(id_token);
+    } catch (e) {
+      if (isBrokerError(e) && e.code === 'unauthenticated') {
+        const reason = idTokenFailureReason(e.cause);
+        try { deps.store.audit({ event: 'login', decision: 'denied', reason: `ID token rejected: ${reason}` }); } catch { /* denial stands */ }
+        deps.log.info({ reason }, 'login denied');
+      }
+      throw e;
+    }
+    const tokens = await deps.tokens.issue(principal);
+    deps.store.audit({ event: 'login', decision: 'allowed', developer: principal.id, detail: { groups: principal.groups } });
+    return c.json({
+      access_token: tokens.accessToken, refresh_token: tokens.refreshToken, token_type: 'Bearer',
+      expires_in: tokens.accessTokenExpiresIn, developer: principal.id, groups: principal.groups,
+    });
+  });
+
+  app.post('/v1/auth/refresh', async (c) => {
+    const { refresh_token } = await parseBody(c, refreshBody);
+    const r = await deps.tokens.refresh(refresh_token);
+    return c.json({ access_token: r.accessToken, token_type: 'Bearer', expires_in: r.accessTokenExpiresIn, developer: r.principal.id });
+  });
+
+  // Everything under /v1 below needs a broker access token (RFC 6750 bearer).
+  app.use('/v1/*', async (c, next) => {
+    const h = c.req.header('authorization') ?? '';
+    const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(h);
+    if (!m) throw new BrokerError('unauthenticated', 'missing bearer token', { hint: 'run: broker login' });
+    c.set('principal', await deps.tokens.verifyAccess(m[1]!));
+    await next();
+  });
+
+  const rateLimited = (c: Context<Env>) => {
+    const retry = limiter.take(c.get('principal').id);
+    if (retry > 0) {
+      c.header('Retry-After', String(retry));
+      throw new BrokerError('rate_limited', `too many credential requests; retry in ${retry}s`);
+    }
+  };
+
+  app.get('/v1/whoami', (c) => c.json(c.get('principal')));
+
+  app.get('/v1/templates', (c) => c.json({
+    templates: deps.sessions.startableTemplates(c.get('principal')).map((t) => ({
+      name: t.name, description: t.description, region: t.aws?.region ?? null,
+      parameters: Object.fromEntries(Object.entries(t.parameters).map(([k, p]) => [k, { description: p.description ?? '', maxLength: p.maxLength }])),
+      maxSessionSeconds: t.maxSessionSeconds, credentialLifetimeSeconds: t.credentialLifetimeSeconds,
+    })),
+  }));
+
+  app.get('/v1/sessions', (c) => c.json({ sessions: deps.sessions.list(c.get('principal')) }));
+
+  app.post('/v1/sessions', async (c) => {
+    const body = await parseBody(c, startBody);
+    rateLimited(c);
+    const r = await deps.sessions.start(c.get('principal'), {
+      template: body.template, params: body.params, reason: body.reason, agent: body.agent, ttlSeconds: body.ttl,
+    });
+    deps.log.info({ developer: c.get('principal').id, template: body.template, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'task session started');
+    return c.json(credentialsBody(r), 201);
+  });
+
+  app.post('/v1/sessions/:id/credentials', async (c) => {
+    rateLimited(c);
+    const r = await deps.sessions.reissue(c.get('principal'), c.req.param('id'));
+    deps.log.info({ developer: c.get('principal').id, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'credentials re-issued');
+    return c.json(credentialsBody(r));
+  });
+
+  app.delete('/v1/sessions/:id', (c) => {
+    const s = deps.sessions.end(c.get('principal'), c.req.param('id'));
+    deps.log.info({ developer: c.get('principal').id, session: s.id }, 'task session ended');
+    return c.json({ ended: s });
+  });
+
+  return app;
+}

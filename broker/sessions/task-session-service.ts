@@ -1,0 +1,220 @@
+import type { STSClient } from '@aws-sdk/client-sts';
+import { assumeRole, type AwsCredentials } from '../aws/sts-issuer.js';
+import { BrokerError } from '../errors.js';
+import type { Principal } from '../identity/principal.js';
+import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits.js';
+import type { Logger } from '../log.js';
+import type { AuditEvent } from '../store/audit-event.js';
+import type { SqliteStore, TaskSession } from '../store/sqlite-store.js';
+import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams } from '../templates/render.js';
+import type { TaskTemplate } from '../templates/schema.js';
+
+export interface StartTaskRequest {
+  template: string;
+  params: Record<string, string>;
+  reason: string;
+  agent: string;
+  /** Requested task-session length; capped by the template's maximum. */
+  ttlSeconds?: number | undefined;
+}
+
+export interface TaskSessionView {
+  id: string;
+  template: string;
+  params: Record<string, string>;
+  reason: string;
+  agent: string;
+  roleSessionName: string;
+  region: string | null;
+  createdAt: string;
+  expiresAt: string;
+}
+
+export interface IssuedCredentials {
+  session: TaskSessionView;
+  credentials: AwsCredentials;
+}
+
+export interface TaskSessionServiceDeps {
+  store: SqliteStore;
+  templates: Map<string, TaskTemplate>;
+  sts: STSClient;
+  log: Logger;
+  maxActiveSessions: number;
+  now?: () => number;
+}
+
+/**
+ * The domain of task sessions: who may start what, for how long, and the credentials issued under
+ * them. Every decision is audited; a credential leaves this class only after the audit record of
+ * its issue has been committed (fail closed).
+ */
+export class TaskSessionService {
+  private readonly now: () => number;
+
+  constructor(private readonly deps: TaskSessionServiceDeps) {
+    this.now = deps.now ?? Date.now;
+  }
+
+  view(s: TaskSession): TaskSessionView {
+    return {
+      id: s.id, template: s.template, params: s.params, reason: s.reason, agent: s.agent,
+      roleSessionName: s.roleSessionName, region: this.deps.templates.get(s.template)?.aws?.region ?? null,
+      createdAt: new Date(s.createdAt).toISOString(), expiresAt: new Date(s.expiresAt).toISOString(),
+    };
+  }
+
+  /** Records a denial, then throws it. A denial is safe to return even if the audit write fails. */
+  private deny(error: BrokerError, e: Omit<AuditEvent, 'decision' | 'reason'>): never {
+    try {
+      this.deps.store.audit({ ...e, decision: 'denied', reason: error.message });
+    } catch (auditError) {
+      this.deps.log.error({ err: (auditError as Error).message, event: e.event }, 'audit write failed while denying');
+    }
+    throw error;
+  }
+
+  startableTemplates(p: Principal): TaskTemplate[] {
+    return [...this.deps.templates.values()].filter((t) => isAllowed(t, { email: p.email, groups: p.groups }));
+  }
+
+  async start(p: Principal, req: StartTaskRequest): Promise<IssuedCredentials> {
+    const base = { event: 'session.start' as const, developer: p.id, template: req.template };
+    const t = this.deps.templates.get(req.template);
+    if (!t) {
+      this.deny(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list them with: broker status --templates' }), base);
+    }
+    if (!isAllowed(t, { email: p.email, groups: p.groups })) {
+      this.deny(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
+    }
+    if (!t.aws) this.deny(new BrokerError('invalid_request', `template "${t.name}" grants no AWS credentials`), base);
+    let params: Record<string, string>;
+    try {
+      params = validateParams(t, req.params);
+    } catch (e) {
+      this.deny(e as BrokerError, base);
+    }
+    const active = this.deps.store.activeSessions(p.id);
+    const same = active.find((s) => s.template === t.name);
+    if (same) {
+      this.deny(new BrokerError('conflict', `a "${t.name}" task session is already active (${same.id}, ends ${new Date(same.expiresAt).toISOString()})`, {
+        hint: `reuse it, or end it first: broker end ${t.name}`,
+      }), base);
+    }
+    if (active.length >= this.deps.maxActiveSessions) {
+      this.deny(new BrokerError('conflict', `${active.length} task sessions are already active; the limit is ${this.deps.maxActiveSessions}`, {
+        hint: 'end some with: broker end --all',
+      }), base);
+    }
+
+    const now = this.now();
+    const ttl = Math.min(req.ttlSeconds ?? t.maxSessionSeconds, t.maxSessionSeconds);
+    const id = newSessionId();
+    const session: Omit<TaskSession, 'endedAt' | 'endReason'> = {
+      id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
+      roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000,
+    };
+    // Build (and so validate) the AWS request before anything is recorded as allowed.
+    let request;
+    try {
+      request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt));
+    } catch (e) {
+      this.deny(e as BrokerError, base);
+    }
+    this.deps.store.createSession(session, {
+      ...base, decision: 'allowed', sessionId: id, reason: req.reason,
+      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl },
+    });
+    const created = this.deps.store.getSession(id)!;
+    try {
+      const credentials = await this.issue(t, created, request, 'credentials.issue');
+      return { session: this.view(created), credentials };
+    } catch (e) {
+      // Nothing half-created: a session whose first credentials failed does not stay open.
+      this.endQuietly(created, `first issue failed: ${(e as Error).message}`);
+      throw e;
+    }
+  }
+
+  async reissue(p: Principal, sessionId: string): Promise<IssuedCredentials> {
+    const s = this.ownedSession(p, sessionId, 'credentials.reissue');
+    const t = this.deps.templates.get(s.template);
+    if (!t?.aws) {
+      this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), {
+        event: 'credentials.reissue', developer: p.id, template: s.template, sessionId,
+      });
+    }
+    const request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: s.id, agent: s.agent, params: s.params }, this.credentialSeconds(t, s.expiresAt));
+    const credentials = await this.issue(t, s, request, 'credentials.reissue');
+    return { session: this.view(s), credentials };
+  }
+
+  list(p: Principal): TaskSessionView[] {
+    return this.deps.store.activeSessions(p.id).map((s) => this.view(s));
+  }
+
+  end(p: Principal, sessionId: string, reason = 'ended by developer'): TaskSessionView {
+    const s = this.ownedSession(p, sessionId, 'session.end');
+    this.deps.store.endSession(s.id, reason, {
+      event: 'session.end', decision: 'ended', developer: p.id, template: s.template, sessionId: s.id, reason,
+      roleSessionName: s.roleSessionName,
+    });
+    return this.view(s);
+  }
+
+  /**
+   * Credentials live min(template credential lifetime, time left in the task session), but never
+   * under STS's 900 s floor (AssumeRole DurationSeconds minimum), nor over its 43,200 s ceiling.
+   */
+  private credentialSeconds(t: TaskTemplate, sessionExpiresAt: number): number {
+    const left = Math.floor((sessionExpiresAt - this.now()) / 1000);
+    return Math.max(MIN_DURATION_SECONDS, Math.min(t.credentialLifetimeSeconds, left, MAX_DURATION_SECONDS));
+  }
+
+  /** An active session of this developer, or a recorded denial (404 for others' sessions: no oracle). */
+  private ownedSession(p: Principal, sessionId: string, event: AuditEvent['event']): TaskSession {
+    const s = this.deps.store.getSession(sessionId);
+    const base = { event, developer: p.id, sessionId, template: s?.template };
+    if (!s || s.developer !== p.id) {
+      this.deny(new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' }), base);
+    }
+    if (s.endedAt !== null) {
+      this.deny(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
+    }
+    if (s.expiresAt <= this.now()) {
+      this.deny(new BrokerError('conflict', `task session ${sessionId} expired at ${new Date(s.expiresAt).toISOString()}`, { hint: `start a new one: broker task ${s.template}` }), base);
+    }
+    return s;
+  }
+
+  private async issue(
+    t: TaskTemplate, s: TaskSession, request: ReturnType<typeof buildAssumeRoleRequest>, event: 'credentials.issue' | 'credentials.reissue',
+  ): Promise<AwsCredentials> {
+    const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
+    let credentials: AwsCredentials;
+    try {
+      credentials = await assumeRole(this.deps.sts, request);
+    } catch (e) {
+      try {
+        this.deps.store.audit({ ...base, decision: 'failed', reason: (e as Error).message });
+      } catch { /* the STS failure is what the caller needs to see */ }
+      throw e;
+    }
+    // Committed before the credentials leave this function; throws audit_unavailable otherwise.
+    this.deps.store.audit({
+      ...base, decision: 'issued', accessKeyId: credentials.accessKeyId, expiration: credentials.expiration.toISOString(),
+      detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn },
+    });
+    return credentials;
+  }
+
+  private endQuietly(s: TaskSession, reason: string): void {
+    try {
+      this.deps.store.endSession(s.id, reason, {
+        event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
+      });
+    } catch (e) {
+      this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not end a failed session');
+    }
+  }
+}

@@ -1,0 +1,35 @@
+/** The decisions the broker records. Every one is written before the caller sees the result. */
+export type AuditEventName =
+  | 'login'
+  | 'token.refresh'
+  | 'session.start'
+  | 'credentials.issue'
+  | 'credentials.reissue'
+  | 'session.end';
+
+export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended';
+
+/**
+ * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session
+ * name are what tie CloudTrail events back to a task session; the secret key and session token are
+ * never passed to the store.
+ */
+export interface AuditEvent {
+  event: AuditEventName;
+  decision: AuditDecision;
+  developer?: string | undefined;
+  template?: string | undefined;
+  sessionId?: string | undefined;
+  /** Why: the denial reason, the developer's stated reason, or why a session ended. */
+  reason?: string | undefined;
+  accessKeyId?: string | undefined;
+  roleSessionName?: string | undefined;
+  expiration?: string | undefined;
+  detail?: Record<string, unknown> | undefined;
+}
+
+export interface AuditRecord extends AuditEvent {
+  seq: number;
+  at: string;
+  hash: string;
+}

@@ -1,0 +1,218 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { BrokerError } from '../errors.js';
+import type { AuditEvent, AuditRecord } from './audit-event.js';
+
+export interface TaskSession {
+  id: string;
+  developer: string;
+  template: string;
+  params: Record<string, string>;
+  reason: string;
+  agent: string;
+  roleSessionName: string;
+  createdAt: number;
+  expiresAt: number;
+  endedAt: number | null;
+  endReason: string | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS task_sessions (
+  id TEXT PRIMARY KEY,
+  developer TEXT NOT NULL,
+  template TEXT NOT NULL,
+  params TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  role_session_name TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS task_sessions_developer ON task_sessions (developer, ended_at, expires_at);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  event TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  developer TEXT,
+  template TEXT,
+  session_id TEXT,
+  reason TEXT,
+  access_key_id TEXT,
+  role_session_name TEXT,
+  expiration TEXT,
+  detail TEXT,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL
+);
+-- The audit log is append-only: the database itself refuses edits, not just our code.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+`;
+
+const GENESIS = '0'.repeat(64);
+
+interface SessionRow {
+  id: string; developer: string; template: string; params: string; reason: string; agent: string;
+  role_session_name: string; created_at: number; expires_at: number; ended_at: number | null; end_reason: string | null;
+}
+
+function toSession(r: SessionRow): TaskSession {
+  return {
+    id: r.id, developer: r.developer, template: r.template, params: JSON.parse(r.params) as Record<string, string>,
+    reason: r.reason, agent: r.agent, roleSessionName: r.role_session_name, createdAt: r.created_at,
+    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason,
+  };
+}
+
+/** Canonical form of a record for the hash chain: fixed field order, no whitespace ambiguity. */
+function recordHash(prevHash: string, at: string, e: AuditEvent): string {
+  const canonical = JSON.stringify([
+    prevHash, at, e.event, e.decision, e.developer ?? null, e.template ?? null, e.sessionId ?? null,
+    e.reason ?? null, e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
+    e.detail ? JSON.stringify(e.detail) : null,
+  ]);
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+/**
+ * Task sessions and the audit log in one embedded SQLite file (node:sqlite, no native build).
+ * Every write that records a decision throws `audit_unavailable` when it cannot be committed, and
+ * callers issue nothing in that case (fail closed).
+ */
+export class SqliteStore {
+  private readonly db: DatabaseSync;
+  private readonly stmts: Record<string, StatementSync>;
+  private readonly now: () => number;
+
+  constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
+    this.now = options.now ?? Date.now;
+    try {
+      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+      this.db = new DatabaseSync(path, { timeout: options.busyTimeoutMs ?? 2000 });
+      this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;');
+      this.db.exec(SCHEMA);
+    } catch (e) {
+      throw new BrokerError('audit_unavailable', `cannot open the store at ${path}: ${(e as Error).message}`, {
+        cause: e,
+        hint: 'check that the directory exists and is writable by the broker',
+      });
+    }
+    const q = (sql: string) => this.db.prepare(sql);
+    this.stmts = {
+      lastHash: q('SELECT hash FROM audit ORDER BY seq DESC LIMIT 1'),
+      insertAudit: q(`INSERT INTO audit (at, event, decision, developer, template, session_id, reason, access_key_id,
+        role_session_name, expiration, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`),
+      insertSession: q(`INSERT INTO task_sessions (id, developer, template, params, reason, agent, role_session_name,
+        created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)`),
+      getSession: q('SELECT * FROM task_sessions WHERE id = ?'),
+      active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
+      allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
+      end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
+      audit: q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+    };
+  }
+
+  /** Runs `fn` in one IMMEDIATE transaction; any failure to commit is an audit failure. */
+  private write<T>(what: string, fn: () => T): T {
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+    } catch (e) {
+      throw this.unavailable(what, e);
+    }
+    try {
+      const result = fn();
+      this.db.exec('COMMIT');
+      return result;
+    } catch (e) {
+      try { this.db.exec('ROLLBACK'); } catch { /* already rolled back */ }
+      if (e instanceof BrokerError) throw e;
+      throw this.unavailable(what, e);
+    }
+  }
+
+  private unavailable(what: string, e: unknown): BrokerError {
+    return new BrokerError('audit_unavailable', `the audit log could not record ${what}; nothing was issued`, {
+      cause: e,
+      hint: 'the broker fails closed when it cannot write its audit log; check the store (disk, locks, permissions)',
+    });
+  }
+
+  private appendAudit(e: AuditEvent): void {
+    const prev = (this.stmts.lastHash!.get() as { hash: string } | undefined)?.hash ?? GENESIS;
+    const at = new Date(this.now()).toISOString();
+    this.stmts.insertAudit!.run(
+      at, e.event, e.decision, e.developer ?? null, e.template ?? null, e.sessionId ?? null, e.reason ?? null,
+      e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
+      e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e),
+    );
+  }
+
+  /** Appends one audit record, committed before this returns. */
+  audit(e: AuditEvent): void {
+    this.write(`${e.event} ${e.decision}`, () => this.appendAudit(e));
+  }
+
+  /** Creates a session and its audit record atomically. */
+  createSession(s: Omit<TaskSession, 'endedAt' | 'endReason'>, e: AuditEvent): void {
+    this.write(`${e.event} ${e.decision}`, () => {
+      this.stmts.insertSession!.run(s.id, s.developer, s.template, JSON.stringify(s.params), s.reason, s.agent,
+        s.roleSessionName, s.createdAt, s.expiresAt);
+      this.appendAudit(e);
+    });
+  }
+
+  /** Ends a session (if still open) and records why; returns false if it had already ended. */
+  endSession(id: string, reason: string, e: AuditEvent): boolean {
+    return this.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.end!.run(this.now(), reason, id).changes > 0;
+      if (changed) this.appendAudit(e);
+      return changed;
+    });
+  }
+
+  getSession(id: string): TaskSession | undefined {
+    const r = this.stmts.getSession!.get(id) as SessionRow | undefined;
+    return r ? toSession(r) : undefined;
+  }
+
+  activeSessions(developer?: string): TaskSession[] {
+    const now = this.now();
+    const rows = developer === undefined ? this.stmts.allActive!.all(now) : this.stmts.active!.all(developer, now);
+    return (rows as unknown as SessionRow[]).map(toSession);
+  }
+
+  auditRecords(afterSeq = 0, limit = 1000): AuditRecord[] {
+    return (this.stmts.audit!.all(afterSeq, limit) as Record<string, unknown>[]).map((r) => ({
+      seq: r.seq as number, at: r.at as string, hash: r.hash as string,
+      event: r.event as AuditRecord['event'], decision: r.decision as AuditRecord['decision'],
+      developer: (r.developer as string | null) ?? undefined, template: (r.template as string | null) ?? undefined,
+      sessionId: (r.session_id as string | null) ?? undefined, reason: (r.reason as string | null) ?? undefined,
+      accessKeyId: (r.access_key_id as string | null) ?? undefined,
+      roleSessionName: (r.role_session_name as string | null) ?? undefined,
+      expiration: (r.expiration as string | null) ?? undefined,
+      detail: r.detail ? (JSON.parse(r.detail as string) as Record<string, unknown>) : undefined,
+    }));
+  }
+
+  /** Recomputes the hash chain; returns the first broken seq, or null when intact. */
+  verifyAuditChain(): number | null {
+    let prev = GENESIS;
+    for (const r of this.auditRecords(0, Number.MAX_SAFE_INTEGER)) {
+      if (recordHash(prev, r.at, r) !== r.hash) return r.seq;
+      prev = r.hash;
+    }
+    return null;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

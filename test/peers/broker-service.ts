@@ -1,0 +1,78 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { BROKER_BIN, POLICIES_DIR } from './paths.js';
+
+export interface BrokerServiceOptions {
+  issuer: string;
+  stsEndpoint: string;
+  iamEndpoint: string;
+  policiesDir?: string;
+  /** Extra keys merged into the config (e.g. limits). */
+  extra?: Record<string, unknown>;
+  env?: Record<string, string>;
+}
+
+export interface BrokerService {
+  url: string;
+  dir: string;
+  dbPath: string;
+  logFile: string;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `broker server --config …` as a real child process (as an operator would), with its own
+ * SQLite file and its log captured to a file the tests can scan for secrets.
+ */
+export async function startBrokerService(o: BrokerServiceOptions): Promise<BrokerService> {
+  const dir = mkdtempSync(join(tmpdir(), 'broker-svc-'));
+  const dbPath = join(dir, 'broker.db');
+  const logFile = join(dir, 'server.log');
+  const config = {
+    listen: { host: '127.0.0.1', port: 0 },
+    policiesDir: o.policiesDir ?? POLICIES_DIR,
+    store: { sqlite: dbPath },
+    oidc: {
+      issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256', 'ES256'], cliClientId: 'broker-cli',
+      scopes: 'openid email profile groups', allowInsecureHttp: true,
+    },
+    tokens: { signingKeys: 'ephemeral' },
+    aws: { region: 'us-east-1', stsEndpoint: o.stsEndpoint, iamEndpoint: o.iamEndpoint },
+    log: { level: 'debug' },
+    ...o.extra,
+  };
+  const configFile = join(dir, 'broker.yaml');
+  writeFileSync(configFile, stringify(config));
+  const out = openSync(logFile, 'a');
+  const child: ChildProcess = spawn(process.execPath, [BROKER_BIN, 'server', '--config', configFile], {
+    stdio: ['ignore', out, out],
+    env: {
+      PATH: process.env.PATH ?? '', HOME: dir,
+      AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: 'us-east-1',
+      AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: join(dir, 'none'),
+      ...o.env,
+    },
+  });
+  const log = () => readFileSync(logFile, 'utf8');
+  const url = await new Promise<string>((resolve, reject) => {
+    const deadline = Date.now() + 15_000;
+    const poll = setInterval(() => {
+      const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)".*broker service listening/.exec(log());
+      if (m) { clearInterval(poll); resolve(m[1]!); }
+      else if (child.exitCode !== null || Date.now() > deadline) {
+        clearInterval(poll);
+        reject(new Error(`broker server did not start:\n${log()}`));
+      }
+    }, 50);
+  });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  process.once('exit', () => child.kill('SIGKILL'));
+  return {
+    url, dir, dbPath, logFile, log,
+    stop: async () => { if (child.exitCode === null) { child.kill('SIGTERM'); await exited; } },
+  };
+}

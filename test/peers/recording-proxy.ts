@@ -1,0 +1,70 @@
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+  /** The AWS action and its parameters, decoded from a Query (form) or JSON body. */
+  action: string | undefined;
+  params: Record<string, string>;
+}
+
+function decode(body: string, headers: RecordedRequest['headers']): { action: string | undefined; params: Record<string, string> } {
+  const type = String(headers['content-type'] ?? '');
+  if (type.includes('x-www-form-urlencoded')) {
+    const params = Object.fromEntries(new URLSearchParams(body));
+    return { action: params.Action, params };
+  }
+  if (type.includes('json') && body) {
+    const target = String(headers['x-amz-target'] ?? '');
+    const flat: Record<string, string> = {};
+    const walk = (v: unknown, prefix: string) => {
+      if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) walk(x, prefix ? `${prefix}.${k}` : k);
+      else flat[prefix] = String(v);
+    };
+    walk(JSON.parse(body), '');
+    return { action: target.split('.').pop(), params: flat };
+  }
+  return { action: undefined, params: {} };
+}
+
+/**
+ * A transparent HTTP proxy in front of moto that records every request as it went on the wire, so
+ * tests can assert what the broker asked of STS (moto itself ignores Tags and SourceIdentity).
+ */
+export async function startRecordingProxy(target: string): Promise<{ url: string; requests: RecordedRequest[]; stop(): Promise<void> }> {
+  const t = new URL(target);
+  const requests: RecordedRequest[] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const text = body.toString('utf8');
+      requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: text, ...decode(text, req.headers) });
+      const upstream = httpRequest(
+        { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } },
+        (up) => {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        },
+      );
+      upstream.on('error', () => { res.writeHead(502); res.end(); });
+      upstream.end(body);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    stop: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+/** The AssumeRole calls among recorded requests, parameters decoded. */
+export function assumeRoleCalls(requests: RecordedRequest[]): Record<string, string>[] {
+  return requests.filter((r) => r.action === 'AssumeRole').map((r) => r.params);
+}
