@@ -28,3 +28,11 @@ export const POLICY_CHARSET_RE = /^[\u0009\u000A\u000D\u0020-\u00FF]*$/;
 
 export const ROLE_ARN_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@\-/]{1,512}$/;
 export const POLICY_ARN_RE = /^arn:aws[a-z-]*:iam::(\d{12}|aws):policy\/[\w+=,.@\-/]{1,512}$/;
+
+/**
+ * A role's MaxSessionDuration is 3600..43200 s (IAM CreateRole/UpdateRole; default 3600), and a
+ * role-chained session (a role session calling AssumeRole) is capped at 1 h whatever the role allows
+ * (IAM User Guide, "Roles terms and concepts: role chaining").
+ */
+export const DEFAULT_ROLE_MAX_SESSION_SECONDS = 3600;
+export const ROLE_CHAINING_MAX_SECONDS = 3600;

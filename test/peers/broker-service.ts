@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -48,7 +48,10 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   const configFile = join(dir, 'broker.yaml');
   writeFileSync(configFile, stringify(config));
   const out = openSync(logFile, 'a');
-  const child: ChildProcess = spawn(process.execPath, [BROKER_BIN, 'server', '--config', configFile], {
+  // setpriv --pdeathsig: the service dies with the test process even if that is killed by a signal.
+  const argv = [process.execPath, BROKER_BIN, 'server', '--config', configFile];
+  const usePdeath = process.platform === 'linux' && existsSync('/usr/bin/setpriv');
+  const child: ChildProcess = spawn(usePdeath ? '/usr/bin/setpriv' : argv[0]!, usePdeath ? ['--pdeathsig', 'KILL', '--', ...argv] : argv.slice(1), {
     stdio: ['ignore', out, out],
     env: {
       PATH: process.env.PATH ?? '', HOME: dir,

@@ -1,0 +1,93 @@
+/**
+ * `npm run demo`: the main job on an embedded default, with nothing but local peers. It starts moto
+ * (STS/IAM), a local OpenID Provider (oidc-provider) and the broker service on SQLite, then walks
+ * through what a developer does: device-flow login, start a deploy-lambda task, write the AWS CLI
+ * profile, and let the real AWS CLI get the task's identity through credential_process.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startBrokerService } from '../test/peers/broker-service.js';
+import { broker, run } from '../test/peers/cli.js';
+import { startIdp } from '../test/peers/idp.js';
+import { createRole, startMoto } from '../test/peers/moto.js';
+import { VENV_BIN } from '../test/peers/paths.js';
+
+const say = (s: string) => process.stdout.write(`\n\x1b[1m${s}\x1b[0m\n`);
+const show = (r: { stdout: string; stderr: string }) => process.stdout.write(`${r.stderr}${r.stdout}`);
+
+async function main(): Promise<void> {
+  say('Starting local peers: moto (STS/IAM), a local OpenID Provider, the broker service (SQLite)');
+  const moto = await startMoto();
+  const idp = await startIdp();
+  await createRole(moto.url, 'broker-deploy-lambda', JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
+  }), 43200);
+  const svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url });
+  const home = mkdtempSync(join(tmpdir(), 'broker-demo-home-'));
+  mkdirSync(join(home, '.aws'), { mode: 0o700 });
+  const env = {
+    HOME: home, XDG_CONFIG_HOME: join(home, '.config'), CI: '', AWS_CONFIG_FILE: join(home, '.aws', 'config'),
+    AWS_SHARED_CREDENTIALS_FILE: join(home, '.aws', 'credentials'), AWS_EC2_METADATA_DISABLED: 'true',
+  };
+  let failed = false;
+  try {
+    process.stdout.write(`  moto ${moto.url}   IdP ${idp.issuer}   broker ${svc.url}   HOME ${home}\n`);
+
+    say(`$ broker login --server ${svc.url}      (device flow; the demo approves it as alice@example.com)`);
+    let approval: Promise<void> | undefined;
+    const login = await broker(['login', '--server', svc.url], env, {
+      onStderr: (c) => {
+        const m = /code: ([A-Z0-9-]+)/.exec(c);
+        if (m && !approval) approval = idp.approveDevice(m[1]!, 'alice@example.com');
+      },
+    });
+    await approval;
+    show(login);
+    if (login.code !== 0) throw new Error('login failed');
+
+    say('$ broker task deploy-lambda --param function=checkout-api --reason "fix timeout" --agent claude-code');
+    const task = await broker(['task', 'deploy-lambda', '--param', 'function=checkout-api', '--reason', 'fix timeout', '--agent', 'claude-code'], env);
+    show(task);
+    if (task.code !== 0) throw new Error('task failed');
+
+    say('$ broker configure aws');
+    const conf = await broker(['configure', 'aws'], env);
+    show(conf);
+    process.stdout.write(`--- ${env.AWS_CONFIG_FILE}\n${readFileSync(env.AWS_CONFIG_FILE, 'utf8')}---\n`);
+
+    say(`$ aws sts get-caller-identity --profile broker-deploy-lambda --endpoint-url ${moto.url}`);
+    const aws = await run(join(VENV_BIN, 'aws'), ['sts', 'get-caller-identity', '--profile', 'broker-deploy-lambda', '--endpoint-url', moto.url],
+      { env: { ...process.env, ...env } });
+    show(aws);
+    if (aws.code !== 0) throw new Error('aws CLI failed');
+
+    say('$ broker status');
+    show(await broker(['status'], env));
+    say('$ broker end deploy-lambda');
+    show(await broker(['end', 'deploy-lambda'], env));
+    say('$ aws sts get-caller-identity --profile broker-deploy-lambda   (after the task ended: refused)');
+    show(await run(join(VENV_BIN, 'aws'), ['sts', 'get-caller-identity', '--profile', 'broker-deploy-lambda', '--endpoint-url', moto.url],
+      { env: { ...process.env, ...env } }));
+
+    say('The audit log (SQLite, append-only, hash-chained):');
+    const db = new (await import('node:sqlite')).DatabaseSync(svc.dbPath, { readOnly: true });
+    for (const r of db.prepare('SELECT seq, event, decision, developer, template, session_id, access_key_id FROM audit ORDER BY seq').all()) {
+      process.stdout.write(`  ${Object.values(r).map((v) => v ?? '-').join('  ')}\n`);
+    }
+    db.close();
+    say('Demo finished: the agent never saw a standing key, and every decision is in the audit log.');
+  } catch (e) {
+    failed = true;
+    process.stderr.write(`demo failed: ${(e as Error).message}\n--- service log ---\n${svc.log()}\n`);
+  } finally {
+    await svc.stop();
+    await idp.stop();
+    await moto.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+  process.exitCode = failed ? 1 : 0;
+}
+
+await main();

@@ -1,0 +1,23 @@
+import { lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Every file under `roots` (recursively, regular files up to 50 MB) that contains any of `secrets`. */
+export function filesContaining(roots: string[], secrets: string[]): string[] {
+  const needles = secrets.filter((s) => s.length >= 8).map((s) => Buffer.from(s));
+  const hits: string[] = [];
+  const walk = (p: string) => {
+    let st;
+    try { st = lstatSync(p); } catch { return; }
+    if (st.isDirectory()) {
+      let entries: string[] = [];
+      try { entries = readdirSync(p); } catch { return; }
+      for (const e of entries) if (e !== 'node_modules' && e !== '.peers') walk(join(p, e));
+    } else if (st.isFile() && st.size < 50 * 1024 * 1024) {
+      let buf: Buffer;
+      try { buf = readFileSync(p); } catch { return; }
+      if (needles.some((n) => buf.includes(n))) hits.push(p);
+    }
+  };
+  for (const r of roots) walk(r);
+  return hits;
+}
