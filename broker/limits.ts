@@ -36,3 +36,10 @@ export const POLICY_ARN_RE = /^arn:aws[a-z-]*:iam::(\d{12}|aws):policy\/[\w+=,.@
  */
 export const DEFAULT_ROLE_MAX_SESSION_SECONDS = 3600;
 export const ROLE_CHAINING_MAX_SECONDS = 3600;
+
+/**
+ * An OIDC ID token the broker accepts: at most 20,000 chars, the limit STS puts on a web identity
+ * token (AssumeRoleWithWebIdentity `WebIdentityToken`, botocore sts service-2.json), so an ID token the
+ * broker takes could also be handed to STS. The service's /v1/auth/token body uses the same bound.
+ */
+export const MAX_ID_TOKEN_CHARS = 20_000;

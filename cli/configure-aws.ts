@@ -1,5 +1,62 @@
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { quoteCommandWord } from '../broker/aws-config-file.js';
+import { configureAws, defaultAwsConfigFile, type ConfigureAwsResult } from '../broker/aws-config-writer.js';
+import { listStartableTemplates } from '../broker/client/api.js';
+import { BrokerError } from '../broker/errors.js';
+import { action, info, printJson } from './output.js';
 
-export function register(_program: Command): void {
-  // TODO: implemented by its owner
+interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
+
+/**
+ * The command AWS clients run for credentials: absolute node + absolute bin/broker.js, so it works
+ * without PATH (IDEs and agents often start with a minimal environment).
+ */
+export function brokerCommand(): string {
+  const script = process.argv[1];
+  if (!script) throw new BrokerError('internal', 'cannot tell where the broker executable is');
+  try {
+    return `${quoteCommandWord(process.execPath)} ${quoteCommandWord(resolve(script))}`;
+  } catch (e) {
+    throw new BrokerError('invalid_config', (e as Error).message, { hint: 'install node and the broker under paths without ", \\, $ or ` in them' });
+  }
+}
+
+export function register(program: Command): void {
+  const configure = program.command('configure').description('set up local tools to use the broker');
+  configure
+    .command('aws')
+    .description('add or update one [profile broker-<template>] per task template you may start, using credential_process')
+    .option('--config-file <path>', 'AWS config file (default: $AWS_CONFIG_FILE or ~/.aws/config)')
+    .option('--templates <a,b>', 'only these templates (default: every template the broker lets you start)')
+    .option('--region <region>', 'region for templates that name none')
+    .option('--dry-run', 'print the diff on stdout and change nothing')
+    .option('--json', 'print the result as JSON on stdout')
+    .action(action(async (opts: Options) => {
+      const templates = opts.templates
+        ? opts.templates.split(',').map((s) => s.trim()).filter(Boolean).map((name) => ({ name, region: opts.region ?? null }))
+        : (await listStartableTemplates()).map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
+      if (templates.length === 0) {
+        throw new BrokerError('not_found', 'no task templates to configure', { hint: 'ask an admin which templates you may start, or pass --templates a,b' });
+      }
+      const result = await configureAws({
+        templates,
+        configFile: opts.configFile ?? defaultAwsConfigFile(),
+        dryRun: !!opts.dryRun,
+        command: brokerCommand(),
+      });
+      if (opts.json) printJson(result);
+      else report(result);
+    }));
+}
+
+function report(r: ConfigureAwsResult): void {
+  if (r.dryRun && r.diff) process.stdout.write(r.diff);
+  for (const n of r.added) info(`${r.dryRun ? 'would add' : 'added'} profile ${n}`);
+  for (const n of r.updated) info(`${r.dryRun ? 'would update' : 'updated'} profile ${n}`);
+  for (const n of r.unchanged) info(`profile ${n} is up to date`);
+  if (r.backup) info(`backup of the previous file: ${r.backup}`);
+  if (!r.diff) info(`${r.configFile}: nothing to change`);
+  else if (r.dryRun) info(`${r.configFile}: dry run, nothing written`);
+  else info(`${r.configFile}: written; use a profile with e.g. AWS_PROFILE=${[...r.added, ...r.updated, ...r.unchanged][0]}`);
 }

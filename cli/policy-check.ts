@@ -1,5 +1,57 @@
 import type { Command } from 'commander';
+import { makeIamClient, makeStsClient } from '../broker/aws/clients.js';
+import { checkRoleTrust, resolveBrokerPrincipal, type TrustFinding } from '../broker/aws/trust-check.js';
+import { BrokerError } from '../broker/errors.js';
+import { loadTemplatesOrThrow } from '../broker/templates/load.js';
+import { action, info, printJson } from './output.js';
 
-export function register(_policy: Command): void {
-  // TODO: implemented by its owner
+interface Options { aws?: boolean; dir: string; region?: string; endpointUrl?: string; json?: boolean }
+
+export function register(policy: Command): void {
+  policy
+    .command('check')
+    .description("check the cloud side of each template: with --aws, that its IAM role trusts the broker for sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity, and that its MaxSessionDuration covers the template's credential lifetime")
+    .option('--aws', 'check the IAM roles (reads them with your AWS credentials: iam:GetRole, sts:GetCallerIdentity)')
+    .option('--dir <dir>', 'directory of task templates', 'policies')
+    .option('--region <region>', 'AWS region for STS and IAM (default: $AWS_REGION, else us-east-1)')
+    .option('--endpoint-url <url>', 'STS and IAM endpoint override (a private endpoint, or moto in tests)')
+    .option('--json', 'print {brokerPrincipalArn, findings} as JSON on stdout')
+    .action(action(async (opts: Options) => {
+      if (!opts.aws) {
+        throw new BrokerError('invalid_request', 'policy check needs a target: --aws', {
+          hint: `broker policy check --aws --dir ${opts.dir} reads each template's IAM role with your AWS credentials and reports missing trust (sts:AssumeRole, sts:TagSession, sts:SetSourceIdentity) or a too short MaxSessionDuration`,
+        });
+      }
+      const templates = loadTemplatesOrThrow(opts.dir);
+      const region = opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+      const sts = makeStsClient({ region, endpoint: opts.endpointUrl });
+      const iam = makeIamClient({ region, endpoint: opts.endpointUrl });
+      try {
+        const brokerPrincipalArn = await resolveBrokerPrincipal(sts);
+        const all = [...templates.values()];
+        const roles = all.flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
+        const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
+        if (opts.json) printJson({ brokerPrincipalArn, findings });
+        else report(brokerPrincipalArn, findings, all.filter((t) => !t.aws).map((t) => t.name));
+        if (findings.some((f) => !f.ok)) process.exitCode = 1;
+      } finally {
+        sts.destroy();
+        iam.destroy();
+      }
+    }));
+}
+
+function report(brokerPrincipalArn: string, findings: TrustFinding[], withoutAws: string[]): void {
+  info(`broker principal: ${brokerPrincipalArn}`);
+  for (const f of findings) {
+    info(`${f.ok ? 'ok  ' : 'FAIL'} ${f.template}  ${f.roleArn}`);
+    for (const p of f.problems) {
+      info(`     [${p.check}] ${p.message}`);
+      info(`       fix: ${p.hint}`);
+    }
+    for (const n of f.notes) info(`     note: ${n}`);
+  }
+  if (withoutAws.length) info(`no aws section (not checked): ${withoutAws.join(', ')}`);
+  const bad = findings.filter((f) => !f.ok).length;
+  info(bad ? `${bad} of ${findings.length} template role(s) need changes` : `all ${findings.length} template role(s) trust the broker`);
 }

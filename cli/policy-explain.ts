@@ -1,5 +1,136 @@
+import { basename } from 'node:path';
 import type { Command } from 'commander';
+import { formatDuration, parseDuration } from '../broker/duration.js';
+import { BrokerError, isBrokerError } from '../broker/errors.js';
+import { MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS } from '../broker/limits.js';
+import { isAllowed } from '../broker/templates/access.js';
+import { loadTemplates } from '../broker/templates/load.js';
+import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
+import type { TaskTemplate } from '../broker/templates/schema.js';
+import { action, collectParam, printJson } from './output.js';
 
-export function register(_policy: Command): void {
-  // TODO: implemented by its owner
+interface Options {
+  as: string;
+  groups?: string;
+  param?: Record<string, string>;
+  agent: string;
+  ttl?: string;
+  dir: string;
+  json?: boolean;
+}
+
+export function register(policy: Command): void {
+  policy
+    .command('explain')
+    .description('show the exact STS AssumeRole request a task would make (role, session name, tags, rendered policy, duration) without calling AWS, and whether a person may start it')
+    .argument('<template>', 'task template name')
+    .requiredOption('--as <email>', 'the developer, as the IdP identifies them')
+    .option('--groups <list>', 'their IdP groups, comma-separated', '')
+    .option('--param <name=value>', 'a template parameter (repeatable)', collectParam, {})
+    .option('--agent <name>', 'agent name for the broker:agent tag', 'unspecified')
+    .option('--ttl <duration>', "requested credential duration, e.g. 30m (default: the template's credentialLifetime)")
+    .option('--dir <dir>', 'directory of task templates', 'policies')
+    .option('--json', 'print the explanation as JSON on stdout')
+    .action(action((name: string, opts: Options) => {
+      const t = findTemplate(opts.dir, name);
+      const groups = (opts.groups ?? '').split(',').map((g) => g.trim()).filter(Boolean);
+      const allowed = isAllowed(t, { email: opts.as, groups });
+      const duration = durationFor(t, opts.ttl);
+      const sessionId = newSessionId();
+      let request: AssumeRoleRequest;
+      try {
+        request = buildAssumeRoleRequest(t, { developer: opts.as, sessionId, agent: opts.agent, params: opts.param ?? {} }, duration.seconds);
+      } catch (e) {
+        throw asCliError(e);
+      }
+      const explanation = {
+        template: t.name,
+        file: t.file,
+        description: t.description,
+        principal: { email: opts.as, groups },
+        allowed,
+        allowedBy: t.allowed,
+        sampleSessionId: sessionId,
+        region: t.aws?.region ?? null,
+        duration: { seconds: request.DurationSeconds, rule: duration.rule },
+        policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
+        policyCharLimit: MAX_SESSION_POLICY_CHARS,
+        request,
+      };
+      if (opts.json) printJson(explanation);
+      else process.stdout.write(text(explanation));
+    }));
+}
+
+function findTemplate(dir: string, name: string): TaskTemplate {
+  const { templates, problems } = loadTemplates(dir);
+  const t = templates.get(name);
+  if (t) return t;
+  const own = problems.filter((p) => basename(p.file).replace(/\.ya?ml$/, '') === name);
+  if (own.length) {
+    throw new BrokerError('invalid_template', `task template "${name}" has ${own.length} problem(s)`, {
+      details: own.map((p) => ({ path: `${p.file}${p.path ? `:${p.path}` : ''}`, message: p.message, ...(p.hint ? { hint: p.hint } : {}) })),
+      hint: `fix them first; see: broker policy validate ${dir}`,
+    });
+  }
+  throw new BrokerError('not_found', `no task template "${name}" in ${dir}`, {
+    hint: templates.size ? `valid templates there: ${[...templates.keys()].join(', ')}` : `run: broker policy validate ${dir}`,
+  });
+}
+
+/**
+ * The service's rule: min(requested, the template's maxDuration, its credentialLifetime), raised to
+ * STS's 900 s floor (AssumeRole DurationSeconds).
+ */
+function durationFor(t: TaskTemplate, ttl: string | undefined): { seconds: number; rule: string } {
+  let requested = t.credentialLifetimeSeconds;
+  if (ttl !== undefined) {
+    const s = parseDuration(ttl);
+    if (s === undefined || s === 0) throw new BrokerError('invalid_request', `--ttl "${ttl}" is not a duration`, { hint: 'e.g. --ttl 30m or --ttl 1h' });
+    requested = s;
+  }
+  const seconds = Math.max(MIN_DURATION_SECONDS, Math.min(requested, t.maxSessionSeconds, t.credentialLifetimeSeconds));
+  const rule = `min(requested ${formatDuration(requested)}${ttl === undefined ? ' (default)' : ''}, maxDuration ${formatDuration(t.maxSessionSeconds)}, `
+    + `credentialLifetime ${formatDuration(t.credentialLifetimeSeconds)}), at least ${formatDuration(MIN_DURATION_SECONDS)}`;
+  return { seconds, rule };
+}
+
+/** The API's JSON pointers, said the way the CLI takes them. */
+function asCliError(e: unknown): unknown {
+  if (!isBrokerError(e) || !e.details) return e;
+  const details = e.details.map((d) => ({
+    ...d,
+    path: d.path?.replace(/^\/params\/(.*)$/, (_, n: string) => `--param ${n.replace(/~1/g, '/').replace(/~0/g, '~')}`).replace(/^\/agent$/, '--agent'),
+  }));
+  return new BrokerError(e.code, e.message, { details, ...(e.hint ? { hint: e.hint } : {}) });
+}
+
+interface Explanation {
+  template: string; file: string; description: string; principal: { email: string; groups: string[] }; allowed: boolean;
+  allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null;
+  duration: { seconds: number; rule: string }; policyChars: number; policyCharLimit: number; request: AssumeRoleRequest;
+}
+
+function text(x: Explanation): string {
+  const r = x.request;
+  const who = `${x.principal.email} (groups: ${x.principal.groups.join(', ') || 'none'})`;
+  const by = `allowed groups: ${x.allowedBy.groups.join(', ') || 'none'}; emails: ${x.allowedBy.emails.join(', ') || 'none'}`;
+  const lines = [
+    `${x.template} (${x.file}): ${x.description}`,
+    `Access: ${who} ${x.allowed ? 'MAY' : 'may NOT'} start this task (${by})`,
+    '',
+    `AssumeRole request (not sent; sample session id ${x.sampleSessionId}):`,
+    `  RoleArn:           ${r.RoleArn}`,
+    `  Region:            ${x.region ?? '-'}`,
+    `  RoleSessionName:   ${r.RoleSessionName}`,
+    `  SourceIdentity:    ${r.SourceIdentity}`,
+    `  DurationSeconds:   ${r.DurationSeconds} (${formatDuration(r.DurationSeconds)}) = ${x.duration.rule}`,
+    '  Tags:',
+    ...r.Tags.map((t) => `    ${t.Key} = ${t.Value}`),
+    `  TransitiveTagKeys: ${r.TransitiveTagKeys?.join(', ') || '(none)'}`,
+    `  PolicyArns:        ${r.PolicyArns?.map((p) => p.arn).join(', ') || '(none)'}`,
+    `  Policy (${x.policyChars} of ${x.policyCharLimit} chars, minified, with PolicyArns):`,
+    ...JSON.stringify(JSON.parse(r.Policy), null, 2).split('\n').map((l) => `    ${l}`),
+  ];
+  return `${lines.join('\n')}\n`;
 }

@@ -169,8 +169,12 @@ describe('broker service API', () => {
       const trail = store.auditRecords().filter((x) => x.sessionId === session.id);
       assert.equal(store.verifyAuditChain(), null, 'hash chain intact');
       store.close();
-      assert.deepEqual(trail.map((x) => `${x.event}:${x.decision}`),
-        ['session.start:allowed', 'credentials.issue:issued', 'credentials.reissue:issued', 'session.end:ended', 'credentials.reissue:denied']);
+      // Carol's attempt on Alice's session is part of its trail too: audited as her denial.
+      assert.deepEqual(trail.map((x) => `${x.developer}:${x.event}:${x.decision}`), [
+        'alice@example.com:session.start:allowed', 'alice@example.com:credentials.issue:issued',
+        'alice@example.com:credentials.reissue:issued', 'carol@example.com:credentials.reissue:denied',
+        'alice@example.com:session.end:ended', 'alice@example.com:credentials.reissue:denied',
+      ]);
       assert.equal(trail[1]!.accessKeyId, credentials.AccessKeyId);
       const dump = JSON.stringify(trail);
       for (const secret of [credentials.SecretAccessKey, credentials.SessionToken, re.body.credentials.SecretAccessKey]) {

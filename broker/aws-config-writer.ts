@@ -1,0 +1,162 @@
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { chmod, copyFile, mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { upsertBrokerProfiles, type ProfileSpec } from './aws-config-file.js';
+import { BrokerError } from './errors.js';
+
+export interface ConfigureAwsOptions {
+  templates: { name: string; region: string | null | undefined }[];
+  configFile: string;
+  dryRun: boolean;
+  /**
+   * How to run the broker, already quoted for credential_process (see `brokerCommand`); each profile
+   * gets `<command> credential-process --task <template>`.
+   */
+  command: string;
+}
+
+export interface ConfigureAwsResult {
+  configFile: string;
+  /** Copy of the file as it was, written before it was changed. */
+  backup?: string;
+  added: string[];
+  updated: string[];
+  unchanged: string[];
+  /** Unified diff of the change ('' when nothing changes). */
+  diff: string;
+  dryRun: boolean;
+}
+
+/** Template names become a profile name and a command argument: keep them to a safe charset. */
+const TEMPLATE_NAME_RE = /^[A-Za-z0-9][\w.-]{0,127}$/;
+const REGION_RE = /^[a-z]{2}(-[a-z0-9]+)+-\d+$/;
+
+/** `$AWS_CONFIG_FILE` (with `~` expanded, as botocore does) or `~/.aws/config`. */
+export function defaultAwsConfigFile(env: NodeJS.ProcessEnv = process.env): string {
+  const f = env.AWS_CONFIG_FILE;
+  if (f) return resolve(f.replace(/^~(?=$|[/\\])/, homedir()));
+  return join(homedir(), '.aws', 'config');
+}
+
+export function profileSpecs(templates: ConfigureAwsOptions['templates'], command: string): ProfileSpec[] {
+  return templates.map((t) => {
+    if (!TEMPLATE_NAME_RE.test(t.name)) {
+      throw new BrokerError('invalid_request', `template name "${t.name}" cannot be used as an AWS profile name`, { hint: 'template names are letters, digits, ".", "_" and "-"' });
+    }
+    if (t.region && !REGION_RE.test(t.region)) {
+      throw new BrokerError('invalid_request', `region "${t.region}" of template ${t.name} is not an AWS region name`, { hint: 'e.g. us-east-1, eu-central-1' });
+    }
+    return {
+      name: `broker-${t.name}`,
+      settings: { credential_process: `${command} credential-process --task ${t.name}`, ...(t.region ? { region: t.region } : {}) },
+    };
+  });
+}
+
+/**
+ * Adds or updates one `[profile broker-<template>]` per template in the AWS config file. A changed
+ * existing file is first copied to `<file>.broker-backup-<timestamp>`, then replaced atomically
+ * (temp file + rename, so a crash never leaves half a config); a new file is created 0600 (AWS advice:
+ * keep the config file private) in a 0700 directory.
+ */
+export async function configureAws(opts: ConfigureAwsOptions): Promise<ConfigureAwsResult> {
+  const specs = profileSpecs(opts.templates, opts.command);
+  const configFile = resolve(opts.configFile);
+  let original = '';
+  let existing = true;
+  try {
+    original = await readFile(configFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError('read', configFile, e);
+    existing = false;
+  }
+  const r = upsertBrokerProfiles(original, specs);
+  const result: ConfigureAwsResult = {
+    configFile,
+    added: r.added,
+    updated: r.updated,
+    unchanged: specs.map((s) => s.name).filter((n) => !r.added.includes(n) && !r.updated.includes(n)),
+    diff: r.changed ? unifiedDiff(original, r.text, existing ? configFile : '/dev/null', configFile) : '',
+    dryRun: opts.dryRun,
+  };
+  if (!r.changed || opts.dryRun) return result;
+
+  try {
+    // A symlinked config (dotfile managers) is updated where it points, not replaced by a file.
+    const target = existing ? await realpath(configFile) : configFile;
+    await mkdir(dirname(target), { recursive: true, mode: 0o700 });
+    let mode = 0o600;
+    if (existing) {
+      mode = (await stat(target)).mode & 0o777;
+      result.backup = `${configFile}.broker-backup-${new Date().toISOString().replace(/[-:.]/g, '')}`;
+      await copyFile(target, result.backup, constants.COPYFILE_EXCL);
+      await chmod(result.backup, mode);
+    }
+    await writeAtomically(target, r.text, mode);
+  } catch (e) {
+    throw fileError('write', configFile, e);
+  }
+  return result;
+}
+
+async function writeAtomically(file: string, text: string, mode: number): Promise<void> {
+  const tmp = `${file}.broker-tmp-${randomBytes(6).toString('hex')}`;
+  const fh = await open(tmp, 'wx', mode);
+  try {
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await chmod(tmp, mode); // open's mode is filtered by the umask
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+function fileError(what: 'read' | 'write', file: string, e: unknown): BrokerError {
+  const err = e as NodeJS.ErrnoException;
+  return new BrokerError('invalid_config', `cannot ${what} ${file}: ${err.code ?? ''} ${err.message ?? ''}`.trim(), {
+    cause: e,
+    hint: 'pick another file with --config-file, or fix its permissions',
+  });
+}
+
+/** A unified diff (3 lines of context) from a longest common subsequence of lines. */
+export function unifiedDiff(a: string, b: string, fromName: string, toName: string): string {
+  const x = a.split(/(?<=\n)/).filter((l) => l !== '');
+  const y = b.split(/(?<=\n)/).filter((l) => l !== '');
+  // lcs[i][j] = length of the LCS of x[i..] and y[j..]
+  const lcs = Array.from({ length: x.length + 1 }, () => new Uint32Array(y.length + 1));
+  for (let i = x.length - 1; i >= 0; i--) {
+    for (let j = y.length - 1; j >= 0; j--) lcs[i]![j] = x[i] === y[j] ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!);
+  }
+  type Op = { op: ' ' | '-' | '+'; line: string; a: number; b: number }; // a, b: lines of x, y before this one
+  const ops: Op[] = [];
+  for (let i = 0, j = 0; i < x.length || j < y.length; ) {
+    if (i < x.length && j < y.length && x[i] === y[j]) ops.push({ op: ' ', line: x[i++]!, a: i - 1, b: j++ });
+    else if (i < x.length && (j >= y.length || lcs[i + 1]![j]! >= lcs[i]![j + 1]!)) ops.push({ op: '-', line: x[i++]!, a: i - 1, b: j });
+    else ops.push({ op: '+', line: y[j++]!, a: i, b: j - 1 });
+  }
+  const CONTEXT = 3;
+  const changes = ops.flatMap((o, k) => (o.op === ' ' ? [] : [k]));
+  const out: string[] = [];
+  for (let c = 0; c < changes.length; ) {
+    const first = changes[c]!;
+    let last = first;
+    while (c + 1 < changes.length && changes[c + 1]! - last <= 2 * CONTEXT + 1) last = changes[++c]!;
+    c++;
+    const hunk = ops.slice(Math.max(0, first - CONTEXT), Math.min(ops.length, last + CONTEXT + 1));
+    const aLen = hunk.filter((o) => o.op !== '+').length;
+    const bLen = hunk.filter((o) => o.op !== '-').length;
+    // An empty side is numbered by the line before it (`-0,0` for a new file).
+    out.push(`@@ -${hunk[0]!.a + (aLen ? 1 : 0)},${aLen} +${hunk[0]!.b + (bLen ? 1 : 0)},${bLen} @@\n`);
+    for (const o of hunk) out.push(`${o.op}${o.line.endsWith('\n') ? o.line : `${o.line}\n\\ No newline at end of file\n`}`);
+  }
+  return out.length ? `--- ${fromName}\n+++ ${toName}\n${out.join('')}` : '';
+}

@@ -1,0 +1,381 @@
+import { GetRoleCommand, type IAMClient, type Role } from '@aws-sdk/client-iam';
+import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
+import { formatDuration } from '../duration.js';
+import { BrokerError } from '../errors.js';
+import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits.js';
+
+/**
+ * Checks, before any developer hits an AccessDenied, that each template's role lets the broker call
+ * AssumeRole with session tags and a source identity, for as long as the template asks.
+ *
+ * The trust policy is evaluated here rather than with @cloud-copilot/iam-simulate: that package is
+ * AGPL-3.0 (this project is Apache-2.0), and the subset needed — one principal, three actions, no
+ * resource — is small. Conditions are not evaluated; they are reported as notes.
+ */
+
+export type TrustCheck = 'assume' | 'tag-session' | 'set-source-identity' | 'max-session-duration' | 'role';
+
+export interface TrustProblem {
+  check: TrustCheck;
+  message: string;
+  /** What to change, with the exact trust-policy statement or command where there is one. */
+  hint: string;
+}
+
+export interface TrustFinding {
+  template: string;
+  roleArn: string;
+  ok: boolean;
+  problems: TrustProblem[];
+  /** Things that may matter but were not evaluated (conditions, identity-side permissions). */
+  notes: string[];
+}
+
+export interface RoleToCheck {
+  template: string;
+  roleArn: string;
+  /** The DurationSeconds the broker will ask AssumeRole for (the template's credential lifetime). */
+  durationSeconds: number;
+}
+
+/** What the broker needs from the trust policy (FACTS.md: tags need sts:TagSession, SourceIdentity needs sts:SetSourceIdentity). */
+export const REQUIRED_ACTIONS = [
+  { check: 'assume', action: 'sts:AssumeRole' },
+  { check: 'tag-session', action: 'sts:TagSession' },
+  { check: 'set-source-identity', action: 'sts:SetSourceIdentity' },
+] as const satisfies readonly { check: TrustCheck; action: string }[];
+
+/** The ARN the broker's AWS credentials belong to, as STS sees them. */
+export async function resolveBrokerPrincipal(sts: STSClient): Promise<string> {
+  try {
+    const out = await sts.send(new GetCallerIdentityCommand({}));
+    if (!out.Arn) throw new Error('GetCallerIdentity returned no Arn');
+    return out.Arn;
+  } catch (e) {
+    throw awsError('STS GetCallerIdentity', e, 'the broker needs AWS credentials from the standard SDK chain (AWS_PROFILE, env, instance/container role)');
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker's principal, and how it appears in trust policies
+// ---------------------------------------------------------------------------------------------
+
+export interface BrokerPrincipal {
+  arn: string;
+  partition: string;
+  account: string;
+  /** Set when the broker runs as a role session (`arn:aws:sts::ACCT:assumed-role/R/s`). */
+  roleName?: string;
+}
+
+const PRINCIPAL_ARN_RE = /^arn:(aws[a-z-]*):(iam|sts)::(\d{12}):(.+)$/;
+
+export function parsePrincipalArn(arn: string): BrokerPrincipal {
+  const m = PRINCIPAL_ARN_RE.exec(arn);
+  if (!m) throw new TypeError(`not an IAM/STS principal ARN: ${arn}`);
+  const [, partition, service, account, rest] = m as unknown as [string, string, string, string, string];
+  const assumed = service === 'sts' ? /^assumed-role\/([^/]+)\/[^/]+$/.exec(rest) : null;
+  return { arn, partition, account, ...(assumed ? { roleName: assumed[1]! } : {}) };
+}
+
+/**
+ * The principal to write into a trust policy: a role session is named by its role's ARN (AWS does
+ * not accept wildcards in Principal, and session names change). The session ARN carries no role path;
+ * a role with a path needs it added.
+ */
+export function trustPrincipalFor(brokerPrincipalArn: string): string {
+  const p = parsePrincipalArn(brokerPrincipalArn);
+  return p.roleName ? `arn:${p.partition}:iam::${p.account}:role/${p.roleName}` : p.arn;
+}
+
+type PrincipalMatch = 'exact' | 'account' | 'anyone' | false;
+
+/** Does one `Principal.AWS` entry name the broker? (IAM User Guide, "AWS JSON policy elements: Principal".) */
+function matchPrincipal(entry: string, p: BrokerPrincipal): PrincipalMatch {
+  if (entry === '*') return 'anyone';
+  if (entry === p.arn) return 'exact';
+  // A bare account id is the account principal, as is its root ARN: it delegates to the account's
+  // own IAM policies.
+  if (entry === p.account || entry === `arn:${p.partition}:iam::${p.account}:root`) return 'account';
+  if (p.roleName) {
+    // A role session matches its role's ARN, whatever path the role has.
+    const m = /^arn:([a-z-]+):iam::(\d{12}):role\/(?:.*\/)?([^/]+)$/.exec(entry);
+    if (m && m[1] === p.partition && m[2] === p.account && m[3] === p.roleName) return 'exact';
+  }
+  return false;
+}
+
+/** Every form under which the broker must be listed for a `Deny` + `NotPrincipal` to spare it. */
+function notPrincipalExcludes(entries: string[], p: BrokerPrincipal): boolean {
+  const listed = (pred: (e: string) => boolean) => entries.some(pred);
+  // IAM User Guide, "NotPrincipal": with Deny, the principal's account must be listed too, and for a
+  // role session both the session ARN and the role ARN.
+  const account = listed((e) => e === p.account || e === `arn:${p.partition}:iam::${p.account}:root`);
+  if (p.arn.endsWith(':root')) return account;
+  const self = listed((e) => e === p.arn);
+  const role = !p.roleName || listed((e) => e !== p.arn && matchPrincipal(e, p) === 'exact');
+  return account && self && role;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust policy evaluation (pure)
+// ---------------------------------------------------------------------------------------------
+
+interface Statement {
+  Sid?: unknown;
+  Effect?: unknown;
+  Principal?: unknown;
+  NotPrincipal?: unknown;
+  Action?: unknown;
+  NotAction?: unknown;
+  Condition?: unknown;
+}
+
+export interface TrustDecision {
+  decision: 'allowed' | 'denied' | 'not-allowed';
+  /** Label of the deciding statement (`Sid`, or `Statement[i]`). */
+  statement?: string;
+  /** How the broker was matched by the allowing statement. */
+  matchedAs?: Exclude<PrincipalMatch, false>;
+  notes: string[];
+}
+
+/** AWS returns AssumeRolePolicyDocument URL-encoded (IAM API reference, GetRole). */
+export function parsePolicyDocument(raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return JSON.parse(decodeURIComponent(raw));
+  }
+}
+
+function list(v: unknown): string[] {
+  if (typeof v === 'string') return [v];
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+}
+
+/** IAM action matching: case-insensitive, `*` and `?` wildcards. */
+function actionMatches(pattern: string, action: string): boolean {
+  const re = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${re}$`, 'i').test(action);
+}
+
+/** Principal: `"*"` or `{ "AWS": … }`; only the AWS key can name the broker (Service/Federated cannot). */
+function principalEntries(v: unknown): string[] {
+  if (v === '*') return ['*'];
+  if (v && typeof v === 'object' && !Array.isArray(v)) return list((v as Record<string, unknown>).AWS);
+  return [];
+}
+
+function statementsOf(doc: unknown): Statement[] {
+  const s = (doc as { Statement?: unknown } | null)?.Statement;
+  if (Array.isArray(s)) return s.filter((x): x is Statement => !!x && typeof x === 'object');
+  if (s && typeof s === 'object') return [s as Statement];
+  throw new TypeError('trust policy has no Statement');
+}
+
+/**
+ * Decides whether `brokerPrincipalArn` may call `action` under this trust policy. An explicit Deny
+ * wins over any Allow (IAM policy evaluation logic); statements with conditions count, with a note,
+ * since their keys (tags, source identity, external id…) are only known at request time.
+ */
+export function evaluateTrustPolicy(doc: unknown, brokerPrincipalArn: string, action: string): TrustDecision {
+  const p = parsePrincipalArn(brokerPrincipalArn);
+  const notes: string[] = [];
+  let allow: { statement: string; matchedAs: Exclude<PrincipalMatch, false>; conditional: boolean } | undefined;
+  /** Unconditional beats conditional; naming the broker itself beats naming its account or anyone. */
+  const rank = (a: { matchedAs: PrincipalMatch; conditional: boolean }) => (a.conditional ? 0 : 2) + (a.matchedAs === 'exact' ? 1 : 0);
+  let deny: string | undefined;
+
+  statementsOf(doc).forEach((st, i) => {
+    const label = typeof st.Sid === 'string' && st.Sid ? `"${st.Sid}"` : `Statement[${i}]`;
+    const actionApplies = st.NotAction !== undefined
+      ? !list(st.NotAction).some((a) => actionMatches(a, action))
+      : list(st.Action).some((a) => actionMatches(a, action));
+    if (!actionApplies) return;
+    const conditional = !!st.Condition && typeof st.Condition === 'object' && Object.keys(st.Condition).length > 0;
+
+    let matched: PrincipalMatch;
+    if (st.NotPrincipal !== undefined) {
+      if (st.Effect !== 'Deny') {
+        notes.push(`statement ${label} uses NotPrincipal with Allow, which this check does not evaluate (AWS advises against it)`);
+        return;
+      }
+      const entries = principalEntries(st.NotPrincipal);
+      matched = notPrincipalExcludes(entries, p) ? false : 'exact';
+      if (matched && entries.some((e) => matchPrincipal(e, p))) {
+        notes.push(`statement ${label} lists the broker in NotPrincipal but not all of its forms (account root${p.roleName ? ', role ARN and session ARN' : ' and its own ARN'}), so AWS may still deny it`);
+      }
+    } else {
+      const entries = principalEntries(st.Principal);
+      matched = entries.reduce<PrincipalMatch>((best, e) => {
+        const m = matchPrincipal(e, p);
+        return best === 'exact' ? best : m === 'exact' ? m : best || m;
+      }, false);
+    }
+    if (!matched) return;
+
+    if (st.Effect === 'Deny') {
+      if (conditional) notes.push(`statement ${label} may deny ${action} (has conditions, not evaluated)`);
+      else deny ??= label;
+    } else if (st.Effect === 'Allow') {
+      const candidate = { statement: label, matchedAs: matched, conditional };
+      if (!allow || rank(candidate) > rank(allow)) allow = candidate;
+    }
+  });
+
+  if (deny) return { decision: 'denied', statement: deny, notes };
+  if (allow) {
+    if (allow.conditional) notes.push(`statement ${allow.statement} allows ${action} only under conditions (has conditions, not evaluated)`);
+    return { decision: 'allowed', statement: allow.statement, matchedAs: allow.matchedAs, notes };
+  }
+  return { decision: 'not-allowed', notes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The check against IAM
+// ---------------------------------------------------------------------------------------------
+
+function statementToAdd(principal: string, actions: string[]): string {
+  return JSON.stringify({ Effect: 'Allow', Principal: { AWS: principal }, Action: actions.length === 1 ? actions[0] : actions });
+}
+
+function roleNameOf(roleArn: string): string {
+  return roleArn.slice(roleArn.lastIndexOf('/') + 1);
+}
+
+function awsError(what: string, e: unknown, hint: string): BrokerError {
+  const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  if (err.$metadata?.httpStatusCode === undefined) {
+    return new BrokerError('upstream_unavailable', `${what}: AWS is unreachable: ${err.message ?? String(e)}`, { cause: e, hint: 'check the network, and the endpoint override if one is set' });
+  }
+  return new BrokerError('upstream_error', `${what} failed: ${err.name ?? 'Error'}: ${err.message ?? ''}`.trim(), { cause: e, hint });
+}
+
+/** Checks one role; the IAM lookups of several templates sharing a role are shared. */
+export async function checkRoleTrust(opts: { iam: IAMClient; brokerPrincipalArn: string; roles: RoleToCheck[] }): Promise<TrustFinding[]> {
+  const broker = parsePrincipalArn(opts.brokerPrincipalArn);
+  const principal = trustPrincipalFor(opts.brokerPrincipalArn);
+  const lookups = new Map<string, Promise<Role | TrustProblem>>();
+  const findings: TrustFinding[] = [];
+  for (const r of opts.roles) {
+    let lookup = lookups.get(r.roleArn);
+    if (!lookup) lookups.set(r.roleArn, (lookup = getRole(opts.iam, r.roleArn, broker, principal)));
+    const role = await lookup;
+    const problems: TrustProblem[] = [];
+    const notes: string[] = [];
+    if ('check' in role) {
+      problems.push(role);
+    } else {
+      checkTrustPolicy(role, principal, opts.brokerPrincipalArn, problems, notes);
+      checkDuration(role, r, broker, problems);
+      if (broker.account !== r.roleArn.split(':')[4]) {
+        notes.push(`cross-account role: the broker's own IAM policy must also allow ${REQUIRED_ACTIONS.map((a) => a.action).join(', ')} on ${r.roleArn} (not checked)`);
+      }
+    }
+    findings.push({ template: r.template, roleArn: r.roleArn, ok: problems.length === 0, problems, notes: [...new Set(notes)] });
+  }
+  return findings;
+}
+
+async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal, principal: string): Promise<Role | TrustProblem> {
+  const account = roleArn.split(':')[4];
+  const all = REQUIRED_ACTIONS.map((a) => a.action);
+  if (!ROLE_ARN_RE.test(roleArn)) {
+    return { check: 'role', message: `"${roleArn}" is not an IAM role ARN`, hint: 'set aws.roleArn to arn:aws:iam::<account>:role/<name> in the template' };
+  }
+  if (account !== broker.account) {
+    // IAM reads roles only in the caller's own account (GetRole takes a name, not an ARN).
+    return {
+      check: 'role',
+      message: `role is in account ${account} but the broker's credentials are in ${broker.account}, so its trust policy cannot be read from here`,
+      hint: `run the check with credentials of account ${account}, or verify by hand that the trust policy of ${roleArn} contains ${statementToAdd(principal, all)}`,
+    };
+  }
+  const name = roleNameOf(roleArn);
+  const path = roleArn.slice(roleArn.indexOf(':role/') + 5, roleArn.lastIndexOf('/') + 1);
+  let role: Role | undefined;
+  try {
+    role = (await iam.send(new GetRoleCommand({ RoleName: name }))).Role;
+  } catch (e) {
+    const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+    if (err.name === 'NoSuchEntity' || err.name === 'NoSuchEntityException') {
+      return {
+        check: 'role',
+        message: `role ${name} does not exist in account ${account}`,
+        hint: `create it: aws iam create-role --role-name ${name}${path === '/' ? '' : ` --path ${path}`} --assume-role-policy-document '{"Version":"2012-10-17","Statement":[${statementToAdd(principal, all)}]}' (or fix aws.roleArn in the template)`,
+      };
+    }
+    if (err.name === 'AccessDenied' || err.name === 'AccessDeniedException') {
+      return {
+        check: 'role',
+        message: `not allowed to read role ${name}: ${err.message ?? 'AccessDenied'}`,
+        hint: `allow iam:GetRole on ${roleArn} to ${principal}, or run the check with credentials that can read it`,
+      };
+    }
+    throw awsError(`IAM GetRole ${name}`, e, 'check the IAM endpoint and the broker\'s AWS credentials');
+  }
+  if (!role?.AssumeRolePolicyDocument) {
+    return { check: 'role', message: `IAM returned role ${name} without a trust policy`, hint: 'inspect it: aws iam get-role --role-name ' + name };
+  }
+  if (role.Arn !== roleArn) {
+    return { check: 'role', message: `the template names ${roleArn} but the role called ${name} is ${role.Arn}`, hint: `set aws.roleArn to ${role.Arn} in the template` };
+  }
+  return role;
+}
+
+function checkTrustPolicy(role: Role, principal: string, brokerArn: string, problems: TrustProblem[], notes: string[]): void {
+  let doc: unknown;
+  let decisions: { check: TrustCheck; action: string; d: TrustDecision }[];
+  try {
+    doc = parsePolicyDocument(role.AssumeRolePolicyDocument!);
+    decisions = REQUIRED_ACTIONS.map((a) => ({ ...a, d: evaluateTrustPolicy(doc, brokerArn, a.action) }));
+  } catch (e) {
+    problems.push({ check: 'role', message: `cannot read the trust policy of ${role.RoleName}: ${(e as Error).message}`, hint: `inspect it: aws iam get-role --role-name ${role.RoleName}` });
+    return;
+  }
+  const missing = decisions.filter((x) => x.d.decision === 'not-allowed').map((x) => x.action);
+  const viaAccount = decisions.filter((x) => x.d.decision === 'allowed' && x.d.matchedAs === 'account').map((x) => x.action);
+  if (viaAccount.length) {
+    notes.push(`trust policy of ${role.RoleName} trusts the whole account for ${viaAccount.join(', ')}: the broker's own IAM policy must also allow them on this role (not checked)`);
+  }
+  for (const { check, action, d } of decisions) {
+    notes.push(...d.notes);
+    if (d.decision === 'denied') {
+      problems.push({
+        check,
+        message: `trust policy of ${role.RoleName} explicitly denies ${action} to the broker (${brokerArn}) in statement ${d.statement}`,
+        hint: `remove or narrow statement ${d.statement} so it no longer applies to ${principal} for ${action} (an explicit Deny overrides every Allow)`,
+      });
+    } else if (d.decision === 'not-allowed') {
+      problems.push({
+        check,
+        message: `trust policy of ${role.RoleName} does not allow the broker (${brokerArn}) to call ${action}`,
+        hint: `add this statement to the trust policy of ${role.RoleName}: ${statementToAdd(principal, missing)}`,
+      });
+    } else if (d.matchedAs === 'anyone') {
+      notes.push(`trust policy of ${role.RoleName} allows ${action} to any AWS principal ("*"); name ${principal} instead`);
+    }
+  }
+}
+
+function checkDuration(role: Role, r: RoleToCheck, broker: BrokerPrincipal, problems: TrustProblem[]): void {
+  const max = role.MaxSessionDuration ?? DEFAULT_ROLE_MAX_SESSION_SECONDS;
+  const want = r.durationSeconds;
+  if (broker.roleName && want > ROLE_CHAINING_MAX_SECONDS) {
+    problems.push({
+      check: 'max-session-duration',
+      message: `the broker runs as a role session (${broker.arn}), and AWS caps role-chained sessions at ${formatDuration(ROLE_CHAINING_MAX_SECONDS)}, but template ${r.template} asks for ${formatDuration(want)}`,
+      hint: `set session.credentialLifetime to ${formatDuration(ROLE_CHAINING_MAX_SECONDS)} or less in template ${r.template} (the daemon refreshes credentials before they expire)`,
+    });
+  }
+  if (want > max) {
+    problems.push({
+      check: 'max-session-duration',
+      message: `role ${role.RoleName} allows sessions of at most ${formatDuration(max)} (MaxSessionDuration ${max}) but template ${r.template} asks for ${formatDuration(want)} (${want} s)`,
+      hint: want <= MAX_DURATION_SECONDS
+        ? `aws iam update-role --role-name ${role.RoleName} --max-session-duration ${want}, or lower session.credentialLifetime in template ${r.template}`
+        : `lower session.credentialLifetime in template ${r.template} to ${formatDuration(MAX_DURATION_SECONDS)} or less (the AWS maximum)`,
+    });
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * The shape of a task template (`policies/<name>.yaml`): what zod checks at load. Limits that need
+ * more than one field or AWS knowledge (durations, tags, policy size, IAM action names …) are in
+ * validate.ts. The field reference for admins is docs/templates.md.
+ */
+import { z } from 'zod';
+import { durationSchema } from '../duration.js';
+
+/** A template name becomes a tag value (`broker:task`) and an AWS CLI profile name (`broker-<name>`). */
+export const TEMPLATE_NAME_RE = /^[a-z0-9-]{1,40}$/;
+/** Parameter names appear in placeholders (`${param.NAME}`), CLI flags and JSON pointers. */
+export const PARAM_NAME_RE = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;
+/** Each parameter value is bounded, so a template's worst-case policy size is known at load. */
+export const MAX_PARAM_LENGTH = 256;
+/** AWS region names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1, us-isob-east-1 … */
+const REGION_RE = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
+
+const stringOrList = z.union([z.string(), z.array(z.string()).min(1)], {
+  error: 'expected a string or a non-empty list of strings',
+});
+const conditionValue = z.union([z.string(), z.number(), z.boolean()], { error: 'condition values are strings, numbers or booleans' });
+
+/** One statement of an IAM JSON policy (IAM User Guide, "IAM JSON policy element reference"). */
+const statementSchema = z.strictObject({
+  Sid: z.string().regex(/^[A-Za-z0-9]*$/, 'Sid must be letters and digits only').optional(),
+  Effect: z.enum(['Allow', 'Deny'], { error: 'Effect must be "Allow" or "Deny"' }),
+  Action: stringOrList.optional(),
+  NotAction: stringOrList.optional(),
+  Resource: stringOrList.optional(),
+  NotResource: stringOrList.optional(),
+  Condition: z.record(z.string(), z.record(z.string(), z.union([conditionValue, z.array(conditionValue)], { error: 'expected a value or a list of values (strings, numbers, booleans)' }))).optional(),
+});
+
+/** A session policy: no Principal (it is the session's own), like any identity policy. */
+const policySchema = z.strictObject({
+  Version: z.string(),
+  Id: z.string().optional(),
+  Statement: z.union([statementSchema, z.array(statementSchema).min(1)], {
+    error: 'Statement must be a statement or a non-empty list of statements',
+  }),
+});
+
+const parameterSchema = z.strictObject({
+  description: z.string().max(256).optional(),
+  pattern: z.string().min(1).max(1024),
+  maxLength: z.number().int().min(1).max(MAX_PARAM_LENGTH, `must be at most ${MAX_PARAM_LENGTH}: the broker's bound on a parameter value`),
+});
+
+const awsSchema = z.strictObject({
+  roleArn: z.string(),
+  region: z.string().regex(REGION_RE, 'must be an AWS region such as eu-west-1'),
+  policy: policySchema,
+  managedPolicyArns: z.array(z.string()).default([]),
+  tags: z.record(z.string(), z.string()).default({}),
+  transitiveTagKeys: z.array(z.string()).default([]),
+  allowBroadWildcard: z.boolean().default(false),
+});
+
+export const templateSchema = z.strictObject({
+  name: z.string().regex(TEMPLATE_NAME_RE, 'must be 1-40 chars of a-z, 0-9 and -'),
+  description: z.string().min(1).max(256),
+  allowed: z.strictObject({
+    groups: z.array(z.string().min(1)).default([]),
+    emails: z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address')).default([]),
+  }),
+  session: z.strictObject({
+    maxDuration: durationSchema,
+    credentialLifetime: durationSchema.optional(),
+  }),
+  parameters: z.record(z.string().regex(PARAM_NAME_RE), parameterSchema).default({}),
+  // Optional here because a later template kind (vault) may stand alone; validate.ts requires one.
+  aws: awsSchema.optional(),
+});
+
+export type RawTemplate = z.output<typeof templateSchema>;
+export type PolicyDocument = z.output<typeof policySchema>;
+export type PolicyStatement = z.output<typeof statementSchema>;
+
+export interface TemplateParameter {
+  name: string;
+  description: string | undefined;
+  /** As written by the admin. */
+  pattern: string;
+  /** `^(?:pattern)$`: a value must match as a whole. */
+  regex: RegExp;
+  maxLength: number;
+}
+
+export interface AwsGrant {
+  roleArn: string;
+  region: string;
+  /** With `${developer}`, `${session}`, `${param.NAME}` placeholders still in its string values. */
+  policy: PolicyDocument;
+  managedPolicyArns: string[];
+  tags: Record<string, string>;
+  transitiveTagKeys: string[];
+  allowBroadWildcard: boolean;
+}
+
+/** A template after load and validation: durations in seconds, patterns compiled, defaults applied. */
+export interface TaskTemplate {
+  name: string;
+  description: string;
+  /** Emails are lower-cased (compared case-insensitively); groups are exact IdP group names. */
+  allowed: { groups: string[]; emails: string[] };
+  maxSessionSeconds: number;
+  credentialLifetimeSeconds: number;
+  /** In declaration order; every declared parameter is required. */
+  parameters: TemplateParameter[];
+  aws?: AwsGrant | undefined;
+  /** The file it was loaded from. */
+  file: string;
+}
+
+/** Default credential lifetime: STS's own AssumeRole default (3600 s), capped by maxDuration. */
+export const DEFAULT_CREDENTIAL_LIFETIME_SECONDS = 3600;

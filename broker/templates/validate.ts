@@ -1,0 +1,254 @@
+/**
+ * The checks a template needs beyond its shape (schema.ts): AWS's limits on durations, session tags
+ * and session policies, IAM action names, placeholders. Every problem is reported, each with the
+ * field it is in and what to do, so an admin fixes a template in one pass.
+ */
+import { basename } from 'node:path';
+import { formatDuration } from '../duration.js';
+import {
+  MAX_DURATION_SECONDS, MAX_POLICY_ARNS, MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, MAX_TRANSITIVE_TAG_KEYS,
+  MIN_DURATION_SECONDS, POLICY_ARN_RE, POLICY_CHARSET_RE, RESERVED_TAG_PREFIX, ROLE_ARN_RE, TAG_KEY_RE, TAG_VALUE_RE,
+} from '../limits.js';
+import { checkActionName } from './iam-actions.js';
+import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';
+import {
+  DEFAULT_CREDENTIAL_LIFETIME_SECONDS, type AwsGrant, type PolicyStatement, type RawTemplate, type TaskTemplate,
+  type TemplateParameter,
+} from './schema.js';
+
+export interface TemplateProblem {
+  file: string;
+  /** Field path inside the file, e.g. `aws.policy.Statement[1].Action[0]`; '' for the whole file. */
+  path: string;
+  message: string;
+  hint?: string;
+}
+
+type Segment = string | number;
+
+/** `['aws', 'tags', 'cost center', 0]` → `aws.tags["cost center"][0]`. */
+export function fieldPath(segments: readonly PropertyKey[]): string {
+  return segments.map((s, i) => {
+    if (typeof s === 'number') return `[${s}]`;
+    const k = String(s);
+    if (/^[A-Za-z_$][\w$]*$/.test(k)) return i === 0 ? k : `.${k}`;
+    return `[${JSON.stringify(k)}]`;
+  }).join('');
+}
+
+/** The one stated version with policy variables; the 2008 grammar would treat `${…}` literally. */
+const POLICY_VERSION = '2012-10-17';
+/** The developer's identity is a SourceIdentity: at most 64 chars (STS AssumeRole). */
+const MAX_DEVELOPER_CHARS = 64;
+
+const list = (v: string | string[] | undefined): string[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
+
+export function validateTemplate(raw: RawTemplate, file: string): { template?: TaskTemplate; problems: TemplateProblem[] } {
+  const problems: TemplateProblem[] = [];
+  const add = (path: Segment[], message: string, hint?: string) => {
+    problems.push({ file, path: fieldPath(path), message, ...(hint ? { hint } : {}) });
+  };
+
+  const expected = basename(file).replace(/\.ya?ml$/, '');
+  if (raw.name !== expected) {
+    add(['name'], `is "${raw.name}" but the file is ${basename(file)}`, `rename one of them: the name must equal the file name without .yaml ("${expected}")`);
+  }
+  if (raw.allowed.groups.length === 0 && raw.allowed.emails.length === 0) {
+    add(['allowed'], 'nobody may start this task', 'list IdP groups in allowed.groups and/or emails in allowed.emails');
+  }
+
+  // Durations: STS AssumeRole DurationSeconds is 900..43200 s; a session shorter than one credential
+  // or a credential outliving its session makes no sense.
+  const maxSession = raw.session.maxDuration;
+  const lifetime = raw.session.credentialLifetime ?? Math.min(DEFAULT_CREDENTIAL_LIFETIME_SECONDS, maxSession);
+  const range = `between ${formatDuration(MIN_DURATION_SECONDS)} (${MIN_DURATION_SECONDS} s) and ${formatDuration(MAX_DURATION_SECONDS)} (${MAX_DURATION_SECONDS} s)`;
+  for (const [key, seconds] of [['maxDuration', maxSession], ['credentialLifetime', lifetime]] as const) {
+    if (seconds < MIN_DURATION_SECONDS || seconds > MAX_DURATION_SECONDS) {
+      add(['session', key], `is ${formatDuration(seconds)} (${seconds} s); it must be ${range}`, 'the bounds of STS AssumeRole DurationSeconds');
+    }
+  }
+  if (lifetime > maxSession) {
+    add(['session', 'credentialLifetime'], `(${formatDuration(lifetime)}) is longer than session.maxDuration (${formatDuration(maxSession)})`,
+      'a credential cannot outlive its task session: shorten credentialLifetime or raise maxDuration');
+  }
+
+  const parameters: TemplateParameter[] = [];
+  for (const [name, p] of Object.entries(raw.parameters)) {
+    try {
+      // Compiled alone first: an unbalanced `)` would otherwise escape the anchoring group below.
+      new RegExp(p.pattern);
+      parameters.push({ name, description: p.description, pattern: p.pattern, maxLength: p.maxLength, regex: new RegExp(`^(?:${p.pattern})$`) });
+    } catch (e) {
+      add(['parameters', name, 'pattern'], `does not compile: ${(e as Error).message}`, 'write a JavaScript regular expression; it is anchored for you as ^(?:pattern)$');
+    }
+  }
+
+  let aws: AwsGrant | undefined;
+  if (!raw.aws) {
+    add(['aws'], 'is missing: this template grants nothing', 'add an aws section with roleArn, region and policy (docs/templates.md)');
+  } else {
+    aws = raw.aws;
+    checkAws(aws, raw, add);
+  }
+
+  if (problems.length) return { problems };
+  return {
+    problems,
+    template: {
+      name: raw.name,
+      description: raw.description,
+      allowed: { groups: raw.allowed.groups, emails: raw.allowed.emails.map((e) => e.toLowerCase()) },
+      maxSessionSeconds: maxSession,
+      credentialLifetimeSeconds: lifetime,
+      parameters,
+      aws,
+      file,
+    },
+  };
+}
+
+type Add = (path: Segment[], message: string, hint?: string) => void;
+
+function checkAws(aws: AwsGrant, raw: RawTemplate, add: Add): void {
+  const roleProblem = checkRoleArn(aws.roleArn);
+  if (roleProblem) add(['aws', 'roleArn'], roleProblem, 'e.g. arn:aws:iam::123456789012:role/broker-deploy-lambda');
+
+  // PolicyArns: at most 10 managed policies (STS AssumeRole).
+  if (aws.managedPolicyArns.length > MAX_POLICY_ARNS) {
+    add(['aws', 'managedPolicyArns'], `lists ${aws.managedPolicyArns.length} policies; STS allows at most ${MAX_POLICY_ARNS}`, 'merge some into the session policy or into fewer managed policies');
+  }
+  aws.managedPolicyArns.forEach((arn, i) => {
+    if (!POLICY_ARN_RE.test(arn)) {
+      add(['aws', 'managedPolicyArns', i], `"${arn}" is not an IAM managed policy ARN`, 'e.g. arn:aws:iam::aws:policy/ReadOnlyAccess or arn:aws:iam::123456789012:policy/NAME');
+    }
+  });
+
+  checkTags(aws, add);
+  checkPolicy(aws, raw, add);
+}
+
+function checkRoleArn(arn: string): string | undefined {
+  if (ROLE_ARN_RE.test(arn)) return undefined;
+  const parts = arn.split(':');
+  if (parts.length < 6 || parts[0] !== 'arn' || !/^aws[a-z-]*$/.test(parts[1]!) || parts[2] !== 'iam') return `"${arn}" is not an IAM role ARN`;
+  if (parts[3] !== '') return `"${arn}" has a region ("${parts[3]}"); IAM ARNs have none`;
+  if (!/^\d{12}$/.test(parts[4]!)) return `the account "${parts[4]}" in "${arn}" is not a 12-digit AWS account ID`;
+  if (!parts.slice(5).join(':').startsWith('role/')) return `"${arn}" names no role (expected role/NAME after the account)`;
+  return `the role name in "${arn}" has characters IAM does not allow (letters, digits and _+=,.@-/)`;
+}
+
+/**
+ * Session tags (STS AssumeRole Tags): at most 50 including the broker's own 4; keys 1-128 and values
+ * 0-256 chars of [\p{L}\p{Z}\p{N}_.:/=+\-@]; keys compare case-insensitively; `aws:` is reserved.
+ * TransitiveTagKeys: at most 50, each one of the session's tag keys.
+ */
+function checkTags(aws: AwsGrant, add: Add): void {
+  const seen = new Map<string, string>();
+  for (const [key, value] of Object.entries(aws.tags)) {
+    const path = ['aws', 'tags', key];
+    const lower = key.toLowerCase();
+    if (!TAG_KEY_RE.test(key)) add(path, `tag key "${key}" is not 1-128 chars of letters, digits, spaces and _.:/=+-@`, 'STS session tag key charset');
+    if (RESERVED_TAG_PREFIX.test(key)) add(path, `tag key "${key}" uses the aws: prefix, which AWS reserves`, 'choose another key, e.g. without the aws: prefix');
+    else if (lower.startsWith('broker:')) {
+      add(path, `tag key "${key}" uses the broker: prefix, reserved for the broker's own tags (${BROKER_TAG_KEYS.join(', ')})`, 'the broker sets these itself; choose another key');
+    }
+    const dup = seen.get(lower);
+    if (dup !== undefined) add(path, `tag key "${key}" repeats "${dup}": STS compares tag keys case-insensitively`, 'keep one of them');
+    seen.set(lower, key);
+    if (!TAG_VALUE_RE.test(value)) add(path, `tag value for "${key}" is not at most 256 chars of letters, digits, spaces and _.:/=+-@`, 'STS session tag value charset');
+  }
+  const total = BROKER_TAG_KEYS.length + seen.size;
+  if (total > MAX_SESSION_TAGS) {
+    add(['aws', 'tags'], `${total} session tags (${BROKER_TAG_KEYS.length} set by the broker + ${seen.size} here); STS allows ${MAX_SESSION_TAGS}`, `keep at most ${MAX_SESSION_TAGS - BROKER_TAG_KEYS.length} tags here`);
+  }
+  if (aws.transitiveTagKeys.length > MAX_TRANSITIVE_TAG_KEYS) {
+    add(['aws', 'transitiveTagKeys'], `lists ${aws.transitiveTagKeys.length} keys; STS allows ${MAX_TRANSITIVE_TAG_KEYS}`, 'keep only keys that must survive role chaining');
+  }
+  const tagKeys = [...BROKER_TAG_KEYS, ...Object.keys(aws.tags)];
+  aws.transitiveTagKeys.forEach((key, i) => {
+    if (!tagKeys.some((k) => k.toLowerCase() === key.toLowerCase())) {
+      add(['aws', 'transitiveTagKeys', i], `"${key}" is not a session tag key`, `transitive keys must be among the session's tags: ${tagKeys.join(', ')}`);
+    }
+  });
+}
+
+function checkPolicy(aws: AwsGrant, raw: RawTemplate, add: Add): void {
+  const base: Segment[] = ['aws', 'policy'];
+  const policy = aws.policy;
+  if (policy.Version !== POLICY_VERSION) {
+    add([...base, 'Version'], `is "${policy.Version}"`, `use "${POLICY_VERSION}": older versions do not support policy variables`);
+  }
+  const statements: [PolicyStatement, Segment[]][] = Array.isArray(policy.Statement)
+    ? policy.Statement.map((s, i) => [s, [...base, 'Statement', i]])
+    : [[policy.Statement, [...base, 'Statement']]];
+  for (const [s, path] of statements) checkStatement(s, path, aws.allowBroadWildcard, add);
+
+  // Placeholders and the Policy charset (U+0009, U+000A, U+000D, U+0020-U+00FF; STS AssumeRole).
+  const declared = Object.keys(raw.parameters);
+  let placeholdersOk = true;
+  const walk = (v: unknown, path: Segment[]): void => {
+    if (typeof v === 'string') {
+      if (!POLICY_CHARSET_RE.test(v)) add(path, `contains characters a session policy cannot hold: ${outside(v)}`, 'STS accepts tab, newline and U+0020-U+00FF only');
+      for (const m of v.matchAll(PLACEHOLDER_RE)) {
+        const p = classifyPlaceholder(m[1]!);
+        if (p.kind === 'unknown') {
+          placeholdersOk = false;
+          add(path, `unknown placeholder ${m[0]}`, 'placeholders are ${developer}, ${session} and ${param.NAME}; IAM policy variables have a prefix, e.g. ${aws:username}');
+        } else if (p.kind === 'param' && !declared.includes(p.name)) {
+          placeholdersOk = false;
+          add(path, `placeholder ${m[0]} names no declared parameter`, declared.length ? `declared parameters: ${declared.join(', ')}` : 'declare it under parameters');
+        }
+      }
+    } else if (Array.isArray(v)) {
+      v.forEach((x, i) => walk(x, [...path, i]));
+    } else if (v !== null && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) {
+        if (!POLICY_CHARSET_RE.test(k)) add([...path, k], `the key contains characters a session policy cannot hold: ${outside(k)}`, 'STS accepts tab, newline and U+0020-U+00FF only');
+        const inKey = [...k.matchAll(PLACEHOLDER_RE)].find((m) => classifyPlaceholder(m[1]!).kind !== 'iam');
+        if (inKey) {
+          placeholdersOk = false;
+          add([...path, k], `placeholder ${inKey[0]} in a key is not substituted`, 'placeholders work in string values only');
+        }
+        walk(x, [...path, k]);
+      }
+    }
+  };
+  walk(policy, base);
+
+  // Size with the worst case: every parameter at its maxLength, the longest developer identity.
+  // 'x' needs no JSON escaping; values that would (a `"`) are re-checked when a request is built.
+  if (placeholdersOk) {
+    const params = Object.fromEntries(Object.entries(raw.parameters).map(([n, p]) => [n, 'x'.repeat(p.maxLength)]));
+    const rendered = renderPolicy(policy, { developer: 'x'.repeat(MAX_DEVELOPER_CHARS), session: 'x'.repeat(SESSION_ID_LENGTH), params });
+    const chars = sessionPolicyChars(rendered, aws.managedPolicyArns);
+    if (chars > MAX_SESSION_POLICY_CHARS) {
+      add(base, `can reach ${chars} chars (rendered minified with maximum-length parameters, plus managed policy ARNs); STS allows ${MAX_SESSION_POLICY_CHARS}`,
+        "lower the parameters' maxLength, merge statements, use action wildcards (e.g. logs:Get*), or move permissions into a managed policy (only its ARN counts)");
+    }
+  }
+}
+
+function outside(s: string): string {
+  const bad = [...new Set([...s].filter((c) => !POLICY_CHARSET_RE.test(c)))];
+  return bad.slice(0, 5).map((c) => `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`).join(', ');
+}
+
+function checkStatement(s: PolicyStatement, path: Segment[], allowBroadWildcard: boolean, add: Add): void {
+  if ((s.Action === undefined) === (s.NotAction === undefined)) {
+    add(path, 'needs exactly one of Action or NotAction', 'list the actions the task needs under Action');
+  }
+  if ((s.Resource === undefined) === (s.NotResource === undefined)) {
+    add(path, 'needs exactly one of Resource or NotResource', 'list the resources (ARNs) the task may act on under Resource');
+  }
+  for (const key of ['Action', 'NotAction'] as const) {
+    const value = s[key];
+    list(value).forEach((action, i) => {
+      const r = checkActionName(action);
+      if (!r.ok) add(Array.isArray(value) ? [...path, key, i] : [...path, key], r.message, r.hint);
+    });
+  }
+  const allActions = list(s.Action).some((a) => a === '*' || a === '*:*');
+  if (s.Effect === 'Allow' && allActions && list(s.Resource).includes('*') && !allowBroadWildcard) {
+    add([...path, 'Action'], 'allows every action on every resource', 'list the actions and resources the task needs; if full access is really meant, set aws.allowBroadWildcard: true');
+  }
+}
