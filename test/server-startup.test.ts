@@ -1,0 +1,145 @@
+/**
+ * What an operator meets when starting `broker server`: a bad configuration stops it with the file,
+ * the field and the fix; a misconfigured role trust policy is logged once per problem at start (the
+ * first thing that breaks in a real set-up); and signing keys rotate by `kid` without logging anyone out.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
+import { startBrokerService, type BrokerService } from './peers/broker-service.js';
+import { broker } from './peers/cli.js';
+import { createRole, startMoto, type Moto } from './peers/moto.js';
+
+const ACCT = '123456789012';
+const trust = (...actions: string[]) => ({
+  Version: '2012-10-17',
+  Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCT}:root` }, Action: actions }],
+});
+
+describe('broker server: configuration errors', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-'));
+  const write = (name: string, text: string) => { const f = join(dir, name); writeFileSync(f, text); return f; };
+
+  it('names the file and every bad field, exits 1, and prints no stack trace', async () => {
+    const file = write('bad.yaml', [
+      'listen: { port: 99999 }',
+      'oidc: { issuer: not-a-url, audience: broker-cli, algorithms: [none], cliClientId: broker-cli }',
+      'tokens: { signingKeys: ephemeral }',
+      'surprise: true',
+    ].join('\n'));
+    const r = await broker(['server', '--config', file], {});
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    for (const field of ['listen.port', 'oidc.issuer', 'oidc.algorithms.0', '(root)']) {
+      assert.ok(r.stderr.includes(`${file}:${field}`), `names ${field}:\n${r.stderr}`);
+    }
+    assert.match(r.stderr, /surprise/);
+    assert.doesNotMatch(r.stderr, /\n\s+at .*:\d+:\d+/, 'no stack trace');
+  });
+
+  it('refuses a missing file and YAML that does not parse, clearly', async () => {
+    const missing = await broker(['server', '--config', join(dir, 'nope.yaml')], {});
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /cannot read config file .*nope\.yaml: ENOENT/);
+    const garbled = await broker(['server', '--config', write('garbled.yaml', 'oidc: [unclosed\n')], {});
+    assert.equal(garbled.code, 1);
+    assert.match(garbled.stderr, /garbled\.yaml: not valid YAML/);
+  });
+
+  it('refuses a signing key that is not a private EC P-256 JWK', async () => {
+    const key = write('key.json', JSON.stringify({ kty: 'oct', k: 'c2VjcmV0', kid: 'k1' }));
+    const file = write('key.yaml', [
+      'oidc: { issuer: "https://idp.example.com", audience: broker-cli, algorithms: [RS256], cliClientId: broker-cli }',
+      `tokens: { signingKeys: [{ file: ${JSON.stringify(key)} }] }`,
+      'aws: { checkTrustAtStartup: false }',
+      `store: { sqlite: ${JSON.stringify(join(dir, 'k.db'))} }`,
+      `policiesDir: ${JSON.stringify(join(process.cwd(), 'policies'))}`,
+    ].join('\n'));
+    const r = await broker(['server', '--config', file], {});
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /tokens\.signingKeys\.0: a signing key must be a private EC P-256 JWK with a "kid"/);
+    assert.ok(!r.stderr.includes('c2VjcmV0'), 'the key material is not echoed');
+  });
+});
+
+describe('broker server: role trust check at start-up', () => {
+  let moto: Moto;
+  let svc: BrokerService;
+
+  before(async () => {
+    moto = await startMoto();
+    // deploy-lambda: trusted correctly; read-cloudwatch-logs: no sts:TagSession; s3-artifacts: no role at all.
+    await createRole(moto.url, 'broker-deploy-lambda', trust('sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'), 43200);
+    await createRole(moto.url, 'broker-read-cloudwatch-logs', trust('sts:AssumeRole', 'sts:SetSourceIdentity'), 43200);
+    // The IdP is never contacted by this test: the check needs only STS and IAM.
+    svc = await startBrokerService({ issuer: 'http://127.0.0.1:9/unused', stsEndpoint: moto.url, iamEndpoint: moto.url });
+  });
+  after(async () => {
+    await svc?.stop();
+    await moto?.stop();
+  });
+
+  it('logs each problem once, naming the template, the role and the fix; nothing for a good role', async () => {
+    const deadline = Date.now() + 15_000;
+    while (!svc.log().includes('role trust check finished') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const lines = svc.log().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const finished = lines.find((l) => l.msg === 'role trust check finished');
+    assert.ok(finished, 'the check ran');
+    assert.equal(finished.withProblems, 2);
+    const warnings = lines.filter((l) => l.level === 40 && typeof l.template === 'string');
+    const key = (l: Record<string, unknown>) => `${String(l.template)}:${String(l.check)}`;
+    assert.deepEqual(warnings.map(key).sort(), ['read-cloudwatch-logs:tag-session', 's3-artifacts:role']);
+    const tag = warnings.find((l) => l.check === 'tag-session')!;
+    assert.match(String(tag.msg), /sts:TagSession/);
+    assert.match(String(tag.hint), /sts:TagSession/);
+    assert.equal(tag.roleArn, `arn:aws:iam::${ACCT}:role/broker-read-cloudwatch-logs`);
+  });
+
+  it('keeps serving: a trust problem is a warning, not a failed start', async () => {
+    const res = await fetch(`${svc.url}/healthz`);
+    assert.equal(res.status, 200);
+  });
+});
+
+describe('broker signing keys rotate by kid', () => {
+  const issuer = 'https://broker.example.com';
+  const ttl = { access: 600, refresh: 3600 };
+  const principal = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+
+  it('a new key signs, the old one still verifies until it is removed', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-keys-'));
+    const oldJwk = await generateSigningJwk('old');
+    const newJwk = await generateSigningJwk('new');
+    writeFileSync(join(dir, 'old.json'), JSON.stringify(oldJwk));
+    writeFileSync(join(dir, 'new.json'), JSON.stringify(newJwk));
+
+    const before = new BrokerTokens(await loadSigningKeys([{ file: 'old.json' }], dir), issuer, ttl);
+    const issuedBefore = await before.issue(principal);
+    const header = (t: string) => JSON.parse(Buffer.from(t.split('.')[0]!, 'base64url').toString()) as { kid: string; alg: string };
+    assert.equal(header(issuedBefore.accessToken).kid, 'old');
+
+    // Rotation: the new key goes first (it signs); the old one stays to verify what it signed.
+    const during = new BrokerTokens(await loadSigningKeys([{ file: 'new.json' }, { file: 'old.json' }], dir), issuer, ttl);
+    assert.deepEqual(during.publicJwks().keys.map((k) => k.kid), ['new', 'old']);
+    assert.ok(during.publicJwks().keys.every((k) => !('d' in k)), 'the JWKS publishes no private part');
+    assert.equal((await during.verifyAccess(issuedBefore.accessToken)).id, principal.id);
+    const refreshed = await during.refresh(issuedBefore.refreshToken);
+    assert.equal(header(refreshed.accessToken).kid, 'new');
+    assert.equal(header(refreshed.accessToken).alg, 'ES256');
+
+    // Once the old key is removed, what it signed no longer verifies.
+    const afterRotation = new BrokerTokens(await loadSigningKeys([{ file: 'new.json' }], dir), issuer, ttl);
+    assert.equal((await afterRotation.verifyAccess(refreshed.accessToken)).id, principal.id);
+    await assert.rejects(afterRotation.verifyAccess(issuedBefore.accessToken), (e: { code?: string }) => e.code === 'unauthenticated');
+  });
+
+  it('refuses two keys with one kid', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-keys-'));
+    writeFileSync(join(dir, 'a.json'), JSON.stringify(await generateSigningJwk('same')));
+    writeFileSync(join(dir, 'b.json'), JSON.stringify(await generateSigningJwk('same')));
+    await assert.rejects(loadSigningKeys([{ file: 'a.json' }, { file: 'b.json' }], dir), /duplicate kid/);
+  });
+});
