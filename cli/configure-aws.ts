@@ -2,7 +2,8 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { quoteCommandWord } from '../broker/aws-config-file.js';
 import { configureAws, defaultAwsConfigFile, type ConfigureAwsResult } from '../broker/aws-config-writer.js';
-import { listStartableTemplates } from '../broker/client/api.js';
+import type { TemplateSummary } from '../broker/client/api.js';
+import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, info, printJson } from './output.js';
 
@@ -35,7 +36,7 @@ export function register(program: Command): void {
     .action(action(async (opts: Options) => {
       const templates = opts.templates
         ? opts.templates.split(',').map((s) => s.trim()).filter(Boolean).map((name) => ({ name, region: opts.region ?? null }))
-        : (await listStartableTemplates()).map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
+        : (await callDaemon<TemplateSummary[]>({ op: 'templates' })).map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
       if (templates.length === 0) {
         throw new BrokerError('not_found', 'no task templates to configure', { hint: 'ask an admin which templates you may start, or pass --templates a,b' });
       }

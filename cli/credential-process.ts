@@ -2,10 +2,24 @@
  * `broker credential-process --task <template>`: the AWS SDKs' credential_process contract.
  * stdout carries exactly one complete JSON document (Version 1, Expiration always set, so clients
  * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (FACTS.md).
- * Loaded by bin/broker.js without commander/zod/YAML/AWS SDK, since the AWS CLI runs it per command.
+ *
+ * The AWS CLI runs this for every command (aws-cli#5585), so it only asks the per-user daemon, which
+ * answers from memory. The import graph is two tiny modules and node:net: no commander, zod, YAML,
+ * AWS SDK or keychain binding (bench/credential-process measures it). The daemon is started, and the
+ * heavier modules loaded, only when none is running.
  */
-import { activeSessionFor, authenticatedApi, type ProcessCredentials } from '../broker/client/api.js';
-import { BrokerError, isBrokerError } from '../broker/errors.js';
+import { socketPath } from '../broker/daemon/paths.js';
+import { daemonCall, isNoDaemon } from '../broker/daemon/socket-client.js';
+import type { DaemonResponse } from '../broker/daemon/protocol.js';
+
+/** Under Go SDK v2's one-minute kill (FACTS.md); JS and Python clients would wait forever. */
+const TIMEOUT_MS = 50_000;
+const USAGE = 'usage: broker credential-process --task <template>';
+const TEMPLATE_RE = /^[a-z0-9-]{1,40}$/;
+
+interface Credentials { Version: 1; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string; AccountId?: string }
+
+class UsageError extends Error {}
 
 function parseArgs(args: string[]): string {
   let task: string | undefined;
@@ -13,34 +27,51 @@ function parseArgs(args: string[]): string {
     const a = args[i]!;
     if (a === '--task') task = args[++i];
     else if (a.startsWith('--task=')) task = a.slice('--task='.length);
-    else if (a === '-h' || a === '--help') {
-      throw new BrokerError('invalid_request', 'usage: broker credential-process --task <template>');
-    } else throw new BrokerError('invalid_request', `unknown argument "${a}"`, { hint: 'usage: broker credential-process --task <template>' });
+    else if (a === '-h' || a === '--help') throw new UsageError(USAGE);
+    else throw new UsageError(`unknown argument "${a}" (${USAGE})`);
   }
-  if (!task || !/^[a-z0-9-]{1,40}$/.test(task)) {
-    throw new BrokerError('invalid_request', '--task <template> is required', { hint: 'e.g. credential_process = broker credential-process --task deploy-lambda' });
-  }
+  if (task === undefined) throw new UsageError(`--task <template> is required (e.g. credential_process = broker credential-process --task deploy-lambda)`);
+  if (!TEMPLATE_RE.test(task)) throw new UsageError(`--task "${task.slice(0, 60)}" is not a template name ([a-z0-9-], at most 40 chars)`);
   return task;
+}
+
+async function ask(task: string): Promise<DaemonResponse<Credentials>> {
+  try {
+    return await daemonCall<Credentials>(socketPath(), { op: 'credentials', task }, TIMEOUT_MS);
+  } catch (e) {
+    if (!isNoDaemon(e)) throw e;
+    // First call of the day: start the daemon (slow path, loaded only now).
+    const { callDaemon } = await import('../broker/daemon/daemon-client.js');
+    return { ok: true, result: await callDaemon<Credentials>({ op: 'credentials', task }, { timeoutMs: TIMEOUT_MS }) };
+  }
+}
+
+function fail(message: string): void {
+  // One line: clients show stderr as is, and some log it (so never anything secret in it).
+  process.stderr.write(`broker credential-process: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  process.exitCode = 1;
 }
 
 export async function main(args: string[]): Promise<void> {
   try {
     const task = parseArgs(args);
-    const api = await authenticatedApi();
-    const session = await activeSessionFor(api, task);
-    const r = await api.request<{ credentials: ProcessCredentials }>('POST', `/v1/sessions/${encodeURIComponent(session.id)}/credentials`);
-    const c = r.credentials;
-    if (c.Version !== 1 || !c.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
-      throw new BrokerError('upstream_error', 'the broker service returned incomplete credentials');
+    const r = await ask(task);
+    if (!r.ok) {
+      fail(`${r.error.message}${r.error.hint ? ` (${r.error.hint})` : ''}`);
+      return;
     }
-    const doc: ProcessCredentials = {
+    const c = r.result;
+    if (c.Version !== 1 || !c.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
+      fail('the broker daemon returned incomplete credentials (restart it: broker daemon stop)');
+      return;
+    }
+    const doc: Credentials = {
       Version: 1, AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken,
       Expiration: c.Expiration, ...(c.AccountId ? { AccountId: c.AccountId } : {}),
     };
     process.stdout.write(`${JSON.stringify(doc)}\n`);
   } catch (e) {
-    const line = isBrokerError(e) ? `${e.message}${e.hint ? ` (${e.hint})` : ''}` : `unexpected error: ${(e as Error)?.message ?? String(e)}`;
-    process.stderr.write(`broker credential-process: ${line.replace(/\s*\n\s*/g, ' ')}\n`);
-    process.exitCode = 1;
+    const err = e as Error & { hint?: string };
+    fail(e instanceof UsageError ? err.message : `${err.message}${err.hint ? ` (${err.hint})` : ''}`);
   }
 }

@@ -1,28 +1,21 @@
 import type { Command } from 'commander';
-import { activeSessions, authenticatedApi } from '../broker/client/api.js';
+import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, info, printJson } from './output.js';
 
 export function register(program: Command): void {
   program
     .command('end')
-    .description('end task sessions: no credentials are re-issued under them afterwards')
+    .description('end task sessions: the daemon drops their credentials and the service issues none under them afterwards')
     .argument('[template]', 'end the active session of this template')
     .option('--all', 'end all your active task sessions')
     .option('--json', 'print the ended sessions as JSON')
     .action(action(async (template: string | undefined, opts: { all?: boolean; json?: boolean }) => {
       if (!template && !opts.all) throw new BrokerError('invalid_request', 'say which session to end', { hint: 'broker end <template>  or  broker end --all' });
       if (template && opts.all) throw new BrokerError('invalid_request', 'give a template or --all, not both');
-      const api = await authenticatedApi();
-      const targets = (await activeSessions(api)).filter((s) => opts.all || s.template === template);
-      if (template && targets.length === 0) {
-        throw new BrokerError('not_found', `no active "${template}" task session`, { hint: 'see active sessions with: broker status' });
-      }
-      for (const s of targets) {
-        await api.request('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
-        if (!opts.json) info(`Ended ${s.template} (${s.id})`);
-      }
-      if (opts.json) printJson({ ended: targets.map((s) => ({ id: s.id, template: s.template })) });
-      else if (targets.length === 0) info('No active task sessions.');
+      const r = await callDaemon<{ ended: { id: string; template: string }[] }>({ op: 'end', ...(template ? { template } : { all: true }) });
+      if (opts.json) printJson(r);
+      else if (r.ended.length === 0) info('No active task sessions.');
+      else for (const s of r.ended) info(`Ended ${s.template} (${s.id})`);
     }));
 }

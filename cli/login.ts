@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
-import { BrokerApi, keychainAccount } from '../broker/client/api.js';
+import { BrokerApi } from '../broker/client/api.js';
 import { readCliConfig, writeCliConfig } from '../broker/client/cli-config.js';
 import { deviceLogin, readIdTokenFile } from '../broker/client/device-login.js';
+import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
+import { loadLogin, saveLogin } from '../broker/client/login-record.js';
+import { notifyDaemon } from '../broker/daemon/notify.js';
 import { BrokerError } from '../broker/errors.js';
-import { keychainSet } from '../broker/keychain.js';
 import { action, info, printJson } from './output.js';
 
 interface LoginConfig { issuer: string; clientId: string; scopes: string; allowInsecureHttp: boolean }
@@ -20,9 +22,14 @@ export function register(program: Command): void {
       if (!serverUrl) {
         throw new BrokerError('invalid_request', 'no broker service URL', { hint: 'run: broker login --server https://broker.example.com' });
       }
-      if (!/^https?:\/\//.test(serverUrl)) {
-        throw new BrokerError('invalid_request', `--server "${serverUrl}" is not an http(s) URL`);
+      if (!/^https?:\/\/[^/\s]+(\/\S*)?$/.test(serverUrl)) {
+        throw new BrokerError('invalid_request', `--server "${serverUrl}" is not an http(s) URL`, { hint: 'e.g. --server https://broker.example.com' });
       }
+      // Before anything else: without a keychain there is nowhere to keep the login, and the broker
+      // never falls back to a file. (A read of our own entry; keychain_unavailable if none.)
+      await loadLogin(serverUrl).catch((e: unknown) => {
+        if (e instanceof BrokerError && e.code === 'keychain_unavailable') throw e;
+      });
       const anonymous = new BrokerApi(serverUrl);
       let idToken: string;
       if (opts.idTokenFile) {
@@ -40,9 +47,15 @@ export function register(program: Command): void {
           },
         }));
       }
-      const r = await anonymous.request<{ refresh_token: string; developer: string; groups: string[] }>('POST', '/v1/auth/token', { id_token: idToken });
-      await keychainSet(keychainAccount(serverUrl), r.refresh_token);
+      // A new device key per login; the service binds the refresh token to it (RFC 9449).
+      const { key, privateJwk } = await generateDpopKey();
+      const r = await anonymous.request<{ refresh_token?: string; developer: string; groups: string[] }>(
+        'POST', '/v1/auth/token', { id_token: idToken }, { dpop: await dpopProof(key, 'POST', `${serverUrl}/v1/auth/token`) },
+      );
+      if (!r.refresh_token) throw new BrokerError('upstream_error', 'the broker service did not issue a refresh token', { hint: 'the service may be an older version; ask its operator' });
+      await saveLogin({ v: 1, serverUrl, developer: r.developer, refreshToken: r.refresh_token, dpopKey: privateJwk });
       if (opts.server) writeCliConfig({ serverUrl });
+      await notifyDaemon();
       if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });
       else info(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
     }));

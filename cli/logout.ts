@@ -1,16 +1,17 @@
 import type { Command } from 'commander';
-import { keychainAccount } from '../broker/client/api.js';
 import { requireCliConfig } from '../broker/client/cli-config.js';
-import { keychainDelete } from '../broker/keychain.js';
+import { deleteLogin } from '../broker/client/login-record.js';
+import { notifyDaemon } from '../broker/daemon/notify.js';
 import { action, info } from './output.js';
 
 export function register(program: Command): void {
   program
     .command('logout')
-    .description('forget the broker login (removes the refresh token from the OS keychain)')
+    .description('forget the broker login: removes it from the OS keychain, and the daemon drops every credential it holds')
     .action(action(async () => {
       const { serverUrl } = requireCliConfig();
-      const removed = await keychainDelete(keychainAccount(serverUrl));
+      const removed = await deleteLogin(serverUrl);
+      await notifyDaemon();
       info(removed ? `Logged out of ${serverUrl}` : `Not logged in to ${serverUrl}`);
     }));
 }

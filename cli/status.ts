@@ -1,27 +1,32 @@
 import type { Command } from 'commander';
-import { activeSessions, authenticatedApi } from '../broker/client/api.js';
-import { action, printJson } from './output.js';
+import { callDaemon } from '../broker/daemon/daemon-client.js';
+import type { DaemonStatus } from '../broker/daemon/daemon-core.js';
+import { action, info, printJson } from './output.js';
 import { timeLeft } from './time-left.js';
 
 export function register(program: Command): void {
   program
     .command('status')
-    .description('list your active task sessions and the time they have left')
+    .description('list your active task sessions, the time they have left and the credentials the daemon holds for them')
     .option('--json', 'print as JSON')
     .action(action(async (opts: { json?: boolean }) => {
-      const api = await authenticatedApi();
-      const sessions = await activeSessions(api);
+      const s = await callDaemon<DaemonStatus>({ op: 'status' });
+      const now = Date.now();
       if (opts.json) {
-        printJson({ server: api.baseUrl, sessions: sessions.map((s) => ({ ...s, secondsLeft: Math.max(0, Math.floor((Date.parse(s.expiresAt) - Date.now()) / 1000)) })) });
+        printJson({ ...s, sessions: s.sessions.map((x) => ({ ...x, secondsLeft: Math.max(0, Math.floor((Date.parse(x.expiresAt) - now) / 1000)) })) });
         return;
       }
-      if (sessions.length === 0) {
-        process.stdout.write('No active task sessions. Start one with: broker task <template>\n');
+      if (s.serviceError) info(`warning: cannot reach the broker service (${s.serviceError}); showing what the daemon holds`);
+      if (s.sessions.length === 0) {
+        process.stdout.write(`No active task sessions${s.developer ? ` for ${s.developer}` : ''}. Start one with: broker task <template>\n`);
         return;
       }
-      const rows = sessions.map((s) => [s.template, s.id, timeLeft(s.expiresAt), s.agent,
-        Object.entries(s.params).map(([k, v]) => `${k}=${v}`).join(' ')]);
-      const header = ['TEMPLATE', 'SESSION', 'LEFT', 'AGENT', 'PARAMS'];
+      const rows = s.sessions.map((x) => [
+        x.template, x.id, timeLeft(x.expiresAt, now), x.agent,
+        x.credentials?.credentialsExpireAt ? `${timeLeft(x.credentials.credentialsExpireAt, now)}${x.credentials.health === 'retrying' ? ' (retrying)' : ''}` : '-',
+        Object.entries(x.params).map(([k, v]) => `${k}=${v}`).join(' '),
+      ]);
+      const header = ['TEMPLATE', 'SESSION', 'LEFT', 'AGENT', 'CREDENTIALS', 'PARAMS'];
       const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
       for (const r of [header, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
     }));

@@ -1,30 +1,30 @@
 import type { Command } from 'commander';
-import { authenticatedApi, type ProcessCredentials, type SessionView } from '../broker/client/api.js';
+import { callDaemon } from '../broker/daemon/daemon-client.js';
+import type { StartedTask } from '../broker/daemon/daemon-core.js';
 import { action, collectParam, info, printJson } from './output.js';
 import { timeLeft } from './time-left.js';
 
 export function register(program: Command): void {
   program
     .command('task')
-    .description('start a task session from a template (run before an agent run)')
+    .description('start a task session from a template (run before an agent run); its credentials stay in the daemon\'s memory')
     .argument('<template>', 'task template name, e.g. deploy-lambda')
     .option('-p, --param <name=value>', 'template parameter (repeatable)', collectParam, {})
     .option('--ttl <duration>', 'how long the task session may last, e.g. 30m, 2h (capped by the template)')
     .option('--reason <text>', 'why: recorded in the audit log', '')
     .option('--agent <name>', 'the agent that will use the credentials (becomes the broker:agent session tag)', 'unspecified')
-    .option('--json', 'print the session as JSON (no credentials)')
+    .option('--json', 'print the session as JSON (never the credentials)')
     .action(action(async (template: string, opts: { param: Record<string, string>; ttl?: string; reason: string; agent: string; json?: boolean }) => {
-      const api = await authenticatedApi();
-      const r = await api.request<{ session: SessionView; credentials: ProcessCredentials }>('POST', '/v1/sessions', {
-        template, params: opts.param, reason: opts.reason, agent: opts.agent, ...(opts.ttl ? { ttl: opts.ttl } : {}),
+      const r = await callDaemon<StartedTask>({
+        op: 'start', request: { template, params: opts.param, reason: opts.reason, agent: opts.agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
       });
       // The credentials are not printed: agents get them through credential_process.
       if (opts.json) {
-        printJson({ session: r.session, accessKeyId: r.credentials.AccessKeyId, credentialsExpire: r.credentials.Expiration, profile: `broker-${template}` });
+        printJson({ session: r.session, accessKeyId: r.accessKeyId, credentialsExpire: r.credentialsExpire, profile: `broker-${template}` });
         return;
       }
       info(`Task session ${r.session.id} started: ${template} as ${r.session.roleSessionName}`);
-      info(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); credentials refresh through credential_process`);
-      info(`  use it with: AWS_PROFILE=broker-${template}   (set up profiles once with: broker configure aws)`);
+      info(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes its credentials until then`);
+      info(`  use it with: AWS_PROFILE=broker-${template}   or: broker exec ${template} -- <agent>`);
     }));
 }

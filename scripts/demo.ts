@@ -4,11 +4,10 @@
  * through what a developer does: device-flow login, start a deploy-lambda task, write the AWS CLI
  * profile, and let the real AWS CLI get the task's identity through credential_process.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBrokerService } from '../test/peers/broker-service.js';
-import { broker, run } from '../test/peers/cli.js';
+import { broker, deviceLogin, makeTestHome, run } from '../test/peers/cli.js';
 import { startIdp } from '../test/peers/idp.js';
 import { createRole, startMoto } from '../test/peers/moto.js';
 import { VENV_BIN } from '../test/peers/paths.js';
@@ -25,25 +24,15 @@ async function main(): Promise<void> {
     Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
   }), 43200);
   const svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url });
-  const home = mkdtempSync(join(tmpdir(), 'broker-demo-home-'));
-  mkdirSync(join(home, '.aws'), { mode: 0o700 });
-  const env = {
-    HOME: home, XDG_CONFIG_HOME: join(home, '.config'), CI: '', AWS_CONFIG_FILE: join(home, '.aws', 'config'),
-    AWS_SHARED_CREDENTIALS_FILE: join(home, '.aws', 'credentials'), AWS_EC2_METADATA_DISABLED: 'true',
-  };
+  // A throwaway developer machine: its own HOME, ~/.aws/config and daemon socket.
+  const machine = makeTestHome('broker-demo-home-');
+  const { home, env } = machine;
   let failed = false;
   try {
     process.stdout.write(`  moto ${moto.url}   IdP ${idp.issuer}   broker ${svc.url}   HOME ${home}\n`);
 
     say(`$ broker login --server ${svc.url}      (device flow; the demo approves it as alice@example.com)`);
-    let approval: Promise<void> | undefined;
-    const login = await broker(['login', '--server', svc.url], env, {
-      onStderr: (c) => {
-        const m = /code: ([A-Z0-9-]+)/.exec(c);
-        if (m && !approval) approval = idp.approveDevice(m[1]!, 'alice@example.com');
-      },
-    });
-    await approval;
+    const login = await deviceLogin(svc.url, env, idp, 'alice@example.com');
     show(login);
     if (login.code !== 0) throw new Error('login failed');
 
@@ -55,7 +44,7 @@ async function main(): Promise<void> {
     say('$ broker configure aws');
     const conf = await broker(['configure', 'aws'], env);
     show(conf);
-    process.stdout.write(`--- ${env.AWS_CONFIG_FILE}\n${readFileSync(env.AWS_CONFIG_FILE, 'utf8')}---\n`);
+    process.stdout.write(`--- ${env.AWS_CONFIG_FILE}\n${readFileSync(env.AWS_CONFIG_FILE!, 'utf8')}---\n`);
 
     say(`$ aws sts get-caller-identity --profile broker-deploy-lambda --endpoint-url ${moto.url}`);
     const aws = await run(join(VENV_BIN, 'aws'), ['sts', 'get-caller-identity', '--profile', 'broker-deploy-lambda', '--endpoint-url', moto.url],
@@ -63,8 +52,14 @@ async function main(): Promise<void> {
     show(aws);
     if (aws.code !== 0) throw new Error('aws CLI failed');
 
+    say('$ broker exec deploy-lambda -- aws sts get-caller-identity --query Arn   (an agent run: AWS_PROFILE set, static keys removed)');
+    show(await broker(['exec', 'deploy-lambda', '--', join(VENV_BIN, 'aws'), 'sts', 'get-caller-identity', '--query', 'Arn', '--endpoint-url', moto.url],
+      { ...env, AWS_ACCESS_KEY_ID: 'AKIASTANDINGKEY', AWS_SECRET_ACCESS_KEY: 'a-standing-key-the-agent-never-sees' }));
+
     say('$ broker status');
     show(await broker(['status'], env));
+    say('$ broker daemon status   (credentials come from the daemon\'s memory, refreshed ahead of expiry)');
+    show(await broker(['daemon', 'status'], env));
     say('$ broker end deploy-lambda');
     show(await broker(['end', 'deploy-lambda'], env));
     say('$ aws sts get-caller-identity --profile broker-deploy-lambda   (after the task ended: refused)');
@@ -82,6 +77,7 @@ async function main(): Promise<void> {
     failed = true;
     process.stderr.write(`demo failed: ${(e as Error).message}\n--- service log ---\n${svc.log()}\n`);
   } finally {
+    await machine.stop();
     await svc.stop();
     await idp.stop();
     await moto.stop();

@@ -30,10 +30,11 @@ fi
 export PATH="$PEERS/node/bin:$PATH"
 log "node $(node --version)"
 
-# --- Debian packages: keychain (gnome-keyring, dbus) -------------------------------------------
+# --- Debian packages: keychain (gnome-keyring, dbus); libfaketime for the daemon's clock tests ---
 need_apt=()
 command -v dbus-run-session >/dev/null || need_apt+=(dbus dbus-x11)
 command -v gnome-keyring-daemon >/dev/null || need_apt+=(gnome-keyring)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "installing ${need_apt[*]} (apt)"

@@ -4,12 +4,12 @@
  * real AWS CLI gets the task's assumed-role identity from moto through credential_process.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startBrokerService, type BrokerService } from './peers/broker-service.js';
-import { broker, run } from './peers/cli.js';
+import { broker, deviceLogin, makeTestHome, run, type TestHome } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
 import { createRole, startMoto } from './peers/moto.js';
 import { VENV_BIN } from './peers/paths.js';
@@ -26,6 +26,7 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
   let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
   let idp: Awaited<ReturnType<typeof startIdp>>;
   let svc: BrokerService;
+  let machine: TestHome;
   let home: string;
   let env: Record<string, string>;
 
@@ -35,16 +36,11 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     idp = await startIdp();
     await createRole(moto.url, 'broker-deploy-lambda', TRUST('arn:aws:iam::123456789012:root'), 43200);
     svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: proxy.url, iamEndpoint: moto.url });
-    home = mkdtempSync(join(tmpdir(), 'broker-home-'));
-    mkdirSync(join(home, '.aws'), { mode: 0o700 });
-    env = {
-      HOME: home, XDG_CONFIG_HOME: join(home, '.config'), CI: '',
-      AWS_CONFIG_FILE: join(home, '.aws', 'config'), AWS_SHARED_CREDENTIALS_FILE: join(home, '.aws', 'credentials'),
-      AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '', AWS_SESSION_TOKEN: '', AWS_PROFILE: '', AWS_REGION: '',
-      AWS_DEFAULT_REGION: '', AWS_EC2_METADATA_DISABLED: 'true', BROKER_URL: '',
-    };
+    machine = makeTestHome();
+    ({ home, env } = machine);
   });
   after(async () => {
+    await machine?.stop();
     await svc?.stop();
     await idp?.stop();
     await proxy?.stop();
@@ -53,14 +49,7 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
 
   it('issues a session-tagged, policy-scoped credential that the AWS CLI uses', async () => {
     // 1. broker login: device flow; approve the printed user code on the IdP's own pages.
-    let approval: Promise<void> | undefined;
-    const login = await broker(['login', '--server', svc.url], env, {
-      onStderr: (chunk) => {
-        const m = /code: ([A-Z0-9-]+)/.exec(chunk);
-        if (m && !approval) approval = idp.approveDevice(m[1]!, 'alice@example.com');
-      },
-    });
-    await approval;
+    const login = await deviceLogin(svc.url, env, idp, 'alice@example.com');
     assert.equal(login.code, 0, login.stderr);
     assert.match(login.stderr, /Logged in to .* as alice@example\.com/);
     assert.equal(login.stdout, '');
@@ -87,7 +76,8 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
 
     // 5. what went to STS on the wire: tags, SourceIdentity, policy, duration
     const calls = assumeRoleCalls(proxy.requests);
-    assert.ok(calls.length >= 2, 'one AssumeRole for task start, one (or more) for credential_process re-issue');
+    // The daemon got credentials when the task started and answers credential_process from memory.
+    assert.equal(calls.length, 1, 'one AssumeRole: the task start; the AWS CLI was served from the daemon\'s memory');
     for (const call of calls) {
       assert.equal(call.RoleArn, 'arn:aws:iam::123456789012:role/broker-deploy-lambda');
       assert.equal(call.RoleSessionName, started.session.roleSessionName);

@@ -17,6 +17,8 @@ import { startMoto } from './peers/moto.js';
 import { POLICIES_DIR } from './peers/paths.js';
 import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js';
 import { forgeIdToken, unsignedIdToken } from './peers/tokens.js';
+import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 
 describe('broker service API', () => {
   let moto: Awaited<ReturnType<typeof startMoto>>;
@@ -26,10 +28,13 @@ describe('broker service API', () => {
   let dbPath: string;
   const tokens: Record<string, string> = {};
 
-  const call = async (method: string, path: string, opts: { token?: string; body?: unknown; raw?: string } = {}) => {
+  const call = async (method: string, path: string, opts: { token?: string; body?: unknown; raw?: string; dpop?: string } = {}) => {
     const res = await fetch(`${server.url}${path}`, {
       method,
-      headers: { 'content-type': 'application/json', ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) },
+      headers: {
+        'content-type': 'application/json', ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+        ...(opts.dpop ? { dpop: opts.dpop } : {}),
+      },
       body: opts.raw ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)),
     });
     const text = await res.text();
@@ -94,10 +99,77 @@ describe('broker service API', () => {
     it('needs a bearer token; a refresh token is not an access token', async () => {
       const none = await call('GET', '/v1/sessions');
       assert.equal(none.status, 401);
-      const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') } });
+      const { key } = await generateDpopKey();
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') }, dpop: await dpopProof(key, 'POST', `${server.url}/v1/auth/token`) });
+      assert.equal(r.status, 200, r.text);
       const wrongTyp = await call('GET', '/v1/sessions', { token: r.body.refresh_token });
       assert.equal(wrongTyp.status, 401);
       assert.equal(wrongTyp.body.code, 'unauthenticated');
+    });
+  });
+
+  describe('refresh tokens are bound to the device key (DPoP, RFC 9449)', () => {
+    const url = (path: string) => `${server.url}${path}`;
+    let key: Awaited<ReturnType<typeof generateDpopKey>>['key'];
+    let refreshToken: string;
+    before(async () => {
+      ({ key } = await generateDpopKey());
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') }, dpop: await dpopProof(key, 'POST', url('/v1/auth/token')) });
+      assert.equal(r.status, 200, r.text);
+      refreshToken = r.body.refresh_token;
+    });
+    const refresh = (dpop?: string) => call('POST', '/v1/auth/refresh', { body: { refresh_token: refreshToken }, ...(dpop ? { dpop } : {}) });
+    const refused = (r: Awaited<ReturnType<typeof call>>, label: string) => {
+      assert.equal(r.status, 401, `${label}: ${r.text}`);
+      assert.equal(r.body.code, 'unauthenticated');
+      assert.ok(!('access_token' in r.body));
+    };
+
+    it('a login without a proof gets an access token but no refresh token', async () => {
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') } });
+      assert.equal(r.status, 200, r.text);
+      assert.equal(typeof r.body.access_token, 'string');
+      assert.ok(!('refresh_token' in r.body));
+    });
+    it('refresh with a proof from the bound key works', async () => {
+      const r = await refresh(await dpopProof(key, 'POST', url('/v1/auth/refresh')));
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.body.developer, 'alice@example.com');
+    });
+    it('refuses a refresh token without a proof', async () => refused(await refresh(), 'no proof'));
+    it('refuses a proof from another key (the token replayed from another machine)', async () => {
+      const other = await generateDpopKey();
+      refused(await refresh(await dpopProof(other.key, 'POST', url('/v1/auth/refresh'))), 'other key');
+    });
+    it('refuses a proof used twice', async () => {
+      const proof = await dpopProof(key, 'POST', url('/v1/auth/refresh'));
+      assert.equal((await refresh(proof)).status, 200);
+      refused(await refresh(proof), 'replay');
+    });
+    it('refuses a proof for another URL or method', async () => {
+      refused(await refresh(await dpopProof(key, 'POST', url('/v1/auth/token'))), 'htu');
+      refused(await refresh(await dpopProof(key, 'GET', url('/v1/auth/refresh'))), 'htm');
+    });
+    it('refuses a proof carrying a private key, or signed with alg none, or too old', async () => {
+      const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+      const priv = await exportJWK(privateKey);
+      const claims = { htm: 'POST', htu: url('/v1/auth/refresh'), jti: crypto.randomUUID() };
+      const withPrivate = await new SignJWT(claims).setProtectedHeader({ typ: 'dpop+jwt', alg: 'ES256', jwk: priv }).setIssuedAt().sign(privateKey);
+      refused(await refresh(withPrivate), 'private jwk');
+      const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+      const none = `${part({ typ: 'dpop+jwt', alg: 'none', jwk: key.publicJwk })}.${part({ ...claims, iat: Math.floor(Date.now() / 1000) })}.`;
+      refused(await refresh(none), 'alg none');
+      const old = await new SignJWT({ ...claims, jti: crypto.randomUUID() }).setProtectedHeader({ typ: 'dpop+jwt', alg: 'ES256', jwk: key.publicJwk })
+        .setIssuedAt(Math.floor(Date.now() / 1000) - 3600).sign(key.privateKey);
+      refused(await refresh(old), 'old');
+    });
+    it('audits refreshes, granted and refused, without tokens', () => {
+      const store = new SqliteStore(dbPath);
+      const records = store.auditRecords().filter((r) => r.event === 'token.refresh');
+      store.close();
+      assert.ok(records.some((r) => r.decision === 'allowed') && records.some((r) => r.decision === 'denied'));
+      assert.ok(!JSON.stringify(records).includes(refreshToken));
+      assert.ok(!/eyJ/.test(JSON.stringify(records)), 'no JWT in the audit log');
     });
   });
 

@@ -117,7 +117,8 @@ describe('broker signing keys rotate by kid', () => {
     writeFileSync(join(dir, 'new.json'), JSON.stringify(newJwk));
 
     const before = new BrokerTokens(await loadSigningKeys([{ file: 'old.json' }], dir), issuer, ttl);
-    const issuedBefore = await before.issue(principal);
+    const jkt = 'thumbprint-of-the-device-key';
+    const issuedBefore = await before.issue(principal, jkt);
     const header = (t: string) => JSON.parse(Buffer.from(t.split('.')[0]!, 'base64url').toString()) as { kid: string; alg: string };
     assert.equal(header(issuedBefore.accessToken).kid, 'old');
 
@@ -126,7 +127,7 @@ describe('broker signing keys rotate by kid', () => {
     assert.deepEqual(during.publicJwks().keys.map((k) => k.kid), ['new', 'old']);
     assert.ok(during.publicJwks().keys.every((k) => !('d' in k)), 'the JWKS publishes no private part');
     assert.equal((await during.verifyAccess(issuedBefore.accessToken)).id, principal.id);
-    const refreshed = await during.refresh(issuedBefore.refreshToken);
+    const refreshed = await during.refresh(issuedBefore.refreshToken!, jkt);
     assert.equal(header(refreshed.accessToken).kid, 'new');
     assert.equal(header(refreshed.accessToken).alg, 'ES256');
 

@@ -1,11 +1,4 @@
 import { BrokerError, isErrorCode, type ErrorDetail } from '../errors.js';
-import { keychainGet } from '../keychain.js';
-import { requireCliConfig } from './cli-config.js';
-
-/** Keychain account under which the refresh token for a given service URL is kept. */
-export function keychainAccount(serverUrl: string): string {
-  return `refresh-token:${serverUrl}`;
-}
 
 /** Bounded: Go SDK v2 kills credential_process after a minute and JS/Python wait forever (FACTS.md). */
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -14,7 +7,7 @@ const REQUEST_TIMEOUT_MS = 15_000;
 export class BrokerApi {
   constructor(readonly baseUrl: string, private readonly accessToken?: string) {}
 
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  async request<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response;
     try {
       res = await fetch(`${this.baseUrl}${path}`, {
@@ -22,6 +15,7 @@ export class BrokerApi {
         headers: {
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
           ...(this.accessToken ? { authorization: `Bearer ${this.accessToken}` } : {}),
+          ...headers,
         },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
@@ -48,22 +42,11 @@ export class BrokerApi {
   }
 }
 
-/** Trades the keychain's refresh token for a fresh access token; nothing is cached on disk. */
-export async function authenticatedApi(): Promise<BrokerApi> {
-  const { serverUrl } = requireCliConfig();
-  const refreshToken = await keychainGet(keychainAccount(serverUrl));
-  if (!refreshToken) {
-    throw new BrokerError('not_logged_in', `not logged in to ${serverUrl}`, { hint: 'run: broker login' });
-  }
-  const r = await new BrokerApi(serverUrl).request<{ access_token: string }>('POST', '/v1/auth/refresh', { refresh_token: refreshToken });
-  return new BrokerApi(serverUrl, r.access_token);
-}
-
 export interface TemplateSummary {
   name: string;
   description: string;
   region: string | null;
-  parameters: Record<string, { description: string; maxLength: number }>;
+  parameters: Record<string, { description: string; pattern: string; maxLength: number }>;
   maxSessionSeconds: number;
   credentialLifetimeSeconds: number;
 }
@@ -77,19 +60,12 @@ export interface ProcessCredentials {
   Version: 1; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string; AccountId?: string;
 }
 
-export async function listStartableTemplates(): Promise<TemplateSummary[]> {
-  const api = await authenticatedApi();
-  return (await api.request<{ templates: TemplateSummary[] }>('GET', '/v1/templates')).templates;
+/** Anything that can make an API request: a BrokerApi, or the daemon's token-renewing client. */
+export interface ApiRequester {
+  request<T>(method: string, path: string, body?: unknown): Promise<T>;
 }
 
-export async function activeSessions(api: BrokerApi): Promise<SessionView[]> {
+export async function activeSessions(api: ApiRequester): Promise<SessionView[]> {
   return (await api.request<{ sessions: SessionView[] }>('GET', '/v1/sessions')).sessions;
 }
 
-export async function activeSessionFor(api: BrokerApi, template: string): Promise<SessionView> {
-  const s = (await activeSessions(api)).find((x) => x.template === template);
-  if (!s) {
-    throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
-  }
-  return s;
-}

@@ -1,12 +1,23 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { z } from 'zod';
 import { BrokerError } from '../errors.js';
 
 /**
- * The CLI's own settings: just where the broker service is. Deliberately no secret ever goes here;
- * the refresh token lives in the OS keychain.
+ * The CLI's own settings file (`~/.config/agent-credential-broker/config.json`): where the broker
+ * service is, and what `broker exec` removes from agents' environments. Deliberately no secret ever
+ * goes here; the login lives in the OS keychain.
  */
+const settingsSchema = z.strictObject({
+  serverUrl: z.url().optional(),
+  exec: z.strictObject({
+    /** Extra variable name patterns (`*` wildcard) removed from `broker exec` children, e.g. GITHUB_TOKEN. */
+    scrub: z.array(z.string().regex(/^[A-Za-z0-9_*]+$/, 'a variable name pattern: letters, digits, _ and *')).default([]),
+  }).prefault({}),
+});
+
+export type CliSettings = z.output<typeof settingsSchema>;
 export interface CliConfig { serverUrl: string }
 
 export function cliConfigPath(): string {
@@ -14,15 +25,37 @@ export function cliConfigPath(): string {
   return join(base, 'agent-credential-broker', 'config.json');
 }
 
+/** The settings file, validated; a missing file is the defaults, a broken one a clear error. */
+export function readCliSettings(): CliSettings {
+  const file = cliConfigPath();
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return settingsSchema.parse({});
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new BrokerError('invalid_config', `${file} is not valid JSON`, { hint: 'fix it, or remove it and run: broker login --server <url>' });
+  }
+  const r = settingsSchema.safeParse(raw);
+  if (!r.success) {
+    throw new BrokerError('invalid_config', `${file}: invalid settings`, {
+      details: r.error.issues.map((i) => ({ path: `${file}:${i.path.join('.') || '(root)'}`, message: i.message })),
+      hint: 'see "Configuration" in README.md',
+    });
+  }
+  return r.data;
+}
+
+/** Where the broker service is: $BROKER_URL, else the settings file. */
 export function readCliConfig(): CliConfig | undefined {
   const env = process.env.BROKER_URL;
   if (env) return { serverUrl: env.replace(/\/$/, '') };
-  try {
-    const c = JSON.parse(readFileSync(cliConfigPath(), 'utf8')) as Partial<CliConfig>;
-    return typeof c.serverUrl === 'string' ? { serverUrl: c.serverUrl } : undefined;
-  } catch {
-    return undefined;
-  }
+  const url = readCliSettings().serverUrl;
+  return url ? { serverUrl: url.replace(/\/$/, '') } : undefined;
 }
 
 export function requireCliConfig(): CliConfig {
@@ -35,10 +68,15 @@ export function requireCliConfig(): CliConfig {
   return c;
 }
 
+/** Records the service URL, keeping the other settings; atomic (temp file + rename), 0600. */
 export function writeCliConfig(c: CliConfig): void {
   const file = cliConfigPath();
+  let current: Record<string, unknown> = {};
+  try {
+    current = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch { /* new file */ }
   mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(c, null, 2)}\n`, { mode: 0o600 });
+  writeFileSync(tmp, `${JSON.stringify({ ...current, serverUrl: c.serverUrl }, null, 2)}\n`, { mode: 0o600 });
   renameSync(tmp, file);
 }

@@ -60,7 +60,7 @@ export async function loadSigningKeys(source: SigningKeySource, baseDir: string)
   return keys;
 }
 
-export interface IssuedTokens { accessToken: string; refreshToken: string; accessTokenExpiresIn: number }
+export interface IssuedTokens { accessToken: string; refreshToken?: string; accessTokenExpiresIn: number }
 
 /**
  * The broker's own tokens: a short-lived access token for API calls and a longer refresh token that
@@ -94,17 +94,29 @@ export class BrokerTokens {
       .sign(key.privateKey);
   }
 
-  async issue(p: Principal): Promise<IssuedTokens> {
+  /**
+   * Access token always; refresh token only when the caller proved possession of a key (`jkt`, the
+   * RFC 7638 thumbprint from a DPoP proof): the refresh token is bound to it (`cnf.jkt`, RFC 9449
+   * §6.1), so it is worthless on a machine without that key.
+   */
+  async issue(p: Principal, jkt?: string): Promise<IssuedTokens> {
     const claims = { sub: p.id, email: p.email, groups: p.groups };
     return {
       accessToken: await this.sign(claims, ACCESS_TYP, this.ttl.access),
-      refreshToken: await this.sign(claims, REFRESH_TYP, this.ttl.refresh),
+      ...(jkt ? { refreshToken: await this.sign({ ...claims, cnf: { jkt } }, REFRESH_TYP, this.ttl.refresh) } : {}),
       accessTokenExpiresIn: this.ttl.access,
     };
   }
 
-  async refresh(refreshToken: string): Promise<{ principal: Principal; accessToken: string; accessTokenExpiresIn: number }> {
-    const principal = await this.verify(refreshToken, REFRESH_TYP);
+  /** A new access token for a refresh token presented with a DPoP proof by the key it is bound to. */
+  async refresh(refreshToken: string, proofJkt: string): Promise<{ principal: Principal; accessToken: string; accessTokenExpiresIn: number }> {
+    const { principal, jkt } = await this.verify(refreshToken, REFRESH_TYP);
+    if (!jkt || jkt !== proofJkt) {
+      throw new BrokerError('unauthenticated', 'refresh token invalid or expired', {
+        cause: new Error(jkt ? 'DPoP key does not match the refresh token' : 'refresh token is not bound to a key'),
+        hint: 'run: broker login',
+      });
+    }
     return {
       principal,
       accessToken: await this.sign({ sub: principal.id, email: principal.email, groups: principal.groups }, ACCESS_TYP, this.ttl.access),
@@ -112,16 +124,20 @@ export class BrokerTokens {
     };
   }
 
-  verifyAccess(token: string): Promise<Principal> {
-    return this.verify(token, ACCESS_TYP);
+  async verifyAccess(token: string): Promise<Principal> {
+    return (await this.verify(token, ACCESS_TYP)).principal;
   }
 
-  private async verify(token: string, typ: string): Promise<Principal> {
+  private async verify(token: string, typ: string): Promise<{ principal: Principal; jkt: string | undefined }> {
     try {
       const { payload } = await jwtVerify(token, this.jwks, { issuer: this.issuer, audience: AUDIENCE, algorithms: [ALG], typ });
       const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
       if (typeof payload.sub !== 'string') throw new Error('sub missing');
-      return { id: payload.sub, email: typeof payload.email === 'string' ? payload.email : payload.sub, groups };
+      const cnf = payload.cnf as { jkt?: unknown } | undefined;
+      return {
+        principal: { id: payload.sub, email: typeof payload.email === 'string' ? payload.email : payload.sub, groups },
+        jkt: typeof cnf?.jkt === 'string' ? cnf.jkt : undefined,
+      };
     } catch (e) {
       throw new BrokerError('unauthenticated', typ === ACCESS_TYP ? 'access token invalid or expired' : 'refresh token invalid or expired', {
         cause: e,

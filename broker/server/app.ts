@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { parseDuration } from '../duration.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { BrokerTokens } from '../identity/broker-tokens.js';
+import type { DpopVerifier } from '../identity/dpop-verifier.js';
 import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token-verifier.js';
 import type { Principal } from '../identity/principal.js';
 import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, TAG_VALUE_RE } from '../limits.js';
@@ -16,6 +17,9 @@ import { RateLimiter } from './rate-limit.js';
 export interface AppDeps {
   tokens: BrokerTokens;
   idTokens: IdTokenVerifier;
+  dpop: DpopVerifier;
+  /** The URL clients reach the service at (DPoP proofs name it, RFC 9449 §4.2 `htu`); known once listening. */
+  publicUrl: () => string;
   sessions: TaskSessionService;
   store: SqliteStore;
   log: Logger;
@@ -28,6 +32,9 @@ type Env = { Variables: { principal: Principal } };
 
 /** Printable text without control characters (they would garble logs and terminals). */
 const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+
+// Becomes the broker:agent session tag, so it must fit STS's tag value charset and length.
+const agentName = z.string().min(1).max(256).regex(TAG_VALUE_RE, 'must use only letters, digits, spaces and _.:/=+-@ (STS tag charset)');
 
 const startBody = z.strictObject({
   template: z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be a template name ([a-z0-9-], at most 40 chars)'),
@@ -43,9 +50,10 @@ const startBody = z.strictObject({
     }
     return s;
   }),
-  // Becomes the broker:agent session tag, so it must fit STS's tag value charset and length.
-  agent: z.string().min(1).max(256).regex(TAG_VALUE_RE, 'must use only letters, digits, spaces and _.:/=+-@ (STS tag charset)').default('unspecified'),
+  agent: agentName.default('unspecified'),
 });
+
+const updateBody = z.strictObject({ agent: agentName });
 
 const idTokenBody = z.strictObject({ id_token: z.string().min(1).max(20_000) });
 const refreshBody = z.strictObject({ refresh_token: z.string().min(1).max(8_000) });
@@ -108,7 +116,10 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/.well-known/jwks.json', (c) => c.json(deps.tokens.publicJwks()));
   app.get('/v1/login-config', (c) => c.json(deps.loginConfig));
 
-  // Exchange an IdP ID token for broker tokens.
+  const dpopJkt = (c: Context, path: string) => deps.dpop.verify(c.req.header('dpop'), { method: c.req.method, url: `${deps.publicUrl()}${path}` });
+
+  // Exchange an IdP ID token for broker tokens. With a DPoP proof (RFC 9449 §5) the response also
+  // carries a refresh token bound to the proof's key; without one, only a short access token.
   app.post('/v1/auth/token', async (c) => {
     const { id_token } = await parseBody(c, idTokenBody);
     let principal: Principal;
@@ -122,17 +133,30 @@ export function createApp(deps: AppDeps): Hono<Env> {
       }
       throw e;
     }
-    const tokens = await deps.tokens.issue(principal);
-    deps.store.audit({ event: 'login', decision: 'allowed', developer: principal.id, detail: { groups: principal.groups } });
+    const jkt = c.req.header('dpop') === undefined ? undefined : await dpopJkt(c, '/v1/auth/token');
+    const tokens = await deps.tokens.issue(principal, jkt);
+    deps.store.audit({ event: 'login', decision: 'allowed', developer: principal.id, detail: { groups: principal.groups, keyBound: jkt !== undefined } });
     return c.json({
-      access_token: tokens.accessToken, refresh_token: tokens.refreshToken, token_type: 'Bearer',
+      access_token: tokens.accessToken, ...(tokens.refreshToken ? { refresh_token: tokens.refreshToken } : {}), token_type: 'Bearer',
       expires_in: tokens.accessTokenExpiresIn, developer: principal.id, groups: principal.groups,
     });
   });
 
+  // A refresh token is only honoured with a proof from the key it is bound to (RFC 9449 §5).
   app.post('/v1/auth/refresh', async (c) => {
     const { refresh_token } = await parseBody(c, refreshBody);
-    const r = await deps.tokens.refresh(refresh_token);
+    let r;
+    try {
+      r = await deps.tokens.refresh(refresh_token, await dpopJkt(c, '/v1/auth/refresh'));
+    } catch (e) {
+      if (isBrokerError(e) && e.code === 'unauthenticated') {
+        const reason = (e.cause as Error | undefined)?.message ?? e.message;
+        try { deps.store.audit({ event: 'token.refresh', decision: 'denied', reason: `${e.message}: ${reason}` }); } catch { /* denial stands */ }
+        deps.log.info({ reason }, 'refresh denied');
+      }
+      throw e;
+    }
+    deps.store.audit({ event: 'token.refresh', decision: 'allowed', developer: r.principal.id });
     return c.json({ access_token: r.accessToken, token_type: 'Bearer', expires_in: r.accessTokenExpiresIn, developer: r.principal.id });
   });
 
@@ -158,7 +182,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/templates', (c) => c.json({
     templates: deps.sessions.startableTemplates(c.get('principal')).map((t) => ({
       name: t.name, description: t.description, region: t.aws?.region ?? null,
-      parameters: Object.fromEntries(Object.entries(t.parameters).map(([k, p]) => [k, { description: p.description ?? '', maxLength: p.maxLength }])),
+      parameters: Object.fromEntries(t.parameters.map((p) => [p.name, { description: p.description ?? '', pattern: p.pattern, maxLength: p.maxLength }])),
       maxSessionSeconds: t.maxSessionSeconds, credentialLifetimeSeconds: t.credentialLifetimeSeconds,
     })),
   }));
@@ -180,6 +204,14 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const r = await deps.sessions.reissue(c.get('principal'), c.req.param('id'));
     deps.log.info({ developer: c.get('principal').id, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'credentials re-issued');
     return c.json(credentialsBody(r));
+  });
+
+  // Which agent works under the session (`broker exec` names it): credentials issued from now on carry
+  // it as their broker:agent tag; the change is audited.
+  app.patch('/v1/sessions/:id', async (c) => {
+    const body = await parseBody(c, updateBody);
+    const s = deps.sessions.setAgent(c.get('principal'), c.req.param('id'), body.agent);
+    return c.json({ session: s });
   });
 
   app.delete('/v1/sessions/:id', (c) => {

@@ -4,6 +4,7 @@ import { makeIamClient, makeStsClient } from '../aws/clients.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
+import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { createLogger, type Logger } from '../log.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -53,8 +54,11 @@ export async function startServer(config: ServerConfig, options: { log?: Logger 
   });
   const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
   const sessions = new TaskSessionService({ store, templates, sts, log, maxActiveSessions: config.limits.maxActiveSessions });
+  let url = config.publicUrl;
   const app = createApp({
     tokens, idTokens, sessions, store, log, issuePerMinute: config.limits.issuePerMinute,
+    dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds }),
+    publicUrl: () => url,
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
   });
 
@@ -63,8 +67,7 @@ export async function startServer(config: ServerConfig, options: { log?: Logger 
     s.once('error', reject);
   });
   const port = (server.address() as AddressInfo).port;
-  const url = config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0
-    ? `http://${config.listen.host}:${port}` : config.publicUrl;
+  if (config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0) url = `http://${config.listen.host}:${port}`;
   log.info({ url, templates: [...templates.keys()], store: config.store.sqlite }, 'broker service listening');
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
 

@@ -117,7 +117,7 @@ export class TaskSessionService {
     // Build (and so validate) the AWS request before anything is recorded as allowed.
     let request;
     try {
-      request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt));
+      request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt, now));
     } catch (e) {
       this.deny(e as BrokerError, base);
     }
@@ -162,12 +162,25 @@ export class TaskSessionService {
     return this.view(s);
   }
 
+  /** Records which agent works under the session; later credentials carry it as broker:agent. */
+  setAgent(p: Principal, sessionId: string, agent: string): TaskSessionView {
+    const s = this.ownedSession(p, sessionId, 'session.update');
+    if (s.agent === agent) return this.view(s);
+    this.deps.store.setAgent(s.id, agent, {
+      event: 'session.update', decision: 'updated', developer: p.id, template: s.template, sessionId: s.id,
+      roleSessionName: s.roleSessionName, detail: { agent, previousAgent: s.agent },
+    });
+    return this.view({ ...s, agent });
+  }
+
   /**
    * Credentials live min(template credential lifetime, time left in the task session), but never
    * under STS's 900 s floor (AssumeRole DurationSeconds minimum), nor over its 43,200 s ceiling.
    */
-  private credentialSeconds(t: TaskTemplate, sessionExpiresAt: number): number {
-    const left = Math.floor((sessionExpiresAt - this.now()) / 1000);
+  private credentialSeconds(t: TaskTemplate, sessionExpiresAt: number, now = this.now()): number {
+    // One reading of the clock for the session and its first credentials, so a 30-minute task
+    // asks STS for 1800 s, not 1799.
+    const left = Math.floor((sessionExpiresAt - now) / 1000);
     return Math.max(MIN_DURATION_SECONDS, Math.min(t.credentialLifetimeSeconds, left, MAX_DURATION_SECONDS));
   }
 

@@ -3,11 +3,12 @@ export type AuditEventName =
   | 'login'
   | 'token.refresh'
   | 'session.start'
+  | 'session.update'
   | 'credentials.issue'
   | 'credentials.reissue'
   | 'session.end';
 
-export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended';
+export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session

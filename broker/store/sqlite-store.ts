@@ -116,6 +116,7 @@ export class SqliteStore {
       active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
+      setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
       audit: q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
     };
   }
@@ -173,6 +174,15 @@ export class SqliteStore {
   endSession(id: string, reason: string, e: AuditEvent): boolean {
     return this.write(`${e.event} ${e.decision}`, () => {
       const changed = this.stmts.end!.run(this.now(), reason, id).changes > 0;
+      if (changed) this.appendAudit(e);
+      return changed;
+    });
+  }
+
+  /** Changes the agent of an open session and records it, atomically; false if it had ended. */
+  setAgent(id: string, agent: string, e: AuditEvent): boolean {
+    return this.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.setAgent!.run(agent, id).changes > 0;
       if (changed) this.appendAudit(e);
       return changed;
     });

@@ -28,12 +28,13 @@ process.on('exit', () => {
  * On Linux it runs under `setpriv --pdeathsig KILL`, so even a test process killed by a signal
  * (where no 'exit' handler runs) takes moto with it.
  */
-export async function startMoto(): Promise<Moto> {
+export async function startMoto(opts: { env?: Record<string, string> } = {}): Promise<Moto> {
   const args = ['-H', '127.0.0.1', '-p', '0'];
+  const env = { ...process.env, ...opts.env };
   const usePdeath = process.platform === 'linux' && existsSync('/usr/bin/setpriv');
   const child = usePdeath
-    ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'KILL', '--', MOTO_SERVER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(MOTO_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'KILL', '--', MOTO_SERVER, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
+    : spawn(MOTO_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   running.add(child);
   const exited = new Promise<void>((resolve) => child.once('exit', () => { running.delete(child); resolve(); }));
 

@@ -1,0 +1,70 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { BrokerError } from '../errors.js';
+import { logPath, socketPath } from './paths.js';
+import { ensureRuntimeDir } from './runtime-dir.js';
+import { daemonCall } from './socket-client.js';
+
+const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.js', import.meta.url));
+const START_TIMEOUT_MS = 10_000;
+/** The log is kept short: one previous generation, rotated at start. */
+const MAX_LOG_BYTES = 5 * 1024 * 1024;
+
+/**
+ * Starts `broker daemon run` in the background (detached, its output in the daemon log) and waits
+ * until it answers. If it exits instead, its own error message becomes this one's.
+ */
+export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  ensureRuntimeDir(env);
+  const log = logPath(env);
+  let offset = 0;
+  try {
+    offset = statSync(log).size;
+    if (offset > MAX_LOG_BYTES) {
+      renameSync(log, `${log}.1`);
+      offset = 0;
+    }
+  } catch { /* no log yet */ }
+  const fd = openSync(log, 'a', 0o600);
+  let exitCode: number | null = null;
+  try {
+    const child = spawn(process.execPath, [BROKER_BIN, 'daemon', 'run'], { detached: true, stdio: ['ignore', 'ignore', fd], env });
+    child.once('exit', (code, signal) => { exitCode = code ?? (signal ? 1 : 0); });
+    child.once('error', () => { exitCode = 127; });
+    child.unref();
+  } finally {
+    closeSync(fd);
+  }
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    try {
+      await daemonCall(socketPath(env), { op: 'ping' }, 1_000);
+      return;
+    } catch { /* not up yet */ }
+    // Exit 0 means another daemon won the race: keep knocking.
+    if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset);
+    if (Date.now() > deadline) {
+      throw new BrokerError('upstream_unavailable', `the broker daemon did not start within ${START_TIMEOUT_MS / 1000}s`, { hint: `see its log: ${log}` });
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The daemon reports a failed start as `broker: message` lines on stderr, which went to the log. */
+function startFailure(log: string, offset: number): BrokerError {
+  let text = '';
+  try {
+    const fd = openSync(log, 'r');
+    const buf = Buffer.alloc(Math.min(64 * 1024, Math.max(0, statSync(log).size - offset)));
+    readSync(fd, buf, 0, buf.length, offset);
+    closeSync(fd);
+    text = buf.toString('utf8');
+  } catch { /* fall through */ }
+  const lines = text.split('\n');
+  const at = lines.findIndex((l) => l.startsWith('broker: '));
+  if (at < 0) return new BrokerError('internal', 'the broker daemon failed to start', { hint: `see its log: ${log}` });
+  const message = lines[at]!.slice('broker: '.length);
+  const hint = lines.slice(at + 1).find((l) => l.trim().startsWith('hint: '))?.trim().slice('hint: '.length);
+  return new BrokerError('internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}) });
+}

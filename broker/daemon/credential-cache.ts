@@ -1,0 +1,280 @@
+import type { ProcessCredentials, SessionView } from '../client/api.js';
+import { BrokerError, isBrokerError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { backoffDelay, canHandOut, isUsable, refreshAt, type HeldCredentials } from './refresh-policy.js';
+
+/**
+ * Task credentials held in the daemon's memory, and only there: one entry per task template (the
+ * service allows one active session per template and developer). Credentials are refreshed ahead of
+ * time (refresh-policy.ts), so a credential_process call is answered from memory; concurrent callers
+ * share one upstream request (single flight); when the service or STS is down the cached
+ * credentials keep being served until they expire while the daemon retries with back-off.
+ */
+
+export interface IssuedCredentials {
+  session: SessionView;
+  credentials: ProcessCredentials;
+}
+
+/** Where fresh credentials come from: the broker service, through the developer's login. */
+export interface CredentialUpstream {
+  /** The developer's active session of this template, if any. */
+  findSession(template: string): Promise<SessionView | undefined>;
+  /** Fresh credentials under an active session. */
+  issue(sessionId: string): Promise<IssuedCredentials>;
+}
+
+export interface CredentialCacheOptions {
+  upstream: CredentialUpstream;
+  log: Pick<Logger, 'info' | 'warn' | 'error'>;
+  now?: () => number;
+  random?: () => number;
+  /** Wall-clock re-check of every entry; catches up after a suspended laptop resumes (timers pause). */
+  tickMs?: number;
+}
+
+interface Held extends HeldCredentials {
+  doc: ProcessCredentials;
+}
+
+type Health = 'ok' | 'retrying';
+
+interface Entry {
+  template: string;
+  session: SessionView;
+  sessionEndsAt: number;
+  creds?: Held;
+  inflight?: Promise<Held>;
+  timer?: NodeJS.Timeout;
+  health: Health;
+  failures: number;
+  retryAt: number;
+  lastError?: BrokerError;
+}
+
+export interface CacheStats { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; upstreamIssues: number }
+
+export interface EntryStatus {
+  template: string;
+  sessionId: string;
+  credentialsExpireAt: string | null;
+  nextRefreshAt: string | null;
+  health: Health;
+  lastError: string | null;
+}
+
+export class CredentialCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly discovering = new Map<string, Promise<Held>>();
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private readonly ticker: NodeJS.Timeout;
+  readonly stats: CacheStats = { credentialRequests: 0, servedFromMemory: 0, waitedForUpstream: 0, upstreamIssues: 0 };
+
+  constructor(private readonly opts: CredentialCacheOptions) {
+    this.now = opts.now ?? Date.now;
+    this.random = opts.random ?? Math.random;
+    this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
+    this.ticker.unref();
+  }
+
+  /** Credentials for a credential_process call: from memory whenever they are good enough. */
+  async get(template: string): Promise<ProcessCredentials> {
+    this.stats.credentialRequests++;
+    const e = this.entries.get(template);
+    if (!e) {
+      this.stats.waitedForUpstream++;
+      return (await this.discover(template)).doc;
+    }
+    const now = this.now();
+    if (now >= e.sessionEndsAt) {
+      this.drop(template);
+      throw sessionOver(template, e.sessionEndsAt);
+    }
+    if (e.creds && canHandOut(e.creds, e.sessionEndsAt, now)) {
+      this.stats.servedFromMemory++;
+      this.maybeRefresh(e);
+      return e.creds.doc;
+    }
+    // During an outage, what is still valid is served without waiting on an upstream that is down.
+    if (e.creds && e.health === 'retrying' && isUsable(e.creds, now)) {
+      this.stats.servedFromMemory++;
+      return e.creds.doc;
+    }
+    this.stats.waitedForUpstream++;
+    try {
+      return (await this.refresh(e)).doc;
+    } catch (err) {
+      const current = this.entries.get(template);
+      if (current?.creds && isUsable(current.creds, this.now())) return current.creds.doc;
+      throw noneLeft(template, err);
+    }
+  }
+
+  /** Credentials the service just issued (a task start): cached so the first call needs no network. */
+  put(issued: IssuedCredentials): void {
+    const template = issued.session.template;
+    this.drop(template);
+    const e = this.newEntry(issued.session);
+    this.accept(e, issued);
+    this.entries.set(template, e);
+  }
+
+  /** Forget a template's session and credentials (ended, logged out, agent changed). */
+  drop(template: string): void {
+    const e = this.entries.get(template);
+    if (!e) return;
+    if (e.timer) clearTimeout(e.timer);
+    // Drop the references to the secrets; the GC reclaims them.
+    delete e.creds;
+    this.entries.delete(template);
+  }
+
+  clear(): void {
+    for (const t of [...this.entries.keys()]) this.drop(t);
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+    this.clear();
+  }
+
+  status(): EntryStatus[] {
+    return [...this.entries.values()].map((e) => {
+      const next = e.health === 'retrying' ? e.retryAt : e.creds ? refreshAt(e.creds, e.sessionEndsAt) : Number.NaN;
+      return {
+        template: e.template,
+        sessionId: e.session.id,
+        credentialsExpireAt: e.creds ? new Date(e.creds.expiresAt).toISOString() : null,
+        nextRefreshAt: Number.isFinite(next) ? new Date(next).toISOString() : null,
+        health: e.health,
+        lastError: e.lastError?.message ?? null,
+      };
+    });
+  }
+
+  /** Re-checks every entry against the wall clock (timers stop while a machine sleeps). */
+  tick(): void {
+    const now = this.now();
+    for (const e of [...this.entries.values()]) {
+      if (now >= e.sessionEndsAt) {
+        this.opts.log.info({ template: e.template, session: e.session.id }, 'task session reached its end; credentials dropped');
+        this.drop(e.template);
+      } else {
+        this.maybeRefresh(e);
+      }
+    }
+  }
+
+  private newEntry(session: SessionView): Entry {
+    return { template: session.template, session, sessionEndsAt: Date.parse(session.expiresAt), health: 'ok', failures: 0, retryAt: 0 };
+  }
+
+  private accept(e: Entry, issued: IssuedCredentials): Held {
+    const held: Held = { doc: issued.credentials, issuedAt: this.now(), expiresAt: Date.parse(issued.credentials.Expiration) };
+    e.session = issued.session;
+    e.sessionEndsAt = Date.parse(issued.session.expiresAt);
+    e.creds = held;
+    if (e.health === 'retrying') this.opts.log.info({ template: e.template, session: e.session.id }, 'credentials refreshed again after upstream failures');
+    e.health = 'ok';
+    e.failures = 0;
+    delete e.lastError;
+    this.schedule(e);
+    return held;
+  }
+
+  /** The first request for a template: find its session and fetch credentials, once for all callers. */
+  private discover(template: string): Promise<Held> {
+    let p = this.discovering.get(template);
+    if (!p) {
+      p = (async () => {
+        const session = await this.opts.upstream.findSession(template);
+        if (!session) {
+          throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
+        }
+        const e = this.newEntry(session);
+        this.entries.set(template, e);
+        try {
+          return await this.refresh(e);
+        } catch (err) {
+          this.drop(template);
+          throw err;
+        }
+      })().finally(() => this.discovering.delete(template));
+      this.discovering.set(template, p);
+    }
+    return p;
+  }
+
+  private maybeRefresh(e: Entry): void {
+    if (e.inflight || !e.creds) return;
+    const due = e.health === 'retrying' ? e.retryAt : refreshAt(e.creds, e.sessionEndsAt);
+    if (this.now() >= due) this.refresh(e).catch(() => { /* recorded on the entry; logged on state change */ });
+  }
+
+  private schedule(e: Entry): void {
+    if (e.timer) clearTimeout(e.timer);
+    delete e.timer;
+    if (!e.creds) return;
+    const due = e.health === 'retrying' ? e.retryAt : refreshAt(e.creds, e.sessionEndsAt);
+    const at = Math.min(due, e.sessionEndsAt);
+    if (!Number.isFinite(at)) return;
+    // setTimeout takes at most 2^31-1 ms; the tick covers anything later.
+    e.timer = setTimeout(() => this.tick(), Math.min(Math.max(0, at - this.now()), 2 ** 31 - 1));
+    e.timer.unref();
+  }
+
+  /** One upstream issuance per entry at a time, shared by every caller waiting for it. */
+  private refresh(e: Entry): Promise<Held> {
+    e.inflight ??= (async () => {
+      this.stats.upstreamIssues++;
+      try {
+        const issued = await this.opts.upstream.issue(e.session.id);
+        if (this.entries.get(e.template) !== e) throw sessionOver(e.template, e.sessionEndsAt);
+        return this.accept(e, issued);
+      } catch (err) {
+        this.failed(e, err);
+        throw err;
+      }
+    })().finally(() => { delete e.inflight; });
+    return e.inflight;
+  }
+
+  private failed(e: Entry, err: unknown): void {
+    const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err), { cause: err });
+    // The session is gone (ended elsewhere, expired, template removed): stop serving it at once.
+    if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
+      this.opts.log.info({ template: e.template, session: e.session.id, reason: error.message }, 'task session no longer active; credentials dropped');
+      this.drop(e.template);
+      return;
+    }
+    e.failures++;
+    e.retryAt = this.now() + backoffDelay(e.failures - 1, this.random);
+    e.lastError = error;
+    if (e.health === 'ok') {
+      // Logged once per change of state, not once per retry.
+      this.opts.log.warn({
+        template: e.template, session: e.session.id, code: error.code, reason: error.message,
+        servingUntil: e.creds ? new Date(e.creds.expiresAt).toISOString() : null,
+      }, 'cannot refresh credentials; serving the cached ones until they expire and retrying with back-off');
+    }
+    e.health = 'retrying';
+    this.schedule(e);
+  }
+}
+
+function sessionOver(template: string, endsAt: number): BrokerError {
+  return new BrokerError('conflict', `the "${template}" task session ended at ${new Date(endsAt).toISOString()}`, {
+    hint: `start a new one: broker task ${template}`,
+  });
+}
+
+/** One clear line for credential_process when nothing valid is left: what is wrong, what to run. */
+function noneLeft(template: string, err: unknown): BrokerError {
+  if (!isBrokerError(err)) return new BrokerError('internal', `no valid credentials for "${template}"`, { cause: err });
+  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') return err;
+  return new BrokerError(err.code, `no valid credentials for "${template}": ${err.message}`, {
+    cause: err,
+    hint: err.hint ?? 'the daemon keeps retrying; check the broker service with: broker status',
+  });
+}

@@ -1,0 +1,71 @@
+import { BrokerApi, activeSessions, type ApiRequester, type ProcessCredentials, type SessionView } from '../client/api.js';
+import { dpopProof, importDpopKey, type DpopKey } from '../client/dpop-key.js';
+import type { LoginRecord } from '../client/login-record.js';
+import { BrokerError, isBrokerError } from '../errors.js';
+import type { CredentialUpstream, IssuedCredentials } from './credential-cache.js';
+
+/** Renew the access token this long before it expires, so no request goes out with a dying one. */
+const ACCESS_TOKEN_MARGIN_MS = 60_000;
+
+/**
+ * The daemon's connection to the broker service under the developer's login: trades the keychain's
+ * refresh token (with a DPoP proof from the device key) for short access tokens, held in memory,
+ * renewed once for all concurrent callers.
+ */
+export class ServiceClient implements CredentialUpstream, ApiRequester {
+  private access: { token: string; expiresAt: number } | undefined;
+  private renewing: Promise<string> | undefined;
+
+  private constructor(readonly login: Omit<LoginRecord, 'dpopKey'>, private readonly key: DpopKey, private readonly now: () => number) {}
+
+  static async fromLogin(record: LoginRecord, now: () => number = Date.now): Promise<ServiceClient> {
+    let key: DpopKey;
+    try {
+      key = await importDpopKey(record.dpopKey);
+    } catch {
+      throw new BrokerError('not_logged_in', `the device key of the login to ${record.serverUrl} is unusable`, { hint: 'log in again: broker login' });
+    }
+    const { dpopKey: _key, ...login } = record;
+    return new ServiceClient(login, key, now);
+  }
+
+  get serverUrl(): string {
+    return this.login.serverUrl;
+  }
+
+  private async accessToken(force = false): Promise<string> {
+    if (!force && this.access && this.access.expiresAt - ACCESS_TOKEN_MARGIN_MS > this.now()) return this.access.token;
+    this.renewing ??= (async () => {
+      const url = `${this.serverUrl}/v1/auth/refresh`;
+      const r = await new BrokerApi(this.serverUrl).request<{ access_token: string; expires_in: number }>(
+        'POST', '/v1/auth/refresh', { refresh_token: this.login.refreshToken }, { dpop: await dpopProof(this.key, 'POST', url) },
+      );
+      this.access = { token: r.access_token, expiresAt: this.now() + r.expires_in * 1000 };
+      return r.access_token;
+    })().finally(() => { this.renewing = undefined; });
+    return this.renewing;
+  }
+
+  /** A request with a valid access token; one retry with a new one if the service says it is not. */
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    try {
+      return await new BrokerApi(this.serverUrl, await this.accessToken()).request<T>(method, path, body);
+    } catch (e) {
+      if (!isBrokerError(e) || e.code !== 'unauthenticated' || !this.access) throw e;
+      this.access = undefined;
+      return new BrokerApi(this.serverUrl, await this.accessToken(true)).request<T>(method, path, body);
+    }
+  }
+
+  async findSession(template: string): Promise<SessionView | undefined> {
+    return (await activeSessions(this)).find((s) => s.template === template);
+  }
+
+  sessions(): Promise<SessionView[]> {
+    return activeSessions(this);
+  }
+
+  issue(sessionId: string): Promise<IssuedCredentials> {
+    return this.request<{ session: SessionView; credentials: ProcessCredentials }>('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/credentials`);
+  }
+}

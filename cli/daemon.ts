@@ -1,0 +1,120 @@
+import type { Command } from 'commander';
+import { startDaemonInBackground } from '../broker/daemon/autostart.js';
+import { runDaemon } from '../broker/daemon/daemon.js';
+import { callRunningDaemon } from '../broker/daemon/daemon-client.js';
+import { logPath, socketPath } from '../broker/daemon/paths.js';
+import type { PingResult } from '../broker/daemon/protocol.js';
+import { installUnit, uninstallUnit, unitPlan } from '../broker/daemon/service-units.js';
+import { formatDuration } from '../broker/duration.js';
+import { action, info, printJson } from './output.js';
+
+export function register(program: Command): void {
+  const daemon = program
+    .command('daemon')
+    .description('the per-user daemon that holds your login and task credentials in memory (started on demand)');
+
+  daemon
+    .command('run')
+    .description('run the daemon in the foreground (what systemd/launchd and the on-demand start run)')
+    .action(action(async () => {
+      const running = await runDaemon();
+      if (running) await running.stopped;
+    }));
+
+  daemon
+    .command('start')
+    .description('start the daemon in the background, if it is not running')
+    .action(action(async () => {
+      const before = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      if (before) {
+        info(`broker daemon: already running (pid ${before.result.pid})`);
+        return;
+      }
+      await startDaemonInBackground();
+      const after = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      info(`broker daemon: started (pid ${after?.result.pid ?? '?'}, socket ${socketPath()})`);
+    }));
+
+  daemon
+    .command('stop')
+    .description('stop the daemon; the credentials it holds are dropped from memory')
+    .action(action(async () => {
+      const r = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      if (!r) {
+        info('broker daemon: not running');
+        return;
+      }
+      await callRunningDaemon({ op: 'stop' }, { timeoutMs: 10_000 });
+      // Wait until it is gone, so a following start does not race it.
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline && await callRunningDaemon({ op: 'ping' }, { timeoutMs: 1_000 }).catch(() => undefined)) {
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      info(`broker daemon: stopped (pid ${r.result.pid})`);
+    }));
+
+  daemon
+    .command('status')
+    .description('is the daemon running, for whom, and how it answered credential requests; exit 1 when not running')
+    .option('--json', 'print as JSON')
+    .action(action(async (opts: { json?: boolean }) => {
+      const r = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      const where = { socket: socketPath(), log: logPath() };
+      if (opts.json) printJson(r ? { running: true, ...where, ...r.result } : { running: false, ...where });
+      if (!r) {
+        if (!opts.json) info(`broker daemon: not running (socket ${where.socket}); commands start it when needed`);
+        process.exitCode = 1;
+        return;
+      }
+      if (opts.json) return;
+      const p = r.result;
+      const up = formatDuration(Math.floor((Date.now() - Date.parse(p.startedAt)) / 1000));
+      process.stdout.write([
+        `running      pid ${p.pid}, up ${up}`,
+        `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
+        `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service; ${p.stats.upstreamIssues} issued`,
+        `socket       ${where.socket}`,
+        `log          ${where.log}`,
+      ].join('\n') + '\n');
+    }));
+
+  daemon
+    .command('install')
+    .description('install the daemon as a systemd --user service (Linux) or launchd agent (macOS), from the templates in deploy/')
+    .option('--dry-run', 'print the unit and where it would go; change nothing')
+    .option('--no-enable', 'write the unit but do not enable or start it')
+    .option('--json', 'print the result as JSON')
+    .action(action((opts: { dryRun?: boolean; enable: boolean; json?: boolean }) => {
+      const plan = unitPlan();
+      if (opts.dryRun) {
+        if (opts.json) printJson({ dryRun: true, kind: plan.kind, file: plan.file, text: plan.text, enable: plan.enable.map((c) => c.join(' ')) });
+        else process.stdout.write(`# ${plan.file}\n${plan.text}`);
+        return;
+      }
+      const steps = installUnit(plan, opts.enable);
+      if (opts.json) printJson({ kind: plan.kind, file: plan.file, steps });
+      else {
+        info(`wrote ${plan.file}`);
+        for (const s of steps) info(`${s.ok ? 'ran' : 'FAILED'}: ${s.command}${s.ok || !s.output ? '' : ` (${s.output})`}`);
+        if (!opts.enable) info(`enable it with: ${plan.enable.map((c) => c.join(' ')).join(' && ')}`);
+      }
+      if (steps.some((s) => !s.ok)) {
+        info(`the unit is written; enable it by hand: ${plan.enable.map((c) => c.join(' ')).join(' && ')}`);
+        process.exitCode = 1;
+      }
+    }));
+
+  daemon
+    .command('uninstall')
+    .description('stop and remove the systemd --user service or launchd agent')
+    .option('--json', 'print the result as JSON')
+    .action(action((opts: { json?: boolean }) => {
+      const plan = unitPlan();
+      const r = uninstallUnit(plan);
+      if (opts.json) printJson({ kind: plan.kind, file: plan.file, ...r });
+      else {
+        for (const s of r.steps) info(`${s.ok ? 'ran' : 'failed (ignored)'}: ${s.command}`);
+        info(r.removed ? `removed ${plan.file}` : `${plan.file} was not installed`);
+      }
+    }));
+}

@@ -1,0 +1,134 @@
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { basename } from 'node:path';
+import type { Command } from 'commander';
+import type { ProcessCredentials } from '../broker/client/api.js';
+import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
+import { readCliSettings } from '../broker/client/cli-config.js';
+import { callDaemon } from '../broker/daemon/daemon-client.js';
+import type { StartedTask } from '../broker/daemon/daemon-core.js';
+import { BrokerError } from '../broker/errors.js';
+import { TAG_VALUE_RE } from '../broker/limits.js';
+import { brokerCommand } from './configure-aws.js';
+import { action, collectParam, info } from './output.js';
+import { scrubEnvironment } from './exec-env.js';
+
+interface Options {
+  param: Record<string, string>;
+  ttl?: string;
+  reason: string;
+  agent?: string;
+  env?: boolean;
+  scrub: string[];
+  verbose?: boolean;
+}
+
+/** Signals passed on to the child. SIGINT/SIGQUIT from a terminal already reach it (same process group). */
+const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
+
+export function register(program: Command): void {
+  program
+    .command('exec')
+    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task, inherited static credentials are removed')
+    .argument('<template>', 'task template; its active session is reused, or one is started')
+    .argument('<command...>', 'the command and its arguments, after --')
+    .option('-p, --param <name=value>', 'template parameter, when a session has to be started (repeatable)', collectParam, {})
+    .option('--ttl <duration>', 'task session length when one is started, e.g. 2h')
+    .option('--reason <text>', 'why: recorded in the audit log', '')
+    .option('--agent <name>', 'agent name for the broker:agent session tag (default: the command\'s name)')
+    .option('--env', 'also put the credentials themselves in the environment (they are NOT refreshed there; prefer the profile)')
+    .option('--scrub <pattern>', 'also remove environment variables matching this name pattern, * as wildcard (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
+    .option('-v, --verbose', 'say which environment variables were removed and set (names only, never values)')
+    .action(action(async (template: string, command: string[], opts: Options) => {
+      // Everything after `--` is the command's, options included (commander stops parsing there).
+      const [cmd, ...args] = command;
+      if (!cmd) throw new BrokerError('invalid_request', 'no command to run', { hint: `broker exec ${template} -- <command> [args…]` });
+      const agent = opts.agent ?? agentName(cmd);
+      if (!TAG_VALUE_RE.test(agent) || agent.length === 0) {
+        throw new BrokerError('invalid_request', `--agent "${agent.slice(0, 60)}" cannot be a session tag`, { hint: 'letters, digits, spaces and _.:/=+-@, at most 256' });
+      }
+      const started = await callDaemon<StartedTask>({
+        op: 'ensure',
+        request: { template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
+        paramsGiven: Object.keys(opts.param).length > 0,
+      });
+      if (opts.verbose) info(`${started.reused ? 'reusing' : 'started'} task session ${started.session.id} (${template}) for agent ${agent}`);
+
+      const settings = readCliSettings();
+      const { env, removed } = scrubEnvironment(process.env, [...settings.exec.scrub, ...opts.scrub]);
+      const set: string[] = [];
+      const put = (k: string, v: string) => { env[k] = v; set.push(k); };
+      put('BROKER_SESSION', started.session.id);
+      if (started.session.region !== null) {
+        if (opts.env) {
+          const c = await callDaemon<ProcessCredentials>({ op: 'credentials', task: template });
+          put('AWS_ACCESS_KEY_ID', c.AccessKeyId);
+          put('AWS_SECRET_ACCESS_KEY', c.SecretAccessKey);
+          put('AWS_SESSION_TOKEN', c.SessionToken);
+          put('AWS_CREDENTIAL_EXPIRATION', c.Expiration);
+          if (!env.AWS_REGION) put('AWS_REGION', started.session.region);
+          info(`broker exec: credentials in the environment expire at ${c.Expiration} and are not refreshed there`);
+        } else {
+          await ensureProfile(template, started.session.region);
+          put('AWS_PROFILE', `broker-${template}`);
+          // The JS SDK v2 reads ~/.aws/config (and so credential_process) only with this set.
+          put('AWS_SDK_LOAD_CONFIG', '1');
+        }
+      }
+      if (opts.verbose) {
+        info(`removed: ${removed.join(', ') || '(none)'}`);
+        info(`set: ${set.join(', ')}`);
+      }
+      process.exitCode = await runChild(cmd, args, env);
+    }));
+}
+
+/** The command's name, fitted to the STS tag charset (it becomes broker:agent). */
+function agentName(cmd: string): string {
+  return basename(cmd).replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '-').slice(0, 256) || 'unspecified';
+}
+
+/** The task's profile must exist for AWS_PROFILE to work: add it (idempotent, with a backup) if missing. */
+async function ensureProfile(template: string, region: string): Promise<void> {
+  const r = await configureAws({ templates: [{ name: template, region }], configFile: defaultAwsConfigFile(), dryRun: false, command: brokerCommand() });
+  if (r.added.length || r.updated.length) info(`broker exec: ${r.added.length ? 'added' : 'updated'} profile broker-${template} in ${r.configFile}`);
+}
+
+/**
+ * Runs the child with our stdio, passes signals on, and resolves with the exit code to use. A child
+ * killed by a signal makes us die of the same signal (so a shell sees 128+n and job control works).
+ */
+function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: 'inherit', env });
+    const interactive = process.stdin.isTTY === true;
+    const handlers = new Map<NodeJS.Signals, () => void>();
+    for (const sig of FORWARDED) {
+      const h = () => {
+        // From a terminal, Ctrl-C/Ctrl-\ went to the whole foreground group, child included:
+        // sending it again would be a second interrupt (many agents treat that as "force quit").
+        if (interactive && (sig === 'SIGINT' || sig === 'SIGQUIT')) return;
+        if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+      };
+      handlers.set(sig, h);
+      process.on(sig, h);
+    }
+    const cleanup = () => { for (const [sig, h] of handlers) process.off(sig, h); };
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      cleanup();
+      reject(new BrokerError('invalid_request', `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'command not found' : e.code ?? e.message}`, {
+        hint: e.code === 'ENOENT' ? 'check the command name and PATH' : undefined,
+      }));
+    });
+    child.once('exit', (code, signal) => {
+      cleanup();
+      if (signal) {
+        process.kill(process.pid, signal);
+        // For a signal whose default action is not to terminate, fall back to the shell convention.
+        setTimeout(() => resolve(128 + (constants.signals[signal] ?? 0)), 200);
+        return;
+      }
+      resolve(code ?? 1);
+    });
+  });
+}
