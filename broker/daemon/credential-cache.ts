@@ -60,6 +60,8 @@ export interface EntryStatus {
   credentialsExpireAt: string | null;
   nextRefreshAt: string | null;
   health: Health;
+  /** An upstream request for this task is under way. */
+  refreshing: boolean;
   lastError: string | null;
 }
 
@@ -148,6 +150,7 @@ export class CredentialCache {
         credentialsExpireAt: e.creds ? new Date(e.creds.expiresAt).toISOString() : null,
         nextRefreshAt: Number.isFinite(next) ? new Date(next).toISOString() : null,
         health: e.health,
+        refreshing: e.inflight !== undefined,
         lastError: e.lastError?.message ?? null,
       };
     });

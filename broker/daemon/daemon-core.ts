@@ -116,6 +116,7 @@ export class DaemonCore {
     return {
       pid: process.pid, version: PROTOCOL_VERSION, serverUrl: this.client?.serverUrl ?? readCliConfig()?.serverUrl ?? null,
       developer: this.client?.login.developer ?? null, startedAt: this.startedAt, stats: { ...this.cache.stats },
+      tasks: this.cache.status(),
     };
   }
 

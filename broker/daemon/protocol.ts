@@ -47,4 +47,9 @@ export interface PingResult {
   startedAt: string;
   /** How requests for credentials were answered since the daemon started. */
   stats: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; upstreamIssues: number };
+  /** The credentials held in memory, per task (never the secrets themselves). */
+  tasks: {
+    template: string; sessionId: string; credentialsExpireAt: string | null; nextRefreshAt: string | null;
+    health: 'ok' | 'retrying'; refreshing: boolean; lastError: string | null;
+  }[];
 }

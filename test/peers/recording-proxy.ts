@@ -34,8 +34,8 @@ function decode(body: string, headers: RecordedRequest['headers']): { action: st
  * A transparent HTTP proxy in front of moto that records every request as it went on the wire, so
  * tests can assert what the broker asked of STS (moto itself ignores Tags and SourceIdentity).
  */
-export async function startRecordingProxy(target: string): Promise<{ url: string; requests: RecordedRequest[]; stop(): Promise<void> }> {
-  const t = new URL(target);
+export async function startRecordingProxy(target: string): Promise<{ url: string; requests: RecordedRequest[]; setTarget(url: string): void; stop(): Promise<void> }> {
+  let t = new URL(target);
   const requests: RecordedRequest[] = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -60,6 +60,8 @@ export async function startRecordingProxy(target: string): Promise<{ url: string
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    /** Points the proxy at another upstream (a restarted peer on a new port). */
+    setTarget(url: string) { t = new URL(url); },
     stop: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
   };
 }

@@ -18,7 +18,7 @@ const TRUST = JSON.stringify({
  */
 export interface Stack {
   moto: Moto;
-  proxy: { url: string; requests: RecordedRequest[]; stop(): Promise<void> };
+  proxy: { url: string; requests: RecordedRequest[]; setTarget(url: string): void; stop(): Promise<void> };
   idp: TestIdp;
   svc: BrokerService;
   stop(): Promise<void>;
