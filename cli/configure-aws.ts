@@ -10,7 +10,7 @@ import { action, info, printJson } from './output.js';
 interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
 
 /**
- * The command AWS clients run for credentials: absolute node + absolute bin/broker.js, so it works
+ * The command AWS clients run for credentials: absolute node + absolute bin/broker.cjs, so it works
  * without PATH (IDEs and agents often start with a minimal environment).
  */
 export function brokerCommand(): string {

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { startDaemonInBackground } from '../broker/daemon/autostart.js';
 import { runDaemon } from '../broker/daemon/daemon.js';
 import { callRunningDaemon } from '../broker/daemon/daemon-client.js';
-import { logPath, socketPath } from '../broker/daemon/paths.js';
+import { logPath, socketPath } from '../broker/daemon/socket.cjs';
 import type { PingResult } from '../broker/daemon/protocol.js';
 import { installUnit, uninstallUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { formatDuration } from '../broker/duration.js';

@@ -13,7 +13,7 @@ import * as daemon from './daemon.js';
 import * as exec from './exec.js';
 
 /**
- * `credential-process` is dispatched by bin/broker.js before this module loads (fast path); it is
+ * `credential-process` is dispatched by bin/broker.cjs before this module loads (fast path); it is
  * registered here too so that it shows in `broker --help`.
  */
 export function buildProgram(): Command {

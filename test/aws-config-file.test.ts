@@ -9,7 +9,7 @@ import { configureAws, unifiedDiff } from '../broker/aws-config-writer.js';
 import { broker, run } from './peers/cli.js';
 import { BROKER_BIN, VENV_BIN } from './peers/paths.js';
 
-const CMD = '/usr/bin/node /opt/broker/bin/broker.js';
+const CMD = '/usr/bin/node /opt/broker/bin/broker.cjs';
 const spec = (t: string, region?: string) => ({
   name: `broker-${t}`,
   settings: { credential_process: `${CMD} credential-process --task ${t}`, ...(region ? { region } : {}) },
@@ -232,7 +232,7 @@ describe('the written profile, read by real AWS clients', () => {
     }
   });
 
-  test('broker configure aws writes the real broker command (node + bin/broker.js), and --dry-run only prints', async () => {
+  test('broker configure aws writes the real broker command (node + bin/broker.cjs), and --dry-run only prints', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-cli-'));
     const file = join(dir, 'config');
     const dry = await broker(['configure', 'aws', '--templates', 'a,b', '--region', 'eu-west-1', '--config-file', file, '--dry-run'], {});

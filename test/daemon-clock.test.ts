@@ -13,9 +13,8 @@ import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { socketPath } from '../broker/daemon/paths.js';
+import { daemonCall, socketPath } from '../broker/daemon/socket.cjs';
 import type { PingResult } from '../broker/daemon/protocol.js';
-import { daemonCall } from '../broker/daemon/socket-client.js';
 import { broker, deviceLogin, makeTestHome, type TestHome } from './peers/cli.js';
 import { fakeClock, type FakeClock } from './peers/faketime.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';

@@ -299,7 +299,8 @@ describe('the daemon directory', () => {
     const m = makeTestHome();
     const dry = await broker(['daemon', 'install', '--dry-run'], m.env);
     assert.equal(dry.code, 0, dry.stderr);
-    assert.match(dry.stdout, /ExecStart=\S+node \S+bin\/broker\.js daemon run/);
+    assert.match(dry.stdout, /ExecStart=\S+node \S+bin\/broker\.cjs daemon run/);
+    assert.doesNotMatch(dry.stdout, /@[A-Z_]+@/, 'every placeholder filled');
     assert.ok(!existsSync(join(m.home, '.config', 'systemd')), 'dry run wrote nothing');
     const inst = await broker(['daemon', 'install', '--no-enable'], m.env);
     assert.equal(inst.code, 0, inst.stderr);

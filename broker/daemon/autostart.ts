@@ -2,11 +2,10 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
-import { logPath, socketPath } from './paths.js';
+import { daemonCall, logPath, socketPath } from './socket.cjs';
 import { ensureRuntimeDir } from './runtime-dir.js';
-import { daemonCall } from './socket-client.js';
 
-const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.js', import.meta.url));
+const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.cjs', import.meta.url));
 const START_TIMEOUT_MS = 10_000;
 /** The log is kept short: one previous generation, rotated at start. */
 const MAX_LOG_BYTES = 5 * 1024 * 1024;

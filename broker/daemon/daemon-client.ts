@@ -1,7 +1,6 @@
 import { BrokerError } from '../errors.js';
-import { socketPath } from './paths.js';
+import { daemonCall, isNoDaemon, socketPath } from './socket.cjs';
 import type { DaemonRequest } from './protocol.js';
-import { daemonCall, isNoDaemon } from './socket-client.js';
 
 /** Bounded: Go SDK v2 kills credential_process after a minute, and people should not wait longer. */
 export const DAEMON_TIMEOUT_MS = 50_000;

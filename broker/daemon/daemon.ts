@@ -4,10 +4,9 @@ import { BrokerError, isBrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { DaemonCore, parseRequest } from './daemon-core.js';
 import { acquireInstanceLock } from './instance-lock.js';
-import { pidPath, socketPath } from './paths.js';
+import { daemonCall, pidPath, socketPath } from './socket.cjs';
 import { MAX_REQUEST_BYTES, type DaemonResponse } from './protocol.js';
 import { ensureRuntimeDir } from './runtime-dir.js';
-import { daemonCall } from './socket-client.js';
 
 export interface RunningDaemon {
   socket: string;

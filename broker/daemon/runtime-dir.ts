@@ -1,7 +1,7 @@
 import { lstatSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BrokerError } from '../errors.js';
-import { MAX_SOCKET_PATH_BYTES, runtimeDir, socketPath } from './paths.js';
+import { MAX_SOCKET_PATH_BYTES, runtimeDir, socketPath } from './socket.cjs';
 
 /**
  * Creates the daemon's directory 0700 if missing, then insists that it is a real directory (not a

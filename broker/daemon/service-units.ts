@@ -4,14 +4,14 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
-import { logPath } from './paths.js';
+import { logPath } from './socket.cjs';
 
 /**
  * `broker daemon install|uninstall`: a systemd --user unit (Linux) or a launchd agent (macOS), made
  * from the templates in deploy/ so an operator can read (or hand-install) exactly what we install.
  */
 const DEPLOY = fileURLToPath(new URL('../../../deploy/', import.meta.url));
-const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.js', import.meta.url));
+const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.cjs', import.meta.url));
 const SYSTEMD_UNIT = 'agent-credential-broker.service';
 const LAUNCHD_LABEL = 'dev.agent-credential-broker.daemon';
 

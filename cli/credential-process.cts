@@ -8,8 +8,7 @@
  * AWS SDK or keychain binding (bench/credential-process measures it). The daemon is started, and the
  * heavier modules loaded, only when none is running.
  */
-import { socketPath } from '../broker/daemon/paths.js';
-import { daemonCall, isNoDaemon } from '../broker/daemon/socket-client.js';
+import { daemonCall, isNoDaemon, socketPath } from '../broker/daemon/socket.cjs';
 import type { DaemonResponse } from '../broker/daemon/protocol.js';
 
 /** Under Go SDK v2's one-minute kill (FACTS.md); JS and Python clients would wait forever. */
