@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { activeSessions, authenticatedApi } from '../broker/client/api.js';
+import { activeSessions, authenticatedApi, type EndedSessionResponse } from '../broker/client/api.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, info, printJson } from './output.js';
 
@@ -19,8 +19,13 @@ export function register(program: Command): void {
         throw new BrokerError('not_found', `no active "${template}" task session`, { hint: 'see active sessions with: broker status' });
       }
       for (const s of targets) {
-        await api.request('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
-        if (!opts.json) info(`Ended ${s.template} (${s.id})`);
+        const r = await api.request<EndedSessionResponse>('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
+        if (opts.json) continue;
+        info(`Ended ${s.template} (${s.id})`);
+        // The session is over either way; a Vault token Vault could not revoke now is retried by the
+        // service and expires with the session.
+        const pending = (r.vaultTokens ?? []).filter((t) => !t.revoked);
+        if (pending.length) info(`  ${pending.length} Vault token(s) not revoked yet (${pending[0]!.error ?? 'Vault did not answer'}); the service retries, and they expire at the session's end`);
       }
       if (opts.json) printJson({ ended: targets.map((s) => ({ id: s.id, template: s.template })) });
       else if (targets.length === 0) info('No active task sessions.');
