@@ -104,7 +104,7 @@ export class SessionVaultTokens {
   /** Revokes every unrevoked token of the session (it has ended or is being abandoned). */
   async revokeSession(s: TaskSession, reason: string): Promise<RevocationResult[]> {
     const results: RevocationResult[] = [];
-    for (const record of this.deps.store.vaultTokens(s.id, { unrevokedOnly: true })) results.push(await this.revokeOne(record, s, reason));
+    for (const record of this.deps.store.vaultTokens(s.id, { unrevokedOnly: true })) results.push((await this.revokeOne(record, s, reason)).result);
     return results;
   }
 
@@ -114,14 +114,15 @@ export class SessionVaultTokens {
     for (const record of this.deps.store.vaultTokensToRevoke()) {
       const s = this.deps.store.getSession(record.sessionId);
       if (!s) continue;
-      results.push(await this.revokeOne(record, s, s.endReason ?? 'expired'));
+      const { result, unreachable } = await this.revokeOne(record, s, s.endReason ?? 'expired');
+      results.push(result);
       // Vault is down: the others would fail the same way; the next sweep tries again.
-      if (results.at(-1)?.error !== undefined && results.at(-1)?.error?.startsWith('unreachable:')) break;
+      if (unreachable) break;
     }
     return results;
   }
 
-  private async revokeOne(record: VaultTokenRecord, s: TaskSession, reason: string): Promise<RevocationResult> {
+  private async revokeOne(record: VaultTokenRecord, s: TaskSession, reason: string): Promise<{ result: RevocationResult; unreachable: boolean }> {
     const base: Omit<AuditEvent, 'decision'> = {
       event: 'vault.revoke', developer: s.developer, template: s.template, sessionId: s.id, vaultAccessor: record.accessor, reason,
     };
@@ -129,7 +130,7 @@ export class SessionVaultTokens {
       await this.deps.tokens.revokeAccessor(record.accessor);
     } catch (e) {
       const unreachable = isBrokerError(e) && e.code === 'upstream_unavailable';
-      const error = `${unreachable ? 'unreachable: ' : ''}${(e as Error).message}`;
+      const error = (e as Error).message;
       this.deps.log.warn({ sessionId: s.id, accessor: record.accessor, attempts: record.revokeAttempts + 1, err: (e as Error).message }, 'could not revoke a Vault token; the sweeper retries');
       try {
         // The first failure is audited; later ones are counted on the token's row and logged.
@@ -138,7 +139,7 @@ export class SessionVaultTokens {
       } catch (auditError) {
         this.deps.log.error({ accessor: record.accessor, err: (auditError as Error).message }, 'could not record a failed revocation');
       }
-      return { accessor: record.accessor, revoked: false, error };
+      return { result: { accessor: record.accessor, revoked: false, error }, unreachable };
     }
     try {
       this.deps.store.markVaultTokenRevoked(record.accessor, {
@@ -149,7 +150,7 @@ export class SessionVaultTokens {
       this.deps.log.error({ accessor: record.accessor, err: (e as Error).message }, 'revoked a Vault token but could not record it');
     }
     this.deps.log.info({ sessionId: s.id, accessor: record.accessor, reason }, 'Vault token revoked');
-    return { accessor: record.accessor, revoked: true };
+    return { result: { accessor: record.accessor, revoked: true }, unreachable: false };
   }
 
   /** A token whose issue could not be audited never leaves: revoke it now, or say loudly that it lives. */
