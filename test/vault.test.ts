@@ -9,6 +9,8 @@ import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createHash } from 'node:crypto';
+import { DatabaseSync } from 'node:sqlite';
 import { STSClient } from '@aws-sdk/client-sts';
 import { parseServerConfig, type ServerConfig } from '../broker/config/server-config.js';
 import { BrokerError } from '../broker/errors.js';
@@ -79,7 +81,7 @@ vault:
 `,
 };
 
-interface Call { status: number; body: any; text: string }
+interface Call { status: number; body: any; text: string; headers: Headers }
 
 describe('Vault/OpenBao task tokens', () => {
   let bao: OpenBao;
@@ -105,7 +107,7 @@ describe('Vault/OpenBao task tokens', () => {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
-    return { status: res.status, body: JSON.parse(text), text };
+    return { status: res.status, body: JSON.parse(text), text, headers: res.headers };
   };
   const api = (method: string, path: string, body?: unknown) => call(server.url, method, path, accessToken.alice, body);
   const loginAt = async (base: string, email: string) => {
@@ -212,6 +214,7 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal(r.status, 201, r.text);
     const { session, vault } = r.body;
     assert.equal(r.body.credentials, undefined, 'a Vault-only template grants no AWS credentials');
+    assert.equal(r.headers.get('cache-control'), 'no-store');
     assert.deepEqual(Object.keys(vault).sort(), ['accessor', 'address', 'expiresAt', 'maxExpiresAt', 'numUses', 'policies', 'renewable', 'token', 'ttlSeconds']);
     assert.equal(vault.address, bao.url);
     assert.deepEqual(session.vault, { address: bao.url, namespace: null, policies: ['db-migrate-read'] });
@@ -568,5 +571,37 @@ describe('vault service configuration', () => {
     assert.match(problems({ address: 'https://v', tokenRole: 'bad role', token: { env: 'T' } }).join('\n'), /vault\.tokenRole: must be a Vault token role name/);
     assert.match(problems({ address: 'https://v', tokenRole: 'r', jwt: { role: 'r', audience: 'agent-credential-broker' } }).join('\n'), /vault\.jwt\.audience: must differ/);
     assert.match(problems({ address: 'https://v', tokenRole: 'r', token: 's.abcdef' }).join('\n'), /vault\.token/);
+  });
+});
+
+describe('the audit log of a store from before Vault support', () => {
+  it('gains the accessor column, and old and new records verify in one chain', () => {
+    const d = mkdtempSync(join(tmpdir(), 'broker-oldstore-'));
+    const path = join(d, 'broker.db');
+    // The audit table as it was, with one record hashed the way it was.
+    const db = new DatabaseSync(path);
+    db.exec(`CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL, decision TEXT NOT NULL,
+      developer TEXT, template TEXT, session_id TEXT, reason TEXT, access_key_id TEXT, role_session_name TEXT, expiration TEXT,
+      detail TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)`);
+    const at = '2026-11-01T00:00:00.000Z';
+    const prev = '0'.repeat(64);
+    const hash = createHash('sha256').update(JSON.stringify([prev, at, 'login', 'allowed', 'alice@example.com', null, null, null, null, null, null, null])).digest('hex');
+    db.prepare('INSERT INTO audit (at, event, decision, developer, prev_hash, hash) VALUES (?,?,?,?,?,?)').run(at, 'login', 'allowed', 'alice@example.com', prev, hash);
+    db.close();
+
+    const s = new SqliteStore(path);
+    assert.equal(s.verifyAuditChain(), null, 'the old record still verifies');
+    s.audit({ event: 'vault.revoke', decision: 'revoked', developer: 'alice@example.com', vaultAccessor: 'acc123' });
+    assert.equal(s.verifyAuditChain(), null);
+    assert.equal(s.auditRecords().at(-1)?.vaultAccessor, 'acc123');
+    s.close();
+    // Tampering with the accessor breaks the chain like any other field.
+    const raw = new DatabaseSync(path);
+    raw.exec('DROP TRIGGER audit_no_update');
+    raw.exec("UPDATE audit SET vault_accessor = 'other' WHERE seq = 2");
+    raw.close();
+    const again = new SqliteStore(path);
+    assert.equal(again.verifyAuditChain(), 2);
+    again.close();
   });
 });

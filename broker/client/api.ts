@@ -133,3 +133,8 @@ export async function activeSessionFor(api: BrokerApi, template: string): Promis
   }
   return s;
 }
+
+/** A fresh Vault token under an active session, for when renewing the one held fails. */
+export async function freshVaultToken(api: BrokerApi, sessionId: string): Promise<{ session: SessionView; vault: VaultTokenGrant }> {
+  return api.request('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/vault-token`);
+}

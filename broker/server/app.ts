@@ -197,6 +197,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       developer: c.get('principal').id, template: body.template, session: r.session.id,
       accessKeyId: r.credentials?.accessKeyId, vaultAccessor: r.vault?.accessor,
     }, 'task session started');
+    c.header('cache-control', 'no-store');
     return c.json(credentialsBody(r), 201);
   });
 
@@ -204,6 +205,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     rateLimited(c);
     const r = await deps.sessions.reissue(c.get('principal'), c.req.param('id'));
     deps.log.info({ developer: c.get('principal').id, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'credentials re-issued');
+    c.header('cache-control', 'no-store');
     return c.json(credentialsBody(r));
   });
 
@@ -212,6 +214,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     rateLimited(c);
     const r = await deps.sessions.reissueVaultToken(c.get('principal'), c.req.param('id'));
     deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultAccessor: r.vault.accessor }, 'Vault token re-issued');
+    // Responses that carry secrets are never stored by a cache (as for OAuth token responses, RFC 6749 §5.1).
+    c.header('cache-control', 'no-store');
     return c.json({ session: r.session, vault: vaultBody(r.vault) });
   });
 

@@ -169,8 +169,10 @@ function checkVault(v: RawVaultGrant, maxSession: number, add: Add): VaultGrant 
     add(['vault', 'tokenRole'], `"${v.tokenRole}" is not a Vault token role name`, 'letters, digits, _ - and ., starting and ending with a letter, digit or _ (the token store\'s role_name pattern)');
   }
 
-  // Token TTLs: the explicit max TTL bounds every renewal of the token, and neither may outlast the
-  // task session: a token must die with its task even if revoking it at the end fails.
+  // Token TTLs: neither may outlast the task session, so a token dies with its task even if revoking
+  // it at the end fails. (Vault caps renewals of role tokens by the role's token_explicit_max_ttl,
+  // not the token's own: the daemon renews within the session, and docs/vault.md says why the role
+  // needs one.)
   const explicitMax = v.explicitMaxTtl ?? maxSession;
   const ttl = v.ttl ?? Math.min(DEFAULT_VAULT_TTL_SECONDS, explicitMax);
   for (const [key, seconds, given] of [['ttl', ttl, v.ttl], ['explicitMaxTtl', explicitMax, v.explicitMaxTtl]] as const) {
