@@ -5,7 +5,7 @@
  * the whole file (2-core machines); tests run in order and share it.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -82,6 +82,15 @@ vault:
 };
 
 interface Call { status: number; body: any; text: string; headers: Headers }
+
+/** Scratch directories of this file, removed when it is done (after the secret scan). */
+const scratch: string[] = [];
+function tempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(d);
+  return d;
+}
+after(() => { for (const d of scratch) rmSync(d, { recursive: true, force: true }); });
 
 describe('Vault/OpenBao task tokens', () => {
   let bao: OpenBao;
@@ -186,7 +195,7 @@ describe('Vault/OpenBao task tokens', () => {
     await createRole(moto.url, 'broker-deploy-lambda', TRUST, 43200);
     idp = await startIdp();
 
-    dir = mkdtempSync(join(tmpdir(), 'broker-vault-'));
+    dir = tempDir('broker-vault-');
     policiesDir = join(dir, 'policies');
     mkdirSync(policiesDir);
     for (const [name, yaml] of Object.entries(TEMPLATES)) writeFileSync(join(policiesDir, `${name}.yaml`), yaml);
@@ -341,7 +350,7 @@ describe('Vault/OpenBao task tokens', () => {
   });
 
   it('nothing half-created: STS failing after the Vault token revokes the token and ends the session', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-vault-unit-'));
+    const d = tempDir('broker-vault-unit-');
     const s = new SqliteStore(join(d, 'broker.db'));
     const log = createLogger({ level: 'silent' });
     const tokens = new VaultTokens(new VaultHttp({ address: bao.url, timeoutMs: 5000 }),
@@ -366,7 +375,7 @@ describe('Vault/OpenBao task tokens', () => {
   });
 
   it('fails closed: a token whose issue cannot be audited is revoked and never returned', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-vault-unit-'));
+    const d = tempDir('broker-vault-unit-');
     class BrokenAuditStore extends SqliteStore {
       override recordVaultToken(_t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt'>, e: AuditEvent): void {
         throw new BrokerError('audit_unavailable', `the audit log could not record ${e.event} ${e.decision}; nothing was issued`);
@@ -468,7 +477,7 @@ describe('Vault/OpenBao task tokens', () => {
   });
 
   it('refuses to start with a root token unless allowed', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-vault-root-'));
+    const d = tempDir('broker-vault-root-');
     const vault = { address: bao.url, tokenRole: 'broker-tasks', token: { env: 'TEST_ROOT_VAULT_TOKEN' } };
     await assert.rejects(startServer(configFor(d, vault), { log: createLogger({ level: 'silent' }) }), (e: unknown) => {
       assert.ok(e instanceof BrokerError);
@@ -485,7 +494,7 @@ describe('Vault/OpenBao task tokens', () => {
   it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token', async () => {
     const port = await freePort();
     const publicUrl = `http://127.0.0.1:${port}`;
-    const d = mkdtempSync(join(tmpdir(), 'broker-vault-jwt-'));
+    const d = tempDir('broker-vault-jwt-');
     // Started before Vault trusts it: the first login fails, and that is not fatal for JWT auth.
     const jwtServer = await startServer(configFor(d, { address: bao.url, tokenRole: 'broker-tasks', jwt: { role: 'broker', audience: 'vault-broker-test' } },
       { listen: { host: '127.0.0.1', port }, publicUrl }), { log: createLogger({ level: 'silent' }) });
@@ -507,7 +516,7 @@ describe('Vault/OpenBao task tokens', () => {
   });
 
   it('logs in with AppRole (deploy/vault/setup.sh approle), secret_id from a file', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-vault-approle-'));
+    const d = tempDir('broker-vault-approle-');
     const secretFile = join(d, 'secret-id');
     const setup = await run('bash', [join(DEPLOY, 'setup.sh'), 'approle', secretFile], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
     assert.equal(setup.code, 0, setup.stderr);
@@ -525,7 +534,7 @@ describe('Vault/OpenBao task tokens', () => {
   });
 
   it('a service without Vault configured refuses Vault templates with a clear 503', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-novault-'));
+    const d = tempDir('broker-novault-');
     const plain = await startServer(configFor(d, undefined), { log: createLogger({ level: 'silent' }) });
     extraServers.push(plain);
     const token = await loginAt(plain.url, 'alice@example.com');
@@ -576,7 +585,7 @@ describe('vault service configuration', () => {
 
 describe('the audit log of a store from before Vault support', () => {
   it('gains the accessor column, and old and new records verify in one chain', () => {
-    const d = mkdtempSync(join(tmpdir(), 'broker-oldstore-'));
+    const d = tempDir('broker-oldstore-');
     const path = join(d, 'broker.db');
     // The audit table as it was, with one record hashed the way it was.
     const db = new DatabaseSync(path);
