@@ -36,7 +36,9 @@ export function register(program: Command): void {
     .action(action(async (opts: Options) => {
       const templates = opts.templates
         ? opts.templates.split(',').map((s) => s.trim()).filter(Boolean).map((name) => ({ name, region: opts.region ?? null }))
-        : (await callDaemon<TemplateSummary[]>({ op: 'templates' })).map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
+        // Only templates that grant AWS credentials get a profile (a Vault-only task has nothing to offer the AWS CLI).
+        : (await callDaemon<TemplateSummary[]>({ op: 'templates' })).filter((t) => !t.grants || t.grants.includes('aws'))
+          .map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
       if (templates.length === 0) {
         throw new BrokerError('not_found', 'no task templates to configure', { hint: 'ask an admin which templates you may start, or pass --templates a,b' });
       }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
+import type { EndedTasks } from '../broker/daemon/daemon-core.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, info, printJson } from './output.js';
 
@@ -13,9 +14,15 @@ export function register(program: Command): void {
     .action(action(async (template: string | undefined, opts: { all?: boolean; json?: boolean }) => {
       if (!template && !opts.all) throw new BrokerError('invalid_request', 'say which session to end', { hint: 'broker end <template>  or  broker end --all' });
       if (template && opts.all) throw new BrokerError('invalid_request', 'give a template or --all, not both');
-      const r = await callDaemon<{ ended: { id: string; template: string }[] }>({ op: 'end', ...(template ? { template } : { all: true }) });
+      const r = await callDaemon<EndedTasks>({ op: 'end', ...(template ? { template } : { all: true }) });
       if (opts.json) printJson(r);
       else if (r.ended.length === 0) info('No active task sessions.');
-      else for (const s of r.ended) info(`Ended ${s.template} (${s.id})`);
+      for (const s of opts.json ? [] : r.ended) {
+        info(`Ended ${s.template} (${s.id})`);
+        // The session is over either way; a token Vault could not revoke now is retried by the
+        // service, and it expires with the session.
+        const p = s.vaultTokensPending;
+        if (p.length) info(`  ${p.length} Vault token(s) not revoked yet (${p[0]!.error ?? 'Vault did not answer'}); the service retries, and they expire at the session's end`);
+      }
     }));
 }

@@ -6,7 +6,7 @@ import type { ProcessCredentials } from '../broker/client/api.js';
 import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
 import { readCliSettings } from '../broker/client/cli-config.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { StartedTask } from '../broker/daemon/daemon-core.js';
+import type { StartedTask, VaultTokenAnswer } from '../broker/daemon/daemon-core.js';
 import { BrokerError } from '../broker/errors.js';
 import { TAG_VALUE_RE } from '../broker/limits.js';
 import { brokerCommand } from './configure-aws.js';
@@ -29,7 +29,7 @@ const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGQUIT', '
 export function register(program: Command): void {
   program
     .command('exec')
-    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task, inherited static credentials are removed')
+    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task (VAULT_ADDR/VAULT_TOKEN for a Vault grant), inherited static credentials are removed')
     .argument('<template>', 'task template; its active session is reused, or one is started')
     .argument('<command...>', 'the command and its arguments, after --')
     .option('-p, --param <name=value>', 'template parameter, when a session has to be started (repeatable)', collectParam, {})
@@ -75,6 +75,19 @@ export function register(program: Command): void {
           put('AWS_SDK_LOAD_CONFIG', '1');
         }
       }
+      if (started.session.vault) {
+        // The one documented case of a secret in a child's environment: Vault clients read their
+        // token from VAULT_TOKEN (or a token helper). The daemon renews this very token in place,
+        // so it stays valid for the agent until the task session ends.
+        const v = await callDaemon<VaultTokenAnswer>({ op: 'vault-token', task: template });
+        // The OpenBao CLI prefers BAO_ADDR/BAO_NAMESPACE to the VAULT_ ones: none may point elsewhere.
+        for (const k of ['VAULT_NAMESPACE', 'BAO_ADDR', 'BAO_NAMESPACE']) delete env[k];
+        put('VAULT_ADDR', v.address);
+        put('VAULT_TOKEN', v.token);
+        if (v.namespace) put('VAULT_NAMESPACE', v.namespace);
+      }
+      // For `broker vault-token` and the token helper inside the agent.
+      put('BROKER_TASK', template);
       if (opts.verbose) {
         info(`removed: ${removed.join(', ') || '(none)'}`);
         info(`set: ${set.join(', ')}`);

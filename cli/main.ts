@@ -11,6 +11,7 @@ import * as policy from './policy.js';
 import * as server from './server.js';
 import * as daemon from './daemon.js';
 import * as exec from './exec.js';
+import * as vaultToken from './vault-token.js';
 
 /**
  * `credential-process` is dispatched by bin/broker.cjs before this module loads (fast path); it is
@@ -23,7 +24,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) })
     .exitOverride();
-  for (const m of [login, logout, whoami, task, exec, status, end, configureAws, daemon, policy, server]) m.register(program);
+  for (const m of [login, logout, whoami, task, exec, vaultToken, status, end, configureAws, daemon, policy, server]) m.register(program);
   program
     .command('credential-process')
     .description('print AWS credential_process JSON for a task session (used from ~/.aws/config)')

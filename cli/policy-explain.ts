@@ -7,6 +7,7 @@ import { isAllowed } from '../broker/templates/access.js';
 import { loadTemplates } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
+import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/vault/token-request.js';
 import { action, collectParam, printJson } from './output.js';
 
 interface Options {
@@ -22,7 +23,7 @@ interface Options {
 export function register(policy: Command): void {
   policy
     .command('explain')
-    .description('show the exact STS AssumeRole request a task would make (role, session name, tags, rendered policy, duration) without calling AWS, and whether a person may start it')
+    .description('show the exact STS AssumeRole request (role, session name, tags, rendered policy, duration) and Vault token request a task would make, without calling AWS or Vault, and whether a person may start it')
     .argument('<template>', 'task template name')
     .requiredOption('--as <email>', 'the developer, as the IdP identifies them')
     .option('--groups <list>', 'their IdP groups, comma-separated', '')
@@ -37,9 +38,15 @@ export function register(policy: Command): void {
       const allowed = isAllowed(t, { email: opts.as, groups });
       const duration = durationFor(t, opts.ttl);
       const sessionId = newSessionId();
-      let request: AssumeRoleRequest;
+      let request: AssumeRoleRequest | undefined;
+      let vaultRequest: VaultTokenRequest | undefined;
       try {
-        request = buildAssumeRoleRequest(t, { developer: opts.as, sessionId, agent: opts.agent, params: opts.param ?? {} }, duration.seconds);
+        if (t.aws) request = buildAssumeRoleRequest(t, { developer: opts.as, sessionId, agent: opts.agent, params: opts.param ?? {} }, duration.seconds);
+        if (t.vault) {
+          const now = Date.now();
+          const sessionSeconds = Math.min(opts.ttl === undefined ? t.maxSessionSeconds : (parseDuration(opts.ttl) ?? t.maxSessionSeconds), t.maxSessionSeconds);
+          vaultRequest = buildVaultTokenRequest(t, { developer: opts.as, sessionId, agent: opts.agent, sessionExpiresAt: now + sessionSeconds * 1000, now }, SERVICE_ROLE);
+        }
       } catch (e) {
         throw asCliError(e);
       }
@@ -52,15 +59,21 @@ export function register(policy: Command): void {
         allowedBy: t.allowed,
         sampleSessionId: sessionId,
         region: t.aws?.region ?? null,
-        duration: { seconds: request.DurationSeconds, rule: duration.rule },
-        policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
-        policyCharLimit: MAX_SESSION_POLICY_CHARS,
-        request,
+        ...(request ? {
+          duration: { seconds: request.DurationSeconds, rule: duration.rule },
+          policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
+          policyCharLimit: MAX_SESSION_POLICY_CHARS,
+          request,
+        } : {}),
+        ...(vaultRequest ? { vaultRequest } : {}),
       };
       if (opts.json) printJson(explanation);
       else process.stdout.write(text(explanation));
     }));
 }
+
+/** Shown for templates without vault.tokenRole: the role comes from the service's configuration. */
+const SERVICE_ROLE = '<vault.tokenRole of the service>';
 
 function findTemplate(dir: string, name: string): TaskTemplate {
   const { templates, problems } = loadTemplates(dir);
@@ -108,29 +121,50 @@ function asCliError(e: unknown): unknown {
 interface Explanation {
   template: string; file: string; description: string; principal: { email: string; groups: string[] }; allowed: boolean;
   allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null;
-  duration: { seconds: number; rule: string }; policyChars: number; policyCharLimit: number; request: AssumeRoleRequest;
+  duration?: { seconds: number; rule: string }; policyChars?: number; policyCharLimit?: number; request?: AssumeRoleRequest;
+  vaultRequest?: VaultTokenRequest;
 }
 
 function text(x: Explanation): string {
-  const r = x.request;
   const who = `${x.principal.email} (groups: ${x.principal.groups.join(', ') || 'none'})`;
   const by = `allowed groups: ${x.allowedBy.groups.join(', ') || 'none'}; emails: ${x.allowedBy.emails.join(', ') || 'none'}`;
   const lines = [
     `${x.template} (${x.file}): ${x.description}`,
     `Access: ${who} ${x.allowed ? 'MAY' : 'may NOT'} start this task (${by})`,
-    '',
-    `AssumeRole request (not sent; sample session id ${x.sampleSessionId}):`,
-    `  RoleArn:           ${r.RoleArn}`,
-    `  Region:            ${x.region ?? '-'}`,
-    `  RoleSessionName:   ${r.RoleSessionName}`,
-    `  SourceIdentity:    ${r.SourceIdentity}`,
-    `  DurationSeconds:   ${r.DurationSeconds} (${formatDuration(r.DurationSeconds)}) = ${x.duration.rule}`,
-    '  Tags:',
-    ...r.Tags.map((t) => `    ${t.Key} = ${t.Value}`),
-    `  TransitiveTagKeys: ${r.TransitiveTagKeys?.join(', ') || '(none)'}`,
-    `  PolicyArns:        ${r.PolicyArns?.map((p) => p.arn).join(', ') || '(none)'}`,
-    `  Policy (${x.policyChars} of ${x.policyCharLimit} chars, minified, with PolicyArns):`,
-    ...JSON.stringify(JSON.parse(r.Policy), null, 2).split('\n').map((l) => `    ${l}`),
   ];
+  const r = x.request;
+  if (r && x.duration) {
+    lines.push(
+      '',
+      `AssumeRole request (not sent; sample session id ${x.sampleSessionId}):`,
+      `  RoleArn:           ${r.RoleArn}`,
+      `  Region:            ${x.region ?? '-'}`,
+      `  RoleSessionName:   ${r.RoleSessionName}`,
+      `  SourceIdentity:    ${r.SourceIdentity}`,
+      `  DurationSeconds:   ${r.DurationSeconds} (${formatDuration(r.DurationSeconds)}) = ${x.duration.rule}`,
+      '  Tags:',
+      ...r.Tags.map((t) => `    ${t.Key} = ${t.Value}`),
+      `  TransitiveTagKeys: ${r.TransitiveTagKeys?.join(', ') || '(none)'}`,
+      `  PolicyArns:        ${r.PolicyArns?.map((p) => p.arn).join(', ') || '(none)'}`,
+      `  Policy (${x.policyChars} of ${x.policyCharLimit} chars, minified, with PolicyArns):`,
+      ...JSON.stringify(JSON.parse(r.Policy), null, 2).split('\n').map((l) => `    ${l}`),
+    );
+  }
+  const v = x.vaultRequest;
+  if (v) {
+    lines.push(
+      '',
+      `Vault token request (not sent; sample session id ${x.sampleSessionId}):`,
+      `  POST auth/token/create/${v.role}`,
+      `  policies:          ${v.body.policies.join(', ')}${v.body.no_default_policy ? '' : ' (+ default, added by Vault)'}`,
+      `  ttl:               ${v.body.ttl} (${formatDuration(v.ttlSeconds)})`,
+      `  explicit_max_ttl:  ${v.body.explicit_max_ttl} (${formatDuration(v.explicitMaxTtlSeconds)}; at most the time left in the session)`,
+      `  num_uses:          ${v.body.num_uses}${v.body.num_uses === 0 ? ' (unlimited)' : ''}`,
+      `  renewable:         ${v.body.renewable}`,
+      `  display_name:      ${v.body.display_name}`,
+      '  meta:',
+      ...Object.entries(v.body.meta).map(([k, val]) => `    ${k} = ${val}`),
+    );
+  }
   return `${lines.join('\n')}\n`;
 }

@@ -20,11 +20,18 @@ export function register(program: Command): void {
       });
       // The credentials are not printed: agents get them through credential_process.
       if (opts.json) {
-        printJson({ session: r.session, accessKeyId: r.accessKeyId, credentialsExpire: r.credentialsExpire, profile: `broker-${template}` });
+        printJson({
+          session: r.session,
+          ...(r.accessKeyId ? { accessKeyId: r.accessKeyId, credentialsExpire: r.credentialsExpire, profile: `broker-${template}` } : {}),
+          ...(r.vaultAccessor ? { vaultAccessor: r.vaultAccessor, vaultTokenExpires: r.vaultTokenExpires } : {}),
+        });
         return;
       }
-      info(`Task session ${r.session.id} started: ${template} as ${r.session.roleSessionName}`);
-      info(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes its credentials until then`);
-      info(`  use it with: AWS_PROFILE=broker-${template}   or: broker exec ${template} -- <agent>`);
+      info(`Task session ${r.session.id} started: ${template}${r.accessKeyId ? ` as ${r.session.roleSessionName}` : ''}`);
+      info(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes what it grants until then`);
+      if (r.accessKeyId) info(`  AWS: AWS_PROFILE=broker-${template}`);
+      // The token itself is never printed here; only its accessor.
+      if (r.vaultAccessor) info(`  Vault: token accessor ${r.vaultAccessor}; the token: broker vault-token --task ${template}`);
+      info(`  or run the agent under it: broker exec ${template} -- <agent>`);
     }));
 }

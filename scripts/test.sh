@@ -12,4 +12,6 @@ node node_modules/typescript/bin/tsc -p tsconfig.json
 files=()
 for f in "$@"; do f=${f%.ts}; files+=("dist/${f}.js"); done
 [ ${#files[@]} -gt 0 ] || mapfile -t files < <(ls dist/test/*.test.js)
-exec bash scripts/with-keychain.sh node --test --test-concurrency=2 --test-timeout=300000 "${files[@]}"
+# A hard limit for the whole run: a peer or child process that hangs must fail the suite, not hold
+# CI until its own limit (90 min). A full run takes about 3 min on 2 cores.
+exec timeout --kill-after=30s 40m bash scripts/with-keychain.sh node --test --test-concurrency=2 --test-timeout=300000 "${files[@]}"

@@ -66,6 +66,7 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     const awsConfig = readFileSync(env.AWS_CONFIG_FILE!, 'utf8');
     assert.match(awsConfig, /\[profile broker-deploy-lambda\]/);
     assert.match(awsConfig, /credential_process = .*credential-process --task deploy-lambda/);
+    assert.ok(!awsConfig.includes('broker-db-migrate'), 'no AWS profile for a template that grants only a Vault token');
 
     // 4. the real AWS CLI resolves credentials through credential_process
     const aws = await run(join(VENV_BIN, 'aws'), ['sts', 'get-caller-identity', '--profile', 'broker-deploy-lambda', '--endpoint-url', moto.url, '--output', 'json'],

@@ -15,6 +15,7 @@ import {
   buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, SESSION_ID_RE, validateParams,
 } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
+import { buildVaultTokenRequest, vaultDisplayName } from '../broker/vault/token-request.js';
 import { broker } from './peers/cli.js';
 import { POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
 
@@ -52,7 +53,7 @@ describe('shipped templates', () => {
   it('validate clean', () => {
     const { templates, problems } = loadTemplates(POLICIES_DIR);
     assert.deepEqual(problems, []);
-    assert.deepEqual([...templates.keys()], ['deploy-lambda', 'read-cloudwatch-logs', 's3-artifacts']);
+    assert.deepEqual([...templates.keys()], ['db-migrate', 'deploy-lambda', 'read-cloudwatch-logs', 's3-artifacts']);
   });
   it('are normalized: seconds, compiled anchored patterns, defaults', () => {
     const t = get('deploy-lambda');
@@ -65,6 +66,51 @@ describe('shipped templates', () => {
     assert.ok(!fn.regex.test('checkout-api/other'), 'anchored at both ends');
     assert.deepEqual(t.aws?.managedPolicyArns, []);
     assert.equal(t.aws?.allowBroadWildcard, false);
+  });
+});
+
+describe('the vault section', () => {
+  it('db-migrate is normalized: seconds, defaults, no AWS part', () => {
+    const t = get('db-migrate');
+    assert.equal(t.aws, undefined);
+    assert.deepEqual(t.vault, {
+      policies: ['db-migrate-read'], ttlSeconds: 1800, explicitMaxTtlSeconds: 4 * 3600, numUses: 0, tokenRole: undefined,
+      metadata: { team: 'platform', purpose: 'schema-migrations' }, renewable: true, noDefaultPolicy: false,
+    });
+  });
+  it('defaults: ttl min(1h, explicit max), explicit max = session.maxDuration', () => {
+    const t = templateFrom('vault-defaults', `
+name: vault-defaults
+description: defaults
+allowed: { groups: [developers] }
+session: { maxDuration: 45m }
+vault: { policies: [kv-read] }
+`);
+    assert.equal(t.vault?.ttlSeconds, 45 * 60);
+    assert.equal(t.vault?.explicitMaxTtlSeconds, 45 * 60);
+  });
+  it('builds the exact token create request, capped by the time left in the session', () => {
+    const t = get('db-migrate');
+    const now = Date.UTC(2026, 10, 22, 12, 0, 0);
+    const ctx = { developer: 'alice@example.com', sessionId: 'abcdefgh23', agent: 'claude-code', now };
+    assert.deepEqual(buildVaultTokenRequest(t, { ...ctx, sessionExpiresAt: now + 4 * 3600_000 }, 'broker-tasks'), {
+      role: 'broker-tasks',
+      ttlSeconds: 1800,
+      explicitMaxTtlSeconds: 14_400,
+      body: {
+        policies: ['db-migrate-read'],
+        meta: { team: 'platform', purpose: 'schema-migrations', developer: 'alice@example.com', task: 'db-migrate', session: 'abcdefgh23', agent: 'claude-code' },
+        ttl: '1800s', explicit_max_ttl: '14400s', num_uses: 0, renewable: true, display_name: 'broker-db-migrate-abcdefgh23', no_default_policy: false,
+      },
+    });
+    const late = buildVaultTokenRequest(t, { ...ctx, sessionExpiresAt: now + 600_500 }, 'broker-tasks');
+    assert.equal(late.explicitMaxTtlSeconds, 600, 'never beyond the end of the session');
+    assert.equal(late.ttlSeconds, 600);
+    brokerError(() => buildVaultTokenRequest(t, { ...ctx, sessionExpiresAt: now + 500 }, 'broker-tasks'), 'conflict');
+    brokerError(() => buildVaultTokenRequest(get('deploy-lambda'), { ...ctx, sessionExpiresAt: now + 3600_000 }, 'r'), 'invalid_request');
+  });
+  it('display names use only the characters Vault keeps', () => {
+    assert.equal(vaultDisplayName('db-migrate', 'abcdefgh23'), 'broker-db-migrate-abcdefgh23');
   });
 });
 
@@ -125,7 +171,31 @@ describe('broken templates', () => {
     ],
     'duplicate-name.yml': [['name', /"duplicate-name" is already defined in .*duplicate-name\.yaml/]],
     'nobody-allowed.yaml': [['allowed', /nobody may start this task/, /allowed\.groups/]],
-    'missing-aws.yaml': [['aws', /is missing: this template grants nothing/]],
+    'missing-aws.yaml': [['aws', /is missing, and so is vault: this template grants nothing/, /vault section/]],
+    'vault-bad-policies.yaml': [
+      ['vault.policies[0]', /the root policy is never put on a task token/],
+      ['vault.policies[1]', /"default" is added by Vault to every token/, /remove it/],
+      ['vault.policies[2]', /"DB-Read" is not a Vault policy name/, /Vault lower-cases policy names: write "db-read"/],
+      ['vault.policies[3]', /"kv-read,kv-write" is not a Vault policy name/, /Vault splits names on commas/],
+      ['vault.policies[5]', /"kv-read" is listed twice/],
+    ],
+    'vault-ttl-too-long.yaml': [
+      ['vault.ttl', /\(2h\) is longer than session\.maxDuration \(1h\)/, /cannot outlive its task session/],
+      ['vault.explicitMaxTtl', /\(3h\) is longer than session\.maxDuration \(1h\)/],
+    ],
+    'vault-ttl-exceeds-max.yaml': [['vault.ttl', /\(1h\) is longer than vault\.explicitMaxTtl \(30m\)/]],
+    'vault-bad-duration.yaml': [
+      ['vault.ttl', /"ten minutes" is not a duration/],
+      ['vault.numUses', /must be 0 \(unlimited\) or more/],
+    ],
+    'vault-bad-metadata.yaml': [
+      ['vault.tokenRole', /"broker tasks" is not a Vault token role name/],
+      ['vault.ttl', /is 30s \(30 s\); the broker needs at least 1m/],
+      ['vault.metadata.developer', /"developer" is set by the broker on every token/],
+      ['vault.metadata.Session', /"Session" is set by the broker/],
+      ['vault.metadata["cost center!"]', /metadata key "cost center!" is not 1-128 chars/],
+    ],
+    'vault-credential-lifetime.yaml': [['session.credentialLifetime', /applies to AWS credentials, and this template grants none/, /vault\.ttl/]],
   };
 
   for (const [file, wanted] of Object.entries(expected)) {
@@ -343,14 +413,16 @@ describe('broker policy (compiled CLI)', () => {
     const r = await broker(['policy', 'validate', POLICIES_DIR], {});
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, '');
-    assert.match(r.stderr, /3 template\(s\) valid: deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
+    assert.match(r.stderr, /4 template\(s\) valid: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
   });
   it('validate exits 1 and prints file:path: message (hint) per problem', async () => {
     const r = await broker(['policy', 'validate', BROKEN_DIR], {});
     assert.equal(r.code, 1);
     assert.equal(r.stdout, '', 'problems go to stderr');
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stderr);
-    assert.match(r.stderr, /\d+ problem\(s\) in 19 file\(s\)/);
+    assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stderr);
+    assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stderr);
+    assert.match(r.stderr, /\d+ problem\(s\) in 25 file\(s\)/);
     assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');
     const json = await broker(['policy', 'validate', BROKEN_DIR, '--json'], {});
     assert.equal(json.code, 1);
@@ -385,13 +457,24 @@ describe('broker policy (compiled CLI)', () => {
     assert.equal(x.region, 'eu-west-1');
     assert.equal(x.policyChars, expected.Policy.length);
   });
+  it('explain shows the Vault token request of a Vault template', async () => {
+    const r = await broker(['policy', 'explain', 'db-migrate', '--dir', POLICIES_DIR, '--as', 'alice@example.com', '--groups', 'developers', '--ttl', '1h', '--json'], {});
+    assert.equal(r.code, 0, r.stderr);
+    const x = JSON.parse(r.stdout);
+    assert.equal(x.request, undefined, 'no AWS request');
+    assert.equal(x.vaultRequest.body.explicit_max_ttl, '3600s', 'capped by the requested session length');
+    assert.equal(x.vaultRequest.body.meta.session, x.sampleSessionId);
+    const text = await broker(['policy', 'explain', 'db-migrate', '--dir', POLICIES_DIR, '--as', 'alice@example.com'], {});
+    assert.match(text.stdout, /POST auth\/token\/create\/<vault\.tokenRole of the service>/);
+    assert.match(text.stdout, /policies: +db-migrate-read \(\+ default, added by Vault\)/);
+  });
   it('explain fails clearly on a bad parameter or an unknown template', async () => {
     const bad = await broker([...explainArgs.slice(0, -1), 'function=a b', '--as', 'alice@example.com'], {});
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /--param function: does not match the pattern/);
     const unknown = await broker(['policy', 'explain', 'nope', '--dir', POLICIES_DIR, '--as', 'alice@example.com'], {});
     assert.equal(unknown.code, 1);
-    assert.match(unknown.stderr, /no task template "nope".*\n.*valid templates there: deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
+    assert.match(unknown.stderr, /no task template "nope".*\n.*valid templates there: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
     const broken = await broker(['policy', 'explain', 'bad-arns', '--dir', BROKEN_DIR, '--as', 'alice@example.com'], {});
     assert.equal(broken.code, 1);
     assert.match(broken.stderr, /task template "bad-arns" has 3 problem\(s\)/);

@@ -46,6 +46,8 @@ export interface TemplateSummary {
   name: string;
   description: string;
   region: string | null;
+  /** What a session of it grants; absent from services older than Vault support (AWS only). */
+  grants?: ('aws' | 'vault')[];
   parameters: Record<string, { description: string; pattern: string; maxLength: number }>;
   maxSessionSeconds: number;
   credentialLifetimeSeconds: number;
@@ -53,7 +55,45 @@ export interface TemplateSummary {
 
 export interface SessionView {
   id: string; template: string; params: Record<string, string>; reason: string; agent: string;
-  roleSessionName: string; region: string | null; createdAt: string; expiresAt: string;
+  roleSessionName: string; region: string | null;
+  /** Where the session's Vault tokens are valid, or null when it grants none. */
+  vault?: { address: string; namespace: string | null; policies: string[] } | null;
+  createdAt: string; expiresAt: string;
+}
+
+/**
+ * The `vault` object of `POST /v1/sessions` (when the template grants a Vault token) and of
+ * `POST /v1/sessions/:id/vault-token`. `token` is a secret: keep it in memory; renew it in place with
+ * renewVaultToken (broker/vault/renew.ts) and ask for a fresh one when that fails.
+ */
+export interface VaultTokenGrant {
+  token: string;
+  /** Identifies the token in Vault's audit log and the broker's; safe to log. */
+  accessor: string;
+  policies: string[];
+  ttlSeconds: number;
+  /** RFC 3339; when the token expires unless renewed. */
+  expiresAt: string;
+  /** RFC 3339; its explicit max TTL, never after the session's end. */
+  maxExpiresAt: string;
+  renewable: boolean;
+  /** 0: unlimited; every request with the token (renewal included) uses one. */
+  numUses: number;
+  address: string;
+  namespace?: string;
+}
+
+/** `POST /v1/sessions` (201): what the template grants. */
+export interface StartedSession {
+  session: SessionView;
+  credentials?: ProcessCredentials;
+  vault?: VaultTokenGrant;
+}
+
+/** `DELETE /v1/sessions/:id`: the ended session and what became of its Vault tokens. */
+export interface EndedSessionResponse {
+  ended: SessionView;
+  vaultTokens: { accessor: string; revoked: boolean; error?: string }[];
 }
 
 export interface ProcessCredentials {
@@ -69,3 +109,7 @@ export async function activeSessions(api: ApiRequester): Promise<SessionView[]> 
   return (await api.request<{ sessions: SessionView[] }>('GET', '/v1/sessions')).sessions;
 }
 
+/** A fresh Vault token under an active session, for when renewing the one held fails. */
+export async function freshVaultToken(api: ApiRequester, sessionId: string): Promise<{ session: SessionView; vault: VaultTokenGrant }> {
+  return api.request('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/vault-token`);
+}

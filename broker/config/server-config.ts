@@ -4,6 +4,8 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { durationSchema } from '../duration.js';
 import { BrokerError, type ErrorDetail } from '../errors.js';
+import { BROKER_TOKEN_AUDIENCE } from '../identity/broker-tokens.js';
+import { VAULT_ROLE_NAME_RE } from '../vault/limits.js';
 
 const JWS_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
 
@@ -11,6 +13,52 @@ const signingKeySchema = z.union([
   z.strictObject({ file: z.string().min(1) }),
   z.strictObject({ env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/) }),
 ]);
+/** A secret is named by where it is (a file, an environment variable), never written in the config. */
+const secretSourceSchema = signingKeySchema;
+
+/** An auth method's mount path, e.g. `approle` or `jwt` or `team-a/jwt`. */
+const mountSchema = z.string().regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'must be a mount path such as jwt or approle (no leading or trailing /)');
+
+const LOOPBACK_HOST_RE = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/;
+
+/**
+ * Vault/OpenBao (docs/vault.md). The broker's own login is exactly one of `token` (development),
+ * `approle` or `jwt`; none has a default, like every security-critical setting here.
+ */
+const vaultSchema = z.strictObject({
+  address: z.url().refine((u) => /^https?:/.test(u), 'must be an http(s) URL, e.g. https://vault.example.com:8200'),
+  namespace: z.string().min(1).optional(),
+  /** The token role task tokens are created against; a template's vault.tokenRole overrides it. */
+  tokenRole: z.string().regex(VAULT_ROLE_NAME_RE, 'must be a Vault token role name (letters, digits, _ - .)'),
+  token: secretSourceSchema.optional(),
+  approle: z.strictObject({ roleId: z.string().min(1), secretId: secretSourceSchema, mount: mountSchema.default('approle') }).optional(),
+  jwt: z.strictObject({
+    role: z.string().min(1),
+    mount: mountSchema.default('jwt'),
+    /** The `aud` of the broker's login JWT; the JWT auth role's bound_audiences. */
+    audience: z.string().min(1).refine((a) => a !== BROKER_TOKEN_AUDIENCE, `must differ from "${BROKER_TOKEN_AUDIENCE}", the audience of the broker's own access tokens`),
+  }).optional(),
+  /** Development only: run with a broker token that has Vault's root policy. */
+  allowRootToken: z.boolean().default(false),
+  /** Plain http to a Vault that is not on loopback (tokens would cross the network in clear). */
+  allowInsecureHttp: z.boolean().default(false),
+  requestTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+}).superRefine((v, ctx) => {
+  const methods = (['token', 'approle', 'jwt'] as const).filter((k) => v[k] !== undefined);
+  if (methods.length !== 1) {
+    ctx.addIssue({
+      code: 'custom', path: [],
+      message: methods.length ? `set exactly one of token, approle, jwt (found ${methods.join(', ')})`
+        : "set the broker's own Vault login: one of token: {file|env}, approle: {roleId, secretId}, jwt: {role, audience}",
+    });
+  }
+  try {
+    const u = new URL(v.address);
+    if (u.protocol === 'http:' && !LOOPBACK_HOST_RE.test(u.hostname) && !v.allowInsecureHttp) {
+      ctx.addIssue({ code: 'custom', path: ['address'], message: 'plain http to a Vault that is not on loopback would send tokens in clear; use https (or set allowInsecureHttp: true)' });
+    }
+  } catch { /* z.url() reported it */ }
+});
 
 /**
  * The service configuration. Security-critical settings (issuer, audience, algorithms) have no
@@ -57,6 +105,11 @@ export const serverConfigSchema = z.strictObject({
     stsEndpoint: z.url().optional(),
     iamEndpoint: z.url().optional(),
     checkTrustAtStartup: z.boolean().default(true),
+  }).prefault({}),
+  vault: vaultSchema.optional(),
+  /** Ends expired task sessions and retries revocations that failed (e.g. Vault was down). */
+  sweeper: z.strictObject({
+    interval: durationSchema.default(60).refine((s) => s >= 1 && s <= 3600, 'must be between 1s and 1h'),
   }).prefault({}),
   limits: z.strictObject({
     /** Per-developer requests that can issue credentials, per minute. */

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { ProcessCredentials, SessionView, TemplateSummary } from '../client/api.js';
+import { freshVaultToken, type EndedSessionResponse, type SessionView, type StartedSession, type TemplateSummary, type VaultTokenGrant } from '../client/api.js';
 import { readCliConfig } from '../client/cli-config.js';
 import { loadLogin } from '../client/login-record.js';
 import { BrokerError } from '../errors.js';
@@ -7,6 +7,8 @@ import type { Logger } from '../log.js';
 import { CredentialCache, type EntryStatus } from './credential-cache.js';
 import { PROTOCOL_VERSION, type DaemonRequest, type PingResult, type StartRequest } from './protocol.js';
 import { ServiceClient } from './service-client.js';
+import { renewVaultToken } from '../vault/renew.js';
+import { VaultTokenCache, type VaultTokenStatus } from './vault-token-cache.js';
 
 const templateName = z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be a template name ([a-z0-9-], at most 40 chars)');
 const startRequest = z.strictObject({
@@ -19,6 +21,7 @@ const startRequest = z.strictObject({
 const requestSchema = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('ping') }),
   z.strictObject({ op: z.literal('credentials'), task: templateName }),
+  z.strictObject({ op: z.literal('vault-token'), task: templateName.optional() }),
   z.strictObject({ op: z.literal('start'), request: startRequest }),
   z.strictObject({ op: z.literal('ensure'), request: startRequest, paramsGiven: z.boolean() }),
   z.strictObject({ op: z.literal('status') }),
@@ -40,11 +43,21 @@ export function parseRequest(raw: unknown): DaemonRequest {
   return r.data as DaemonRequest;
 }
 
-export interface StartedTask { session: SessionView; accessKeyId: string; credentialsExpire: string; reused: boolean }
+/** What `broker task`/`exec` learn: never a secret (exec asks for the Vault token on its own). */
+export interface StartedTask {
+  session: SessionView;
+  reused: boolean;
+  accessKeyId?: string;
+  credentialsExpire?: string;
+  vaultAccessor?: string;
+  vaultTokenExpires?: string;
+}
+export interface VaultTokenAnswer { template: string; token: string; accessor: string; address: string; namespace: string | null; expiresAt: string }
+export interface EndedTasks { ended: { id: string; template: string; vaultTokensPending: { accessor: string; error?: string }[] }[] }
 export interface DaemonStatus {
   serverUrl: string | null;
   developer: string | null;
-  sessions: (SessionView & { credentials: EntryStatus | null })[];
+  sessions: (SessionView & { credentials: EntryStatus | null; vaultToken: VaultTokenStatus | null })[];
   /** Set when the service could not be asked: `sessions` then lists only what the daemon holds. */
   serviceError?: string;
 }
@@ -57,6 +70,7 @@ export interface DaemonStatus {
 export class DaemonCore {
   private client: ServiceClient | undefined;
   readonly cache: CredentialCache;
+  readonly vault: VaultTokenCache;
   private readonly startedAt = new Date().toISOString();
 
   constructor(private readonly log: Logger, now: () => number = Date.now) {
@@ -66,6 +80,15 @@ export class DaemonCore {
       upstream: {
         findSession: (t) => this.service().findSession(t),
         issue: (id) => this.service().issue(id),
+      },
+    });
+    this.vault = new VaultTokenCache({
+      log,
+      now,
+      upstream: {
+        findSession: (t) => this.service().findSession(t),
+        freshToken: (id) => freshVaultToken(this.service(), id),
+        renew: (o) => renewVaultToken({ ...o, now }),
       },
     });
   }
@@ -78,12 +101,14 @@ export class DaemonCore {
     this.client = record ? await ServiceClient.fromLogin(record) : undefined;
     if (before?.serverUrl !== this.client?.serverUrl || before?.login.developer !== this.client?.login.developer || !this.client) {
       this.cache.clear();
+      this.vault.clear();
     }
     this.log.info({ serverUrl: serverUrl ?? null, developer: this.client?.login.developer ?? null }, this.client ? 'login loaded from the keychain' : 'not logged in');
   }
 
   close(): void {
     this.cache.close();
+    this.vault.close();
     this.client = undefined;
   }
 
@@ -101,6 +126,7 @@ export class DaemonCore {
     switch (req.op) {
       case 'ping': return this.ping();
       case 'credentials': return this.cache.get(req.task);
+      case 'vault-token': return this.vaultToken(req.task);
       case 'start': return this.start(req.request);
       case 'ensure': return this.ensure(req.request, req.paramsGiven);
       case 'status': return this.status();
@@ -121,12 +147,31 @@ export class DaemonCore {
   }
 
   private async start(r: StartRequest): Promise<StartedTask> {
-    const issued = await this.service().request<{ session: SessionView; credentials: ProcessCredentials }>('POST', '/v1/sessions', {
+    const issued = await this.service().request<StartedSession>('POST', '/v1/sessions', {
       template: r.template, params: r.params, reason: r.reason, agent: r.agent, ...(r.ttl ? { ttl: r.ttl } : {}),
     });
-    // Held for credential_process: the first call after `broker task` needs no network.
-    this.cache.put(issued);
-    return { session: issued.session, accessKeyId: issued.credentials.AccessKeyId, credentialsExpire: issued.credentials.Expiration, reused: false };
+    // Held for credential_process and vault-token: the first use after `broker task` needs no network.
+    if (issued.credentials) this.cache.put({ session: issued.session, credentials: issued.credentials });
+    if (issued.vault) this.vault.put(issued.session, issued.vault);
+    return { session: issued.session, reused: false, ...summary(issued.credentials?.AccessKeyId, issued.credentials?.Expiration, issued.vault) };
+  }
+
+  /** The task's Vault token; without a task, that of the one active session that grants one. */
+  private async vaultToken(task: string | undefined): Promise<VaultTokenAnswer> {
+    let template = task;
+    if (!template) {
+      const withVault = (await this.service().sessions()).filter((s) => s.vault);
+      if (withVault.length !== 1) {
+        throw new BrokerError(withVault.length ? 'conflict' : 'not_found', withVault.length
+          ? `${withVault.length} active task sessions grant Vault tokens (${withVault.map((s) => s.template).join(', ')}): say which`
+          : 'no active task session grants a Vault token', {
+          hint: withVault.length ? 'pass --task <template>, or set BROKER_TASK' : 'start one: broker task <template>',
+        });
+      }
+      template = withVault[0]!.template;
+    }
+    const { grant } = await this.vault.get(template);
+    return { template, token: grant.token, accessor: grant.accessor, address: grant.address, namespace: grant.namespace ?? null, expiresAt: grant.expiresAt };
   }
 
   /** `broker exec`: reuse the template's active session, or start one. */
@@ -142,40 +187,57 @@ export class DaemonCore {
     let session = existing;
     if (existing.agent !== r.agent) {
       session = (await this.service().request<{ session: SessionView }>('PATCH', `/v1/sessions/${encodeURIComponent(existing.id)}`, { agent: r.agent })).session;
-      // Credentials already held carry the old broker:agent tag: fetch ones that name this agent.
+      // What is held names the old agent (broker:agent tag, Vault token metadata): get ones that name
+      // this agent. A Vault token already handed out stays valid until the session ends.
       this.cache.drop(r.template);
+      this.vault.drop(r.template);
     }
-    const creds = await this.cache.get(r.template);
-    return { session, accessKeyId: creds.AccessKeyId, credentialsExpire: creds.Expiration, reused: true };
+    // Warm what the session grants, so the agent's first call is answered from memory.
+    const creds = session.region !== null ? await this.cache.get(r.template) : undefined;
+    const vault = session.vault ? (await this.vault.get(r.template)).grant : undefined;
+    return { session, reused: true, ...summary(creds?.AccessKeyId, creds?.Expiration, vault) };
   }
 
   private async status(): Promise<DaemonStatus> {
     const held = new Map(this.cache.status().map((s) => [s.sessionId, s]));
+    const tokens = new Map(this.vault.status().map((v) => [v.template, v]));
     const base = { serverUrl: this.client?.serverUrl ?? readCliConfig()?.serverUrl ?? null, developer: this.client?.login.developer ?? null };
     try {
       const sessions = await this.service().sessions();
-      return { ...base, sessions: sessions.map((s) => ({ ...s, credentials: held.get(s.id) ?? null })) };
+      return { ...base, sessions: sessions.map((s) => ({ ...s, credentials: held.get(s.id) ?? null, vaultToken: tokens.get(s.template) ?? null })) };
     } catch (e) {
       if (e instanceof BrokerError && (e.code === 'not_logged_in' || e.code === 'unauthenticated')) throw e;
       return { ...base, sessions: [], serviceError: (e as Error).message };
     }
   }
 
-  private async end(template: string | undefined, all: boolean): Promise<{ ended: { id: string; template: string }[] }> {
+  private async end(template: string | undefined, all: boolean): Promise<EndedTasks> {
     if (!template && !all) throw new BrokerError('invalid_request', 'say which session to end', { hint: 'broker end <template>  or  broker end --all' });
     const targets = (await this.service().sessions()).filter((s) => all || s.template === template);
     if (template && targets.length === 0) {
       this.cache.drop(template);
+      this.vault.drop(template);
       throw new BrokerError('not_found', `no active "${template}" task session`, { hint: 'see active sessions with: broker status' });
     }
+    const ended: EndedTasks['ended'] = [];
     for (const s of targets) {
       // Dropped first: even if the service call fails, nothing more is handed out for it from here.
       this.cache.drop(s.template);
-      await this.service().request('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
-      this.log.info({ template: s.template, session: s.id }, 'task session ended');
+      this.vault.drop(s.template);
+      const r = await this.service().request<Partial<EndedSessionResponse>>('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
+      const pending = (r.vaultTokens ?? []).filter((t) => !t.revoked).map((t) => ({ accessor: t.accessor, ...(t.error ? { error: t.error } : {}) }));
+      this.log.info({ template: s.template, session: s.id, vaultTokensPending: pending.length }, 'task session ended');
+      ended.push({ id: s.id, template: s.template, vaultTokensPending: pending });
     }
-    return { ended: targets.map((s) => ({ id: s.id, template: s.template })) };
+    return { ended };
   }
+}
+
+function summary(accessKeyId: string | undefined, expiration: string | undefined, vault: VaultTokenGrant | undefined): Omit<StartedTask, 'session' | 'reused'> {
+  return {
+    ...(accessKeyId ? { accessKeyId, credentialsExpire: expiration } : {}),
+    ...(vault ? { vaultAccessor: vault.accessor, vaultTokenExpires: vault.expiresAt } : {}),
+  };
 }
 
 function sameParams(a: Record<string, string>, b: Record<string, string>): boolean {

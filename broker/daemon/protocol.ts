@@ -19,6 +19,8 @@ export interface StartRequest {
 export type DaemonRequest =
   | { op: 'ping' }
   | { op: 'credentials'; task: string }
+  /** The task's Vault token (`broker vault-token`, `broker exec` for templates with a vault section). */
+  | { op: 'vault-token'; task?: string | undefined }
   | { op: 'start'; request: StartRequest }
   /** Reuse the template's active session (its params must match, when given) or start one; `broker exec`. */
   | { op: 'ensure'; request: StartRequest; paramsGiven: boolean }

@@ -13,7 +13,16 @@ const ALG = 'ES256';
 /** RFC 9068 §2.1 media type for access tokens; refresh tokens get their own so one can't pose as the other. */
 const ACCESS_TYP = 'at+jwt';
 const REFRESH_TYP = 'broker-refresh+jwt';
-const AUDIENCE = 'agent-credential-broker';
+/**
+ * The broker's login JWT for Vault's JWT auth: about the broker itself (`sub` = `iss` = its public
+ * URL), for Vault's audience, with a typ of its own. It can never pass as a broker token: verify()
+ * demands `at+jwt` (or the refresh typ) and the audience below, and the Vault audience must differ.
+ */
+const VAULT_LOGIN_TYP = 'broker-vault-login+jwt';
+/** Long enough for one login round trip, short enough that a copied one is useless soon after. */
+const VAULT_LOGIN_TTL_SECONDS = 60;
+export const BROKER_TOKEN_AUDIENCE = 'agent-credential-broker';
+const AUDIENCE = BROKER_TOKEN_AUDIENCE;
 
 interface SigningKey { kid: string; privateKey: CryptoKey; publicJwk: JWK }
 
@@ -90,6 +99,24 @@ export class BrokerTokens {
       .setAudience(AUDIENCE)
       .setIssuedAt()
       .setExpirationTime(`${ttl}s`)
+      .setJti(randomUUID())
+      .sign(key.privateKey);
+  }
+
+  /**
+   * A short-lived JWT about the broker itself, for `POST auth/jwt/login` (OpenBao/Vault JWT auth with
+   * `jwks_url` = this service's /.well-known/jwks.json and `bound_issuer` = its public URL).
+   */
+  signVaultLoginJwt(audience: string): Promise<string> {
+    if (audience === AUDIENCE) throw new TypeError(`the Vault login audience must differ from "${AUDIENCE}"`);
+    const key = this.keys[0]!;
+    return new SignJWT({})
+      .setProtectedHeader({ alg: ALG, kid: key.kid, typ: VAULT_LOGIN_TYP })
+      .setIssuer(this.issuer)
+      .setSubject(this.issuer)
+      .setAudience(audience)
+      .setIssuedAt()
+      .setExpirationTime(`${VAULT_LOGIN_TTL_SECONDS}s`)
       .setJti(randomUUID())
       .sign(key.privateKey);
   }

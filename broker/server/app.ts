@@ -9,7 +9,7 @@ import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token
 import type { Principal } from '../identity/principal.js';
 import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, TAG_VALUE_RE } from '../limits.js';
 import type { Logger } from '../log.js';
-import type { TaskSessionService, IssuedCredentials } from '../sessions/task-session-service.js';
+import type { IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
 import type { SqliteStore } from '../store/sqlite-store.js';
 import { jsonPointer } from './json-pointer.js';
 import { RateLimiter } from './rate-limit.js';
@@ -75,16 +75,36 @@ async function parseBody<T extends z.ZodType>(c: Context, schema: T): Promise<z.
 }
 
 function credentialsBody(r: IssuedCredentials) {
+  const c = r.credentials;
   return {
     session: r.session,
-    credentials: {
-      Version: 1,
-      AccessKeyId: r.credentials.accessKeyId,
-      SecretAccessKey: r.credentials.secretAccessKey,
-      SessionToken: r.credentials.sessionToken,
-      Expiration: r.credentials.expiration.toISOString(),
-      ...(r.credentials.accountId ? { AccountId: r.credentials.accountId } : {}),
-    },
+    ...(c ? {
+      credentials: {
+        Version: 1,
+        AccessKeyId: c.accessKeyId,
+        SecretAccessKey: c.secretAccessKey,
+        SessionToken: c.sessionToken,
+        Expiration: c.expiration.toISOString(),
+        ...(c.accountId ? { AccountId: c.accountId } : {}),
+      },
+    } : {}),
+    ...(r.vault ? { vault: vaultBody(r.vault) } : {}),
+  };
+}
+
+/** The `vault` object of a response: the token for the daemon, and what it needs to renew it. */
+function vaultBody(v: IssuedVaultToken) {
+  return {
+    token: v.token,
+    accessor: v.accessor,
+    policies: v.policies,
+    ttlSeconds: v.ttlSeconds,
+    expiresAt: v.expiresAt.toISOString(),
+    maxExpiresAt: v.maxExpiresAt.toISOString(),
+    renewable: v.renewable,
+    numUses: v.numUses,
+    address: v.address,
+    ...(v.namespace ? { namespace: v.namespace } : {}),
   };
 }
 
@@ -182,6 +202,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/templates', (c) => c.json({
     templates: deps.sessions.startableTemplates(c.get('principal')).map((t) => ({
       name: t.name, description: t.description, region: t.aws?.region ?? null,
+      grants: [...(t.aws ? ['aws'] : []), ...(t.vault ? ['vault'] : [])],
       parameters: Object.fromEntries(t.parameters.map((p) => [p.name, { description: p.description ?? '', pattern: p.pattern, maxLength: p.maxLength }])),
       maxSessionSeconds: t.maxSessionSeconds, credentialLifetimeSeconds: t.credentialLifetimeSeconds,
     })),
@@ -195,7 +216,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const r = await deps.sessions.start(c.get('principal'), {
       template: body.template, params: body.params, reason: body.reason, agent: body.agent, ttlSeconds: body.ttl,
     });
-    deps.log.info({ developer: c.get('principal').id, template: body.template, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'task session started');
+    // The AccessKeyId and the Vault accessor identify what was issued; never the secrets.
+    deps.log.info({
+      developer: c.get('principal').id, template: body.template, session: r.session.id,
+      accessKeyId: r.credentials?.accessKeyId, vaultAccessor: r.vault?.accessor,
+    }, 'task session started');
+    c.header('cache-control', 'no-store');
     return c.json(credentialsBody(r), 201);
   });
 
@@ -203,6 +229,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     rateLimited(c);
     const r = await deps.sessions.reissue(c.get('principal'), c.req.param('id'));
     deps.log.info({ developer: c.get('principal').id, session: r.session.id, accessKeyId: r.credentials.accessKeyId }, 'credentials re-issued');
+    c.header('cache-control', 'no-store');
     return c.json(credentialsBody(r));
   });
 
@@ -214,10 +241,21 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.json({ session: s });
   });
 
-  app.delete('/v1/sessions/:id', (c) => {
-    const s = deps.sessions.end(c.get('principal'), c.req.param('id'));
-    deps.log.info({ developer: c.get('principal').id, session: s.id }, 'task session ended');
-    return c.json({ ended: s });
+  // A fresh Vault token under an active session (the daemon's fallback when renewal fails).
+  app.post('/v1/sessions/:id/vault-token', async (c) => {
+    rateLimited(c);
+    const r = await deps.sessions.reissueVaultToken(c.get('principal'), c.req.param('id'));
+    deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultAccessor: r.vault.accessor }, 'Vault token re-issued');
+    // Responses that carry secrets are never stored by a cache (as for OAuth token responses, RFC 6749 §5.1).
+    c.header('cache-control', 'no-store');
+    return c.json({ session: r.session, vault: vaultBody(r.vault) });
+  });
+
+  app.delete('/v1/sessions/:id', async (c) => {
+    const r = await deps.sessions.end(c.get('principal'), c.req.param('id'));
+    const pending = r.vaultTokens.filter((t) => !t.revoked).length;
+    deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultTokensRevoked: r.vaultTokens.length - pending, vaultTokensPending: pending }, 'task session ended');
+    return c.json({ ended: r.session, vaultTokens: r.vaultTokens });
   });
 
   return app;

@@ -7,10 +7,16 @@ import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { createLogger, type Logger } from '../log.js';
+import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
+import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
 import { SqliteStore } from '../store/sqlite-store.js';
 import { loadTemplatesOrThrow } from '../templates/load.js';
 import type { TaskTemplate } from '../templates/schema.js';
+import { VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
+import { VaultHttp } from '../vault/http.js';
+import { checkVaultAtStart } from '../vault/startup-check.js';
+import { VaultTokens } from '../vault/tokens.js';
 import { createApp } from './app.js';
 
 export interface RunningServer {
@@ -41,11 +47,25 @@ async function checkTrustInBackground(config: ServerConfig, templates: Map<strin
   }
 }
 
-export async function startServer(config: ServerConfig, options: { log?: Logger } = {}): Promise<RunningServer> {
+function vaultAuthMethod(v: NonNullable<ServerConfig['vault']>): VaultAuthMethod {
+  if (v.token) return { kind: 'token', token: v.token };
+  if (v.approle) return { kind: 'approle', roleId: v.approle.roleId, secretId: v.approle.secretId, mount: v.approle.mount };
+  if (v.jwt) return { kind: 'jwt', role: v.jwt.role, mount: v.jwt.mount, audience: v.jwt.audience };
+  throw new TypeError('vault config without an auth method (the schema requires one)');
+}
+
+export interface StartOptions {
+  log?: Logger;
+  /** The service's clock (tests move it to expire sessions); defaults to Date.now. */
+  now?: () => number;
+}
+
+export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
   const log = options.log ?? createLogger({ level: config.log.level });
   const templates = loadTemplatesOrThrow(config.policiesDir);
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
-  const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs });
+  const now = options.now ?? Date.now;
+  const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
   const tokens = new BrokerTokens(keys, config.publicUrl, { access: config.tokens.accessTokenTtl, refresh: config.tokens.refreshTokenTtl });
   const idTokens = new IdTokenVerifier({
     issuer: config.oidc.issuer, audience: config.oidc.audience, algorithms: config.oidc.algorithms,
@@ -53,11 +73,27 @@ export async function startServer(config: ServerConfig, options: { log?: Logger 
     clockToleranceSeconds: config.oidc.clockToleranceSeconds,
   });
   const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
-  const sessions = new TaskSessionService({ store, templates, sts, log, maxActiveSessions: config.limits.maxActiveSessions });
+  let vault: { auth: VaultAuth; tokens: VaultTokens; sessionTokens: SessionVaultTokens } | undefined;
+  if (config.vault) {
+    const http = new VaultHttp({ address: config.vault.address, namespace: config.vault.namespace, timeoutMs: config.vault.requestTimeoutMs });
+    const auth = new VaultAuth({
+      http, method: vaultAuthMethod(config.vault), baseDir: config.baseDir, allowRootToken: config.vault.allowRootToken,
+      signLoginJwt: (audience) => tokens.signVaultLoginJwt(audience), log, now,
+    });
+    const vaultTokens = new VaultTokens(http, auth);
+    vault = { auth, tokens: vaultTokens, sessionTokens: new SessionVaultTokens({ store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now }) };
+  } else {
+    const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
+    if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
+  }
   let url = config.publicUrl;
+  const sessions = new TaskSessionService({
+    store, templates, sts, vault: vault?.sessionTokens, log, maxActiveSessions: config.limits.maxActiveSessions, now,
+  });
+  const sweeper = new SessionSweeper({ sessions, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
-    tokens, idTokens, sessions, store, log, issuePerMinute: config.limits.issuePerMinute,
-    dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds }),
+    tokens, idTokens, sessions, store, log, issuePerMinute: config.limits.issuePerMinute, now,
+    dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     publicUrl: () => url,
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
   });
@@ -68,15 +104,29 @@ export async function startServer(config: ServerConfig, options: { log?: Logger 
   });
   const port = (server.address() as AddressInfo).port;
   if (config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0) url = `http://${config.listen.host}:${port}`;
-  log.info({ url, templates: [...templates.keys()], store: config.store.sqlite }, 'broker service listening');
+  const close = () => new Promise<void>((resolveStop) => {
+    server.close(() => { store.close(); resolveStop(); });
+    (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+  });
+  // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
+  if (vault) {
+    try {
+      await checkVaultAtStart({ auth: vault.auth, tokens: vault.tokens, defaultRole: config.vault!.tokenRole, templates: templates.values(), log });
+    } catch (e) {
+      await close();
+      throw e;
+    }
+  }
+  log.info({ url, templates: [...templates.keys()], store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
+  sweeper.start();
 
   return {
     url,
     port,
-    stop: () => new Promise<void>((resolveStop) => {
-      server.close(() => { store.close(); resolveStop(); });
-      (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
-    }),
+    stop: async () => {
+      await sweeper.stop();
+      await close();
+    },
   };
 }

@@ -8,6 +8,9 @@ import type { AuditEvent } from '../store/audit-event.js';
 import type { SqliteStore, TaskSession } from '../store/sqlite-store.js';
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams } from '../templates/render.js';
 import type { TaskTemplate } from '../templates/schema.js';
+import { vaultNotConfigured, type IssuedVaultToken, type RevocationResult, type SessionVaultTokens } from './session-vault-tokens.js';
+
+export type { IssuedVaultToken, RevocationResult } from './session-vault-tokens.js';
 
 export interface StartTaskRequest {
   template: string;
@@ -26,19 +29,31 @@ export interface TaskSessionView {
   agent: string;
   roleSessionName: string;
   region: string | null;
+  /** Where the session's Vault tokens are valid (for renewal), or null when it grants none. */
+  vault: { address: string; namespace: string | null; policies: string[] } | null;
   createdAt: string;
   expiresAt: string;
 }
 
+/** What a task session grants: AWS credentials, a Vault token, or both (as its template says). */
 export interface IssuedCredentials {
   session: TaskSessionView;
-  credentials: AwsCredentials;
+  credentials?: AwsCredentials | undefined;
+  vault?: IssuedVaultToken | undefined;
+}
+
+export interface EndedSession {
+  session: TaskSessionView;
+  /** One entry per Vault token of the session that was not revoked before. */
+  vaultTokens: RevocationResult[];
 }
 
 export interface TaskSessionServiceDeps {
   store: SqliteStore;
   templates: Map<string, TaskTemplate>;
   sts: STSClient;
+  /** Absent when the service has no `vault:` configuration. */
+  vault?: SessionVaultTokens | undefined;
   log: Logger;
   maxActiveSessions: number;
   now?: () => number;
@@ -46,8 +61,8 @@ export interface TaskSessionServiceDeps {
 
 /**
  * The domain of task sessions: who may start what, for how long, and the credentials issued under
- * them. Every decision is audited; a credential leaves this class only after the audit record of
- * its issue has been committed (fail closed).
+ * them (AWS credentials, Vault tokens). Every decision is audited; a credential leaves this class
+ * only after the audit record of its issue has been committed (fail closed).
  */
 export class TaskSessionService {
   private readonly now: () => number;
@@ -57,9 +72,12 @@ export class TaskSessionService {
   }
 
   view(s: TaskSession): TaskSessionView {
+    const t = this.deps.templates.get(s.template);
+    const vault = this.deps.vault;
     return {
       id: s.id, template: s.template, params: s.params, reason: s.reason, agent: s.agent,
-      roleSessionName: s.roleSessionName, region: this.deps.templates.get(s.template)?.aws?.region ?? null,
+      roleSessionName: s.roleSessionName, region: t?.aws?.region ?? null,
+      vault: t?.vault && vault ? { address: vault.address, namespace: vault.namespace ?? null, policies: [...t.vault.policies] } : null,
       createdAt: new Date(s.createdAt).toISOString(), expiresAt: new Date(s.expiresAt).toISOString(),
     };
   }
@@ -87,7 +105,7 @@ export class TaskSessionService {
     if (!isAllowed(t, { email: p.email, groups: p.groups })) {
       this.deny(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
     }
-    if (!t.aws) this.deny(new BrokerError('invalid_request', `template "${t.name}" grants no AWS credentials`), base);
+    if (t.vault && !this.deps.vault) this.deny(vaultNotConfigured(t.name), base);
     let params: Record<string, string>;
     try {
       params = validateParams(t, req.params);
@@ -114,52 +132,103 @@ export class TaskSessionService {
       id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
       roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000,
     };
-    // Build (and so validate) the AWS request before anything is recorded as allowed.
-    let request;
+    // Build (and so validate) the AWS and Vault requests before anything is recorded as allowed.
+    let request: ReturnType<typeof buildAssumeRoleRequest> | undefined;
     try {
-      request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt, now));
+      // The same `now` as the session's: a millisecond passing here must not shave a second off.
+      if (t.aws) request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt, now));
+      if (t.vault) this.deps.vault!.request(t, session);
     } catch (e) {
       this.deny(e as BrokerError, base);
     }
     this.deps.store.createSession(session, {
       ...base, decision: 'allowed', sessionId: id, reason: req.reason,
-      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl },
+      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t) },
     });
     const created = this.deps.store.getSession(id)!;
     try {
-      const credentials = await this.issue(t, created, request, 'credentials.issue');
-      return { session: this.view(created), credentials };
+      // The Vault token first: it can be revoked if what follows fails. STS credentials cannot be
+      // recalled, so they come last, when nothing after them can fail.
+      const vault = t.vault ? await this.deps.vault!.issue(t, created, 'vault.issue') : undefined;
+      const credentials = request ? await this.issue(t, created, request, 'credentials.issue') : undefined;
+      return { session: this.view(created), credentials, vault };
     } catch (e) {
-      // Nothing half-created: a session whose first credentials failed does not stay open.
-      this.endQuietly(created, `first issue failed: ${(e as Error).message}`);
+      // Nothing half-created: a session whose first grants failed does not stay open, and a token it
+      // got is revoked (or, if Vault cannot be reached now, left to the sweeper).
+      await this.abandon(created, `first issue failed: ${(e as Error).message}`);
       throw e;
     }
   }
 
-  async reissue(p: Principal, sessionId: string): Promise<IssuedCredentials> {
+  async reissue(p: Principal, sessionId: string): Promise<IssuedCredentials & { credentials: AwsCredentials }> {
     const s = this.ownedSession(p, sessionId, 'credentials.reissue');
     const t = this.deps.templates.get(s.template);
-    if (!t?.aws) {
-      this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), {
-        event: 'credentials.reissue', developer: p.id, template: s.template, sessionId,
-      });
+    const base = { event: 'credentials.reissue' as const, developer: p.id, template: s.template, sessionId };
+    if (!t) this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    if (!t.aws) {
+      this.deny(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no AWS credentials`, {
+        ...(t.vault ? { hint: `it grants a Vault token: POST /v1/sessions/${sessionId}/vault-token` } : {}),
+      }), base);
     }
     const request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: s.id, agent: s.agent, params: s.params }, this.credentialSeconds(t, s.expiresAt));
     const credentials = await this.issue(t, s, request, 'credentials.reissue');
     return { session: this.view(s), credentials };
   }
 
+  /**
+   * A fresh Vault token under an active session, for when the daemon can no longer renew the one it
+   * has. Earlier tokens of the session stay valid until it ends (an agent may hold one).
+   */
+  async reissueVaultToken(p: Principal, sessionId: string): Promise<IssuedCredentials & { vault: IssuedVaultToken }> {
+    const s = this.ownedSession(p, sessionId, 'vault.reissue');
+    const t = this.deps.templates.get(s.template);
+    const base = { event: 'vault.reissue' as const, developer: p.id, template: s.template, sessionId };
+    if (!t) this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    if (!t.vault) {
+      this.deny(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no Vault token`, {
+        ...(t.aws ? { hint: `it grants AWS credentials: POST /v1/sessions/${sessionId}/credentials` } : {}),
+      }), base);
+    }
+    const vault = this.deps.vault;
+    if (!vault) this.deny(vaultNotConfigured(t.name), base);
+    return { session: this.view(s), vault: await vault.issue(t, s, 'vault.reissue') };
+  }
+
   list(p: Principal): TaskSessionView[] {
     return this.deps.store.activeSessions(p.id).map((s) => this.view(s));
   }
 
-  end(p: Principal, sessionId: string, reason = 'ended by developer'): TaskSessionView {
+  /**
+   * Ends the session (recorded first, so nothing is issued under it from then on), then revokes its
+   * Vault tokens by accessor. A token Vault cannot revoke now stays recorded as unrevoked: the
+   * sweeper retries, and it dies at its explicit max TTL (the end of the session) in any case.
+   */
+  async end(p: Principal, sessionId: string, reason = 'ended by developer'): Promise<EndedSession> {
     const s = this.ownedSession(p, sessionId, 'session.end');
     this.deps.store.endSession(s.id, reason, {
       event: 'session.end', decision: 'ended', developer: p.id, template: s.template, sessionId: s.id, reason,
       roleSessionName: s.roleSessionName,
     });
-    return this.view(s);
+    const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, reason) : [];
+    return { session: this.view(s), vaultTokens };
+  }
+
+  /** Ends the sessions whose time is up (`session.end`, reason `expired`); for the sweeper. */
+  endExpired(): TaskSession[] {
+    const ended: TaskSession[] = [];
+    for (const s of this.deps.store.expiredOpenSessions()) {
+      const changed = this.deps.store.endSession(s.id, 'expired', {
+        event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason: 'expired',
+        roleSessionName: s.roleSessionName,
+      });
+      if (changed) ended.push(s);
+    }
+    return ended;
+  }
+
+  /** Revokes every unrevoked Vault token of an ended or expired session; for the sweeper. */
+  revokePending(): Promise<RevocationResult[]> {
+    return this.deps.vault ? this.deps.vault.revokePending() : Promise.resolve([]);
   }
 
   /** Records which agent works under the session; later credentials carry it as broker:agent. */
@@ -221,7 +290,8 @@ export class TaskSessionService {
     return credentials;
   }
 
-  private endQuietly(s: TaskSession, reason: string): void {
+  /** Ends a session whose first grants failed, and revokes the Vault token it may have got. */
+  private async abandon(s: TaskSession, reason: string): Promise<void> {
     try {
       this.deps.store.endSession(s.id, reason, {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
@@ -229,5 +299,15 @@ export class TaskSessionService {
     } catch (e) {
       this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not end a failed session');
     }
+    if (!this.deps.vault) return;
+    try {
+      await this.deps.vault.revokeSession(s, reason);
+    } catch (e) {
+      this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not revoke the Vault token of a failed session');
+    }
   }
+}
+
+function grantsOf(t: TaskTemplate): string[] {
+  return [...(t.aws ? ['aws'] : []), ...(t.vault ? ['vault'] : [])];
 }

@@ -6,14 +6,17 @@ export type AuditEventName =
   | 'session.update'
   | 'credentials.issue'
   | 'credentials.reissue'
-  | 'session.end';
+  | 'session.end'
+  | 'vault.issue'
+  | 'vault.reissue'
+  | 'vault.revoke';
 
-export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated';
+export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session
- * name are what tie CloudTrail events back to a task session; the secret key and session token are
- * never passed to the store.
+ * name are what tie CloudTrail events back to a task session, and a Vault token's accessor what ties
+ * Vault's audit log to it; the secret key, session token and Vault token are never passed to the store.
  */
 export interface AuditEvent {
   event: AuditEventName;
@@ -26,6 +29,8 @@ export interface AuditEvent {
   accessKeyId?: string | undefined;
   roleSessionName?: string | undefined;
   expiration?: string | undefined;
+  /** A Vault token's accessor (not the token): lookup and revocation handle, shown in Vault's audit log. */
+  vaultAccessor?: string | undefined;
   detail?: Record<string, unknown> | undefined;
 }
 

@@ -19,6 +19,19 @@ export interface TaskSession {
   endReason: string | null;
 }
 
+/** A Vault token issued under a task session: its accessor, never the token. */
+export interface VaultTokenRecord {
+  accessor: string;
+  sessionId: string;
+  createdAt: number;
+  /** When Vault lets it die at the latest, unless renewed (issue time + its explicit max TTL). */
+  expiresAt: number;
+  revokedAt: number | null;
+  /** Failed revocation attempts so far (Vault unreachable, …); retried by the sweeper. */
+  revokeAttempts: number;
+  lastError: string | null;
+}
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS task_sessions (
   id TEXT PRIMARY KEY,
@@ -48,13 +61,26 @@ CREATE TABLE IF NOT EXISTS audit (
   expiration TEXT,
   detail TEXT,
   prev_hash TEXT NOT NULL,
-  hash TEXT NOT NULL
+  hash TEXT NOT NULL,
+  vault_accessor TEXT
 );
 -- The audit log is append-only: the database itself refuses edits, not just our code.
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
   BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+-- Vault tokens by accessor (a handle to look up and revoke a token, not the token), so every token
+-- of a session can be revoked when it ends, and a failed revocation is retried until it succeeds.
+CREATE TABLE IF NOT EXISTS vault_tokens (
+  accessor TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES task_sessions (id),
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  revoke_attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS vault_tokens_session ON vault_tokens (session_id, revoked_at);
 `;
 
 const GENESIS = '0'.repeat(64);
@@ -62,6 +88,18 @@ const GENESIS = '0'.repeat(64);
 interface SessionRow {
   id: string; developer: string; template: string; params: string; reason: string; agent: string;
   role_session_name: string; created_at: number; expires_at: number; ended_at: number | null; end_reason: string | null;
+}
+
+interface VaultTokenRow {
+  accessor: string; session_id: string; created_at: number; expires_at: number; revoked_at: number | null;
+  revoke_attempts: number; last_error: string | null;
+}
+
+function toVaultToken(r: VaultTokenRow): VaultTokenRecord {
+  return {
+    accessor: r.accessor, sessionId: r.session_id, createdAt: r.created_at, expiresAt: r.expires_at, revokedAt: r.revoked_at,
+    revokeAttempts: r.revoke_attempts, lastError: r.last_error,
+  };
 }
 
 function toSession(r: SessionRow): TaskSession {
@@ -72,12 +110,17 @@ function toSession(r: SessionRow): TaskSession {
   };
 }
 
-/** Canonical form of a record for the hash chain: fixed field order, no whitespace ambiguity. */
+/**
+ * Canonical form of a record for the hash chain: fixed field order, no whitespace ambiguity. Fields
+ * added later (the Vault accessor) are appended only when set, so records written before they
+ * existed keep their hashes and an old log still verifies.
+ */
 function recordHash(prevHash: string, at: string, e: AuditEvent): string {
   const canonical = JSON.stringify([
     prevHash, at, e.event, e.decision, e.developer ?? null, e.template ?? null, e.sessionId ?? null,
     e.reason ?? null, e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
     e.detail ? JSON.stringify(e.detail) : null,
+    ...(e.vaultAccessor ? [e.vaultAccessor] : []),
   ]);
   return createHash('sha256').update(canonical).digest('hex');
 }
@@ -99,6 +142,10 @@ export class SqliteStore {
       this.db = new DatabaseSync(path, { timeout: options.busyTimeoutMs ?? 2000 });
       this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;');
       this.db.exec(SCHEMA);
+      // Stores created before Vault support: add the accessor column (ALTER adds no rows, so the
+      // append-only triggers are not involved).
+      const columns = this.db.prepare('PRAGMA table_info(audit)').all() as { name: string }[];
+      if (!columns.some((c) => c.name === 'vault_accessor')) this.db.exec('ALTER TABLE audit ADD COLUMN vault_accessor TEXT');
     } catch (e) {
       throw new BrokerError('audit_unavailable', `cannot open the store at ${path}: ${(e as Error).message}`, {
         cause: e,
@@ -109,7 +156,7 @@ export class SqliteStore {
     this.stmts = {
       lastHash: q('SELECT hash FROM audit ORDER BY seq DESC LIMIT 1'),
       insertAudit: q(`INSERT INTO audit (at, event, decision, developer, template, session_id, reason, access_key_id,
-        role_session_name, expiration, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`),
+        role_session_name, expiration, detail, prev_hash, hash, vault_accessor) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`),
       insertSession: q(`INSERT INTO task_sessions (id, developer, template, params, reason, agent, role_session_name,
         created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)`),
       getSession: q('SELECT * FROM task_sessions WHERE id = ?'),
@@ -117,7 +164,15 @@ export class SqliteStore {
       allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
       setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
+      expiredOpen: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at <= ? ORDER BY expires_at'),
       audit: q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+      insertVaultToken: q('INSERT INTO vault_tokens (accessor, session_id, created_at, expires_at) VALUES (?,?,?,?)'),
+      vaultTokensOf: q('SELECT * FROM vault_tokens WHERE session_id = ? ORDER BY created_at, accessor'),
+      unrevokedOf: q('SELECT * FROM vault_tokens WHERE session_id = ? AND revoked_at IS NULL ORDER BY created_at, accessor'),
+      toRevoke: q(`SELECT v.* FROM vault_tokens v JOIN task_sessions s ON s.id = v.session_id
+        WHERE v.revoked_at IS NULL AND (s.ended_at IS NOT NULL OR s.expires_at <= ?) ORDER BY v.created_at LIMIT ?`),
+      markRevoked: q('UPDATE vault_tokens SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL'),
+      revokeFailed: q('UPDATE vault_tokens SET revoke_attempts = revoke_attempts + 1, last_error = ? WHERE accessor = ? AND revoked_at IS NULL'),
     };
   }
 
@@ -152,7 +207,7 @@ export class SqliteStore {
     this.stmts.insertAudit!.run(
       at, e.event, e.decision, e.developer ?? null, e.template ?? null, e.sessionId ?? null, e.reason ?? null,
       e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
-      e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e),
+      e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e), e.vaultAccessor ?? null,
     );
   }
 
@@ -188,6 +243,46 @@ export class SqliteStore {
     });
   }
 
+  /** Sessions past their end that nobody ended yet (the sweeper ends them as `expired`). */
+  expiredOpenSessions(): TaskSession[] {
+    return (this.stmts.expiredOpen!.all(this.now()) as unknown as SessionRow[]).map(toSession);
+  }
+
+  /** Records a Vault token's accessor and its audit record atomically. */
+  recordVaultToken(t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt'>, e: AuditEvent): void {
+    this.write(`${e.event} ${e.decision}`, () => {
+      this.stmts.insertVaultToken!.run(t.accessor, t.sessionId, t.createdAt, t.expiresAt);
+      this.appendAudit(e);
+    });
+  }
+
+  vaultTokens(sessionId: string, options: { unrevokedOnly?: boolean } = {}): VaultTokenRecord[] {
+    const stmt = options.unrevokedOnly ? this.stmts.unrevokedOf! : this.stmts.vaultTokensOf!;
+    return (stmt.all(sessionId) as unknown as VaultTokenRow[]).map(toVaultToken);
+  }
+
+  /** Unrevoked tokens of sessions that have ended or expired: what the sweeper revokes. */
+  vaultTokensToRevoke(limit = 500): VaultTokenRecord[] {
+    return (this.stmts.toRevoke!.all(this.now(), limit) as unknown as VaultTokenRow[]).map(toVaultToken);
+  }
+
+  /** Marks a token revoked and records it; false if it already was. */
+  markVaultTokenRevoked(accessor: string, e: AuditEvent): boolean {
+    return this.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.markRevoked!.run(this.now(), accessor).changes > 0;
+      if (changed) this.appendAudit(e);
+      return changed;
+    });
+  }
+
+  /** A failed revocation: counted, its error kept (no secret in it), audited when `e` is given. */
+  recordVaultRevokeFailure(accessor: string, error: string, e?: AuditEvent): void {
+    this.write(`${e?.event ?? 'vault.revoke'} failure`, () => {
+      this.stmts.revokeFailed!.run(error.slice(0, 1000), accessor);
+      if (e) this.appendAudit(e);
+    });
+  }
+
   getSession(id: string): TaskSession | undefined {
     const r = this.stmts.getSession!.get(id) as SessionRow | undefined;
     return r ? toSession(r) : undefined;
@@ -208,6 +303,7 @@ export class SqliteStore {
       accessKeyId: (r.access_key_id as string | null) ?? undefined,
       roleSessionName: (r.role_session_name as string | null) ?? undefined,
       expiration: (r.expiration as string | null) ?? undefined,
+      vaultAccessor: (r.vault_accessor as string | null) ?? undefined,
       detail: r.detail ? (JSON.parse(r.detail as string) as Record<string, unknown>) : undefined,
     }));
   }

@@ -1,7 +1,7 @@
 /**
  * The shape of a task template (`policies/<name>.yaml`): what zod checks at load. Limits that need
- * more than one field or AWS knowledge (durations, tags, policy size, IAM action names …) are in
- * validate.ts. The field reference for admins is docs/templates.md.
+ * more than one field or AWS/Vault knowledge (durations, tags, policy size, IAM action names, Vault
+ * policy names …) are in validate.ts. The field reference for admins is docs/templates.md.
  */
 import { z } from 'zod';
 import { durationSchema } from '../duration.js';
@@ -56,6 +56,21 @@ const awsSchema = z.strictObject({
   allowBroadWildcard: z.boolean().default(false),
 });
 
+/**
+ * A Vault/OpenBao token per task session (`auth/token/create/:role_name`). Names and bounds are
+ * checked in validate.ts; the reference is docs/vault.md.
+ */
+const vaultSchema = z.strictObject({
+  policies: z.array(z.string()).min(1, 'list at least one Vault policy: a token with only "default" grants nothing'),
+  ttl: durationSchema.optional(),
+  explicitMaxTtl: durationSchema.optional(),
+  numUses: z.number().int().min(0, 'must be 0 (unlimited) or more').default(0),
+  tokenRole: z.string().optional(),
+  metadata: z.record(z.string(), z.string()).default({}),
+  renewable: z.boolean().default(true),
+  noDefaultPolicy: z.boolean().default(false),
+});
+
 export const templateSchema = z.strictObject({
   name: z.string().regex(TEMPLATE_NAME_RE, 'must be 1-40 chars of a-z, 0-9 and -'),
   description: z.string().min(1).max(256),
@@ -68,11 +83,13 @@ export const templateSchema = z.strictObject({
     credentialLifetime: durationSchema.optional(),
   }),
   parameters: z.record(z.string().regex(PARAM_NAME_RE), parameterSchema).default({}),
-  // Optional here because a later template kind (vault) may stand alone; validate.ts requires one.
+  // Each optional: a template grants AWS credentials, a Vault token, or both; validate.ts requires one.
   aws: awsSchema.optional(),
+  vault: vaultSchema.optional(),
 });
 
 export type RawTemplate = z.output<typeof templateSchema>;
+export type RawVaultGrant = z.output<typeof vaultSchema>;
 export type PolicyDocument = z.output<typeof policySchema>;
 export type PolicyStatement = z.output<typeof statementSchema>;
 
@@ -97,6 +114,22 @@ export interface AwsGrant {
   allowBroadWildcard: boolean;
 }
 
+export interface VaultGrant {
+  /** Vault policy names, as listed (Vault adds `default` unless noDefaultPolicy). */
+  policies: string[];
+  ttlSeconds: number;
+  /** The longest a token may live; every token is further capped by the time left in its session. */
+  explicitMaxTtlSeconds: number;
+  /** 0: unlimited. */
+  numUses: number;
+  /** Overrides the service's `vault.tokenRole`. */
+  tokenRole: string | undefined;
+  /** Extra token metadata, after the broker's own developer/task/session/agent. */
+  metadata: Record<string, string>;
+  renewable: boolean;
+  noDefaultPolicy: boolean;
+}
+
 /** A template after load and validation: durations in seconds, patterns compiled, defaults applied. */
 export interface TaskTemplate {
   name: string;
@@ -108,6 +141,7 @@ export interface TaskTemplate {
   /** In declaration order; every declared parameter is required. */
   parameters: TemplateParameter[];
   aws?: AwsGrant | undefined;
+  vault?: VaultGrant | undefined;
   /** The file it was loaded from. */
   file: string;
 }

@@ -1,7 +1,8 @@
 /**
  * The checks a template needs beyond its shape (schema.ts): AWS's limits on durations, session tags
- * and session policies, IAM action names, placeholders. Every problem is reported, each with the
- * field it is in and what to do, so an admin fixes a template in one pass.
+ * and session policies, IAM action names, placeholders; Vault policy and role names, token TTLs and
+ * metadata. Every problem is reported, each with the field it is in and what to do, so an admin
+ * fixes a template in one pass.
  */
 import { basename } from 'node:path';
 import { formatDuration } from '../duration.js';
@@ -9,11 +10,16 @@ import {
   MAX_DURATION_SECONDS, MAX_POLICY_ARNS, MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, MAX_TRANSITIVE_TAG_KEYS,
   MIN_DURATION_SECONDS, POLICY_ARN_RE, POLICY_CHARSET_RE, RESERVED_TAG_PREFIX, ROLE_ARN_RE, TAG_KEY_RE, TAG_VALUE_RE,
 } from '../limits.js';
+import {
+  BROKER_VAULT_METADATA_KEYS, DEFAULT_POLICY, DEFAULT_VAULT_TTL_SECONDS, MAX_VAULT_METADATA_PAIRS,
+  MAX_VAULT_METADATA_VALUE_CHARS, MIN_VAULT_TTL_SECONDS, ROOT_POLICY, VAULT_METADATA_KEY_RE, VAULT_POLICY_NAME_RE,
+  VAULT_ROLE_NAME_RE,
+} from '../vault/limits.js';
 import { checkActionName } from './iam-actions.js';
 import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';
 import {
-  DEFAULT_CREDENTIAL_LIFETIME_SECONDS, type AwsGrant, type PolicyStatement, type RawTemplate, type TaskTemplate,
-  type TemplateParameter,
+  DEFAULT_CREDENTIAL_LIFETIME_SECONDS, type AwsGrant, type PolicyStatement, type RawTemplate, type RawVaultGrant,
+  type TaskTemplate, type TemplateParameter, type VaultGrant,
 } from './schema.js';
 
 export interface TemplateProblem {
@@ -84,12 +90,20 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
   }
 
   let aws: AwsGrant | undefined;
-  if (!raw.aws) {
-    add(['aws'], 'is missing: this template grants nothing', 'add an aws section with roleArn, region and policy (docs/templates.md)');
-  } else {
+  let vault: VaultGrant | undefined;
+  if (!raw.aws && !raw.vault) {
+    add(['aws'], 'is missing, and so is vault: this template grants nothing',
+      'add an aws section (roleArn, region, policy; docs/templates.md) and/or a vault section (policies; docs/vault.md)');
+  }
+  if (raw.aws) {
     aws = raw.aws;
     checkAws(aws, raw, add);
+  } else if (raw.session.credentialLifetime !== undefined) {
+    // A field never silently does nothing: without aws there is no AWS credential to time.
+    add(['session', 'credentialLifetime'], 'applies to AWS credentials, and this template grants none',
+      'remove it; the lifetime of a Vault token is vault.ttl (and vault.explicitMaxTtl)');
   }
+  if (raw.vault) vault = checkVault(raw.vault, maxSession, add);
 
   if (problems.length) return { problems };
   return {
@@ -102,6 +116,7 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
       credentialLifetimeSeconds: lifetime,
       parameters,
       aws,
+      vault,
       file,
     },
   };
@@ -125,6 +140,78 @@ function checkAws(aws: AwsGrant, raw: RawTemplate, add: Add): void {
 
   checkTags(aws, add);
   checkPolicy(aws, raw, add);
+}
+
+/**
+ * The Vault section: policy and role names Vault will take as written, TTLs a task session can
+ * contain, and metadata that does not overwrite the broker's own. Returns the normalized grant
+ * (durations in seconds, defaults applied).
+ */
+function checkVault(v: RawVaultGrant, maxSession: number, add: Add): VaultGrant {
+  const seen = new Set<string>();
+  v.policies.forEach((name, i) => {
+    const path = ['vault', 'policies', i];
+    if (name === ROOT_POLICY) {
+      add(path, 'the root policy is never put on a task token', 'write a policy with only the paths the task needs (deploy/vault/ has an example)');
+    } else if (name === DEFAULT_POLICY) {
+      add(path, '"default" is added by Vault to every token unless vault.noDefaultPolicy is true', 'remove it from the list');
+    } else if (!VAULT_POLICY_NAME_RE.test(name)) {
+      const lower = name.trim().toLowerCase();
+      add(path, `"${name}" is not a Vault policy name the broker accepts (1-128 chars of a-z, 0-9, _ . -; starting and ending with a letter or digit)`,
+        lower !== name && VAULT_POLICY_NAME_RE.test(lower) ? `Vault lower-cases policy names: write "${lower}"`
+          : name.includes(',') ? 'one policy per list entry: Vault splits names on commas' : 'use the name as `bao policy list` shows it');
+    }
+    if (seen.has(name)) add(path, `"${name}" is listed twice`, 'keep one');
+    seen.add(name);
+  });
+
+  if (v.tokenRole !== undefined && !VAULT_ROLE_NAME_RE.test(v.tokenRole)) {
+    add(['vault', 'tokenRole'], `"${v.tokenRole}" is not a Vault token role name`, 'letters, digits, _ - and ., starting and ending with a letter, digit or _ (the token store\'s role_name pattern)');
+  }
+
+  // Token TTLs: neither may outlast the task session, so a token dies with its task even if revoking
+  // it at the end fails. (Vault caps renewals of role tokens by the role's token_explicit_max_ttl,
+  // not the token's own: the daemon renews within the session, and docs/vault.md says why the role
+  // needs one.)
+  const explicitMax = v.explicitMaxTtl ?? maxSession;
+  const ttl = v.ttl ?? Math.min(DEFAULT_VAULT_TTL_SECONDS, explicitMax);
+  for (const [key, seconds, given] of [['ttl', ttl, v.ttl], ['explicitMaxTtl', explicitMax, v.explicitMaxTtl]] as const) {
+    if (given === undefined) continue;
+    if (seconds < MIN_VAULT_TTL_SECONDS) {
+      add(['vault', key], `is ${formatDuration(seconds)} (${seconds} s); the broker needs at least ${formatDuration(MIN_VAULT_TTL_SECONDS)}`,
+        'a token the agent cannot use before it must be replaced is a mistake; e.g. 15m');
+    } else if (seconds > maxSession) {
+      add(['vault', key], `(${formatDuration(seconds)}) is longer than session.maxDuration (${formatDuration(maxSession)})`,
+        'a Vault token cannot outlive its task session: shorten it or raise session.maxDuration');
+    }
+  }
+  if (v.ttl !== undefined && v.explicitMaxTtl !== undefined && v.ttl > v.explicitMaxTtl) {
+    add(['vault', 'ttl'], `(${formatDuration(v.ttl)}) is longer than vault.explicitMaxTtl (${formatDuration(v.explicitMaxTtl)})`,
+      'Vault would cap it; make ttl at most explicitMaxTtl');
+  }
+
+  const pairs = Object.entries(v.metadata);
+  for (const [key, value] of pairs) {
+    const path = ['vault', 'metadata', key];
+    if (BROKER_VAULT_METADATA_KEYS.some((k) => k === key.toLowerCase())) {
+      add(path, `"${key}" is set by the broker on every token (${BROKER_VAULT_METADATA_KEYS.join(', ')})`, 'choose another key');
+    } else if (!VAULT_METADATA_KEY_RE.test(key)) {
+      add(path, `metadata key "${key}" is not 1-128 chars of letters, digits and _ . -`, 'e.g. team or cost-center');
+    }
+    if (value.length > MAX_VAULT_METADATA_VALUE_CHARS || /\p{Cc}/u.test(value)) {
+      add(path, `metadata value for "${key}" is not at most ${MAX_VAULT_METADATA_VALUE_CHARS} printable chars`, 'it is shown in Vault\'s audit log; keep it short');
+    }
+  }
+  const total = BROKER_VAULT_METADATA_KEYS.length + pairs.length;
+  if (total > MAX_VAULT_METADATA_PAIRS) {
+    add(['vault', 'metadata'], `${total} metadata pairs (${BROKER_VAULT_METADATA_KEYS.length} set by the broker + ${pairs.length} here); the broker allows ${MAX_VAULT_METADATA_PAIRS}`,
+      `keep at most ${MAX_VAULT_METADATA_PAIRS - BROKER_VAULT_METADATA_KEYS.length} here`);
+  }
+
+  return {
+    policies: v.policies, ttlSeconds: ttl, explicitMaxTtlSeconds: explicitMax, numUses: v.numUses, tokenRole: v.tokenRole,
+    metadata: v.metadata, renewable: v.renewable, noDefaultPolicy: v.noDefaultPolicy,
+  };
 }
 
 function checkRoleArn(arn: string): string | undefined {

@@ -1,0 +1,225 @@
+import type { SessionView, VaultTokenGrant } from '../client/api.js';
+import { BrokerError, isBrokerError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { RenewedVaultToken, RenewVaultTokenOptions } from '../vault/renew.js';
+import { backoffDelay, EXPIRY_SAFETY_MS } from './refresh-policy.js';
+
+/**
+ * Task Vault tokens held in the daemon's memory, one per task template. Unlike AWS credentials they
+ * are renewed *in place* (`auth/token/renew-self`), because an agent started by `broker exec` holds
+ * the token in its environment and cannot be handed a new one; a fresh token is fetched from the
+ * service only when renewal cannot extend the one held (not renewable, use-limited, past its max).
+ * Renewal starts when a third of the token's TTL remains. During an outage the held token is served
+ * until it expires, while the daemon retries with back-off.
+ */
+
+export interface VaultUpstream {
+  findSession(template: string): Promise<SessionView | undefined>;
+  /** A fresh token under the session (`POST /v1/sessions/:id/vault-token`, audited by the service). */
+  freshToken(sessionId: string): Promise<{ session: SessionView; vault: VaultTokenGrant }>;
+  renew(o: RenewVaultTokenOptions): Promise<RenewedVaultToken>;
+}
+
+interface Held {
+  grant: VaultTokenGrant;
+  /** The template's TTL, as first granted: each renewal asks for this much again, no more. */
+  baseTtlSeconds: number;
+  /** When the TTL started (issue or last renewal) and when it ends, ms. */
+  since: number;
+  expiresAt: number;
+}
+
+interface Entry {
+  template: string;
+  session: SessionView;
+  sessionEndsAt: number;
+  held?: Held;
+  inflight?: Promise<Held>;
+  failures: number;
+  retryAt: number;
+  lastError?: BrokerError;
+}
+
+export interface VaultTokenStatus { template: string; accessor: string | null; expiresAt: string | null; lastError: string | null }
+
+/** A renewal that adds less than this is not worth keeping the token: fetch a fresh one. */
+const MIN_USEFUL_TTL_MS = 60_000;
+
+export class VaultTokenCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly discovering = new Map<string, Promise<Held>>();
+  private readonly now: () => number;
+  private readonly ticker: NodeJS.Timeout;
+
+  constructor(private readonly opts: { upstream: VaultUpstream; log: Pick<Logger, 'info' | 'warn'>; now?: () => number; tickMs?: number }) {
+    this.now = opts.now ?? Date.now;
+    this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
+    this.ticker.unref();
+  }
+
+  /** The task's token: the held one while it is valid (renewing it in the background when due). */
+  async get(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
+    const e = this.entries.get(template);
+    if (!e) {
+      const held = await this.discover(template);
+      return { grant: held.grant, session: this.entries.get(template)!.session };
+    }
+    const now = this.now();
+    if (now >= e.sessionEndsAt) {
+      this.drop(template);
+      throw new BrokerError('conflict', `the "${template}" task session ended at ${new Date(e.sessionEndsAt).toISOString()}`, { hint: `start a new one: broker task ${template}` });
+    }
+    if (e.held && e.held.expiresAt - now > EXPIRY_SAFETY_MS) {
+      this.maybeRefresh(e);
+      return { grant: e.held.grant, session: e.session };
+    }
+    try {
+      return { grant: (await this.refresh(e)).grant, session: e.session };
+    } catch (err) {
+      if (!isBrokerError(err)) throw err;
+      if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') throw err;
+      throw new BrokerError(err.code, `no valid Vault token for "${template}": ${err.message}`, {
+        cause: err, hint: err.hint ?? 'the daemon keeps retrying; check the broker service and Vault with: broker status',
+      });
+    }
+  }
+
+  /** A token the service just issued with a new session. */
+  put(session: SessionView, grant: VaultTokenGrant): void {
+    this.drop(session.template);
+    const e: Entry = { template: session.template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
+    e.held = this.hold(grant);
+    this.entries.set(session.template, e);
+  }
+
+  drop(template: string): void {
+    const e = this.entries.get(template);
+    if (e) delete e.held;
+    this.entries.delete(template);
+  }
+
+  clear(): void {
+    for (const t of [...this.entries.keys()]) this.drop(t);
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+    this.clear();
+  }
+
+  status(): VaultTokenStatus[] {
+    return [...this.entries.values()].map((e) => ({
+      template: e.template,
+      accessor: e.held?.grant.accessor ?? null,
+      expiresAt: e.held ? new Date(e.held.expiresAt).toISOString() : null,
+      lastError: e.lastError?.message ?? null,
+    }));
+  }
+
+  tick(): void {
+    const now = this.now();
+    for (const e of [...this.entries.values()]) {
+      if (now >= e.sessionEndsAt) this.drop(e.template);
+      else this.maybeRefresh(e);
+    }
+  }
+
+  private hold(grant: VaultTokenGrant): Held {
+    return { grant, baseTtlSeconds: grant.ttlSeconds, since: this.now(), expiresAt: Date.parse(grant.expiresAt) };
+  }
+
+  private discover(template: string): Promise<Held> {
+    let p = this.discovering.get(template);
+    if (!p) {
+      p = (async () => {
+        const session = await this.opts.upstream.findSession(template);
+        if (!session) throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
+        if (!session.vault) {
+          throw new BrokerError('conflict', `task template "${template}" grants no Vault token`, { hint: 'its credentials are AWS ones: use AWS_PROFILE=broker-<template> or broker exec' });
+        }
+        const e: Entry = { template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
+        this.entries.set(template, e);
+        try {
+          return await this.refresh(e);
+        } catch (err) {
+          this.drop(template);
+          throw err;
+        }
+      })().finally(() => this.discovering.delete(template));
+      this.discovering.set(template, p);
+    }
+    return p;
+  }
+
+  /** Due when a third of the TTL remains (or, after a failure, when the back-off says). */
+  private dueAt(e: Entry): number {
+    if (!e.held) return 0;
+    if (e.lastError) return e.retryAt;
+    return e.held.expiresAt - (e.held.expiresAt - e.held.since) / 3;
+  }
+
+  private maybeRefresh(e: Entry): void {
+    if (e.inflight || !e.held) return;
+    // A token already valid to the session's end needs nothing more.
+    if (e.held.expiresAt >= e.sessionEndsAt) return;
+    if (this.now() >= this.dueAt(e)) this.refresh(e).catch(() => { /* kept on the entry, logged on change */ });
+  }
+
+  /** Renew the held token if that extends it usefully; otherwise (or on failure) fetch a fresh one. */
+  private refresh(e: Entry): Promise<Held> {
+    e.inflight ??= (async () => {
+      try {
+        const held = (await this.tryRenew(e)) ?? (await this.fetchFresh(e));
+        if (this.entries.get(e.template) !== e) throw new BrokerError('conflict', `the "${e.template}" task session ended`);
+        e.held = held;
+        if (e.lastError) this.opts.log.info({ template: e.template, accessor: held.grant.accessor }, 'Vault token renewed again after failures');
+        delete e.lastError;
+        e.failures = 0;
+        return held;
+      } catch (err) {
+        const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err));
+        if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
+          this.drop(e.template);
+        } else {
+          if (!e.lastError) {
+            this.opts.log.warn({ template: e.template, code: error.code, reason: error.message }, 'cannot renew the Vault token; serving the held one until it expires and retrying with back-off');
+          }
+          e.lastError = error;
+          e.retryAt = this.now() + backoffDelay(e.failures++);
+        }
+        throw error;
+      }
+    })().finally(() => { delete e.inflight; });
+    return e.inflight;
+  }
+
+  private async tryRenew(e: Entry): Promise<Held | undefined> {
+    const h = e.held;
+    if (!h) return undefined;
+    const g = h.grant;
+    const notAfter = Math.min(e.sessionEndsAt, Date.parse(g.maxExpiresAt));
+    // Every request with a use-limited token spends a use: renewing would eat the agent's uses.
+    if (!g.renewable || g.numUses > 0 || notAfter - this.now() < MIN_USEFUL_TTL_MS) return undefined;
+    try {
+      // The template's TTL again, not the rest of the session: a token the daemon stops renewing
+      // (laptop offline, daemon stopped) then dies as soon as the template says.
+      const r = await this.opts.upstream.renew({ address: g.address, namespace: g.namespace, token: g.token, notAfter: new Date(notAfter), incrementSeconds: h.baseTtlSeconds });
+      // Capped (by the token's or role's max TTL): keeping it would mean renewing again at once.
+      if (r.expiresAt.getTime() - h.expiresAt < Math.min(MIN_USEFUL_TTL_MS, (h.baseTtlSeconds * 1000) / 10)) return undefined;
+      return {
+        grant: { ...g, ttlSeconds: r.ttlSeconds, expiresAt: r.expiresAt.toISOString(), renewable: r.renewable },
+        baseTtlSeconds: h.baseTtlSeconds, since: this.now(), expiresAt: r.expiresAt.getTime(),
+      };
+    } catch {
+      // Revoked, expired or capped by Vault: a fresh token is the way on.
+      return undefined;
+    }
+  }
+
+  private async fetchFresh(e: Entry): Promise<Held> {
+    const r = await this.opts.upstream.freshToken(e.session.id);
+    e.session = r.session;
+    e.sessionEndsAt = Date.parse(r.session.expiresAt);
+    return this.hold(r.vault);
+  }
+}

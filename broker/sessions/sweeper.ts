@@ -1,0 +1,58 @@
+/**
+ * The service's periodic sweep: ends task sessions whose time is up (audited as `session.end`,
+ * reason `expired`) and revokes the Vault tokens of ended sessions that are not revoked yet,
+ * including revocations that failed earlier (Vault was down). One sweep at a time; a sweep that
+ * fails is logged and the next one tries again.
+ */
+import type { Logger } from '../log.js';
+import type { TaskSessionService } from './task-session-service.js';
+
+export interface SweepResult {
+  /** Sessions ended as expired in this sweep. */
+  expired: number;
+  revoked: number;
+  /** Revocations that failed and stay pending. */
+  failed: number;
+}
+
+export class SessionSweeper {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<SweepResult> | undefined;
+
+  constructor(private readonly deps: { sessions: TaskSessionService; intervalSeconds: number; log: Logger }) {}
+
+  /** Sweeps now (revocations left over from before a restart) and then every interval. */
+  start(): void {
+    if (this.timer) return;
+    // unref: the sweeper alone never keeps the process alive.
+    this.timer = setInterval(() => { void this.sweep(); }, this.deps.intervalSeconds * 1000).unref();
+    void this.sweep();
+  }
+
+  /** Stops the timer and waits for a sweep in progress. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  sweep(): Promise<SweepResult> {
+    this.running ??= this.run().finally(() => { this.running = undefined; });
+    return this.running;
+  }
+
+  private async run(): Promise<SweepResult> {
+    const result: SweepResult = { expired: 0, revoked: 0, failed: 0 };
+    try {
+      result.expired = this.deps.sessions.endExpired().length;
+      for (const r of await this.deps.sessions.revokePending()) {
+        if (r.revoked) result.revoked++;
+        else result.failed++;
+      }
+    } catch (e) {
+      this.deps.log.error({ err: (e as Error).message }, 'session sweep failed; retrying at the next interval');
+    }
+    if (result.expired || result.revoked || result.failed) this.deps.log.info(result, 'session sweep');
+    return result;
+  }
+}

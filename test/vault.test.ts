@@ -1,0 +1,616 @@
+/**
+ * Vault/OpenBao task tokens on real peers: a real OpenBao server (set up by deploy/vault/setup.sh,
+ * as an admin would), the service in-process over real HTTP with its own non-root Vault token, the
+ * test IdP, moto as STS, and the real `bao` CLI as the client of the issued tokens. One OpenBao for
+ * the whole file (2-core machines); tests run in order and share it.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createHash } from 'node:crypto';
+import { DatabaseSync } from 'node:sqlite';
+import { STSClient } from '@aws-sdk/client-sts';
+import { parseServerConfig, type ServerConfig } from '../broker/config/server-config.js';
+import { BrokerError } from '../broker/errors.js';
+import { BrokerTokens, loadSigningKeys } from '../broker/identity/broker-tokens.js';
+import { createLogger } from '../broker/log.js';
+import { startServer, type RunningServer } from '../broker/server/start.js';
+import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
+import { TaskSessionService } from '../broker/sessions/task-session-service.js';
+import type { AuditEvent } from '../broker/store/audit-event.js';
+import { SqliteStore, type VaultTokenRecord } from '../broker/store/sqlite-store.js';
+import { loadTemplatesOrThrow } from '../broker/templates/load.js';
+import { VaultAuth } from '../broker/vault/auth.js';
+import { VaultHttp } from '../broker/vault/http.js';
+import { renewVaultToken } from '../broker/vault/renew.js';
+import { VaultTokens } from '../broker/vault/tokens.js';
+import { run } from './peers/cli.js';
+import { startIdp } from './peers/idp.js';
+import { createRole, startMoto } from './peers/moto.js';
+import { BAO, freePort, startOpenBao, type OpenBao } from './peers/openbao.js';
+import { POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
+import { filesContaining } from './peers/secret-scan.js';
+
+const DEPLOY = join(REPO_ROOT, 'deploy', 'vault');
+const TRUST = JSON.stringify({
+  Version: '2012-10-17',
+  Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
+});
+
+/** Test templates beside the shipped db-migrate (copied as is) and deploy-lambda (AWS only). */
+const TEMPLATES: Record<string, string> = {
+  'vault-limited': `
+name: vault-limited
+description: a token with every knob set
+allowed: { groups: [developers] }
+session: { maxDuration: 2h }
+vault:
+  policies: [db-migrate-read]
+  ttl: 15m
+  explicitMaxTtl: 1h
+  numUses: 7
+  metadata: { team: platform, ticket: OPS-42 }
+`,
+  'vault-outside': `
+name: vault-outside
+description: asks for a policy the token role does not allow
+allowed: { groups: [developers] }
+session: { maxDuration: 1h }
+vault:
+  policies: [kv-other]
+`,
+  'migrate-and-deploy': `
+name: migrate-and-deploy
+description: AWS credentials and a Vault token from one session
+allowed: { groups: [developers] }
+session: { maxDuration: 2h, credentialLifetime: 1h }
+aws:
+  roleArn: arn:aws:iam::123456789012:role/broker-migrate-deploy
+  region: us-east-1
+  policy:
+    Version: '2012-10-17'
+    Statement:
+      - Effect: Allow
+        Action: lambda:GetFunction
+        Resource: arn:aws:lambda:us-east-1:123456789012:function:checkout-api
+vault:
+  policies: [db-migrate-read]
+  ttl: 20m
+`,
+};
+
+interface Call { status: number; body: any; text: string; headers: Headers }
+
+/** Scratch directories of this file, removed when it is done (after the secret scan). */
+const scratch: string[] = [];
+function tempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(d);
+  return d;
+}
+after(() => { for (const d of scratch) rmSync(d, { recursive: true, force: true }); });
+
+describe('Vault/OpenBao task tokens', () => {
+  let bao: OpenBao;
+  let moto: Awaited<ReturnType<typeof startMoto>>;
+  let idp: Awaited<ReturnType<typeof startIdp>>;
+  let server: RunningServer;
+  let dir: string;
+  let policiesDir: string;
+  let dbPath: string;
+  let logFile: string;
+  let brokerVaultToken: string;
+  let offsetMs = 0;
+  const now = () => Date.now() + offsetMs;
+  /** Every secret the tests saw: none may be in a file, a log or the audit log afterwards. */
+  const secrets: string[] = [];
+  const accessToken: Record<string, string> = {};
+  const extraServers: RunningServer[] = [];
+
+  const call = async (base: string, method: string, path: string, token?: string, body?: unknown): Promise<Call> => {
+    const res = await fetch(`${base}${path}`, {
+      method,
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: JSON.parse(text), text, headers: res.headers };
+  };
+  const api = (method: string, path: string, body?: unknown) => call(server.url, method, path, accessToken.alice, body);
+  const loginAt = async (base: string, email: string) => {
+    const r = await call(base, 'POST', '/v1/auth/token', undefined, { id_token: await idp.loginAs(email) });
+    assert.equal(r.status, 200, r.text);
+    return r.body.access_token as string;
+  };
+  const start = async (template: string, extra: Record<string, unknown> = {}) => {
+    const r = await api('POST', '/v1/sessions', { template, agent: 'claude-code', reason: 'vault test', ...extra });
+    if (r.body?.vault?.token) secrets.push(r.body.vault.token);
+    if (r.body?.credentials?.SecretAccessKey) secrets.push(r.body.credentials.SecretAccessKey, r.body.credentials.SessionToken);
+    return r;
+  };
+  const accessors = async (): Promise<string[]> => {
+    const r = await bao.api('GET', 'auth/token/accessors?list=true');
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    return (r.body.data.keys as string[]).sort();
+  };
+  const lookupAccessor = (accessor: string) => bao.api('POST', 'auth/token/lookup-accessor', { accessor });
+  const kvGet = (token: string, path: string) => run(BAO, ['kv', 'get', '-mount=secret', '-format=json', path], { env: bao.cliEnv(token), timeoutMs: 30_000 });
+  const store = () => new SqliteStore(dbPath);
+  const auditOf = (sessionId: string) => {
+    const s = store();
+    try { return s.auditRecords().filter((r) => r.sessionId === sessionId); } finally { s.close(); }
+  };
+  const tokenRows = (sessionId: string): VaultTokenRecord[] => {
+    const s = store();
+    try { return s.vaultTokens(sessionId); } finally { s.close(); }
+  };
+  const openSessions = async () => ((await api('GET', '/v1/sessions')).body.sessions as { id: string; template: string }[]);
+  const configFor = (d: string, vault: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}): ServerConfig => parseServerConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    policiesDir,
+    store: { sqlite: join(d, 'broker.db'), busyTimeoutMs: 300 },
+    oidc: { issuer: idp.issuer, audience: 'broker-cli', algorithms: ['RS256', 'ES256'], cliClientId: 'broker-cli', allowInsecureHttp: true },
+    tokens: { signingKeys: 'ephemeral' },
+    aws: { region: 'us-east-1', stsEndpoint: moto.url, iamEndpoint: moto.url, checkTrustAtStartup: false },
+    limits: { issuePerMinute: 200 },
+    sweeper: { interval: 1 },
+    ...(vault ? { vault } : {}),
+    ...extra,
+  }, d);
+
+  before(async () => {
+    bao = await startOpenBao();
+    secrets.push(bao.rootToken);
+    // As an admin would: the shipped setup script writes the policies, the token role and KV v2.
+    const setup = await run('bash', [join(DEPLOY, 'setup.sh')], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
+    assert.equal(setup.code, 0, setup.stderr);
+    // A policy that exists but that the token role does not allow (for the refusal test).
+    const other = await bao.api('PUT', 'sys/policies/acl/kv-other', { policy: 'path "secret/data/other/*" { capabilities = ["read"] }' });
+    assert.equal(other.status, 204, JSON.stringify(other.body));
+    for (const [path, data] of [['db-migrate/checkout-api', { username: 'migrator', password: 'pw-checkout-1234' }], ['other/payroll', { key: 'not-for-agents' }]] as const) {
+      // A freshly enabled KV v2 mount answers 400 ("Upgrading from non-versioned to versioned
+      // data") for a moment while it sets itself up.
+      const deadline = Date.now() + 15_000;
+      let w = await bao.api('POST', `secret/data/${path}`, { data });
+      while (w.status !== 200 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        w = await bao.api('POST', `secret/data/${path}`, { data });
+      }
+      assert.equal(w.status, 200, JSON.stringify(w.body));
+    }
+    // The broker's own token: only the broker policy (deploy/vault/broker-policy.hcl), not root.
+    const t = await bao.api('POST', 'auth/token/create-orphan', { policies: ['broker'], ttl: '4h', renewable: true, display_name: 'broker-service' });
+    assert.equal(t.status, 200, JSON.stringify(t.body));
+    brokerVaultToken = t.body.auth.client_token;
+    secrets.push(brokerVaultToken);
+    process.env.TEST_BROKER_VAULT_TOKEN = brokerVaultToken;
+    process.env.TEST_ROOT_VAULT_TOKEN = bao.rootToken;
+    process.env.AWS_ACCESS_KEY_ID = 'testing';
+    process.env.AWS_SECRET_ACCESS_KEY = 'testing';
+
+    moto = await startMoto();
+    await createRole(moto.url, 'broker-migrate-deploy', TRUST, 43200);
+    await createRole(moto.url, 'broker-deploy-lambda', TRUST, 43200);
+    idp = await startIdp();
+
+    dir = tempDir('broker-vault-');
+    policiesDir = join(dir, 'policies');
+    mkdirSync(policiesDir);
+    for (const [name, yaml] of Object.entries(TEMPLATES)) writeFileSync(join(policiesDir, `${name}.yaml`), yaml);
+    for (const name of ['db-migrate', 'deploy-lambda']) copyFileSync(join(POLICIES_DIR, `${name}.yaml`), join(policiesDir, `${name}.yaml`));
+    dbPath = join(dir, 'broker.db');
+    logFile = join(dir, 'server.log');
+    const fd = openSync(logFile, 'a');
+    server = await startServer(configFor(dir, { address: bao.url, tokenRole: 'broker-tasks', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }),
+      { log: createLogger({ level: 'debug', destination: fd }), now });
+    accessToken.alice = await loginAt(server.url, 'alice@example.com');
+  });
+
+  after(async () => {
+    for (const s of extraServers) await s.stop().catch(() => {});
+    await server?.stop();
+    await idp?.stop();
+    await moto?.stop();
+    await bao?.destroy();
+    delete process.env.TEST_BROKER_VAULT_TOKEN;
+    delete process.env.TEST_ROOT_VAULT_TOKEN;
+  });
+
+  it("issues a token with exactly the template's policies, TTLs, use count and metadata, audited by accessor", async () => {
+    const r = await start('vault-limited');
+    assert.equal(r.status, 201, r.text);
+    const { session, vault } = r.body;
+    assert.equal(r.body.credentials, undefined, 'a Vault-only template grants no AWS credentials');
+    assert.equal(r.headers.get('cache-control'), 'no-store');
+    assert.deepEqual(Object.keys(vault).sort(), ['accessor', 'address', 'expiresAt', 'maxExpiresAt', 'numUses', 'policies', 'renewable', 'token', 'ttlSeconds']);
+    assert.equal(vault.address, bao.url);
+    assert.deepEqual(session.vault, { address: bao.url, namespace: null, policies: ['db-migrate-read'] });
+
+    const look = await lookupAccessor(vault.accessor);
+    assert.equal(look.status, 200, JSON.stringify(look.body));
+    const d = look.body.data;
+    assert.deepEqual([...d.policies].sort(), ['db-migrate-read', 'default'], 'the template policy, plus Vault\'s default (lookup-self, renew-self)');
+    assert.equal(d.num_uses, 7);
+    assert.equal(d.creation_ttl, 15 * 60);
+    assert.equal(d.explicit_max_ttl, 3600);
+    assert.equal(d.renewable, true);
+    assert.equal(d.orphan, true, 'orphan: not a child of the broker\'s own token');
+    assert.equal(d.role, 'broker-tasks');
+    assert.equal(d.display_name, `token-broker-vault-limited-${session.id}`);
+    assert.deepEqual(d.meta, { developer: 'alice@example.com', task: 'vault-limited', session: session.id, agent: 'claude-code', team: 'platform', ticket: 'OPS-42' });
+    assert.equal(vault.ttlSeconds, 900);
+    assert.equal(vault.numUses, 7);
+    assert.deepEqual([...vault.policies].sort(), ['db-migrate-read', 'default']);
+
+    const trail = auditOf(session.id);
+    const issued = trail.find((x) => x.event === 'vault.issue' && x.decision === 'issued');
+    assert.ok(issued, JSON.stringify(trail));
+    assert.equal(issued.vaultAccessor, vault.accessor);
+    assert.equal(issued.detail?.role, 'broker-tasks');
+    assert.deepEqual(tokenRows(session.id).map((t) => [t.accessor, t.revokedAt]), [[vault.accessor, null]]);
+
+    const end = await api('DELETE', `/v1/sessions/${session.id}`);
+    assert.equal(end.status, 200, end.text);
+    assert.deepEqual(end.body.vaultTokens, [{ accessor: vault.accessor, revoked: true }]);
+  });
+
+  it('the bao CLI reads what the policy allows and is denied the rest; ending the session revokes the token', async () => {
+    const r = await start('db-migrate');
+    assert.equal(r.status, 201, r.text);
+    const { session, vault } = r.body;
+    const allowed = await kvGet(vault.token, 'db-migrate/checkout-api');
+    assert.equal(allowed.code, 0, allowed.stderr);
+    assert.equal(JSON.parse(allowed.stdout).data.data.username, 'migrator');
+    const denied = await kvGet(vault.token, 'other/payroll');
+    assert.notEqual(denied.code, 0);
+    assert.match(denied.stderr, /permission denied/);
+
+    const end = await api('DELETE', `/v1/sessions/${session.id}`);
+    assert.equal(end.status, 200, end.text);
+    assert.deepEqual(end.body.vaultTokens, [{ accessor: vault.accessor, revoked: true }]);
+    const look = await lookupAccessor(vault.accessor);
+    assert.equal(look.status, 400, 'Vault no longer knows the accessor');
+    const afterEnd = await kvGet(vault.token, 'db-migrate/checkout-api');
+    assert.notEqual(afterEnd.code, 0);
+    assert.match(afterEnd.stderr, /permission denied/);
+
+    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'session.end:ended', 'vault.revoke:revoked']);
+    assert.notEqual(tokenRows(session.id)[0]!.revokedAt, null);
+  });
+
+  it("refuses a policy outside the token role's allowed_policies: clear error, no token, no session", async () => {
+    const before = await accessors();
+    const r = await start('vault-outside');
+    assert.equal(r.status, 502, r.text);
+    assert.equal(r.body.code, 'upstream_error');
+    assert.match(r.body.message, /^Vault refused to create a token with role broker-tasks \(HTTP 400\): .*must be subset of the role's allowed policies/);
+    assert.match(r.body.hint, /allowed_policies of the token role "broker-tasks"/);
+    assert.match(r.body.hint, /vault-outside/);
+    assert.deepEqual(await accessors(), before, 'no token was created');
+    assert.deepEqual((await openSessions()).filter((s) => s.template === 'vault-outside'), [], 'no session left open');
+  });
+
+  it('one session grants AWS credentials and a Vault token; ending it ends both', async () => {
+    const r = await start('migrate-and-deploy');
+    assert.equal(r.status, 201, r.text);
+    const { session, credentials, vault } = r.body;
+    assert.equal(credentials.Version, 1);
+    assert.match(credentials.AccessKeyId, /^[A-Z0-9]{16,}$/);
+    assert.ok(vault.token);
+    assert.equal((await lookupAccessor(vault.accessor)).status, 200);
+    // The Vault token's explicit max TTL is capped by the session (2h max), below the role's 12h.
+    assert.ok(Date.parse(vault.maxExpiresAt) <= Date.parse(session.expiresAt) + 1000);
+    const re = await api('POST', `/v1/sessions/${session.id}/credentials`);
+    assert.equal(re.status, 200, re.text);
+    secrets.push(re.body.credentials.SecretAccessKey, re.body.credentials.SessionToken);
+
+    const end = await api('DELETE', `/v1/sessions/${session.id}`);
+    assert.equal(end.status, 200, end.text);
+    assert.equal((await lookupAccessor(vault.accessor)).status, 400, 'the Vault token is revoked');
+    const again = await api('POST', `/v1/sessions/${session.id}/credentials`);
+    assert.equal(again.status, 409, 'no AWS credentials after the end');
+    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    assert.deepEqual(trail.slice(0, 3), ['session.start:allowed', 'vault.issue:issued', 'credentials.issue:issued'], 'the revocable token first');
+  });
+
+  it('re-issues a token under an active session; the old one stays valid until the end; the daemon can renew in place', async () => {
+    const r = await start('db-migrate', { ttl: '30m' });
+    assert.equal(r.status, 201, r.text);
+    const { session, vault } = r.body;
+    const re = await api('POST', `/v1/sessions/${session.id}/vault-token`);
+    assert.equal(re.status, 200, re.text);
+    secrets.push(re.body.vault.token);
+    assert.notEqual(re.body.vault.accessor, vault.accessor);
+    assert.equal(re.body.session.id, session.id);
+    assert.equal((await lookupAccessor(vault.accessor)).status, 200, 'the earlier token stays valid');
+
+    // renew-self with the token itself, never beyond the session's end.
+    const renewed = await renewVaultToken({ address: vault.address, token: re.body.vault.token, notAfter: new Date(session.expiresAt), incrementSeconds: 24 * 3600 });
+    assert.ok(renewed.ttlSeconds > 0 && renewed.ttlSeconds <= 30 * 60, `renewed for ${renewed.ttlSeconds}s, within the 30m session`);
+    await assert.rejects(renewVaultToken({ address: vault.address, token: vault.token, notAfter: new Date(Date.now() - 1000) }),
+      (e: unknown) => e instanceof BrokerError && e.code === 'conflict');
+    const bogus = await renewVaultToken({ address: vault.address, token: 'not-a-token', notAfter: new Date(session.expiresAt) }).catch((e: unknown) => e);
+    assert.ok(bogus instanceof BrokerError && bogus.code === 'upstream_error', String(bogus));
+    assert.ok(!bogus.message.includes('not-a-token'), 'the token is not in the error');
+
+    const aws = await api('POST', `/v1/sessions/${session.id}/credentials`);
+    assert.equal(aws.status, 409, 'a Vault-only session has no AWS credentials to re-issue');
+    assert.match(aws.body.hint, /vault-token/);
+
+    const end = await api('DELETE', `/v1/sessions/${session.id}`);
+    assert.deepEqual(end.body.vaultTokens.map((t: { revoked: boolean }) => t.revoked), [true, true], 'both tokens revoked');
+    assert.equal((await lookupAccessor(vault.accessor)).status, 400);
+    assert.equal((await lookupAccessor(re.body.vault.accessor)).status, 400);
+    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    assert.ok(trail.includes('vault.reissue:issued'), trail.join(' '));
+    assert.equal(trail.filter((x) => x === 'vault.revoke:revoked').length, 2);
+  });
+
+  it('nothing half-created: STS failing after the Vault token revokes the token and ends the session', async () => {
+    const d = tempDir('broker-vault-unit-');
+    const s = new SqliteStore(join(d, 'broker.db'));
+    const log = createLogger({ level: 'silent' });
+    const tokens = new VaultTokens(new VaultHttp({ address: bao.url, timeoutMs: 5000 }),
+      new VaultAuth({ http: new VaultHttp({ address: bao.url, timeoutMs: 5000 }), method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
+    // STS at a port nobody listens on: the AWS half fails after the Vault half succeeded.
+    const deadSts = new STSClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 1, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+    const svc = new TaskSessionService({
+      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: deadSts, log, maxActiveSessions: 5,
+      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
+    });
+    const before = await accessors();
+    const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+    await assert.rejects(svc.start(alice, { template: 'migrate-and-deploy', params: {}, reason: '', agent: 'x' }),
+      (e: unknown) => e instanceof BrokerError && e.code === 'upstream_unavailable' && /STS/.test(e.message));
+    assert.deepEqual(await accessors(), before, 'the token created first was revoked');
+    assert.deepEqual(s.activeSessions('alice@example.com'), [], 'no session left open');
+    const trail = s.auditRecords().map((x) => `${x.event}:${x.decision}`);
+    assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'credentials.issue:failed', 'session.end:ended', 'vault.revoke:revoked']);
+    assert.equal(s.verifyAuditChain(), null);
+    s.close();
+    deadSts.destroy();
+  });
+
+  it('fails closed: a token whose issue cannot be audited is revoked and never returned', async () => {
+    const d = tempDir('broker-vault-unit-');
+    class BrokenAuditStore extends SqliteStore {
+      override recordVaultToken(_t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt'>, e: AuditEvent): void {
+        throw new BrokerError('audit_unavailable', `the audit log could not record ${e.event} ${e.decision}; nothing was issued`);
+      }
+    }
+    const s = new BrokenAuditStore(join(d, 'broker.db'));
+    const log = createLogger({ level: 'silent' });
+    const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
+    const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
+    const svc = new TaskSessionService({
+      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: new STSClient({ region: 'us-east-1' }), log, maxActiveSessions: 5,
+      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
+    });
+    const before = await accessors();
+    await assert.rejects(svc.start({ id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] }, { template: 'db-migrate', params: {}, reason: '', agent: 'x' }),
+      (e: unknown) => e instanceof BrokerError && e.code === 'audit_unavailable');
+    assert.deepEqual(await accessors(), before, 'the unaudited token was revoked');
+    assert.deepEqual(s.activeSessions('alice@example.com'), []);
+    s.close();
+  });
+
+  it('Vault down: a clear 503 and nothing half-created; AWS tasks still work; back up: tasks work and the sweeper revokes what was left', async () => {
+    const held = await start('db-migrate');
+    assert.equal(held.status, 201, held.text);
+    await bao.stop();
+    try {
+      const r = await start('vault-limited');
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.body.code, 'upstream_unavailable');
+      assert.match(r.body.message, new RegExp(`^Vault at ${bao.url.replace(/\./g, '\\.')} is unreachable \\(ECONNREFUSED\\)`));
+      assert.ok(!secrets.some((sec) => r.text.includes(sec)), 'no token in the error');
+      assert.deepEqual((await openSessions()).map((s) => s.template), ['db-migrate'], 'no half-created session');
+
+      const aws = await start('deploy-lambda', { params: { function: 'checkout-api' } });
+      assert.equal(aws.status, 201, `AWS-only tasks do not need Vault: ${aws.text}`);
+      await api('DELETE', `/v1/sessions/${aws.body.session.id}`);
+
+      const end = await api('DELETE', `/v1/sessions/${held.body.session.id}`);
+      assert.equal(end.status, 200, end.text);
+      assert.equal(end.body.vaultTokens.length, 1);
+      assert.equal(end.body.vaultTokens[0].revoked, false);
+      assert.match(end.body.vaultTokens[0].error, /unreachable/);
+      const trail = auditOf(held.body.session.id).map((x) => `${x.event}:${x.decision}`);
+      assert.ok(trail.includes('vault.revoke:failed'), trail.join(' '));
+    } finally {
+      await bao.restart();
+    }
+    // The token survived the outage (persistent storage) and is still live until the sweeper runs.
+    const next = await start('vault-limited');
+    assert.equal(next.status, 201, next.text);
+    await api('DELETE', `/v1/sessions/${next.body.session.id}`);
+
+    const accessor = held.body.vault.accessor as string;
+    const deadline = Date.now() + 15_000;
+    while (tokenRows(held.body.session.id)[0]!.revokedAt === null) {
+      assert.ok(Date.now() < deadline, 'the sweeper revoked the token within 15 s');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal((await lookupAccessor(accessor)).status, 400);
+    const denied = await kvGet(held.body.vault.token, 'db-migrate/checkout-api');
+    assert.match(denied.stderr, /permission denied/);
+    const row = tokenRows(held.body.session.id)[0]!;
+    assert.ok(row.revokeAttempts >= 1);
+    const revoked = auditOf(held.body.session.id).filter((x) => x.event === 'vault.revoke' && x.decision === 'revoked');
+    assert.equal(revoked.length, 1);
+    assert.equal(revoked[0]!.vaultAccessor, accessor);
+  });
+
+  it('ends expired sessions and revokes their tokens (sweeper, clock moved forward)', async () => {
+    const r = await start('vault-limited', { ttl: '15m' });
+    assert.equal(r.status, 201, r.text);
+    const { session, vault } = r.body;
+    assert.ok(vault.ttlSeconds <= 15 * 60);
+    offsetMs += 16 * 60_000;
+    const deadline = Date.now() + 15_000;
+    while (tokenRows(session.id)[0]!.revokedAt === null) {
+      assert.ok(Date.now() < deadline, 'revoked within 15 s');
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    assert.equal((await lookupAccessor(vault.accessor)).status, 400, 'revoked in Vault, before its own TTL ran out');
+    const trail = auditOf(session.id);
+    const ended = trail.find((x) => x.event === 'session.end');
+    assert.equal(ended?.reason, 'expired');
+    assert.ok(trail.some((x) => x.event === 'vault.revoke' && x.decision === 'revoked' && x.reason === 'expired'));
+    const reissue = await api('POST', `/v1/sessions/${session.id}/vault-token`);
+    assert.equal(reissue.status, 409);
+  });
+
+  it('keeps the audit hash chain intact, with accessors and without tokens', () => {
+    const s = store();
+    try {
+      assert.equal(s.verifyAuditChain(), null);
+      const records = JSON.stringify(s.auditRecords(0, 100_000));
+      assert.ok(records.includes('"vaultAccessor"'));
+      for (const secret of secrets) assert.ok(!records.includes(secret), 'no secret in the audit log');
+    } finally {
+      s.close();
+    }
+  });
+
+  it('refuses to start with a root token unless allowed', async () => {
+    const d = tempDir('broker-vault-root-');
+    const vault = { address: bao.url, tokenRole: 'broker-tasks', token: { env: 'TEST_ROOT_VAULT_TOKEN' } };
+    await assert.rejects(startServer(configFor(d, vault), { log: createLogger({ level: 'silent' }) }), (e: unknown) => {
+      assert.ok(e instanceof BrokerError);
+      assert.equal(e.code, 'invalid_config');
+      assert.match(e.message, /the broker's own Vault token \(accessor \S+\) has the root policy; the broker refuses to run with it/);
+      assert.match(e.hint ?? '', /allowRootToken: true/);
+      assert.ok(!e.message.includes(bao.rootToken) && !(e.hint ?? '').includes(bao.rootToken));
+      return true;
+    });
+    const dev = await startServer(configFor(d, { ...vault, allowRootToken: true }), { log: createLogger({ level: 'silent' }) });
+    await dev.stop();
+  });
+
+  it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token', async () => {
+    const port = await freePort();
+    const publicUrl = `http://127.0.0.1:${port}`;
+    const d = tempDir('broker-vault-jwt-');
+    // Started before Vault trusts it: the first login fails, and that is not fatal for JWT auth.
+    const jwtServer = await startServer(configFor(d, { address: bao.url, tokenRole: 'broker-tasks', jwt: { role: 'broker', audience: 'vault-broker-test' } },
+      { listen: { host: '127.0.0.1', port }, publicUrl }), { log: createLogger({ level: 'silent' }) });
+    extraServers.push(jwtServer);
+    const setup = await run('bash', [join(DEPLOY, 'setup.sh'), 'jwt', publicUrl, 'vault-broker-test'], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
+    assert.equal(setup.code, 0, setup.stderr);
+    const token = await loginAt(jwtServer.url, 'alice@example.com');
+    const r = await call(jwtServer.url, 'POST', '/v1/sessions', token, { template: 'db-migrate', agent: 'aider' });
+    assert.equal(r.status, 201, r.text);
+    secrets.push(r.body.vault.token);
+    const look = await lookupAccessor(r.body.vault.accessor);
+    assert.equal(look.body.data.meta.agent, 'aider');
+    await call(jwtServer.url, 'DELETE', `/v1/sessions/${r.body.session.id}`, token);
+
+    const tokens = new BrokerTokens(await loadSigningKeys('ephemeral', d), publicUrl, { access: 600, refresh: 3600 });
+    const loginJwt = await tokens.signVaultLoginJwt('vault-broker-test');
+    await assert.rejects(tokens.verifyAccess(loginJwt), (e: unknown) => e instanceof BrokerError && e.code === 'unauthenticated');
+    assert.throws(() => tokens.signVaultLoginJwt('agent-credential-broker'), TypeError);
+  });
+
+  it('logs in with AppRole (deploy/vault/setup.sh approle), secret_id from a file', async () => {
+    const d = tempDir('broker-vault-approle-');
+    const secretFile = join(d, 'secret-id');
+    const setup = await run('bash', [join(DEPLOY, 'setup.sh'), 'approle', secretFile], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
+    assert.equal(setup.code, 0, setup.stderr);
+    const roleId = /roleId: (\S+),/.exec(setup.stderr)?.[1];
+    assert.ok(roleId, setup.stderr);
+    const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
+    const auth = new VaultAuth({ http, method: { kind: 'approle', roleId, secretId: { file: secretFile }, mount: 'approle' }, baseDir: d, allowRootToken: false, log: createLogger({ level: 'silent' }) });
+    const self = await auth.check();
+    assert.deepEqual([...self.policies].sort(), ['broker', 'default']);
+    const wrong = new VaultAuth({ http, method: { kind: 'approle', roleId: 'nope', secretId: { file: secretFile }, mount: 'approle' }, baseDir: d, allowRootToken: false, log: createLogger({ level: 'silent' }) });
+    const e = await wrong.check().catch((x: unknown) => x);
+    assert.ok(e instanceof BrokerError && e.code === 'upstream_error', String(e));
+    assert.match(e.message, /^Vault refused to log in with AppRole at auth\/approle \(HTTP 400\)/);
+    assert.ok(!e.message.includes(readFileSync(secretFile, 'utf8').trim()), 'the secret_id is not in the error');
+  });
+
+  it('a service without Vault configured refuses Vault templates with a clear 503', async () => {
+    const d = tempDir('broker-novault-');
+    const plain = await startServer(configFor(d, undefined), { log: createLogger({ level: 'silent' }) });
+    extraServers.push(plain);
+    const token = await loginAt(plain.url, 'alice@example.com');
+    const r = await call(plain.url, 'POST', '/v1/sessions', token, { template: 'db-migrate' });
+    assert.equal(r.status, 503, r.text);
+    assert.equal(r.body.code, 'upstream_unavailable');
+    assert.match(r.body.message, /grants a Vault token, and this broker service has no Vault configured/);
+    const templates = await call(plain.url, 'GET', '/v1/templates', token);
+    assert.deepEqual(templates.body.templates.find((t: { name: string }) => t.name === 'db-migrate').grants, ['vault']);
+  });
+
+  it('no token in any file, the service log or the SQLite store', () => {
+    assert.ok(secrets.length >= 10, `${secrets.length} secrets collected`);
+    assert.deepEqual(filesContaining([dir, tmpdir()], secrets), []);
+    const log = readFileSync(logFile, 'utf8');
+    assert.ok(log.includes('vaultAccessor'), 'accessors are logged');
+  });
+});
+
+describe('vault service configuration', () => {
+  const base = {
+    oidc: { issuer: 'https://idp.example.com', audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli' },
+    tokens: { signingKeys: 'ephemeral' },
+  };
+  const problems = (vault: unknown): string[] => {
+    try {
+      parseServerConfig({ ...base, vault }, '/tmp', 'broker.yaml');
+    } catch (e) {
+      assert.ok(e instanceof BrokerError && e.code === 'invalid_config');
+      return (e.details ?? []).map((d) => `${d.path}: ${d.message}`);
+    }
+    return [];
+  };
+
+  it('needs exactly one login method, a token role, and https off loopback', () => {
+    assert.deepEqual(problems({ address: 'https://vault.example.com', tokenRole: 'broker-tasks', token: { env: 'T' } }), []);
+    assert.deepEqual(problems({ address: 'https://vault.example.com', tokenRole: 'broker-tasks' }),
+      ["broker.yaml:vault: set the broker's own Vault login: one of token: {file|env}, approle: {roleId, secretId}, jwt: {role, audience}"]);
+    assert.deepEqual(problems({ address: 'https://vault.example.com', tokenRole: 'broker-tasks', token: { env: 'T' }, jwt: { role: 'r', audience: 'a' } }),
+      ['broker.yaml:vault: set exactly one of token, approle, jwt (found token, jwt)']);
+    assert.match(problems({ address: 'http://vault.example.com:8200', tokenRole: 'broker-tasks', token: { env: 'T' } }).join('\n'), /vault\.address: plain http/);
+    assert.deepEqual(problems({ address: 'http://127.0.0.1:8200', tokenRole: 'broker-tasks', token: { env: 'T' } }), []);
+    assert.match(problems({ address: 'https://v', tokenRole: 'bad role', token: { env: 'T' } }).join('\n'), /vault\.tokenRole: must be a Vault token role name/);
+    assert.match(problems({ address: 'https://v', tokenRole: 'r', jwt: { role: 'r', audience: 'agent-credential-broker' } }).join('\n'), /vault\.jwt\.audience: must differ/);
+    assert.match(problems({ address: 'https://v', tokenRole: 'r', token: 's.abcdef' }).join('\n'), /vault\.token/);
+  });
+});
+
+describe('the audit log of a store from before Vault support', () => {
+  it('gains the accessor column, and old and new records verify in one chain', () => {
+    const d = tempDir('broker-oldstore-');
+    const path = join(d, 'broker.db');
+    // The audit table as it was, with one record hashed the way it was.
+    const db = new DatabaseSync(path);
+    db.exec(`CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL, decision TEXT NOT NULL,
+      developer TEXT, template TEXT, session_id TEXT, reason TEXT, access_key_id TEXT, role_session_name TEXT, expiration TEXT,
+      detail TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)`);
+    const at = '2026-11-01T00:00:00.000Z';
+    const prev = '0'.repeat(64);
+    const hash = createHash('sha256').update(JSON.stringify([prev, at, 'login', 'allowed', 'alice@example.com', null, null, null, null, null, null, null])).digest('hex');
+    db.prepare('INSERT INTO audit (at, event, decision, developer, prev_hash, hash) VALUES (?,?,?,?,?,?)').run(at, 'login', 'allowed', 'alice@example.com', prev, hash);
+    db.close();
+
+    const s = new SqliteStore(path);
+    assert.equal(s.verifyAuditChain(), null, 'the old record still verifies');
+    s.audit({ event: 'vault.revoke', decision: 'revoked', developer: 'alice@example.com', vaultAccessor: 'acc123' });
+    assert.equal(s.verifyAuditChain(), null);
+    assert.equal(s.auditRecords().at(-1)?.vaultAccessor, 'acc123');
+    s.close();
+    // Tampering with the accessor breaks the chain like any other field.
+    const raw = new DatabaseSync(path);
+    raw.exec('DROP TRIGGER audit_no_update');
+    raw.exec("UPDATE audit SET vault_accessor = 'other' WHERE seq = 2");
+    raw.close();
+    const again = new SqliteStore(path);
+    assert.equal(again.verifyAuditChain(), 2);
+    again.close();
+  });
+});
