@@ -1,6 +1,7 @@
 import type { ProcessCredentials, SessionView } from '../client/api.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { SingleFlight } from './single-flight.js';
 import { backoffDelay, canHandOut, isUsable, refreshAt, type HeldCredentials } from './refresh-policy.js';
 
 /**
@@ -67,7 +68,7 @@ export interface EntryStatus {
 
 export class CredentialCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly discovering = new Map<string, Promise<Held>>();
+  private readonly discovering = new SingleFlight<string, Held>();
   private readonly now: () => number;
   private readonly random: () => number;
   private readonly ticker: NodeJS.Timeout;
@@ -188,26 +189,22 @@ export class CredentialCache {
 
   /** The first request for a template: find its session and fetch credentials, once for all callers. */
   private discover(template: string): Promise<Held> {
-    let p = this.discovering.get(template);
-    if (!p) {
-      p = (async () => {
-        const session = await this.opts.upstream.findSession(template);
-        if (!session) {
-          throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
-        }
-        const e = this.newEntry(session);
-        this.entries.set(template, e);
-        try {
-          return await this.refresh(e);
-        } catch (err) {
-          this.drop(template);
-          throw err;
-        }
-      })().finally(() => this.discovering.delete(template));
-      this.discovering.set(template, p);
-    }
-    return p;
+    return this.discovering.run(template, async () => {
+      const session = await this.opts.upstream.findSession(template);
+      if (!session) {
+        throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
+      }
+      const e = this.newEntry(session);
+      this.entries.set(template, e);
+      try {
+        return await this.refresh(e);
+      } catch (err) {
+        this.drop(template);
+        throw err;
+      }
+    });
   }
+
 
   private maybeRefresh(e: Entry): void {
     if (e.inflight || !e.creds) return;

@@ -2,6 +2,7 @@ import type { SessionView, VaultTokenGrant } from '../client/api.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RenewedVaultToken, RenewVaultTokenOptions } from '../vault/renew.js';
+import { SingleFlight } from './single-flight.js';
 import { backoffDelay, EXPIRY_SAFETY_MS } from './refresh-policy.js';
 
 /**
@@ -47,7 +48,7 @@ const MIN_USEFUL_TTL_MS = 60_000;
 
 export class VaultTokenCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly discovering = new Map<string, Promise<Held>>();
+  private readonly discovering = new SingleFlight<string, Held>();
   private readonly now: () => number;
   private readonly ticker: NodeJS.Timeout;
 
@@ -129,27 +130,23 @@ export class VaultTokenCache {
   }
 
   private discover(template: string): Promise<Held> {
-    let p = this.discovering.get(template);
-    if (!p) {
-      p = (async () => {
-        const session = await this.opts.upstream.findSession(template);
-        if (!session) throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
-        if (!session.vault) {
-          throw new BrokerError('conflict', `task template "${template}" grants no Vault token`, { hint: 'its credentials are AWS ones: use AWS_PROFILE=broker-<template> or broker exec' });
-        }
-        const e: Entry = { template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
-        this.entries.set(template, e);
-        try {
-          return await this.refresh(e);
-        } catch (err) {
-          this.drop(template);
-          throw err;
-        }
-      })().finally(() => this.discovering.delete(template));
-      this.discovering.set(template, p);
-    }
-    return p;
+    return this.discovering.run(template, async () => {
+      const session = await this.opts.upstream.findSession(template);
+      if (!session) throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
+      if (!session.vault) {
+        throw new BrokerError('conflict', `task template "${template}" grants no Vault token`, { hint: 'its credentials are AWS ones: use AWS_PROFILE=broker-<template> or broker exec' });
+      }
+      const e: Entry = { template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
+      this.entries.set(template, e);
+      try {
+        return await this.refresh(e);
+      } catch (err) {
+        this.drop(template);
+        throw err;
+      }
+    });
   }
+
 
   /** Due when a third of the TTL remains (or, after a failure, when the back-off says). */
   private dueAt(e: Entry): number {
