@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
@@ -113,20 +113,28 @@ async function ensureProfile(template: string, region: string): Promise<void> {
  */
 function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: 'inherit', env });
     const interactive = process.stdin.isTTY === true;
+    // Handlers go in before the child exists: on a loaded machine the child can start, print and be
+    // signalled (through us) before spawn() returns, and a signal that found no handler then would
+    // kill us by its default action and orphan the child. Registered first, the signal waits for
+    // the end of this synchronous block, when `child` is set.
+    let child: ChildProcess | undefined;
+    const forward = (sig: NodeJS.Signals) => {
+      if (child && child.exitCode === null && child.signalCode === null) child.kill(sig);
+    };
     const handlers = new Map<NodeJS.Signals, () => void>();
     for (const sig of FORWARDED) {
       const h = () => {
         // From a terminal, Ctrl-C/Ctrl-\ went to the whole foreground group, child included:
         // sending it again would be a second interrupt (many agents treat that as "force quit").
         if (interactive && (sig === 'SIGINT' || sig === 'SIGQUIT')) return;
-        if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+        forward(sig);
       };
       handlers.set(sig, h);
       process.on(sig, h);
     }
     const cleanup = () => { for (const [sig, h] of handlers) process.off(sig, h); };
+    child = spawn(cmd, args, { stdio: 'inherit', env });
     child.once('error', (e: NodeJS.ErrnoException) => {
       cleanup();
       reject(new BrokerError('invalid_request', `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'command not found' : e.code ?? e.message}`, {

@@ -151,20 +151,31 @@ describe('the broker daemon', () => {
     it('forwards signals to the child and exits with its code', async () => {
       // (SIGUSR1 is left out: Node reserves it for its inspector, and its delivery races with that.)
       for (const [sig, code] of [['SIGTERM', 42], ['SIGHUP', 43], ['SIGUSR2', 45], ['SIGINT', 44]] as const) {
+        // Its own process group, so that whatever happens the group (broker exec and the shell it
+        // started) is killed at the end: an orphaned shell would hold the pipes open and keep this
+        // test file from ever exiting.
         const child = spawn(process.execPath, [BROKER_BIN, 'exec', 'deploy-lambda', '--', 'sh', '-c',
-          `trap 'exit ${code}' ${sig.slice(3)}; echo ready; while :; do sleep 0.05; done`], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+          `trap 'exit ${code}' ${sig.slice(3)}; echo ready; while :; do sleep 0.05; done`], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+        const killGroup = () => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ } };
         // Bounded: a signal that was not passed on fails here, not at the suite's timeout.
-        const guard = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        const guard = setTimeout(killGroup, 15_000);
         const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (c, s) => resolve([c, s])));
         let stderr = '';
         child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
-        await new Promise<void>((resolve) => {
-          child.stdout.on('data', (c: Buffer) => { if (c.toString().includes('ready')) resolve(); });
-          void exited.then(() => resolve());
-        });
-        child.kill(sig);
-        const [exitCode] = await exited;
-        clearTimeout(guard);
+        let exitCode: number | null;
+        try {
+          await new Promise<void>((resolve) => {
+            child.stdout.on('data', (c: Buffer) => { if (c.toString().includes('ready')) resolve(); });
+            void exited.then(() => resolve());
+          });
+          child.kill(sig);
+          [exitCode] = await exited;
+        } finally {
+          clearTimeout(guard);
+          killGroup();
+          child.stdout.destroy();
+          child.stderr.destroy();
+        }
         assert.equal(exitCode, code, `${sig}: ${stderr}`);
       }
     });
