@@ -162,7 +162,8 @@ export class BrokerTokens {
       if (typeof payload.sub !== 'string') throw new Error('sub missing');
       const cnf = payload.cnf as { jkt?: unknown } | undefined;
       return {
-        principal: { id: payload.sub, email: typeof payload.email === 'string' ? payload.email : payload.sub, groups },
+        // `email` holds the IdP-verified email or '' (id-token-verifier.ts); never the sub in its place.
+        principal: { id: payload.sub, email: typeof payload.email === 'string' ? payload.email : '', groups },
         jkt: typeof cnf?.jkt === 'string' ? cnf.jkt : undefined,
       };
     } catch (e) {

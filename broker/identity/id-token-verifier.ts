@@ -13,8 +13,14 @@ export interface IdTokenVerifierOptions {
   fetchTimeoutMs?: number;
 }
 
+/** A genuine token whose claims the broker cannot accept (no identity, an unverified email). */
+export class UnacceptableClaims extends Error {
+  override readonly name = 'UnacceptableClaims';
+}
+
 /** Why a token was refused, for the audit log and server log only: clients get a fixed message. */
 export function idTokenFailureReason(e: unknown): string {
+  if (e instanceof UnacceptableClaims) return e.message;
   if (e instanceof joseErrors.JWTExpired) return 'expired';
   if (e instanceof joseErrors.JWTClaimValidationFailed) return `claim ${e.claim} invalid`;
   if (e instanceof joseErrors.JOSEAlgNotAllowed) return 'algorithm not allowed';
@@ -74,14 +80,24 @@ export class IdTokenVerifier {
     }
     const id = payload[this.opts.identityClaim];
     if (typeof id !== 'string' || id.length === 0) {
-      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: new Error(`claim ${this.opts.identityClaim} missing`) });
+      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: new UnacceptableClaims(`claim ${this.opts.identityClaim} missing`) });
     }
-    // An unverified email is somebody's claim, not an identity.
-    if (this.opts.identityClaim === 'email' && payload.email_verified === false) {
-      throw new BrokerError('unauthenticated', 'ID token rejected', { cause: new Error('email not verified') });
+    // An email is an identity only if the IdP vouches for it: OIDC Core §5.1 says a relying party
+    // must not rely on `email` as a unique identifier, and `email_verified` is true only when the IdP
+    // took steps to ensure the End-User controls the address. Anything but `true` (false, absent,
+    // the string "true") is unverified.
+    const emailVerified = typeof payload.email === 'string' && payload.email.length > 0 && payload.email_verified === true;
+    if (this.opts.identityClaim === 'email' && !emailVerified) {
+      // The token is genuine (signature and claims checked above), so saying why helps its holder and
+      // tells an attacker nothing.
+      throw new BrokerError('unauthenticated', 'ID token rejected', {
+        cause: new UnacceptableClaims('email not verified'),
+        hint: 'the identity provider does not say your email address is verified (email_verified is not true); verify it at the IdP, then log in again',
+      });
     }
     const rawGroups = payload[this.opts.groupsClaim];
     const groups = Array.isArray(rawGroups) ? rawGroups.filter((g): g is string => typeof g === 'string') : [];
-    return { id, email: typeof payload.email === 'string' ? payload.email : id, groups };
+    // Only a verified email can match a template's allowed.emails (access.ts ignores an empty one).
+    return { id, email: emailVerified ? payload.email as string : '', groups };
   }
 }
