@@ -22,6 +22,28 @@ const mountSchema = z.string().regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'm
 const LOOPBACK_HOST_RE = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/;
 
 /**
+ * The IdP's issuer must be https: the broker fetches the keys that decide who anyone is from it
+ * (OIDC Discovery §3 requires an https issuer; RFC 6749 §3.1 TLS for the endpoints), and the CLI's
+ * device flow gets tokens from it. Plain http only for an IdP on this machine, and only when asked
+ * for: the same rule the CLI applies to the issuer it is given (broker/client/device-login.ts).
+ */
+function issuerProblem(issuer: string, allowInsecureHttp: boolean): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(issuer);
+  } catch {
+    return undefined; // z.url() reported it
+  }
+  if (u.protocol === 'https:') return undefined;
+  if (u.protocol !== 'http:') return `must be an https URL (got ${u.protocol}), e.g. https://login.example.com`;
+  if (!LOOPBACK_HOST_RE.test(u.hostname)) {
+    return `plain http to an IdP that is not on loopback (${u.hostname}) would let anyone on the path swap the keys that verify identities; use the IdP's https issuer URL (allowInsecureHttp permits only a loopback IdP: 127.0.0.1, ::1, localhost)`;
+  }
+  if (!allowInsecureHttp) return 'is plain http; use the IdP\'s https issuer URL, or, for a development IdP on this machine, set oidc.allowInsecureHttp: true';
+  return undefined;
+}
+
+/**
  * Vault/OpenBao (docs/vault.md). The broker's own login is exactly one of `token` (development),
  * `approle` or `jwt`; none has a default, like every security-critical setting here.
  */
@@ -89,6 +111,9 @@ export const serverConfigSchema = z.strictObject({
     /** Plain-http issuer allowed (loopback development IdPs only). */
     allowInsecureHttp: z.boolean().default(false),
     clockToleranceSeconds: z.number().int().min(0).max(300).default(30),
+  }).superRefine((o, ctx) => {
+    const problem = issuerProblem(o.issuer, o.allowInsecureHttp);
+    if (problem) ctx.addIssue({ code: 'custom', path: ['issuer'], message: problem });
   }),
   tokens: z.strictObject({
     accessTokenTtl: durationSchema.default(600),
