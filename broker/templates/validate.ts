@@ -334,8 +334,59 @@ function checkStatement(s: PolicyStatement, path: Segment[], allowBroadWildcard:
       if (!r.ok) add(Array.isArray(value) ? [...path, key, i] : [...path, key], r.message, r.hint);
     });
   }
-  const allActions = list(s.Action).some((a) => a === '*' || a === '*:*');
-  if (s.Effect === 'Allow' && allActions && list(s.Resource).includes('*') && !allowBroadWildcard) {
-    add([...path, 'Action'], 'allows every action on every resource', 'list the actions and resources the task needs; if full access is really meant, set aws.allowBroadWildcard: true');
+  for (const key of ['Resource', 'NotResource'] as const) {
+    const value = s[key];
+    list(value).forEach((resource, i) => {
+      const problem = resourceArnProblem(resource);
+      if (problem) add(Array.isArray(value) ? [...path, key, i] : [...path, key], problem, 'an ARN is arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE, e.g. arn:aws:s3:::bucket/* or arn:aws:lambda:eu-west-1:123456789012:function:NAME');
+    });
   }
+  // Every action on every resource, however it is spelt: Action "*" or NotAction (all but a few)
+  // with Resource "*" or NotResource (all but a few). NotAction with Resource "*" is the classic way
+  // round an Action "*" check (IAM User Guide, "NotAction": "allows everything except").
+  if (s.Effect === 'Allow' && !allowBroadWildcard) {
+    const actions = s.NotAction !== undefined ? 'NotAction' : list(s.Action).some((a) => a === '*' || a === '*:*') ? 'Action' : undefined;
+    const resources = s.NotResource !== undefined ? 'NotResource' : list(s.Resource).some(isEveryResource) ? 'Resource' : undefined;
+    if (actions && resources) {
+      const how = actions === 'Action' && resources === 'Resource' ? '' : ` (${actions === 'NotAction' ? 'NotAction: every action but those listed' : 'Action "*"'}, ${resources === 'NotResource' ? 'NotResource: every resource but those listed' : 'on Resource "*"'})`;
+      add([...path, actions], `allows every action on every resource${how}`,
+        'list the actions and resources the task needs; if full access is really meant, set aws.allowBroadWildcard: true');
+    }
+  }
+}
+
+/** `*`, or an ARN of wildcards only (`arn:aws:*:*:*:*`, `arn:*:*`): matches every resource. */
+function isEveryResource(r: string): boolean {
+  return r === '*' || /^arn:(\*|aws[a-z-]*)(:\*)+$/.test(r);
+}
+
+/** A segment holding a placeholder is only known when the request is built: not judged here. */
+const PLACEHOLDER_IN = /\$\{[^}]*\}/;
+/** Segment patterns; IAM's wildcards (`*`, `?`) may stand in any of them. */
+const ARN_PARTITION_RE = /^(aws[a-z-]*|[a-z*?-]*[*?][a-z*?-]*)$/;
+const ARN_SERVICE_RE = /^[a-z0-9*?][a-z0-9*?-]*$/;
+const ARN_REGION_RE = /^[a-z0-9*?-]*$/;
+const ARN_ACCOUNT_RE = /^(|\d{12}|aws|(?=.*[*?])[0-9*?]{1,12})$/;
+
+/**
+ * A Resource that starts with `arn:` must be an ARN: arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE
+ * (IAM User Guide, "Amazon Resource Names"; the resource part may hold more colons). A malformed one
+ * matches nothing, so the task silently lacks the access it was written for. Segments with IAM
+ * wildcards or a placeholder (`${param.x}`, `${aws:username}`) are accepted as they are: their value
+ * is only known when the request is built.
+ */
+function resourceArnProblem(r: string): string | undefined {
+  if (!r.startsWith('arn:')) return undefined;
+  // `${aws:username}` has a colon of its own: placeholders are blanked out before splitting.
+  const parts = r.replace(PLACEHOLDER_RE, '${}').split(':');
+  if (parts.length < 6) return `"${r}" is not an ARN: it has ${parts.length - 1} colon(s), an ARN has at least 5 (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE)`;
+  const [, partition, service, region, account] = parts as [string, string, string, string, string];
+  const resource = parts.slice(5).join(':');
+  const known = (seg: string) => !PLACEHOLDER_IN.test(seg);
+  if (known(partition) && !ARN_PARTITION_RE.test(partition)) return `the partition "${partition}" in "${r}" is not an AWS partition (aws, aws-cn, aws-us-gov, …)`;
+  if (known(service) && !ARN_SERVICE_RE.test(service)) return `the service "${service}" in "${r}" is not an AWS service namespace (lower case, e.g. s3, lambda, logs)`;
+  if (known(region) && !ARN_REGION_RE.test(region)) return `the region "${region}" in "${r}" is not an AWS region (e.g. eu-west-1, or empty for global services)`;
+  if (known(account) && !ARN_ACCOUNT_RE.test(account)) return `the account "${account}" in "${r}" is not a 12-digit AWS account ID (or empty, or aws)`;
+  if (resource === '') return `"${r}" names no resource after the account`;
+  return undefined;
 }
