@@ -1,9 +1,10 @@
 import { basename } from 'node:path';
 import type { Command } from 'commander';
-import { formatDuration, parseDuration } from '../broker/duration.js';
+import { formatDuration } from '../broker/duration.js';
 import { BrokerError, isBrokerError } from '../broker/errors.js';
-import { MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS } from '../broker/limits.js';
+import { MAX_SESSION_POLICY_CHARS } from '../broker/limits.js';
 import { isAllowed } from '../broker/templates/access.js';
+import { plannedDurations, parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/templates/durations.js';
 import { loadTemplates } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
@@ -29,23 +30,22 @@ export function register(policy: Command): void {
     .option('--groups <list>', 'their IdP groups, comma-separated', '')
     .option('--param <name=value>', 'a template parameter (repeatable)', collectParam, {})
     .option('--agent <name>', 'agent name for the broker:agent tag', 'unspecified')
-    .option('--ttl <duration>', "requested credential duration, e.g. 30m (default: the template's credentialLifetime)")
+    .option('--ttl <duration>', "requested task-session length, as for broker task --ttl, e.g. 30m (default: the template's maxDuration)")
     .option('--dir <dir>', 'directory of task templates', 'policies')
     .option('--json', 'print the explanation as JSON on stdout')
     .action(action((name: string, opts: Options) => {
       const t = findTemplate(opts.dir, name);
       const groups = (opts.groups ?? '').split(',').map((g) => g.trim()).filter(Boolean);
       const allowed = isAllowed(t, { email: opts.as, groups });
-      const duration = durationFor(t, opts.ttl);
+      const duration = plannedDurations(t, requestedTtl(opts.ttl));
       const sessionId = newSessionId();
       let request: AssumeRoleRequest | undefined;
       let vaultRequest: VaultTokenRequest | undefined;
       try {
-        if (t.aws) request = buildAssumeRoleRequest(t, { developer: opts.as, sessionId, agent: opts.agent, params: opts.param ?? {} }, duration.seconds);
+        if (t.aws) request = buildAssumeRoleRequest(t, { developer: opts.as, sessionId, agent: opts.agent, params: opts.param ?? {} }, duration.credentialSeconds);
         if (t.vault) {
           const now = Date.now();
-          const sessionSeconds = Math.min(opts.ttl === undefined ? t.maxSessionSeconds : (parseDuration(opts.ttl) ?? t.maxSessionSeconds), t.maxSessionSeconds);
-          vaultRequest = buildVaultTokenRequest(t, { developer: opts.as, sessionId, agent: opts.agent, sessionExpiresAt: now + sessionSeconds * 1000, now }, SERVICE_ROLE);
+          vaultRequest = buildVaultTokenRequest(t, { developer: opts.as, sessionId, agent: opts.agent, sessionExpiresAt: now + duration.sessionSeconds * 1000, now }, SERVICE_ROLE);
         }
       } catch (e) {
         throw asCliError(e);
@@ -59,6 +59,7 @@ export function register(policy: Command): void {
         allowedBy: t.allowed,
         sampleSessionId: sessionId,
         region: t.aws?.region ?? null,
+        sessionSeconds: duration.sessionSeconds,
         ...(request ? {
           duration: { seconds: request.DurationSeconds, rule: duration.rule },
           policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
@@ -92,20 +93,18 @@ function findTemplate(dir: string, name: string): TaskTemplate {
 }
 
 /**
- * The service's rule: min(requested, the template's maxDuration, its credentialLifetime), raised to
- * STS's 900 s floor (AssumeRole DurationSeconds).
+ * `--ttl` is checked as the service checks the API's `ttl` (templates/durations.ts): what the
+ * service would refuse with a 400 is refused here too, never explained as if it worked.
  */
-function durationFor(t: TaskTemplate, ttl: string | undefined): { seconds: number; rule: string } {
-  let requested = t.credentialLifetimeSeconds;
-  if (ttl !== undefined) {
-    const s = parseDuration(ttl);
-    if (s === undefined || s === 0) throw new BrokerError('invalid_request', `--ttl "${ttl}" is not a duration`, { hint: 'e.g. --ttl 30m or --ttl 1h' });
-    requested = s;
+function requestedTtl(ttl: string | undefined): number | undefined {
+  if (ttl === undefined) return undefined;
+  const s = parseSessionTtl(ttl);
+  if (s === undefined) {
+    throw new BrokerError('invalid_request', `--ttl "${ttl}" is not a task-session length the service accepts`, {
+      details: [{ path: '--ttl', message: SESSION_TTL_RANGE_MESSAGE }],
+    });
   }
-  const seconds = Math.max(MIN_DURATION_SECONDS, Math.min(requested, t.maxSessionSeconds, t.credentialLifetimeSeconds));
-  const rule = `min(requested ${formatDuration(requested)}${ttl === undefined ? ' (default)' : ''}, maxDuration ${formatDuration(t.maxSessionSeconds)}, `
-    + `credentialLifetime ${formatDuration(t.credentialLifetimeSeconds)}), at least ${formatDuration(MIN_DURATION_SECONDS)}`;
-  return { seconds, rule };
+  return s;
 }
 
 /** The API's JSON pointers, said the way the CLI takes them. */
@@ -120,7 +119,7 @@ function asCliError(e: unknown): unknown {
 
 interface Explanation {
   template: string; file: string; description: string; principal: { email: string; groups: string[] }; allowed: boolean;
-  allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null;
+  allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null; sessionSeconds: number;
   duration?: { seconds: number; rule: string }; policyChars?: number; policyCharLimit?: number; request?: AssumeRoleRequest;
   vaultRequest?: VaultTokenRequest;
 }
@@ -131,6 +130,7 @@ function text(x: Explanation): string {
   const lines = [
     `${x.template} (${x.file}): ${x.description}`,
     `Access: ${who} ${x.allowed ? 'MAY' : 'may NOT'} start this task (${by})`,
+    `Task session: ${formatDuration(x.sessionSeconds)} (${x.sessionSeconds} s)`,
   ];
   const r = x.request;
   if (r && x.duration) {

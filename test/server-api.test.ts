@@ -3,7 +3,7 @@
  * (oidc-provider) minting and publishing keys, and moto behind a recording proxy as STS.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -12,24 +12,22 @@ import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
 import { SqliteStore } from '../broker/store/sqlite-store.js';
-import { startIdp } from './peers/idp.js';
+import { broker } from './peers/cli.js';
+import { DEFAULT_USERS, startIdp } from './peers/idp.js';
 import { startMoto } from './peers/moto.js';
 import { POLICIES_DIR } from './peers/paths.js';
 import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js';
-import { forgeIdToken, unsignedIdToken } from './peers/tokens.js';
+import { forgeIdToken, peekClaims, unsignedIdToken } from './peers/tokens.js';
 import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 
-describe('broker service API', () => {
-  let moto: Awaited<ReturnType<typeof startMoto>>;
-  let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
-  let idp: Awaited<ReturnType<typeof startIdp>>;
-  let server: RunningServer;
-  let dbPath: string;
-  const tokens: Record<string, string> = {};
+type Call = (method: string, path: string, opts?: { token?: string; body?: unknown; raw?: string; dpop?: string }) =>
+  Promise<{ status: number; body: any; text: string; headers: Headers }>;
 
-  const call = async (method: string, path: string, opts: { token?: string; body?: unknown; raw?: string; dpop?: string } = {}) => {
-    const res = await fetch(`${server.url}${path}`, {
+/** A client of one service over HTTP, as the CLI and daemon are. */
+function client(url: () => string): Call {
+  return async (method, path, opts = {}) => {
+    const res = await fetch(`${url()}${path}`, {
       method,
       headers: {
         'content-type': 'application/json', ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
@@ -40,6 +38,47 @@ describe('broker service API', () => {
     const text = await res.text();
     return { status: res.status, body: JSON.parse(text) as any, text, headers: res.headers };
   };
+}
+
+/** An in-process service on its own SQLite file, on the shared IdP and STS; `oidc` overrides the IdP settings. */
+async function startApiServer(o: {
+  issuer: string; sts: string; iam: string; oidc?: Record<string, unknown>; policiesDir?: string; issuePerMinute?: number; now?: () => number;
+}): Promise<{ server: RunningServer; dbPath: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'broker-api-'));
+  const dbPath = join(dir, 'broker.db');
+  const config = parseServerConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    policiesDir: o.policiesDir ?? POLICIES_DIR,
+    store: { sqlite: dbPath, busyTimeoutMs: 300 },
+    // RS256 only: the IdP also publishes an ES256 key, so a genuine ES256 token tests the allowlist.
+    oidc: { issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', allowInsecureHttp: true, ...o.oidc },
+    tokens: { signingKeys: 'ephemeral' },
+    aws: { region: 'us-east-1', stsEndpoint: o.sts, iamEndpoint: o.iam, checkTrustAtStartup: false },
+    limits: { issuePerMinute: o.issuePerMinute ?? 30 },
+  }, dir);
+  const server = await startServer(config, { log: createLogger({ level: 'silent' }), ...(o.now ? { now: o.now } : {}) });
+  return { server, dbPath };
+}
+
+/** The audit records of a store, read as an auditor would (a second connection to the file). */
+function auditOf(dbPath: string) {
+  const store = new SqliteStore(dbPath);
+  try {
+    return store.auditRecords(0, 100_000);
+  } finally {
+    store.close();
+  }
+}
+
+describe('broker service API', () => {
+  let moto: Awaited<ReturnType<typeof startMoto>>;
+  let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
+  let idp: Awaited<ReturnType<typeof startIdp>>;
+  let server: RunningServer;
+  let dbPath: string;
+  const tokens: Record<string, string> = {};
+
+  const call = client(() => server.url);
   const loginAs = async (email: string) => {
     const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs(email) } });
     assert.equal(r.status, 200, r.text);
@@ -50,21 +89,16 @@ describe('broker service API', () => {
   before(async () => {
     moto = await startMoto();
     proxy = await startRecordingProxy(moto.url);
-    idp = await startIdp();
-    const dir = mkdtempSync(join(tmpdir(), 'broker-api-'));
-    dbPath = join(dir, 'broker.db');
+    idp = await startIdp({
+      users: [
+        ...DEFAULT_USERS,
+        // The IdP itself says this address is not verified (oidc-provider emits email_verified: false).
+        { email: 'dave@example.com', name: 'Dave', groups: ['developers'], emailVerified: false },
+      ],
+    });
     process.env.AWS_ACCESS_KEY_ID = 'testing';
     process.env.AWS_SECRET_ACCESS_KEY = 'testing';
-    const config = parseServerConfig({
-      listen: { host: '127.0.0.1', port: 0 },
-      policiesDir: POLICIES_DIR,
-      store: { sqlite: dbPath, busyTimeoutMs: 300 },
-      oidc: { issuer: idp.issuer, audience: 'broker-cli', algorithms: ['RS256', 'ES256'], cliClientId: 'broker-cli', allowInsecureHttp: true },
-      tokens: { signingKeys: 'ephemeral' },
-      aws: { region: 'us-east-1', stsEndpoint: proxy.url, iamEndpoint: moto.url, checkTrustAtStartup: false },
-      limits: { issuePerMinute: 8 },
-    }, dir);
-    server = await startServer(config, { log: createLogger({ level: 'silent' }) });
+    ({ server, dbPath } = await startApiServer({ issuer: idp.issuer, sts: proxy.url, iam: moto.url }));
     tokens.alice = await loginAs('alice@example.com');
     tokens.bob = await loginAs('bob@example.com');
     tokens.carol = await loginAs('carol@example.com');
@@ -77,23 +111,59 @@ describe('broker service API', () => {
   });
 
   describe('identity', () => {
-    const hostile = async (label: string, token: () => Promise<string> | string) => {
+    /** The reason the service recorded for the last refused login (clients only see the fixed message). */
+    const lastDenial = () => auditOf(dbPath).filter((r) => r.event === 'login' && r.decision === 'denied').at(-1)?.reason;
+    /**
+     * Refused with the fixed 401, and audited with `reason`: each hostile token fails for its own
+     * flaw, not for an incidental one (a token with a wrong `iss` signed by a random key would
+     * "pass" a wrong-issuer test while being refused for its signature).
+     */
+    const hostile = async (label: string, token: () => Promise<string> | string, reason: string) => {
       const r = await call('POST', '/v1/auth/token', { body: { id_token: await token() } });
       assert.equal(r.status, 401, `${label}: ${r.text}`);
       assert.equal(r.body.code, 'unauthenticated');
       assert.equal(r.body.message, 'ID token rejected', 'fixed message: the client learns nothing about why');
       assert.equal(r.headers.get('www-authenticate'), 'Bearer error="invalid_token"');
+      assert.equal(lastDenial(), `ID token rejected: ${reason}`, label);
+      return r;
     };
-    it('rejects a token signed by another key', () => hostile('forged', () => forgeIdToken({ issuer: idp.issuer, audience: 'broker-cli', email: 'alice@example.com', groups: ['developers'] })));
-    it('rejects alg none', () => hostile('alg none', () => unsignedIdToken({ issuer: idp.issuer, audience: 'broker-cli', email: 'alice@example.com', groups: ['developers'] })));
-    it('rejects a wrong audience', async () => hostile('aud', async () => idp.loginAs('alice@example.com', { audience: 'another-client' })));
-    it('rejects a wrong issuer', () => hostile('iss', () => forgeIdToken({ issuer: 'http://127.0.0.1:1/evil', audience: 'broker-cli', email: 'alice@example.com', groups: ['developers'] })));
-    it('rejects an expired token', async () => hostile('expired', async () => idp.loginAs('alice@example.com', { expiresInSeconds: -600 })));
+    /** The control: the same kind of token without the flaw is accepted. */
+    const accepted = async (token: string) => {
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: token } });
+      assert.equal(r.status, 200, r.text);
+      return r.body as { developer: string; groups: string[]; access_token: string };
+    };
+    it('rejects a token signed by another key', async () => { await hostile('forged', () => forgeIdToken({ issuer: idp.issuer, audience: 'broker-cli', email: 'alice@example.com', groups: ['developers'] }), 'signature invalid'); });
+    it('rejects alg none', async () => { await hostile('alg none', () => unsignedIdToken({ issuer: idp.issuer, audience: 'broker-cli', email: 'alice@example.com', groups: ['developers'] }), 'algorithm not allowed'); });
+    it('rejects a wrong audience', async () => { await hostile('aud', async () => idp.loginAs('alice@example.com', { audience: 'another-client' }), 'claim aud invalid'); });
+    it('rejects a wrong issuer, signed with the IdP\'s own key', async () => {
+      const evil = await idp.issueIdToken('alice@example.com', { issuer: 'http://127.0.0.1:1/evil' });
+      assert.equal(peekClaims(evil).iss, 'http://127.0.0.1:1/evil');
+      await hostile('iss', () => evil, 'claim iss invalid');
+      await accepted(await idp.issueIdToken('alice@example.com'));
+    });
+    it('rejects a genuine IdP token whose alg is outside the configured allowlist (ES256 when only RS256 is allowed)', async () => {
+      // The IdP publishes its ES256 key in its JWKS: the token verifies with it, so only the allowlist refuses it.
+      await hostile('alg', () => idp.issueIdToken('alice@example.com', { alg: 'ES256' }), 'algorithm not allowed');
+      await accepted(await idp.issueIdToken('alice@example.com', { alg: 'RS256' }));
+    });
+    it('rejects an expired token', async () => { await hostile('expired', async () => idp.loginAs('alice@example.com', { expiresInSeconds: -600 }), 'expired'); });
+    it('refuses a user whose email the IdP has not verified, saying why', async () => {
+      // A complete device-flow login at the real IdP, which says email_verified: false for Dave.
+      const idToken = await idp.loginAs('dave@example.com');
+      assert.equal(peekClaims(idToken).email_verified, false);
+      const r = await hostile('unverified', () => idToken, 'email not verified');
+      assert.match(r.body.hint, /email address is verified \(email_verified is not true\)/);
+      // Without the claim at all, the email is not verified either.
+      const noClaim = await idp.issueIdToken('alice@example.com', { claims: { email_verified: undefined } });
+      assert.ok(!('email_verified' in peekClaims(noClaim)));
+      await hostile('no email_verified', () => noClaim, 'email not verified');
+    });
     it('records the denials in the audit log, without the token', () => {
       const store = new SqliteStore(dbPath);
       const denied = store.auditRecords().filter((r) => r.event === 'login' && r.decision === 'denied');
       store.close();
-      assert.ok(denied.length >= 5, `${denied.length} login denials`);
+      assert.ok(denied.length >= 8, `${denied.length} login denials`);
       assert.ok(denied.every((r) => !/eyJ/.test(JSON.stringify(r))), 'no JWT in the audit log');
     });
     it('needs a bearer token; a refresh token is not an access token', async () => {
@@ -186,6 +256,7 @@ describe('broker service API', () => {
       const r = await start('alice', { template: 'no-such-task' });
       assert.equal(r.status, 404);
       assert.equal(r.body.code, 'not_found');
+      assert.match(r.body.hint, /broker templates$/, 'names the command that lists them');
     });
     it('400s a parameter that fails its pattern, naming it by JSON pointer', async () => {
       const r = await start('alice', { template: 'deploy-lambda', params: { function: 'x"}],"Resource":"*' } });
@@ -196,9 +267,16 @@ describe('broker service API', () => {
     it('400s malformed bodies with field paths, never a 500', async () => {
       const bad = await call('POST', '/v1/sessions', { token: tokens.alice, raw: '{not json' });
       assert.equal(bad.status, 400);
-      const extra = await start('alice', { template: 'deploy-lambda', params: {}, surprise: 1 });
+      const extra = await start('alice', { template: 'deploy-lambda', params: {}, surprise: 1, other: 2 });
       assert.equal(extra.status, 400);
-      assert.ok(extra.body.details.some((d: { path: string }) => d.path === '/'), extra.text);
+      // Each unknown key at its own pointer (RFC 6901), not at the object holding it.
+      assert.deepEqual(extra.body.details, [{ path: '/surprise', message: 'unknown field' }, { path: '/other', message: 'unknown field' }], extra.text);
+      // The whole body is "" (RFC 6901 §5), not "/" (which names the key "").
+      const notObject = await call('POST', '/v1/sessions', { token: tokens.alice, raw: '[1]' });
+      assert.equal(notObject.status, 400);
+      assert.deepEqual(notObject.body.details.map((d: { path: string }) => d.path), [''], notObject.text);
+      const slashKey = await start('alice', { template: 'deploy-lambda', 'a/b~c': 1 });
+      assert.deepEqual(slashKey.body.details.map((d: { path: string }) => d.path), ['/a~1b~0c'], 'escaped per RFC 6901 §3');
       const ttl = await start('alice', { template: 'deploy-lambda', params: { function: 'a' }, ttl: '5m' });
       assert.equal(ttl.status, 400);
       assert.deepEqual(ttl.body.details.map((d: { path: string }) => d.path), ['/ttl']);
@@ -207,7 +285,7 @@ describe('broker service API', () => {
       assert.deepEqual(agent.body.details.map((d: { path: string }) => d.path), ['/agent']);
       const huge = await call('POST', '/v1/sessions', { token: tokens.alice, raw: JSON.stringify({ template: 'x'.repeat(100_000) }) });
       assert.equal(huge.status, 400);
-      for (const r of [bad, extra, ttl, agent, huge]) assert.ok(!/at .*\.js:\d+/.test(r.text), 'no stack trace');
+      for (const r of [bad, extra, notObject, slashKey, ttl, agent, huge]) assert.ok(!/at .*\.js:\d+/.test(r.text), 'no stack trace');
     });
     it('issues, re-issues, refuses a second session (409), and stops re-issue once ended', async () => {
       const r = await start('alice', { template: 'deploy-lambda', params: { function: 'checkout-api' }, reason: 'fix timeout', agent: 'aider', ttl: '30m' });
@@ -261,7 +339,7 @@ describe('broker service API', () => {
     });
     it('rate-limits credential requests per developer (429 with Retry-After)', async () => {
       let last;
-      for (let i = 0; i < 10; i++) last = await start('carol', { template: 'no-such-template' });
+      for (let i = 0; i < 32; i++) last = await start('carol', { template: 'no-such-template' });
       assert.equal(last!.status, 429);
       assert.equal(last!.body.code, 'rate_limited');
       assert.ok(Number(last!.headers.get('retry-after')) > 0);
@@ -286,6 +364,190 @@ describe('broker service API', () => {
       assert.equal(assumeRoleCalls(proxy.requests).length, before, 'STS was never called');
       const list = await call('GET', '/v1/sessions', { token: tokens.alice });
       assert.deepEqual(list.body.sessions, [], 'no session was left behind');
+    });
+
+    it('withholds credentials STS already issued when the audit log fails before their record, and leaves no session blocking a later start', async () => {
+      const before = assumeRoleCalls(proxy.requests).length;
+      const lastSeq = auditOf(dbPath).at(-1)?.seq ?? 0;
+      // The store is locked the moment the broker's AssumeRole reaches STS: moto still answers (the
+      // keys exist at AWS), and the broker's next write, the `issued` record, cannot be committed.
+      let locker: DatabaseSync | undefined;
+      proxy.onRequest((req) => {
+        if (req.action !== 'AssumeRole' || locker) return;
+        locker = new DatabaseSync(dbPath, { timeout: 0 });
+        locker.exec('BEGIN EXCLUSIVE');
+      });
+      let r;
+      try {
+        r = await start('alice', { template: 'read-cloudwatch-logs', params: logParams() });
+      } finally {
+        proxy.onRequest(undefined);
+        locker?.exec('ROLLBACK');
+        locker?.close();
+      }
+      assert.ok(locker, 'the lock was taken when AssumeRole was called');
+      assert.equal(assumeRoleCalls(proxy.requests).length, before + 1, 'STS was called: the failure came after it');
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.body.code, 'audit_unavailable');
+      assert.match(r.body.message, /could not record credentials\.issue issued; nothing was issued/);
+      assert.ok(!('credentials' in r.body) && !/AccessKeyId|SecretAccessKey|SessionToken|ASIA/.test(r.text), 'no credential in the response');
+
+      // The store takes writes again: a new start is not refused as a duplicate (409) of the failed one.
+      const again = await start('alice', { template: 'read-cloudwatch-logs', params: logParams() });
+      assert.equal(again.status, 201, again.text);
+      const list = await call('GET', '/v1/sessions', { token: tokens.alice });
+      assert.deepEqual(list.body.sessions.map((x: { id: string }) => x.id), [again.body.session.id], 'only the new session is active');
+
+      // The failed session: allowed, then ended as failed; no `issued` record, so its keys were never handed out.
+      const failedId = auditOf(dbPath).find((x) => x.seq > lastSeq && x.event === 'session.start' && x.decision === 'allowed')?.sessionId;
+      assert.ok(failedId && failedId !== again.body.session.id);
+      const trail = auditOf(dbPath).filter((x) => x.sessionId === failedId).map((x) => `${x.event}:${x.decision}`);
+      assert.deepEqual(trail, ['session.start:allowed', 'session.end:ended']);
+      assert.match(auditOf(dbPath).find((x) => x.sessionId === failedId && x.event === 'session.end')!.reason!, /^first issue failed: the audit log could not record/);
+      const reissue = await call('POST', `/v1/sessions/${failedId}/credentials`, { token: tokens.alice });
+      assert.equal(reissue.status, 409, 'nothing is issued under it afterwards');
+      assert.equal((await call('DELETE', `/v1/sessions/${again.body.session.id}`, { token: tokens.alice })).status, 200);
+    });
+  });
+
+  describe('IdP claims: a configured groups claim, and emails only when verified', () => {
+    // As Auth0 and others do: groups in a namespaced claim; the identity from `sub`.
+    const GROUPS_CLAIM = 'https://broker.example.com/groups';
+    let other: RunningServer;
+    const call2 = client(() => other.url);
+    const login2 = async (idToken: string) => {
+      const r = await call2('POST', '/v1/auth/token', { body: { id_token: idToken } });
+      assert.equal(r.status, 200, r.text);
+      return r.body.access_token as string;
+    };
+    const startable = async (token: string) => (await call2('GET', '/v1/templates', { token })).body.templates.map((t: { name: string }) => t.name);
+    before(async () => {
+      ({ server: other } = await startApiServer({ issuer: idp.issuer, sts: proxy.url, iam: moto.url, oidc: { groupsClaim: GROUPS_CLAIM, identityClaim: 'sub' } }));
+    });
+    after(async () => { await other?.stop(); });
+
+    it('reads group membership from the configured claim, and ignores "groups"', async () => {
+      // Bob's `groups` say contractors; the configured claim says developers: the claim decides.
+      const bob = await login2(await idp.issueIdToken('bob@example.com', { claims: { [GROUPS_CLAIM]: ['developers'] } }));
+      assert.deepEqual((await call2('GET', '/v1/whoami', { token: bob })).body.groups, ['developers']);
+      assert.ok((await startable(bob)).includes('deploy-lambda'));
+      // Alice's `groups` say developers, but she has nothing in the configured claim.
+      const alice = await login2(await idp.loginAs('alice@example.com'));
+      const me = (await call2('GET', '/v1/whoami', { token: alice })).body;
+      assert.equal(me.id, 'alice@example.com', 'identity from sub');
+      assert.deepEqual(me.groups, []);
+      assert.deepEqual(await startable(alice), []);
+    });
+
+    it('matches allowed.emails only with email_verified: true', async () => {
+      // s3-artifacts allows release-bot@example.com by email, and no group of hers.
+      const verified = await login2(await idp.issueIdToken('release-bot@example.com'));
+      assert.equal((await call2('GET', '/v1/whoami', { token: verified })).body.email, 'release-bot@example.com');
+      assert.deepEqual(await startable(verified), ['s3-artifacts']);
+      // The same address unverified: she may still log in (her identity is `sub`), but the email grants nothing.
+      const unverified = await login2(await idp.issueIdToken('release-bot@example.com', { emailVerified: false }));
+      assert.equal((await call2('GET', '/v1/whoami', { token: unverified })).body.email, '');
+      assert.deepEqual(await startable(unverified), []);
+      const r = await call2('POST', '/v1/sessions', { token: unverified, body: { template: 's3-artifacts', params: { prefix: 'builds' } } });
+      assert.equal(r.status, 403, r.text);
+      assert.match(r.body.message, /may not start "s3-artifacts": not in its allowed groups or emails/);
+    });
+  });
+
+  describe('DurationSeconds = min(requested, template max, credential lifetime), at least 900 s', () => {
+    let svc: RunningServer;
+    let svcDb: string;
+    let offsetMs = 0;
+    const call3 = client(() => svc.url);
+    let token: string;
+    let policiesDir: string;
+    const lastAssumeRole = () => assumeRoleCalls(proxy.requests).at(-1)!;
+    const startTask = (template: string, ttl?: string) => call3('POST', '/v1/sessions', {
+      token, body: { template, params: template === 'capped' ? {} : { function: 'checkout-api' }, ...(ttl ? { ttl } : {}) },
+    });
+    const end = async (id: string) => assert.equal((await call3('DELETE', `/v1/sessions/${id}`, { token })).status, 200);
+    const sessionSeconds = (session: { createdAt: string; expiresAt: string }) => (Date.parse(session.expiresAt) - Date.parse(session.createdAt)) / 1000;
+
+    before(async () => {
+      // The shipped templates, plus one whose maxDuration is below the credential lifetime default (1 h).
+      policiesDir = mkdtempSync(join(tmpdir(), 'broker-api-policies-'));
+      for (const f of readdirSync(POLICIES_DIR)) copyFileSync(join(POLICIES_DIR, f), join(policiesDir, f));
+      writeFileSync(join(policiesDir, 'capped.yaml'), [
+        'name: capped', 'description: a short task', 'allowed: { groups: [developers] }', 'session: { maxDuration: 20m }',
+        'aws:', '  roleArn: arn:aws:iam::123456789012:role/broker-capped', '  region: eu-west-1',
+        '  policy: { Version: "2012-10-17", Statement: [{ Effect: Allow, Action: "s3:ListAllMyBuckets", Resource: "*" }] }', '',
+      ].join('\n'));
+      // Its own clock, so a test can move it; and its own store and rate limit.
+      ({ server: svc, dbPath: svcDb } = await startApiServer({
+        issuer: idp.issuer, sts: proxy.url, iam: moto.url, policiesDir, issuePerMinute: 1000, now: () => Date.now() + offsetMs,
+      }));
+      const r = await call3('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('carol@example.com') } });
+      assert.equal(r.status, 200, r.text);
+      token = r.body.access_token;
+    });
+    after(async () => { await svc?.stop(); });
+
+    it('the requested length wins when it is the shortest (30m → 1800 s)', async () => {
+      const r = await startTask('deploy-lambda', '30m');
+      assert.equal(r.status, 201, r.text);
+      assert.equal(Number(lastAssumeRole().DurationSeconds), 1800);
+      assert.equal(sessionSeconds(r.body.session), 1800);
+      await end(r.body.session.id);
+    });
+    it('the template maximum wins over a longer request (capped: maxDuration 20m, ttl 2h → 1200 s)', async () => {
+      const r = await startTask('capped', '2h');
+      assert.equal(r.status, 201, r.text);
+      assert.equal(Number(lastAssumeRole().DurationSeconds), 1200);
+      assert.equal(sessionSeconds(r.body.session), 1200, 'the session itself is capped');
+      await end(r.body.session.id);
+    });
+    it('the credential lifetime wins over a longer session (deploy-lambda: 1h credentials in a 3h session)', async () => {
+      const r = await startTask('deploy-lambda', '3h');
+      assert.equal(r.status, 201, r.text);
+      assert.equal(Number(lastAssumeRole().DurationSeconds), 3600);
+      assert.equal(sessionSeconds(r.body.session), 3 * 3600);
+      await end(r.body.session.id);
+    });
+    it('under 900 s left, a re-issue gets STS\'s minimum 900 s and outlives the session, which the audit log records', async () => {
+      const r = await startTask('deploy-lambda', '20m');
+      assert.equal(r.status, 201, r.text);
+      assert.equal(Number(lastAssumeRole().DurationSeconds), 1200);
+      offsetMs = 15 * 60_000; // 5 minutes of the session left
+      try {
+        const re = await call3('POST', `/v1/sessions/${r.body.session.id}/credentials`, { token });
+        assert.equal(re.status, 200, re.text);
+        assert.equal(Number(lastAssumeRole().DurationSeconds), 900, 'not 300: STS refuses less than 900');
+        const issued = auditOf(svcDb).filter((x) => x.sessionId === r.body.session.id && x.decision === 'issued');
+        assert.equal(issued[0]!.detail?.outlivesSessionSeconds, undefined, 'the first credentials end with the session');
+        const outlives = Number(issued[1]!.detail?.outlivesSessionSeconds);
+        assert.ok(outlives >= 599 && outlives <= 601, `outlives the session by ${outlives} s (900 - 300)`);
+      } finally {
+        offsetMs = 0;
+        await end(r.body.session.id);
+      }
+    });
+
+    it('broker policy explain computes what the service does, and refuses what it refuses', async () => {
+      for (const [template, ttl] of [['deploy-lambda', undefined], ['deploy-lambda', '5m'], ['deploy-lambda', '15m'], ['deploy-lambda', '45m'],
+        ['deploy-lambda', '3h'], ['deploy-lambda', '13h'], ['capped', undefined], ['capped', '2h'], ['capped', 'soon']] as const) {
+        const label = `${template} --ttl ${ttl ?? '(none)'}`;
+        const explained = await broker(['policy', 'explain', template, '--dir', policiesDir, '--as', 'carol@example.com', '--groups', 'developers',
+          ...(template === 'capped' ? [] : ['--param', 'function=checkout-api']), ...(ttl ? ['--ttl', ttl] : []), '--json'], {});
+        const api = await startTask(template, ttl);
+        if (api.status === 201) {
+          assert.equal(explained.code, 0, `${label}: the API accepts it, explain must too: ${explained.stderr}`);
+          const x = JSON.parse(explained.stdout) as { duration: { seconds: number }; sessionSeconds: number };
+          assert.equal(x.duration.seconds, Number(lastAssumeRole().DurationSeconds), label);
+          assert.equal(x.sessionSeconds, sessionSeconds(api.body.session), label);
+          await end(api.body.session.id);
+        } else {
+          assert.equal(api.status, 400, `${label}: ${api.text}`);
+          assert.deepEqual(api.body.details.map((d: { path: string }) => d.path), ['/ttl']);
+          assert.equal(explained.code, 1, `${label}: the API refuses it, explain must too: ${explained.stdout}`);
+          assert.equal(explained.stdout, '');
+          assert.ok(explained.stderr.includes(`--ttl: ${api.body.details[0].message}`), `${label}: the same reason:\n${explained.stderr}`);
+        }
+      }
     });
   });
 });

@@ -1,17 +1,18 @@
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
-import { parseDuration } from '../duration.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { BrokerTokens } from '../identity/broker-tokens.js';
 import type { DpopVerifier } from '../identity/dpop-verifier.js';
 import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token-verifier.js';
 import type { Principal } from '../identity/principal.js';
-import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, TAG_VALUE_RE } from '../limits.js';
+import { TAG_VALUE_RE } from '../limits.js';
 import type { Logger } from '../log.js';
 import type { IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
 import type { SqliteStore } from '../store/sqlite-store.js';
-import { jsonPointer } from './json-pointer.js';
+import { parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../templates/durations.js';
+import { PARAM_NAME_RE, TEMPLATE_NAME_RE } from '../templates/schema.js';
+import { bodyIssueDetails } from './json-pointer.js';
 import { RateLimiter } from './rate-limit.js';
 
 export interface AppDeps {
@@ -37,15 +38,15 @@ const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'm
 const agentName = z.string().min(1).max(256).regex(TAG_VALUE_RE, 'must use only letters, digits, spaces and _.:/=+-@ (STS tag charset)');
 
 const startBody = z.strictObject({
-  template: z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be a template name ([a-z0-9-], at most 40 chars)'),
-  params: z.record(z.string().regex(/^[A-Za-z][A-Za-z0-9_]{0,31}$/, 'invalid parameter name'), z.string().max(1024)).default({}),
+  template: z.string().regex(TEMPLATE_NAME_RE, 'must be a template name ([a-z0-9-], at most 40 chars)'),
+  params: z.record(z.string().regex(PARAM_NAME_RE, 'invalid parameter name'), z.string().max(1024)).default({}),
   reason: printable(512).default(''),
+  // The one rule shared with `broker policy explain` (templates/durations.ts).
   ttl: z.union([z.string(), z.number()]).optional().transform((v, ctx) => {
     if (v === undefined) return undefined;
-    const s = parseDuration(v);
-    // DurationSeconds bounds of AssumeRole: a task session shorter than one credential makes no sense.
-    if (s === undefined || s < MIN_DURATION_SECONDS || s > MAX_DURATION_SECONDS) {
-      ctx.addIssue({ code: 'custom', message: `must be a duration between ${MIN_DURATION_SECONDS}s and ${MAX_DURATION_SECONDS}s, e.g. 30m or 2h` });
+    const s = parseSessionTtl(v);
+    if (s === undefined) {
+      ctx.addIssue({ code: 'custom', message: SESSION_TTL_RANGE_MESSAGE });
       return z.NEVER;
     }
     return s;
@@ -68,7 +69,7 @@ async function parseBody<T extends z.ZodType>(c: Context, schema: T): Promise<z.
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
     throw new BrokerError('invalid_request', 'request body is invalid', {
-      details: parsed.error.issues.map((i) => ({ path: jsonPointer(i.path), message: i.message })),
+      details: bodyIssueDetails(parsed.error),
     });
   }
   return parsed.data;

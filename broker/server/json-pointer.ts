@@ -1,4 +1,21 @@
-/** RFC 6901 JSON pointer for a zod issue path, so a 400 names exactly where the body was wrong. */
+import type { z } from 'zod';
+import type { ErrorDetail } from '../errors.js';
+
+/**
+ * RFC 6901 JSON pointer for a zod issue path, so a 400 names exactly where the body was wrong. The
+ * whole document is the empty string (RFC 6901 §5: "" points at the root; "/" would name the key "").
+ */
 export function jsonPointer(path: readonly PropertyKey[]): string {
-  return path.map((p) => `/${String(p).replace(/~/g, '~0').replace(/\//g, '~1')}`).join('') || '/';
+  return path.map((p) => `/${String(p).replace(/~/g, '~0').replace(/\//g, '~1')}`).join('');
+}
+
+/**
+ * One detail per problem of a request body. An unknown key is reported at its own pointer
+ * (`/badKey`, "unknown field"), not at the object that holds it, so the caller sees which one to
+ * remove; zod reports all of an object's unknown keys in one issue at the object's path.
+ */
+export function bodyIssueDetails(error: z.ZodError): ErrorDetail[] {
+  return error.issues.flatMap((i) => i.code === 'unrecognized_keys'
+    ? i.keys.map((k) => ({ path: jsonPointer([...i.path, k]), message: 'unknown field' }))
+    : [{ path: jsonPointer(i.path), message: i.message }]);
 }

@@ -2,10 +2,10 @@ import type { STSClient } from '@aws-sdk/client-sts';
 import { assumeRole, type AwsCredentials } from '../aws/sts-issuer.js';
 import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
-import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import type { SqliteStore, TaskSession } from '../store/sqlite-store.js';
+import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../templates/durations.js';
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams } from '../templates/render.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import { vaultNotConfigured, type IssuedVaultToken, type RevocationResult, type SessionVaultTokens } from './session-vault-tokens.js';
@@ -66,6 +66,15 @@ export interface TaskSessionServiceDeps {
  */
 export class TaskSessionService {
   private readonly now: () => number;
+  /**
+   * Sessions whose first issue failed and that could not be ended then, because the store could not
+   * be written (the case that made the issue fail, e.g. the audit log became unwritable after STS
+   * answered). They are ended at the next write the service attempts (settleAbandoned), and until
+   * then count as ended: they block no new start, are not listed, and get nothing issued. Kept in
+   * memory: after a restart such a session is an ordinary open one (its start was audited as
+   * allowed) that `broker end` or its expiry closes.
+   */
+  private readonly abandoned = new Map<string, { session: TaskSession; reason: string }>();
 
   constructor(private readonly deps: TaskSessionServiceDeps) {
     this.now = deps.now ?? Date.now;
@@ -97,10 +106,11 @@ export class TaskSessionService {
   }
 
   async start(p: Principal, req: StartTaskRequest): Promise<IssuedCredentials> {
+    this.settleAbandoned();
     const base = { event: 'session.start' as const, developer: p.id, template: req.template };
     const t = this.deps.templates.get(req.template);
     if (!t) {
-      this.deny(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list them with: broker status --templates' }), base);
+      this.deny(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list the ones you may start with: broker templates' }), base);
     }
     if (!isAllowed(t, { email: p.email, groups: p.groups })) {
       this.deny(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
@@ -112,7 +122,7 @@ export class TaskSessionService {
     } catch (e) {
       this.deny(e as BrokerError, base);
     }
-    const active = this.deps.store.activeSessions(p.id);
+    const active = this.deps.store.activeSessions(p.id).filter((s) => !this.abandoned.has(s.id));
     const same = active.find((s) => s.template === t.name);
     if (same) {
       this.deny(new BrokerError('conflict', `a "${t.name}" task session is already active (${same.id}, ends ${new Date(same.expiresAt).toISOString()})`, {
@@ -126,7 +136,7 @@ export class TaskSessionService {
     }
 
     const now = this.now();
-    const ttl = Math.min(req.ttlSeconds ?? t.maxSessionSeconds, t.maxSessionSeconds);
+    const ttl = sessionSeconds(t, req.ttlSeconds);
     const id = newSessionId();
     const session: Omit<TaskSession, 'endedAt' | 'endReason'> = {
       id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
@@ -195,7 +205,8 @@ export class TaskSessionService {
   }
 
   list(p: Principal): TaskSessionView[] {
-    return this.deps.store.activeSessions(p.id).map((s) => this.view(s));
+    this.settleAbandoned();
+    return this.deps.store.activeSessions(p.id).filter((s) => !this.abandoned.has(s.id)).map((s) => this.view(s));
   }
 
   /**
@@ -215,6 +226,7 @@ export class TaskSessionService {
 
   /** Ends the sessions whose time is up (`session.end`, reason `expired`); for the sweeper. */
   endExpired(): TaskSession[] {
+    this.settleAbandoned();
     const ended: TaskSession[] = [];
     for (const s of this.deps.store.expiredOpenSessions()) {
       const changed = this.deps.store.endSession(s.id, 'expired', {
@@ -244,24 +256,24 @@ export class TaskSessionService {
 
   /**
    * Credentials live min(template credential lifetime, time left in the task session), but never
-   * under STS's 900 s floor (AssumeRole DurationSeconds minimum), nor over its 43,200 s ceiling.
+   * under STS's 900 s floor nor over its 43,200 s ceiling: the rule `broker policy explain` shows too
+   * (templates/durations.ts).
    */
   private credentialSeconds(t: TaskTemplate, sessionExpiresAt: number, now = this.now()): number {
-    // One reading of the clock for the session and its first credentials, so a 30-minute task
-    // asks STS for 1800 s, not 1799.
-    const left = Math.floor((sessionExpiresAt - now) / 1000);
-    return Math.max(MIN_DURATION_SECONDS, Math.min(t.credentialLifetimeSeconds, left, MAX_DURATION_SECONDS));
+    return credentialSeconds(t, sessionExpiresAt, now);
   }
 
   /** An active session of this developer, or a recorded denial (404 for others' sessions: no oracle). */
   private ownedSession(p: Principal, sessionId: string, event: AuditEvent['event']): TaskSession {
+    this.settleAbandoned();
     const s = this.deps.store.getSession(sessionId);
     const base = { event, developer: p.id, sessionId, template: s?.template };
     if (!s || s.developer !== p.id) {
       this.deny(new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' }), base);
     }
-    if (s.endedAt !== null) {
-      this.deny(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
+    const abandoned = this.abandoned.get(s.id);
+    if (s.endedAt !== null || abandoned) {
+      this.deny(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? abandoned?.reason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
     }
     if (s.expiresAt <= this.now()) {
       this.deny(new BrokerError('conflict', `task session ${sessionId} expired at ${new Date(s.expiresAt).toISOString()}`, { hint: `start a new one: broker task ${s.template}` }), base);
@@ -282,12 +294,36 @@ export class TaskSessionService {
       } catch { /* the STS failure is what the caller needs to see */ }
       throw e;
     }
+    // Under 900 s left in the session, STS's minimum still makes them live 900 s: recorded, so the
+    // audit log says which credentials outlive their session, and by how much.
+    const outlives = outlivesSessionSeconds(request.DurationSeconds, s.expiresAt, this.now());
     // Committed before the credentials leave this function; throws audit_unavailable otherwise.
-    this.deps.store.audit({
-      ...base, decision: 'issued', accessKeyId: credentials.accessKeyId, expiration: credentials.expiration.toISOString(),
-      detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn },
-    });
+    try {
+      this.deps.store.audit({
+        ...base, decision: 'issued', accessKeyId: credentials.accessKeyId, expiration: credentials.expiration.toISOString(),
+        detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn, ...(outlives > 0 ? { outlivesSessionSeconds: outlives } : {}) },
+      });
+    } catch (e) {
+      // STS issued them, but they are withheld: the AccessKeyId (not a secret) goes to the server log
+      // so the CloudTrail trail of keys nobody received can still be explained.
+      this.deps.log.error({ session: s.id, accessKeyId: credentials.accessKeyId, err: (e as Error).message }, 'credentials withheld: the audit log could not record their issue');
+      throw e;
+    }
     return credentials;
+  }
+
+  /** Ends the sessions abandon() could not end, once the store takes writes again. */
+  private settleAbandoned(): void {
+    for (const [id, { session: s, reason }] of this.abandoned) {
+      try {
+        this.deps.store.endSession(id, reason, {
+          event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: id, reason,
+        });
+      } catch {
+        return; // still unwritable: the next write tries again
+      }
+      this.abandoned.delete(id);
+    }
   }
 
   /** Ends a session whose first grants failed, and revokes the Vault token it may have got. */
@@ -297,7 +333,8 @@ export class TaskSessionService {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
       });
     } catch (e) {
-      this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not end a failed session');
+      this.abandoned.set(s.id, { session: s, reason });
+      this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not end a failed session; it is ended at the next write');
     }
     if (!this.deps.vault) return;
     try {

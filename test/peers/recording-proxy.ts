@@ -30,20 +30,29 @@ function decode(body: string, headers: RecordedRequest['headers']): { action: st
   return { action: undefined, params: {} };
 }
 
+export type RequestHook = (r: RecordedRequest) => void | Promise<void>;
+
 /**
  * A transparent HTTP proxy in front of moto that records every request as it went on the wire, so
  * tests can assert what the broker asked of STS (moto itself ignores Tags and SourceIdentity).
  */
-export async function startRecordingProxy(target: string): Promise<{ url: string; requests: RecordedRequest[]; setTarget(url: string): void; stop(): Promise<void> }> {
+export async function startRecordingProxy(target: string): Promise<{
+  url: string; requests: RecordedRequest[]; setTarget(url: string): void; onRequest(hook: RequestHook | undefined): void; stop(): Promise<void>;
+}> {
   let t = new URL(target);
   const requests: RecordedRequest[] = [];
+  let hook: RequestHook | undefined;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
       const text = body.toString('utf8');
-      requests.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: text, ...decode(text, req.headers) });
+      const recorded: RecordedRequest = { method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: text, ...decode(text, req.headers) };
+      requests.push(recorded);
+      void Promise.resolve(hook?.(recorded)).then(() => forward(body), () => { res.writeHead(502); res.end(); });
+    });
+    const forward = (body: Buffer) => {
       const upstream = httpRequest(
         { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } },
         (up) => {
@@ -53,7 +62,7 @@ export async function startRecordingProxy(target: string): Promise<{ url: string
       );
       upstream.on('error', () => { res.writeHead(502); res.end(); });
       upstream.end(body);
-    });
+    };
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
@@ -62,6 +71,11 @@ export async function startRecordingProxy(target: string): Promise<{ url: string
     requests,
     /** Points the proxy at another upstream (a restarted peer on a new port). */
     setTarget(url: string) { t = new URL(url); },
+    /**
+     * Runs `hook` on every request once recorded and before it is forwarded (the peer answers after
+     * the hook settles): a test can change the world at the exact moment the broker has called STS.
+     */
+    onRequest(h: RequestHook | undefined) { hook = h; },
     stop: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
   };
 }
