@@ -150,6 +150,23 @@ describe('broken templates', () => {
       ['aws.policy.Statement[1].Action[3]', /is not an IAM action name/, /service:Action/],
     ],
     'broad-wildcard.yaml': [['aws.policy.Statement[1].Action', /allows every action on every resource/, /allowBroadWildcard: true/]],
+    // The same breadth spelt otherwise: NotAction, NotResource, an ARN of wildcards.
+    'broad-notaction.yaml': [
+      ['aws.policy.Statement[0].NotAction', /allows every action on every resource \(NotAction: every action but those listed, on Resource "\*"\)/, /allowBroadWildcard: true/],
+      ['aws.policy.Statement[1].Action', /allows every action on every resource$/, /allowBroadWildcard: true/],
+    ],
+    'broad-notresource.yaml': [
+      ['aws.policy.Statement[0].Action', /allows every action on every resource \(Action "\*", NotResource: every resource but those listed\)/, /allowBroadWildcard: true/],
+    ],
+    'bad-resource-arns.yaml': [
+      ['aws.policy.Statement[0].Resource[0]', /the account "12345" in "arn:aws:lambda:eu-west-1:12345:function:checkout-api" is not a 12-digit AWS account ID/, /arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE/],
+      ['aws.policy.Statement[0].Resource[1]', /the service "Lambda" .* is not an AWS service namespace/],
+      ['aws.policy.Statement[0].Resource[2]', /the region "EU_WEST_1" .* is not an AWS region/],
+      ['aws.policy.Statement[0].Resource[3]', /the partition "amazon" .* is not an AWS partition/],
+      ['aws.policy.Statement[0].Resource[4]', /the account "function" in "arn:aws:lambda:eu-west-1:function:checkout-api" is not a 12-digit AWS account ID/],
+      ['aws.policy.Statement[0].Resource[5]', /"arn:aws:s3:::" names no resource after the account/],
+      ['aws.policy.Statement[1].NotResource', /"arn:aws:lambda:eu-west-1:123456789012" is not an ARN/],
+    ],
     'unknown-placeholder.yaml': [
       ['aws.policy.Statement[0].Resource[1]', /placeholder \$\{param\.fn\} names no declared parameter/, /declared parameters: function/],
       ['aws.policy.Statement[0].Resource[2]', /unknown placeholder \$\{foo\}/, /\$\{developer\}, \$\{session\} and \$\{param\.NAME\}/],
@@ -218,6 +235,27 @@ describe('broken templates', () => {
     const e = brokerError(() => loadTemplatesOrThrow(BROKEN_DIR), 'invalid_template');
     assert.equal(e.details?.length, problems.length);
     assert.ok(e.details?.some((d) => d.path === `${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]`));
+  });
+  it('accepts every breadth of wildcard when the template says it is meant (aws.allowBroadWildcard: true)', () => {
+    const t = templateFrom('break-glass', `
+name: break-glass
+description: full access, on purpose
+allowed: { groups: [admins] }
+session: { maxDuration: 1h }
+aws:
+  roleArn: arn:aws:iam::123456789012:role/broker-break-glass
+  region: eu-west-1
+  allowBroadWildcard: true
+  policy:
+    Version: '2012-10-17'
+    Statement:
+      - { Effect: Allow, Action: '*', Resource: '*' }
+      - { Effect: Allow, NotAction: 'iam:*', Resource: '*' }
+      - { Effect: Allow, Action: '*', NotResource: 'arn:aws:s3:::payroll/*' }
+      - { Effect: Allow, NotAction: 'iam:*', NotResource: 'arn:aws:s3:::payroll/*' }
+`);
+    assert.ok(t, 'loads');
+    assert.equal(t.aws?.allowBroadWildcard, true);
   });
   it('reports a missing directory instead of throwing', () => {
     const r = loadTemplates(join(BROKEN_DIR, 'nope'));
@@ -422,7 +460,7 @@ describe('broker policy (compiled CLI)', () => {
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stderr);
-    assert.match(r.stderr, /\d+ problem\(s\) in 25 file\(s\)/);
+    assert.match(r.stderr, /\d+ problem\(s\) in 28 file\(s\)/);
     assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');
     const json = await broker(['policy', 'validate', BROKEN_DIR, '--json'], {});
     assert.equal(json.code, 1);
