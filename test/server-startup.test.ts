@@ -8,6 +8,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parseServerConfig } from '../broker/config/server-config.js';
+import { BrokerError } from '../broker/errors.js';
 import { BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { startBrokerService, type BrokerService } from './peers/broker-service.js';
 import { broker } from './peers/cli.js';
@@ -47,6 +49,39 @@ describe('broker server: configuration errors', () => {
     const garbled = await broker(['server', '--config', write('garbled.yaml', 'oidc: [unclosed\n')], {});
     assert.equal(garbled.code, 1);
     assert.match(garbled.stderr, /garbled\.yaml: not valid YAML/);
+  });
+
+  it('refuses a plain-http IdP issuer unless it is on loopback and allowInsecureHttp is set', async () => {
+    const oidc = (issuer: string, allowInsecureHttp?: boolean) => ({
+      oidc: { issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', ...(allowInsecureHttp === undefined ? {} : { allowInsecureHttp }) },
+      tokens: { signingKeys: 'ephemeral' },
+    });
+    const refusal = (raw: unknown) => {
+      try {
+        parseServerConfig(raw, dir, 'broker.yaml');
+      } catch (e) {
+        assert.ok(e instanceof BrokerError && e.code === 'invalid_config', String(e));
+        const d = e.details?.find((x) => x.path === 'broker.yaml:oidc.issuer');
+        assert.ok(d, JSON.stringify(e.details));
+        return d.message;
+      }
+      return assert.fail(`accepted ${JSON.stringify(raw)}`);
+    };
+    // Not on loopback: refused with or without the flag.
+    assert.match(refusal(oidc('http://idp.example.com')), /plain http to an IdP that is not on loopback \(idp\.example\.com\).*use the IdP's https issuer URL/);
+    assert.match(refusal(oidc('http://idp.example.com', true)), /allowInsecureHttp permits only a loopback IdP/);
+    assert.match(refusal(oidc('http://10.0.0.5:8080', true)), /not on loopback/);
+    // On loopback: only with the flag.
+    assert.match(refusal(oidc('http://127.0.0.1:9000')), /is plain http; .*set oidc\.allowInsecureHttp: true/);
+    assert.match(refusal(oidc('ftp://idp.example.com')), /must be an https URL/);
+    for (const ok of [oidc('https://idp.example.com'), oidc('http://127.0.0.1:9000', true), oidc('http://localhost:9000/realms/dev', true), oidc('http://[::1]:9000', true)]) {
+      assert.equal(parseServerConfig(ok, dir).oidc.issuer, ok.oidc.issuer);
+    }
+    // And as an operator meets it: file, field and fix, exit 1.
+    const file = write('http-issuer.yaml', 'oidc: { issuer: "http://idp.example.com", audience: broker-cli, algorithms: [RS256], cliClientId: broker-cli, allowInsecureHttp: true }\ntokens: { signingKeys: ephemeral }\n');
+    const r = await broker(['server', '--config', file], {});
+    assert.equal(r.code, 1);
+    assert.ok(r.stderr.includes(`${file}:oidc.issuer: plain http to an IdP that is not on loopback`), r.stderr);
   });
 
   it('refuses a signing key that is not a private EC P-256 JWK', async () => {
