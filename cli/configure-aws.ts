@@ -5,6 +5,7 @@ import { configureAws, defaultAwsConfigFile, type ConfigureAwsResult } from '../
 import type { TemplateSummary } from '../broker/client/api.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
+import { TEMPLATE_NAME_RE } from '../broker/templates/schema.js';
 import { action, info, printJson } from './output.js';
 
 interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
@@ -35,7 +36,7 @@ export function register(program: Command): void {
     .option('--json', 'print the result as JSON on stdout')
     .action(action(async (opts: Options) => {
       const templates = opts.templates
-        ? opts.templates.split(',').map((s) => s.trim()).filter(Boolean).map((name) => ({ name, region: opts.region ?? null }))
+        ? parseTemplateList(opts.templates).map((name) => ({ name, region: opts.region ?? null }))
         // Only templates that grant AWS credentials get a profile (a Vault-only task has nothing to offer the AWS CLI).
         : (await callDaemon<TemplateSummary[]>({ op: 'templates' })).filter((t) => !t.grants || t.grants.includes('aws'))
           .map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
@@ -51,6 +52,23 @@ export function register(program: Command): void {
       if (opts.json) printJson(result);
       else report(result);
     }));
+}
+
+/**
+ * `--templates a,b`: each a template name by the rule every other part applies (the service, the
+ * daemon and `broker credential-process --task`), so no profile is written that credential_process
+ * would later refuse.
+ */
+function parseTemplateList(value: string): string[] {
+  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const bad = names.filter((n) => !TEMPLATE_NAME_RE.test(n));
+  if (bad.length || names.length === 0) {
+    throw new BrokerError('invalid_request', names.length ? `--templates names ${bad.length} invalid template name(s)` : '--templates names no template', {
+      details: bad.map((n) => ({ path: '--templates', message: `"${n.slice(0, 60)}" is not a template name ([a-z0-9-], at most 40 chars)` })),
+      hint: 'e.g. --templates deploy-lambda,s3-artifacts; see the ones you may start with: broker templates',
+    });
+  }
+  return names;
 }
 
 function report(r: ConfigureAwsResult): void {

@@ -6,6 +6,7 @@ import * as whoami from './whoami.js';
 import * as task from './task.js';
 import * as status from './status.js';
 import * as end from './end.js';
+import * as templates from './templates.js';
 import * as configureAws from './configure-aws.js';
 import * as policy from './policy.js';
 import * as server from './server.js';
@@ -24,7 +25,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) })
     .exitOverride();
-  for (const m of [login, logout, whoami, task, exec, vaultToken, status, end, configureAws, daemon, policy, server]) m.register(program);
+  for (const m of [login, logout, whoami, templates, task, exec, vaultToken, status, end, configureAws, daemon, policy, server]) m.register(program);
   program
     .command('credential-process')
     .description('print AWS credential_process JSON for a task session (used from ~/.aws/config)')
