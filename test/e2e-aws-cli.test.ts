@@ -1,16 +1,19 @@
 /**
  * The product's main path on real peers: a developer logs in through the IdP's device flow (the
  * provider's pages driven over HTTP), starts a deploy-lambda task, writes AWS CLI profiles, and the
- * real AWS CLI gets the task's assumed-role identity from moto through credential_process.
+ * real AWS CLI gets the task's assumed-role identity from moto through credential_process. Then the
+ * CLI's other paths, run compiled as users run them, on a machine with its own keychain: login with
+ * an ID token file, whoami, templates, logout, the CI guard, end --all.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startBrokerService, type BrokerService } from './peers/broker-service.js';
 import { broker, deviceLogin, makeTestHome, run, type TestHome } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
+import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { createRole, startMoto } from './peers/moto.js';
 import { VENV_BIN } from './peers/paths.js';
 import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js';
@@ -21,30 +24,37 @@ const TRUST = (principal: string) => JSON.stringify({
   Statement: [{ Effect: 'Allow', Principal: { AWS: principal }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
 });
 
+// One set of peers for the file: moto behind a recording proxy, the IdP, the service.
+let moto: Awaited<ReturnType<typeof startMoto>>;
+let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
+let idp: Awaited<ReturnType<typeof startIdp>>;
+let svc: BrokerService;
+
+before(async () => {
+  moto = await startMoto();
+  proxy = await startRecordingProxy(moto.url);
+  idp = await startIdp();
+  await createRole(moto.url, 'broker-deploy-lambda', TRUST('arn:aws:iam::123456789012:root'), 43200);
+  svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: proxy.url, iamEndpoint: moto.url });
+});
+after(async () => {
+  await svc?.stop();
+  await idp?.stop();
+  await proxy?.stop();
+  await moto?.stop();
+});
+
 describe('end to end: device-flow login → task → configure aws → aws sts get-caller-identity', () => {
-  let moto: Awaited<ReturnType<typeof startMoto>>;
-  let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
-  let idp: Awaited<ReturnType<typeof startIdp>>;
-  let svc: BrokerService;
   let machine: TestHome;
   let home: string;
   let env: Record<string, string>;
 
-  before(async () => {
-    moto = await startMoto();
-    proxy = await startRecordingProxy(moto.url);
-    idp = await startIdp();
-    await createRole(moto.url, 'broker-deploy-lambda', TRUST('arn:aws:iam::123456789012:root'), 43200);
-    svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: proxy.url, iamEndpoint: moto.url });
+  before(() => {
     machine = makeTestHome();
     ({ home, env } = machine);
   });
   after(async () => {
     await machine?.stop();
-    await svc?.stop();
-    await idp?.stop();
-    await proxy?.stop();
-    await moto?.stop();
   });
 
   it('issues a session-tagged, policy-scoped credential that the AWS CLI uses', async () => {
@@ -93,8 +103,9 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
       const resources = policy.Statement.flatMap((s) => [s.Resource].flat());
       assert.ok(resources.some((r) => r.endsWith(':function:checkout-api')), `policy scoped to the function: ${call.Policy}`);
       assert.ok(!call.Policy!.includes('${'), 'no placeholder left unrendered');
-      const duration = Number(call.DurationSeconds);
-      assert.ok(duration >= 900 && duration <= 3600, `duration ${duration}`);
+      // min(requested: none, so the template's maxDuration 8h; maxDuration 8h; credentialLifetime 1h):
+      // the credential lifetime wins.
+      assert.equal(Number(call.DurationSeconds), 3600);
     }
     // and what moto stored
     const data = JSON.stringify(await moto.data());
@@ -127,5 +138,132 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     const secrets = [String(creds.SecretAccessKey), String(creds.SessionToken)];
     assert.deepEqual(filesContaining([home, svc.dir, tmpdir()], secrets), []);
     assert.ok(svc.log().includes(String(creds.AccessKeyId)), 'the AccessKeyId is logged (it is what ties CloudTrail to the session)');
+  });
+});
+
+describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
+  let machine: TestHome;
+  let keyring: TestKeyring;
+  let env: Record<string, string>;
+  const account = () => `login:${svc.url}`;
+  const cli = (args: string[], extra: Record<string, string> = {}, opts: { input?: string } = {}) => broker(args, { ...env, ...extra }, opts);
+
+  before(async () => {
+    keyring = await startKeyring();
+    machine = makeTestHome('broker-cli-');
+    env = { ...machine.env, ...keyring.env };
+  });
+  after(async () => {
+    await machine?.stop();
+    await keyring?.stop();
+  });
+
+  it('broker login --id-token-file: a real IdP-issued ID token, no device flow', async () => {
+    // An ID token as a CI system would hold one: from a complete login at the IdP.
+    const file = join(machine.home, 'id-token.jwt');
+    writeFileSync(file, `${await idp.loginAs('carol@example.com')}\n`, { mode: 0o600 });
+    const r = await cli(['login', '--server', svc.url, '--id-token-file', file]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, new RegExp(`^Logged in to ${svc.url.replace(/\./g, '\\.')} as carol@example\\.com \\(groups: developers, admins\\)\\n$`));
+    assert.doesNotMatch(r.stderr, /To log in, open/, 'no device flow');
+    const stored = JSON.parse(keyring.read(account())!) as { developer: string; refreshToken: string };
+    assert.equal(stored.developer, 'carol@example.com');
+    // And from stdin (`-`), with --json on stdout.
+    const piped = await cli(['login', '--id-token-file', '-', '--json'], {}, { input: await idp.loginAs('carol@example.com') });
+    assert.equal(piped.code, 0, piped.stderr);
+    assert.deepEqual(JSON.parse(piped.stdout), { developer: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url });
+  });
+
+  it('broker whoami, and --json (the same object)', async () => {
+    const r = await cli(['whoami']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `carol@example.com (groups: developers, admins) at ${svc.url}\n`);
+    const j = await cli(['whoami', '--json']);
+    assert.equal(j.code, 0, j.stderr);
+    assert.deepEqual(JSON.parse(j.stdout), { id: 'carol@example.com', email: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url });
+  });
+
+  it('broker templates lists what you may start: grants, parameters and patterns, max session; --json', async () => {
+    const r = await cli(['templates']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^deploy-lambda: Update code and configuration of one Lambda function\n {2}grants: +aws \(eu-west-1\)\n {2}max session: 8h; credentials live up to 1h/m);
+    assert.match(r.stdout, /--param function=<value> {2}Lambda function name \(not an ARN\); pattern \[A-Za-z0-9_-\]\+, at most 64 chars/);
+    assert.match(r.stdout, /^db-migrate: .*\n {2}grants: +vault\n {2}max session: 4h\n {2}parameters: +none/m);
+    assert.match(r.stdout, /start: +broker task s3-artifacts --param prefix=…/);
+    const j = await cli(['templates', '--json']);
+    assert.equal(j.code, 0, j.stderr);
+    const { templates } = JSON.parse(j.stdout) as { templates: { name: string; grants: string[]; parameters: Record<string, { pattern: string }>; maxSessionSeconds: number }[] };
+    assert.deepEqual(templates.map((t) => t.name), ['db-migrate', 'deploy-lambda', 'read-cloudwatch-logs', 's3-artifacts']);
+    const lambda = templates.find((t) => t.name === 'deploy-lambda')!;
+    assert.deepEqual(lambda.grants, ['aws']);
+    assert.equal(lambda.parameters.function?.pattern, '[A-Za-z0-9_-]+');
+    assert.equal(lambda.maxSessionSeconds, 8 * 3600);
+  });
+
+  it('broker configure aws --templates refuses names credential_process would refuse, writing nothing', async () => {
+    const r = await cli(['configure', 'aws', '--templates', 'deploy-lambda,Deploy_Lambda,../x']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /--templates names 2 invalid template name\(s\)/);
+    assert.match(r.stderr, /--templates: "Deploy_Lambda" is not a template name/);
+    assert.match(r.stderr, /--templates: "\.\.\/x" is not a template name/);
+    assert.ok(!existsSync(env.AWS_CONFIG_FILE!), 'no AWS config written');
+    // The same rule as credential-process's own.
+    const cp = await cli(['credential-process', '--task', 'Deploy_Lambda']);
+    assert.equal(cp.code, 1);
+    assert.match(cp.stderr, /is not a template name/);
+    const ok = await cli(['configure', 'aws', '--templates', 'deploy-lambda', '--dry-run']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /\[profile broker-deploy-lambda\]/);
+  });
+
+  it('interactive login is refused when CI is set, before any device flow, and the login stays as it was', async () => {
+    const before = keyring.read(account());
+    const r = await cli(['login', '--server', svc.url], { CI: 'true' });
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /interactive login is disabled when CI is set/);
+    assert.match(r.stderr, /--id-token-file/);
+    assert.doesNotMatch(r.stderr, /To log in, open/);
+    assert.equal(keyring.read(account()), before);
+  });
+
+  it('broker end --all ends every active task session', async () => {
+    for (const [template, param] of [['deploy-lambda', 'function=checkout-api'], ['read-cloudwatch-logs', 'logGroup=/aws/lambda/checkout-api']] as const) {
+      const t = await cli(['task', template, '--param', param]);
+      assert.equal(t.code, 0, t.stderr);
+    }
+    const status = async () => (JSON.parse((await cli(['status', '--json'])).stdout) as { sessions: { template: string }[] }).sessions.map((s) => s.template).sort();
+    assert.deepEqual(await status(), ['deploy-lambda', 'read-cloudwatch-logs']);
+    const r = await cli(['end', '--all', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as { ended: { template: string }[] }).ended.map((e) => e.template).sort(), ['deploy-lambda', 'read-cloudwatch-logs']);
+    assert.deepEqual(await status(), []);
+    const cp = await cli(['credential-process', '--task', 'deploy-lambda']);
+    assert.equal(cp.code, 1);
+    assert.equal(cp.stdout, '');
+    const again = await cli(['end', '--all']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, /No active task sessions\./);
+  });
+
+  it('broker logout forgets the login: keychain entry gone, the daemon drops its credentials', async () => {
+    const t = await cli(['task', 'deploy-lambda', '--param', 'function=checkout-api']);
+    assert.equal(t.code, 0, t.stderr);
+    assert.equal((await cli(['credential-process', '--task', 'deploy-lambda'])).code, 0, 'served before logout');
+    const r = await cli(['logout']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, `Logged out of ${svc.url}\n`);
+    assert.equal(keyring.read(account()), null, 'the keychain entry is gone');
+    const cp = await cli(['credential-process', '--task', 'deploy-lambda']);
+    assert.equal(cp.code, 1, 'the daemon no longer serves what it held');
+    assert.equal(cp.stdout, '');
+    assert.match(cp.stderr, /not logged in/);
+    const who = await cli(['whoami']);
+    assert.equal(who.code, 1);
+    assert.match(who.stderr, /not logged in to .*\n {2}hint: run: broker login/);
+    const twice = await cli(['logout']);
+    assert.equal(twice.code, 0, twice.stderr);
+    assert.equal(twice.stderr, `Not logged in to ${svc.url}\n`);
   });
 });
