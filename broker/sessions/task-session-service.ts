@@ -306,7 +306,7 @@ export class TaskSessionService {
     } catch (e) {
       // STS issued them, but they are withheld: the AccessKeyId (not a secret) goes to the server log
       // so the CloudTrail trail of keys nobody received can still be explained.
-      this.deps.log.error({ session: s.id, accessKeyId: credentials.accessKeyId, err: (e as Error).message }, 'credentials withheld: the audit log could not record their issue');
+      this.deps.log.error({ sessionId: s.id, accessKeyId: credentials.accessKeyId, err: (e as Error).message }, 'credentials withheld: the audit log could not record their issue');
       throw e;
     }
     return credentials;
