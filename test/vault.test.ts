@@ -855,6 +855,19 @@ describe('vault service configuration', () => {
     assert.match(problems({ address: 'https://v', tokenRole: 'r', jwt: { role: 'r', audience: 'agent-credential-broker' } }).join('\n'), /vault\.jwt\.audience: must differ/);
     assert.match(problems({ address: 'https://v', tokenRole: 'r', token: 's.abcdef' }).join('\n'), /vault\.token/);
   });
+
+  it('accepts allowRootToken only for a Vault on loopback (a local dev server)', () => {
+    const dev = { tokenRole: 'broker-tasks', token: { env: 'T' }, allowRootToken: true };
+    for (const address of ['http://127.0.0.1:8200', 'http://localhost:8200', 'http://[::1]:8200', 'https://127.0.0.2:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [], address);
+    }
+    for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200', 'https://127.0.0.1.nip.io:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [
+        `broker.yaml:vault.allowRootToken: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
+      ], address);
+    }
+    assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowRootToken: false }), []);
+  });
 });
 
 describe('the audit log of a store from before Vault support', () => {
