@@ -14,9 +14,10 @@ import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DatabaseSync } from 'node:sqlite';
 import { STSClient } from '@aws-sdk/client-sts';
+import { importJWK, SignJWT } from 'jose';
 import { parseServerConfig, type ServerConfig } from '../broker/config/server-config.js';
 import { BrokerError } from '../broker/errors.js';
-import { BrokerTokens, loadSigningKeys } from '../broker/identity/broker-tokens.js';
+import { BROKER_TOKEN_AUDIENCE, BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
 import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
@@ -765,13 +766,17 @@ describe('Vault/OpenBao task tokens', () => {
     await dev.stop();
   });
 
-  it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token', async () => {
+  it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token, and a broker access token is no Vault login', async () => {
     const port = await freePort();
     const publicUrl = `http://127.0.0.1:${port}`;
     const d = tempDir('broker-vault-jwt-');
+    // A signing key the test knows too, so it can sign JWTs that differ from the broker's only where it chooses.
+    const jwk = await generateSigningJwk('vault-jwt-test');
+    process.env.TEST_JWT_SIGNING_KEY = JSON.stringify(jwk);
+    secrets.push(jwk.d!);
     // Started before Vault trusts it: the first login fails, and that is not fatal for JWT auth.
     const jwtServer = await startServer(configFor(d, { address: bao.url, tokenRole: 'broker-tasks', jwt: { role: 'broker', audience: 'vault-broker-test' } },
-      { listen: { host: '127.0.0.1', port }, publicUrl }), { log: createLogger({ level: 'silent' }) });
+      { listen: { host: '127.0.0.1', port }, publicUrl, tokens: { signingKeys: [{ env: 'TEST_JWT_SIGNING_KEY' }] } }), { log: createLogger({ level: 'silent' }) });
     extraServers.push(jwtServer);
     const setup = await run('bash', [join(DEPLOY, 'setup.sh'), 'jwt', publicUrl, 'vault-broker-test'], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
     assert.equal(setup.code, 0, setup.stderr);
@@ -787,6 +792,27 @@ describe('Vault/OpenBao task tokens', () => {
     const loginJwt = await tokens.signVaultLoginJwt('vault-broker-test');
     await assert.rejects(tokens.verifyAccess(loginJwt), (e: unknown) => e instanceof BrokerError && e.code === 'unauthenticated');
     assert.throws(() => tokens.signVaultLoginJwt('agent-credential-broker'), TypeError);
+
+    // The other direction: Vault's JWT role (deploy/vault/setup.sh jwt) refuses broker access tokens.
+    const vaultLogin = (jwt: string) => bao.api('POST', 'auth/jwt/login', { role: 'broker', jwt }, '');
+    const before = await accessors();
+    const refused = await vaultLogin(token);
+    assert.equal(refused.status, 400, JSON.stringify(refused.body));
+    // Signed by the broker's key about the broker itself (iss and sub as in its Vault login), with the
+    // access tokens' audience and typ: only `aud` differs from a login Vault accepts, and it is refused.
+    const key = await importJWK(jwk, 'ES256');
+    const aboutBroker = (aud: string) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: jwk.kid!, typ: 'at+jwt' })
+      .setIssuer(publicUrl).setSubject(publicUrl).setAudience(aud).setIssuedAt().setExpirationTime('60s').sign(key);
+    const wrongAudience = await vaultLogin(await aboutBroker(BROKER_TOKEN_AUDIENCE));
+    assert.equal(wrongAudience.status, 400, JSON.stringify(wrongAudience.body));
+    assert.match(JSON.stringify(wrongAudience.body.errors), /aud/);
+    assert.deepEqual(await accessors(), before, 'no Vault token for either');
+    // Control: the very same JWT with the Vault audience logs in, so the audience alone refused it.
+    const control = await vaultLogin(await aboutBroker('vault-broker-test'));
+    assert.equal(control.status, 200, JSON.stringify(control.body));
+    secrets.push(control.body.auth.client_token);
+    await bao.api('POST', 'auth/token/revoke-accessor', { accessor: control.body.auth.accessor });
+    delete process.env.TEST_JWT_SIGNING_KEY;
   });
 
   it('logs in with AppRole (deploy/vault/setup.sh approle), secret_id from a file', async () => {
