@@ -124,8 +124,10 @@ export class SessionVaultTokens {
       // The row is recorded under the ended session: if revoking fails now, the sweeper retries.
       const ended = this.deps.store.getSession(s.id) ?? s;
       const record = this.deps.store.vaultTokens(s.id, { unrevokedOnly: true }).find((r) => r.accessor === created.accessor);
-      if (record) await this.revokeOne(record, ended, 'session ended while the token was being created');
-      throw new BrokerError('conflict', `task session ${s.id} ended while its Vault token was being created; the token was revoked`, {
+      // No record left: the sweeper got to it first.
+      const revoked = record ? (await this.revokeOne(record, ended, 'session ended while the token was being created')).result.revoked : true;
+      throw new BrokerError('conflict', `task session ${s.id} ${ended.endedAt === null ? 'expired' : 'ended'} while its Vault token was being created; `
+        + (revoked ? 'the token was revoked' : 'the token is not handed out, and its revocation is retried until Vault confirms'), {
         hint: `start a new one: broker task ${t.name}`,
       });
     }
