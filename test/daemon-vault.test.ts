@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -50,6 +51,8 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
   let m: TestHome;
   let env: Record<string, string>;
   const secrets = new Set<string>();
+  /** Accessors of the task tokens in `secrets`: every token the service issued must be among them. */
+  const seenAccessors = new Set<string>();
 
   const lookup = (accessor: string) => bao.api('POST', 'auth/token/lookup-accessor', { accessor });
   const vaultToken = async (task: string) => {
@@ -57,6 +60,7 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     assert.equal(r.code, 0, r.stderr);
     const v = JSON.parse(r.stdout) as { token: string; accessor: string; address: string };
     secrets.add(v.token);
+    seenAccessors.add(v.accessor);
     return v;
   };
   /** The `bao` CLI as an agent would run it: nothing but what the environment gives it. */
@@ -156,7 +160,10 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     assert.match(denied.stderr, /permission denied/);
     const self = await broker(['exec', 'db-migrate', '--', BAO, 'token', 'lookup', '-format=json'], { ...env, ...inherited });
     assert.equal(self.code, 0, self.stderr);
-    const data = (JSON.parse(self.stdout) as { data: { policies: string[]; meta: Record<string, string> } }).data;
+    const data = (JSON.parse(self.stdout) as { data: { id: string; accessor: string; policies: string[]; meta: Record<string, string> } }).data;
+    // The token exec minted for the agent (ensure → agent recorded → fresh token): scanned for too.
+    secrets.add(data.id);
+    seenAccessors.add(data.accessor);
     assert.ok(!data.policies.includes('root'), 'the inherited root token was replaced');
     assert.equal(data.meta.agent, 'bao', 'a token issued for the agent exec named');
   });
@@ -199,7 +206,13 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
   });
 
   it('no Vault token on disk or in any log', () => {
+    // The scan covers every task token the service issued in this file, not only the first ones.
+    const db = new DatabaseSync(stack.svc.dbPath, { readOnly: true });
+    const issued = (db.prepare(`SELECT vault_accessor FROM audit WHERE event IN ('vault.issue', 'vault.reissue') AND decision = 'issued'`).all() as { vault_accessor: string }[])
+      .map((r) => r.vault_accessor);
+    db.close();
+    assert.ok(issued.length >= 4, `${issued.length} tokens issued`);
+    assert.deepEqual(issued.filter((a) => !seenAccessors.has(a)), [], 'every issued token was captured for the scan');
     assert.deepEqual(filesContaining([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], [...secrets]), []);
-    assert.ok(secrets.size >= 4);
   });
 });

@@ -213,6 +213,7 @@ describe('broken templates', () => {
       ['vault.metadata["cost center!"]', /metadata key "cost center!" is not 1-128 chars/],
     ],
     'vault-credential-lifetime.yaml': [['session.credentialLifetime', /applies to AWS credentials, and this template grants none/, /vault\.ttl/]],
+    'vault-no-default-renewable.yaml': [['vault.noDefaultPolicy', /a token cannot renew itself \(auth\/token\/renew-self\)/, /set vault\.renewable: false.*or remove noDefaultPolicy/]],
   };
 
   for (const [file, wanted] of Object.entries(expected)) {
@@ -460,7 +461,7 @@ describe('broker policy (compiled CLI)', () => {
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stderr);
-    assert.match(r.stderr, /\d+ problem\(s\) in 28 file\(s\)/);
+    assert.match(r.stderr, /\d+ problem\(s\) in 29 file\(s\)/);
     assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');
     const json = await broker(['policy', 'validate', BROKEN_DIR, '--json'], {});
     assert.equal(json.code, 1);

@@ -10,11 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createHash } from 'node:crypto';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { DatabaseSync } from 'node:sqlite';
 import { STSClient } from '@aws-sdk/client-sts';
+import { importJWK, SignJWT } from 'jose';
 import { parseServerConfig, type ServerConfig } from '../broker/config/server-config.js';
 import { BrokerError } from '../broker/errors.js';
-import { BrokerTokens, loadSigningKeys } from '../broker/identity/broker-tokens.js';
+import { BROKER_TOKEN_AUDIENCE, BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
 import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
@@ -22,10 +25,11 @@ import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import type { AuditEvent } from '../broker/store/audit-event.js';
 import { SqliteStore, type VaultTokenRecord } from '../broker/store/sqlite-store.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
+import type { TaskTemplate } from '../broker/templates/schema.js';
 import { VaultAuth } from '../broker/vault/auth.js';
 import { VaultHttp } from '../broker/vault/http.js';
 import { renewVaultToken } from '../broker/vault/renew.js';
-import { VaultTokens } from '../broker/vault/tokens.js';
+import { accessorGone, VaultTokens } from '../broker/vault/tokens.js';
 import { run } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
 import { createRole, startMoto } from './peers/moto.js';
@@ -82,6 +86,63 @@ vault:
 };
 
 interface Call { status: number; body: any; text: string; headers: Headers }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A pass-through HTTP proxy in front of OpenBao that can delay or hold Vault's answers to token
+ * creates (`auth/token/create/…`): Vault does the real work at once, only its answer comes late. So a
+ * test can make the broker time out after Vault committed a token, or end a session while a create
+ * is in flight. Every create answer is kept (`createAnswers`), so the tests can scan for those tokens.
+ */
+async function startVaultProxy(target: string) {
+  const t = new URL(target);
+  let delayMs = 0;
+  let gate: { arrived: (body: string) => void; released: Promise<void> } | undefined;
+  const createAnswers: string[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const up = httpRequest({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } }, (answer) => {
+        const parts: Buffer[] = [];
+        answer.on('data', (c: Buffer) => parts.push(c));
+        answer.on('end', () => {
+          const body = Buffer.concat(parts);
+          const send = () => {
+            if (res.destroyed) return; // the broker gave up waiting
+            res.writeHead(answer.statusCode ?? 502, answer.headers);
+            res.end(body);
+          };
+          if (!/^\/v1\/auth\/token\/create\//.test(req.url ?? '')) return send();
+          createAnswers.push(body.toString());
+          const g = gate;
+          gate = undefined;
+          g?.arrived(body.toString());
+          void (g?.released ?? Promise.resolve()).then(() => sleep(delayMs)).then(send);
+        });
+      });
+      up.on('error', () => { if (!res.destroyed) { res.writeHead(502); res.end(); } });
+      up.end(Buffer.concat(chunks));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    createAnswers,
+    /** Delays every create answer by `ms`. */
+    delay(ms: number) { delayMs = ms; },
+    /** Holds the next create answer until release(); `arrived` resolves with it once Vault answered. */
+    hold(): { arrived: Promise<string>; release(): void } {
+      let arrived!: (body: string) => void;
+      let release!: () => void;
+      const arrivedP = new Promise<string>((r) => { arrived = r; });
+      gate = { arrived, released: new Promise<void>((r) => { release = r; }) };
+      return { arrived: arrivedP, release };
+    },
+    stop: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
 
 /** Scratch directories of this file, removed when it is done (after the secret scan). */
 const scratch: string[] = [];
@@ -147,6 +208,27 @@ describe('Vault/OpenBao task tokens', () => {
     try { return s.vaultTokens(sessionId); } finally { s.close(); }
   };
   const openSessions = async () => ((await api('GET', '/v1/sessions')).body.sessions as { id: string; template: string }[]);
+  const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+  /** JSON log lines of a test's own logger. */
+  const logLines = (file: string) => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, any>);
+  /**
+   * The task-session domain on its own store and clock, reaching Vault at `address` (OpenBao, the
+   * timing proxy, or a port nobody listens on) with the broker's non-root token.
+   */
+  const serviceVia = (address: string, o: { timeoutMs?: number; now?: () => number; templates?: TaskTemplate[] } = {}) => {
+    const d = tempDir('broker-vault-svc-');
+    const now = o.now ?? Date.now;
+    const logFile = join(d, 'service.log');
+    const log = createLogger({ level: 'debug', destination: openSync(logFile, 'a') });
+    const s = new SqliteStore(join(d, 'broker.db'), { now });
+    const http = new VaultHttp({ address, timeoutMs: o.timeoutMs ?? 5000 });
+    const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
+    const vault = new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now });
+    const templates = loadTemplatesOrThrow(policiesDir);
+    for (const t of o.templates ?? []) templates.set(t.name, t);
+    const svc = new TaskSessionService({ store: s, templates, sts: new STSClient({ region: 'us-east-1', endpoint: moto.url }), log, maxActiveSessions: 20, vault, now });
+    return { store: s, vault, svc, logFile };
+  };
   const configFor = (d: string, vault: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}): ServerConfig => parseServerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     policiesDir,
@@ -377,7 +459,7 @@ describe('Vault/OpenBao task tokens', () => {
   it('fails closed: a token whose issue cannot be audited is revoked and never returned', async () => {
     const d = tempDir('broker-vault-unit-');
     class BrokenAuditStore extends SqliteStore {
-      override recordVaultToken(_t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt'>, e: AuditEvent): void {
+      override recordVaultToken(_t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt' | 'deadBy'>, e: AuditEvent): boolean {
         throw new BrokerError('audit_unavailable', `the audit log could not record ${e.event} ${e.decision}; nothing was issued`);
       }
     }
@@ -464,6 +546,199 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal(reissue.status, 409);
   });
 
+  it('a token Vault no longer knows (revoked behind the broker, or expired) is recorded as revoked, once, without warnings', async () => {
+    // Revoked in Vault behind the broker's back (by an admin, with the root token).
+    const r = await start('db-migrate');
+    assert.equal(r.status, 201, r.text);
+    const { session, vault } = r.body;
+    assert.equal((await bao.api('POST', 'auth/token/revoke-accessor', { accessor: vault.accessor })).status, 204);
+    const end = await api('DELETE', `/v1/sessions/${session.id}`);
+    assert.equal(end.status, 200, end.text);
+    assert.deepEqual(end.body.vaultTokens, [{ accessor: vault.accessor, revoked: true }]);
+    await sleep(2500); // two sweeps (interval 1 s): nothing left for them to retry
+    const row = tokenRows(session.id)[0]!;
+    assert.notEqual(row.revokedAt, null);
+    assert.equal(row.revokeAttempts, 0);
+    const revokes = auditOf(session.id).filter((x) => x.event === 'vault.revoke');
+    assert.deepEqual(revokes.map((x) => x.decision), ['revoked']);
+    assert.equal(revokes[0]!.detail?.alreadyGoneInVault, true);
+    const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes(vault.accessor));
+    assert.ok(!lines.some((l) => /could not revoke/.test(l)), lines.join('\n'));
+
+    // Expired in Vault at its own (3 s) explicit max TTL before the session ended. Templates need a
+    // ttl of at least 1m, so this one is built here, past validation: Vault is what is under test.
+    const db = loadTemplatesOrThrow(policiesDir).get('db-migrate')!;
+    const blink: TaskTemplate = { ...db, name: 'vault-blink', vault: { ...db.vault!, ttlSeconds: 2, explicitMaxTtlSeconds: 3, renewable: false } };
+    const { store: s, svc, logFile: own } = serviceVia(bao.url, { templates: [blink] });
+    const started = await svc.start(alice, { template: 'vault-blink', params: {}, reason: 'expires in Vault', agent: 'x' });
+    secrets.push(started.vault!.token);
+    const row2 = s.vaultTokens(started.session.id)[0]!;
+    assert.ok(row2.deadBy !== null && row2.deadBy - row2.createdAt <= 3000 + 1000, 'a non-renewable token is dead at its own explicit max TTL');
+    await sleep(4000);
+    assert.equal((await lookupAccessor(started.vault!.accessor)).status, 400, 'Vault expired it');
+    const ended = await svc.end(alice, started.session.id);
+    assert.deepEqual(ended.vaultTokens, [{ accessor: started.vault!.accessor, revoked: true }]);
+    assert.equal(s.vaultTokens(started.session.id)[0]!.revokeAttempts, 0);
+    assert.deepEqual(await svc.revokePending(), [], 'nothing left to retry');
+    const rec = s.auditRecords().filter((x) => x.event === 'vault.revoke');
+    assert.deepEqual(rec.map((x) => [x.decision, x.detail?.alreadyGoneInVault]), [['revoked', true]]);
+    assert.ok(!logLines(own).some((l) => l.level >= 40), 'no warning');
+    s.close();
+  });
+
+  it("answers that say Vault has no such token any more count as revoked; other refusals are retried", () => {
+    // Token store handleUpdateRevokeAccessor: an unknown accessor is a 200 with a warning (OpenBao
+    // answered that above); an accessor whose token is already gone is a 400 "token not found";
+    // older Vault said "invalid accessor". Vault's error text as the broker keeps it (whitespace folded).
+    assert.equal(accessorGone(200, ['No token found with this accessor']), true);
+    assert.equal(accessorGone(400, ['token not found']), true);
+    assert.equal(accessorGone(400, ['1 error occurred: * invalid accessor']), true);
+    assert.equal(accessorGone(200, []), false, 'a plain 204/200 revocation found the token');
+    assert.equal(accessorGone(400, ['missing accessor']), false);
+    assert.equal(accessorGone(403, ['permission denied']), false);
+    assert.equal(accessorGone(500, ['token not found']), false);
+  });
+
+  it('sweeper: failing revocations rotate (old ones cannot starve new ones) and are given up, audited, once the token is past the latest it can live', async () => {
+    let clock = Date.now();
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const { store: s, vault, logFile: own } = serviceVia(dead, { now: () => clock });
+    const t0 = clock;
+    const mk = (id: string, accessor: string, createdAt: number, deadBy: number) => {
+      s.createSession({ id, developer: 'alice@example.com', template: 'db-migrate', params: {}, reason: '', agent: 'x', roleSessionName: `alice.db-migrate.${id}`, createdAt, expiresAt: createdAt + 3_600_000 },
+        { event: 'session.start', decision: 'allowed', developer: 'alice@example.com', template: 'db-migrate', sessionId: id });
+      assert.equal(s.recordVaultToken({ accessor, sessionId: id, createdAt, expiresAt: deadBy, deadBy },
+        { event: 'vault.issue', decision: 'issued', developer: 'alice@example.com', template: 'db-migrate', sessionId: id, vaultAccessor: accessor },
+        { event: 'vault.issue', decision: 'denied', developer: 'alice@example.com', template: 'db-migrate', sessionId: id, vaultAccessor: accessor }), true);
+      s.endSession(id, 'ended by developer', { event: 'session.end', decision: 'ended', developer: 'alice@example.com', template: 'db-migrate', sessionId: id });
+    };
+    mk('sweepold01', 'acc-old-never-revocable', t0, t0 + 30 * 60_000);
+    clock += 10 * 60_000;
+    mk('sweepnew01', 'acc-new-unknown-to-vault', clock, clock + 2 * 3_600_000);
+    const attempts = () => Object.fromEntries(s.vaultTokensToRevoke().map((r) => [r.accessor, r.revokeAttempts]));
+
+    // Vault unreachable: each sweep stops at the first failure, and the row tried goes to the back.
+    const first = await vault.revokePending();
+    assert.deepEqual(first.map((r) => [r.accessor, r.revoked]), [['acc-old-never-revocable', false]]);
+    assert.match(first[0]!.error ?? '', /unreachable \(ECONNREFUSED\)/);
+    clock += 60_000;
+    assert.deepEqual((await vault.revokePending()).map((r) => r.accessor), ['acc-new-unknown-to-vault'], 'the newer row gets its turn');
+    clock += 60_000;
+    assert.deepEqual((await vault.revokePending()).map((r) => r.accessor), ['acc-old-never-revocable'], 'then the least recently tried');
+    assert.deepEqual(attempts(), { 'acc-old-never-revocable': 2, 'acc-new-unknown-to-vault': 1 });
+
+    // Past the old token's latest end (plus the clock margin): given up without asking Vault, audited.
+    clock = t0 + 30 * 60_000 + 5 * 60_000 + 1000;
+    const lapsed = await vault.revokePending();
+    assert.deepEqual(lapsed.map((r) => [r.accessor, r.revoked, r.lapsed ?? false]),
+      [['acc-old-never-revocable', false, true], ['acc-new-unknown-to-vault', false, false]]);
+    const expired = s.auditRecords().filter((x) => x.event === 'vault.revoke' && x.decision === 'expired');
+    assert.equal(expired.length, 1);
+    assert.equal(expired[0]!.vaultAccessor, 'acc-old-never-revocable');
+    assert.equal(expired[0]!.expiration, new Date(t0 + 30 * 60_000).toISOString());
+    assert.match(expired[0]!.reason ?? '', /^ended by developer; not revoked after 2 attempt\(s\), and past .* the latest Vault can keep it alive: it has expired in Vault; no more retries$/);
+    assert.notEqual(s.vaultTokens('sweepold01')[0]!.lapsedAt, null);
+    for (let i = 0; i < 5; i++) {
+      clock += 60_000;
+      assert.ok(!(await vault.revokePending()).some((r) => r.accessor === 'acc-old-never-revocable'), 'never retried again');
+    }
+    assert.equal(s.auditRecords().filter((x) => x.decision === 'expired').length, 1, 'audited once');
+    // A long outage warns at attempts 1, 2, 4 …, not at every sweep.
+    const warned = logLines(own).filter((l) => l.accessor === 'acc-new-unknown-to-vault' && /could not revoke/.test(l.msg));
+    assert.deepEqual(warned.map((l) => [l.attempts, l.level === 40 ? 'warn' : 'debug']),
+      [[1, 'warn'], [2, 'warn'], [3, 'debug'], [4, 'warn'], [5, 'debug'], [6, 'debug'], [7, 'debug']]);
+
+    // Vault back: the other row is revoked (Vault answers that it has no such token).
+    const back = new SessionVaultTokens({
+      store: s, tokens: new VaultTokens(new VaultHttp({ address: bao.url, timeoutMs: 5000 }), new VaultAuth({ http: new VaultHttp({ address: bao.url, timeoutMs: 5000 }), method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: policiesDir, allowRootToken: false, log: createLogger({ level: 'silent' }) })),
+      defaultRole: 'broker-tasks', log: createLogger({ level: 'silent' }), now: () => clock,
+    });
+    assert.deepEqual(await back.revokePending(), [{ accessor: 'acc-new-unknown-to-vault', revoked: true }]);
+    assert.deepEqual(s.vaultTokensToRevoke(), []);
+    assert.equal(s.verifyAuditChain(), null);
+    s.close();
+  });
+
+  it('records how long a renewable token can live: the token role\'s token_explicit_max_ttl, not its own explicit max TTL', async () => {
+    const { store: s, svc } = serviceVia(bao.url);
+    const started = await svc.start(alice, { template: 'vault-limited', params: {}, reason: 'dead-by', agent: 'x' });
+    secrets.push(started.vault!.token);
+    const row = s.vaultTokens(started.session.id)[0]!;
+    // deploy/vault/token-role-broker-tasks.json: token_explicit_max_ttl 12h; the token's own is 1h.
+    assert.ok(Math.abs(row.deadBy! - row.createdAt - 12 * 3_600_000) < 5000, `deadBy ${row.deadBy! - row.createdAt} ms after creation`);
+    assert.equal(row.expiresAt - row.createdAt, 3_600_000, 'the token\'s own explicit max TTL');
+    await svc.end(alice, started.session.id);
+    s.close();
+  });
+
+  it('a create that times out after Vault committed it: the failed record names the display_name and the latest expiry', async () => {
+    const proxy = await startVaultProxy(bao.url);
+    try {
+      proxy.delay(2000);
+      const { store: s, svc, logFile: own } = serviceVia(proxy.url, { timeoutMs: 500 });
+      const before = await accessors();
+      const startedAt = Date.now();
+      const e = await svc.start(alice, { template: 'db-migrate', params: {}, reason: 'slow vault', agent: 'x' }).catch((x: unknown) => x);
+      assert.ok(e instanceof BrokerError && e.code === 'upstream_unavailable', String(e));
+      assert.match(e.message, /^Vault at http:\/\/127\.0\.0\.1:\d+ is unreachable \(no answer within 500 ms\): could not create a token with role broker-tasks$/);
+      const failed = s.auditRecords().find((x) => x.event === 'vault.issue' && x.decision === 'failed');
+      assert.ok(failed, 'the failed create is audited');
+      const displayName = `token-broker-db-migrate-${failed.sessionId}`;
+      assert.equal(failed.detail?.mayExist, true);
+      assert.equal(failed.detail?.displayName, displayName);
+      assert.match(failed.reason ?? '', new RegExp(`Vault may have created the token anyway \\(display_name ${displayName}, accessor unknown to the broker\\); if so it expires by `));
+      assert.equal(failed.detail?.expiresBy, failed.expiration);
+      assert.deepEqual(s.activeSessions('alice@example.com'), [], 'the session was abandoned');
+      assert.ok(logLines(own).some((l) => l.level === 40 && l.displayName === displayName), 'and logged');
+
+      // Vault did create it: the token exists, and dies no later than the audit record says.
+      await sleep(2500);
+      for (const a of proxy.createAnswers) secrets.push(JSON.parse(a).auth.client_token);
+      const created = (await accessors()).filter((a) => !before.includes(a));
+      assert.equal(created.length, 1, 'Vault committed the create the broker timed out on');
+      const look = await lookupAccessor(created[0]!);
+      assert.equal(look.body.data.display_name, displayName);
+      const latest = Date.parse(look.body.data.issue_time) + look.body.data.explicit_max_ttl * 1000;
+      assert.ok(latest <= Date.parse(failed.expiration!) + 1000, `explicit max ${new Date(latest).toISOString()} <= ${failed.expiration}`);
+      assert.ok(Date.parse(failed.expiration!) - startedAt <= 4 * 3_600_000 + 5000, 'bounded by the explicit max TTL (db-migrate: 4h)');
+      // What docs/vault.md tells an admin to do: find it by display_name and revoke it.
+      assert.equal((await bao.api('POST', 'auth/token/revoke-accessor', { accessor: created[0] })).status, 204);
+      s.close();
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('a re-issue racing an end: the token created meanwhile is revoked and not handed out (409)', async () => {
+    const proxy = await startVaultProxy(bao.url);
+    try {
+      const { store: s, svc } = serviceVia(proxy.url);
+      const started = await svc.start(alice, { template: 'db-migrate', params: {}, reason: 'race', agent: 'x' });
+      secrets.push(started.vault!.token);
+      const held = proxy.hold();
+      const reissue = svc.reissueVaultToken(alice, started.session.id);
+      reissue.catch(() => {}); // asserted below
+      const answer = JSON.parse(await held.arrived) as { auth: { client_token: string; accessor: string } };
+      secrets.push(answer.auth.client_token);
+      // The session ends (and its first token is revoked) while Vault's answer is on its way.
+      const ended = await svc.end(alice, started.session.id);
+      assert.deepEqual(ended.vaultTokens, [{ accessor: started.vault!.accessor, revoked: true }]);
+      held.release();
+      await assert.rejects(reissue, (e: unknown) => e instanceof BrokerError && e.code === 'conflict'
+        && /^task session \w+ ended while its Vault token was being created; the token was revoked$/.test(e.message));
+      assert.equal((await lookupAccessor(answer.auth.accessor)).status, 400, 'the token created during the race is revoked');
+      const denied = await kvGet(answer.auth.client_token, 'db-migrate/checkout-api');
+      assert.match(denied.stderr, /permission denied/);
+      assert.deepEqual(s.vaultTokens(started.session.id).map((r) => [r.accessor, r.revokedAt !== null]),
+        [[started.vault!.accessor, true], [answer.auth.accessor, true]], 'both recorded (in order of creation), both revoked');
+      const trail = s.auditRecords().filter((x) => x.sessionId === started.session.id).map((x) => `${x.event}:${x.decision}${x.vaultAccessor === answer.auth.accessor ? '*' : ''}`);
+      assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'session.end:ended', 'vault.revoke:revoked', 'vault.reissue:denied*', 'vault.revoke:revoked*']);
+      s.close();
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('keeps the audit hash chain intact, with accessors and without tokens', () => {
     const s = store();
     try {
@@ -491,13 +766,17 @@ describe('Vault/OpenBao task tokens', () => {
     await dev.stop();
   });
 
-  it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token', async () => {
+  it('logs in with its own JWT (Vault JWT auth against the broker JWKS); that JWT is no broker access token, and a broker access token is no Vault login', async () => {
     const port = await freePort();
     const publicUrl = `http://127.0.0.1:${port}`;
     const d = tempDir('broker-vault-jwt-');
+    // A signing key the test knows too, so it can sign JWTs that differ from the broker's only where it chooses.
+    const jwk = await generateSigningJwk('vault-jwt-test');
+    process.env.TEST_JWT_SIGNING_KEY = JSON.stringify(jwk);
+    secrets.push(jwk.d!);
     // Started before Vault trusts it: the first login fails, and that is not fatal for JWT auth.
     const jwtServer = await startServer(configFor(d, { address: bao.url, tokenRole: 'broker-tasks', jwt: { role: 'broker', audience: 'vault-broker-test' } },
-      { listen: { host: '127.0.0.1', port }, publicUrl }), { log: createLogger({ level: 'silent' }) });
+      { listen: { host: '127.0.0.1', port }, publicUrl, tokens: { signingKeys: [{ env: 'TEST_JWT_SIGNING_KEY' }] } }), { log: createLogger({ level: 'silent' }) });
     extraServers.push(jwtServer);
     const setup = await run('bash', [join(DEPLOY, 'setup.sh'), 'jwt', publicUrl, 'vault-broker-test'], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
     assert.equal(setup.code, 0, setup.stderr);
@@ -513,6 +792,27 @@ describe('Vault/OpenBao task tokens', () => {
     const loginJwt = await tokens.signVaultLoginJwt('vault-broker-test');
     await assert.rejects(tokens.verifyAccess(loginJwt), (e: unknown) => e instanceof BrokerError && e.code === 'unauthenticated');
     assert.throws(() => tokens.signVaultLoginJwt('agent-credential-broker'), TypeError);
+
+    // The other direction: Vault's JWT role (deploy/vault/setup.sh jwt) refuses broker access tokens.
+    const vaultLogin = (jwt: string) => bao.api('POST', 'auth/jwt/login', { role: 'broker', jwt }, '');
+    const before = await accessors();
+    const refused = await vaultLogin(token);
+    assert.equal(refused.status, 400, JSON.stringify(refused.body));
+    // Signed by the broker's key about the broker itself (iss and sub as in its Vault login), with the
+    // access tokens' audience and typ: only `aud` differs from a login Vault accepts, and it is refused.
+    const key = await importJWK(jwk, 'ES256');
+    const aboutBroker = (aud: string) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: jwk.kid!, typ: 'at+jwt' })
+      .setIssuer(publicUrl).setSubject(publicUrl).setAudience(aud).setIssuedAt().setExpirationTime('60s').sign(key);
+    const wrongAudience = await vaultLogin(await aboutBroker(BROKER_TOKEN_AUDIENCE));
+    assert.equal(wrongAudience.status, 400, JSON.stringify(wrongAudience.body));
+    assert.match(JSON.stringify(wrongAudience.body.errors), /aud/);
+    assert.deepEqual(await accessors(), before, 'no Vault token for either');
+    // Control: the very same JWT with the Vault audience logs in, so the audience alone refused it.
+    const control = await vaultLogin(await aboutBroker('vault-broker-test'));
+    assert.equal(control.status, 200, JSON.stringify(control.body));
+    secrets.push(control.body.auth.client_token);
+    await bao.api('POST', 'auth/token/revoke-accessor', { accessor: control.body.auth.accessor });
+    delete process.env.TEST_JWT_SIGNING_KEY;
   });
 
   it('logs in with AppRole (deploy/vault/setup.sh approle), secret_id from a file', async () => {
@@ -581,6 +881,19 @@ describe('vault service configuration', () => {
     assert.match(problems({ address: 'https://v', tokenRole: 'r', jwt: { role: 'r', audience: 'agent-credential-broker' } }).join('\n'), /vault\.jwt\.audience: must differ/);
     assert.match(problems({ address: 'https://v', tokenRole: 'r', token: 's.abcdef' }).join('\n'), /vault\.token/);
   });
+
+  it('accepts allowRootToken only for a Vault on loopback (a local dev server)', () => {
+    const dev = { tokenRole: 'broker-tasks', token: { env: 'T' }, allowRootToken: true };
+    for (const address of ['http://127.0.0.1:8200', 'http://localhost:8200', 'http://[::1]:8200', 'https://127.0.0.2:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [], address);
+    }
+    for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200', 'https://127.0.0.1.nip.io:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [
+        `broker.yaml:vault.allowRootToken: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
+      ], address);
+    }
+    assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowRootToken: false }), []);
+  });
 });
 
 describe('the audit log of a store from before Vault support', () => {
@@ -612,5 +925,30 @@ describe('the audit log of a store from before Vault support', () => {
     const again = new SqliteStore(path);
     assert.equal(again.verifyAuditChain(), 2);
     again.close();
+  });
+});
+
+describe('the Vault token table of a store from before dead-by tracking', () => {
+  it('gains the new columns; an old failing row is given up only after Vault\'s default max TTL', () => {
+    const d = tempDir('broker-oldvault-');
+    const path = join(d, 'broker.db');
+    const db = new DatabaseSync(path);
+    db.exec(`CREATE TABLE task_sessions (id TEXT PRIMARY KEY, developer TEXT NOT NULL, template TEXT NOT NULL, params TEXT NOT NULL,
+      reason TEXT NOT NULL, agent TEXT NOT NULL, role_session_name TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+      ended_at INTEGER, end_reason TEXT);
+      CREATE TABLE vault_tokens (accessor TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES task_sessions (id), created_at INTEGER NOT NULL,
+      expires_at INTEGER NOT NULL, revoked_at INTEGER, revoke_attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);`);
+    const created = Date.UTC(2026, 10, 1);
+    db.prepare('INSERT INTO task_sessions VALUES (?,?,?,?,?,?,?,?,?,?,?)').run('oldsess001', 'alice@example.com', 'db-migrate', '{}', '', 'x', 'n', created, created + 3_600_000, created + 60_000, 'ended by developer');
+    db.prepare('INSERT INTO vault_tokens (accessor, session_id, created_at, expires_at, revoke_attempts, last_error) VALUES (?,?,?,?,?,?)').run('acc-old', 'oldsess001', created, created + 3_600_000, 3, 'unreachable');
+    db.close();
+
+    const s = new SqliteStore(path);
+    const [row] = s.vaultTokensToRevoke();
+    assert.deepEqual([row?.accessor, row?.deadBy, row?.lastAttemptAt, row?.lapsedAt, row?.revokeAttempts], ['acc-old', null, null, null, 3]);
+    const fallback = 768 * 3_600_000;
+    assert.deepEqual(s.vaultTokensPastDeadBy(created + fallback - 1, fallback), [], 'its own explicit max TTL is not trusted: it may have been renewed');
+    assert.deepEqual(s.vaultTokensPastDeadBy(created + fallback, fallback).map((r) => r.accessor), ['acc-old']);
+    s.close();
   });
 });

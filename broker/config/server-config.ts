@@ -79,6 +79,14 @@ const vaultSchema = z.strictObject({
     if (u.protocol === 'http:' && !LOOPBACK_HOST_RE.test(u.hostname) && !v.allowInsecureHttp) {
       ctx.addIssue({ code: 'custom', path: ['address'], message: 'plain http to a Vault that is not on loopback would send tokens in clear; use https (or set allowInsecureHttp: true)' });
     }
+    // A root token is for a local dev server (`bao server -dev`); a broker pointed at any other Vault
+    // with one could mint tokens with every policy, so the escape hatch only exists on loopback.
+    if (v.allowRootToken && !LOOPBACK_HOST_RE.test(u.hostname)) {
+      ctx.addIssue({
+        code: 'custom', path: ['allowRootToken'],
+        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
+      });
+    }
   } catch { /* z.url() reported it */ }
 });
 

@@ -1,15 +1,26 @@
 /**
  * Vault tokens under task sessions: issue one (audited before it leaves, revoked if the audit write
- * fails), and revoke every token of a session by accessor when it ends, keeping failed revocations
- * for the sweeper to retry. The token itself is never stored, logged or audited; its accessor is.
+ * fails or its session ended meanwhile), and revoke every token of a session by accessor when it
+ * ends, keeping failed revocations for the sweeper to retry until Vault confirms or the token is
+ * past the latest it can live. The token itself is never stored, logged or audited; its accessor is.
  */
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import type { SqliteStore, TaskSession, VaultTokenRecord } from '../store/sqlite-store.js';
 import type { TaskTemplate } from '../templates/schema.js';
+import { outcomeUnknown } from '../vault/http.js';
+import { VAULT_DEFAULT_MAX_TTL_SECONDS } from '../vault/limits.js';
 import { buildVaultTokenRequest, type VaultTokenRequest } from '../vault/token-request.js';
 import type { VaultTokens } from '../vault/tokens.js';
+
+/**
+ * How long past a token's `deadBy` a failing revocation is still retried: room for the broker's and
+ * Vault's clocks to disagree, so the broker never gives up on a token Vault still honours.
+ */
+const LAPSE_MARGIN_MS = 5 * 60_000;
+/** How long a token role's `token_explicit_max_ttl`, read at issue, is trusted before it is read again. */
+const ROLE_CACHE_MS = 10 * 60_000;
 
 /** A task token as handed to the developer's daemon. `token` is the only secret in it. */
 export interface IssuedVaultToken {
@@ -35,6 +46,8 @@ export interface RevocationResult {
   revoked: boolean;
   /** Why it failed (Vault's message; no secret). The sweeper retries. */
   error?: string;
+  /** Not revoked, and no longer retried: the token is past the latest Vault can keep it alive. */
+  lapsed?: true;
 }
 
 export interface SessionVaultTokensDeps {
@@ -47,6 +60,9 @@ export interface SessionVaultTokensDeps {
 }
 
 export class SessionVaultTokens {
+  /** Per token role: its `token_explicit_max_ttl` in seconds (0: none), and when it was read. */
+  private readonly roleMaxTtl = new Map<string, { seconds: number; readAt: number }>();
+
   constructor(private readonly deps: SessionVaultTokensDeps) {}
 
   get address(): string {
@@ -66,7 +82,9 @@ export class SessionVaultTokens {
 
   /**
    * Creates the session's token, then commits its audit record (with the accessor) before the token
-   * leaves this function. If that write fails the token is revoked on the spot: fail closed.
+   * leaves this function. If that write fails the token is revoked on the spot: fail closed. If the
+   * session ended while the token was being created (a concurrent `broker end`), the token is
+   * recorded under the ended session, revoked, and never returned: 409 conflict.
    */
   async issue(t: TaskTemplate, s: TaskSession, event: 'vault.issue' | 'vault.reissue'): Promise<IssuedVaultToken> {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
@@ -76,23 +94,42 @@ export class SessionVaultTokens {
     try {
       created = await this.deps.tokens.create(req, t.name);
     } catch (e) {
-      try {
-        this.deps.store.audit({ ...base, decision: 'failed', reason: (e as Error).message, detail: { role: req.role, policies: req.body.policies } });
-      } catch { /* the Vault failure is what the caller needs to see */ }
+      this.auditFailedCreate(e, req, base);
       throw e;
     }
+    const receivedAt = this.deps.now();
     const maxExpiresAt = issuedAt + req.explicitMaxTtlSeconds * 1000;
+    // The latest Vault can keep this token alive. Vault caps renewals of a role's token by the
+    // *role's* token_explicit_max_ttl (token store, authRenew), not by the token's own explicit max
+    // TTL; a token nobody can renew ends at its own.
+    const deadBy = receivedAt + 1000 * (created.renewable
+      ? Math.max(req.explicitMaxTtlSeconds, await this.renewalBoundSeconds(req.role)) : req.explicitMaxTtlSeconds);
+    let open: boolean;
     try {
-      this.deps.store.recordVaultToken({ accessor: created.accessor, sessionId: s.id, createdAt: issuedAt, expiresAt: maxExpiresAt }, {
+      open = this.deps.store.recordVaultToken({ accessor: created.accessor, sessionId: s.id, createdAt: issuedAt, expiresAt: maxExpiresAt, deadBy }, {
         ...base, decision: 'issued', vaultAccessor: created.accessor, expiration: new Date(maxExpiresAt).toISOString(),
         detail: {
           role: req.role, policies: created.policies, ttlSeconds: created.ttlSeconds, explicitMaxTtlSeconds: req.explicitMaxTtlSeconds,
           numUses: created.numUses, renewable: created.renewable, displayName: req.body.display_name,
         },
+      }, {
+        ...base, decision: 'denied', vaultAccessor: created.accessor,
+        reason: `task session ${s.id} ended while its Vault token was being created; the token is revoked, not handed out`,
       });
     } catch (e) {
       await this.revokeUnrecorded(created.accessor, s.id);
       throw e;
+    }
+    if (!open) {
+      // The row is recorded under the ended session: if revoking fails now, the sweeper retries.
+      const ended = this.deps.store.getSession(s.id) ?? s;
+      const record = this.deps.store.vaultTokens(s.id, { unrevokedOnly: true }).find((r) => r.accessor === created.accessor);
+      // No record left: the sweeper got to it first.
+      const revoked = record ? (await this.revokeOne(record, ended, 'session ended while the token was being created')).result.revoked : true;
+      throw new BrokerError('conflict', `task session ${s.id} ${ended.endedAt === null ? 'expired' : 'ended'} while its Vault token was being created; `
+        + (revoked ? 'the token was revoked' : 'the token is not handed out, and its revocation is retried until Vault confirms'), {
+        hint: `start a new one: broker task ${t.name}`,
+      });
     }
     return {
       token: created.token, accessor: created.accessor, policies: created.policies, role: req.role, ttlSeconds: created.ttlSeconds,
@@ -108,9 +145,18 @@ export class SessionVaultTokens {
     return results;
   }
 
-  /** Retries every token of an ended or expired session that is not revoked yet (the sweeper). */
+  /**
+   * Retries every token of an ended or expired session that is not revoked yet (the sweeper). A
+   * token whose revocation has failed before and that is past the latest Vault can keep it alive is
+   * dead whatever Vault says: it is recorded as `vault.revoke expired` and no longer retried.
+   */
   async revokePending(): Promise<RevocationResult[]> {
     const results: RevocationResult[] = [];
+    const now = this.deps.now();
+    for (const record of this.deps.store.vaultTokensPastDeadBy(now - LAPSE_MARGIN_MS, VAULT_DEFAULT_MAX_TTL_SECONDS * 1000)) {
+      const s = this.deps.store.getSession(record.sessionId);
+      if (s) results.push(this.lapse(record, s));
+    }
     for (const record of this.deps.store.vaultTokensToRevoke()) {
       const s = this.deps.store.getSession(record.sessionId);
       if (!s) continue;
@@ -126,12 +172,16 @@ export class SessionVaultTokens {
     const base: Omit<AuditEvent, 'decision'> = {
       event: 'vault.revoke', developer: s.developer, template: s.template, sessionId: s.id, vaultAccessor: record.accessor, reason,
     };
+    let found: boolean;
     try {
-      await this.deps.tokens.revokeAccessor(record.accessor);
+      ({ found } = await this.deps.tokens.revokeAccessor(record.accessor));
     } catch (e) {
       const unreachable = isBrokerError(e) && e.code === 'upstream_unavailable';
       const error = (e as Error).message;
-      this.deps.log.warn({ sessionId: s.id, accessor: record.accessor, attempts: record.revokeAttempts + 1, err: (e as Error).message }, 'could not revoke a Vault token; the sweeper retries');
+      const attempts = record.revokeAttempts + 1;
+      // Warn on attempts 1, 2, 4, 8 …: a long outage does not fill the log with one line per sweep.
+      const level = (attempts & (attempts - 1)) === 0 ? 'warn' : 'debug';
+      this.deps.log[level]({ sessionId: s.id, accessor: record.accessor, attempts, err: error }, 'could not revoke a Vault token; the sweeper retries');
       try {
         // The first failure is audited; later ones are counted on the token's row and logged.
         this.deps.store.recordVaultRevokeFailure(record.accessor, error, record.revokeAttempts === 0
@@ -141,16 +191,81 @@ export class SessionVaultTokens {
       }
       return { result: { accessor: record.accessor, revoked: false, error }, unreachable };
     }
+    // Vault no longer knowing the token (expired, used up, revoked by someone else) is the outcome
+    // revoking was for: recorded as revoked, with what Vault said.
+    const detail = { ...(record.revokeAttempts ? { failedAttemptsBefore: record.revokeAttempts } : {}), ...(found ? {} : { alreadyGoneInVault: true }) };
     try {
-      this.deps.store.markVaultTokenRevoked(record.accessor, {
-        ...base, decision: 'revoked', ...(record.revokeAttempts ? { detail: { failedAttemptsBefore: record.revokeAttempts } } : {}),
-      });
+      this.deps.store.markVaultTokenRevoked(record.accessor, { ...base, decision: 'revoked', ...(Object.keys(detail).length ? { detail } : {}) });
     } catch (e) {
       // Revoked in Vault, not yet recorded: the next sweep revokes again (idempotent) and records it.
       this.deps.log.error({ accessor: record.accessor, err: (e as Error).message }, 'revoked a Vault token but could not record it');
     }
-    this.deps.log.info({ sessionId: s.id, accessor: record.accessor, reason }, 'Vault token revoked');
+    this.deps.log.info({ sessionId: s.id, accessor: record.accessor, reason, ...(found ? {} : { alreadyGoneInVault: true }) },
+      found ? 'Vault token revoked' : 'Vault token already gone in Vault; recorded as revoked');
     return { result: { accessor: record.accessor, revoked: true }, unreachable: false };
+  }
+
+  /** Gives up on a token that could not be revoked and is past the latest it can live. */
+  private lapse(record: VaultTokenRecord, s: TaskSession): RevocationResult {
+    const deadBy = record.deadBy ?? record.createdAt + VAULT_DEFAULT_MAX_TTL_SECONDS * 1000;
+    const reason = `${s.endReason ?? 'expired'}; not revoked after ${record.revokeAttempts} attempt(s), and past ${new Date(deadBy).toISOString()}, `
+      + 'the latest Vault can keep it alive: it has expired in Vault; no more retries';
+    try {
+      const changed = this.deps.store.markVaultTokenLapsed(record.accessor, {
+        event: 'vault.revoke', decision: 'expired', developer: s.developer, template: s.template, sessionId: s.id, vaultAccessor: record.accessor,
+        reason, expiration: new Date(deadBy).toISOString(), detail: { failedAttempts: record.revokeAttempts, lastError: record.lastError },
+      });
+      if (changed) this.deps.log.warn({ sessionId: s.id, accessor: record.accessor, attempts: record.revokeAttempts, deadBy: new Date(deadBy).toISOString() }, 'gave up revoking a Vault token: it is past the latest it can live');
+    } catch (e) {
+      this.deps.log.error({ accessor: record.accessor, err: (e as Error).message }, 'could not record an expired Vault token; the next sweep tries again');
+    }
+    return { accessor: record.accessor, revoked: false, lapsed: true };
+  }
+
+  /**
+   * How far renewals can extend a token of `role`: the role's `token_explicit_max_ttl`, read with
+   * the broker's login (`read` on auth/token/roles/<role>, deploy/vault/broker-policy.hcl) and cached;
+   * Vault's default max TTL when the role has none or cannot be read.
+   */
+  private async renewalBoundSeconds(role: string): Promise<number> {
+    const now = this.deps.now();
+    let cached = this.roleMaxTtl.get(role);
+    if (!cached || now - cached.readAt > ROLE_CACHE_MS) {
+      let seconds = 0;
+      try {
+        seconds = (await this.deps.tokens.readRole(role))?.tokenExplicitMaxTtlSeconds ?? 0;
+      } catch (e) {
+        this.deps.log.debug({ role, err: (e as Error).message }, 'could not read the token role; assuming Vault\'s default max TTL for its tokens');
+      }
+      cached = { seconds, readAt: now };
+      this.roleMaxTtl.set(role, cached);
+    }
+    return cached.seconds > 0 ? cached.seconds : VAULT_DEFAULT_MAX_TTL_SECONDS;
+  }
+
+  /**
+   * A create that failed is audited. When its outcome is unknown (no answer in time, a connection
+   * lost mid-request, a 500/502/504) Vault may have created the token and only the answer was lost:
+   * the record then says so, with the token's display name (what Vault's own audit log and
+   * `auth/token/lookup-accessor` show) and the latest it can live. Nobody holds such a token (it
+   * never left Vault), so nobody can renew it: it dies at its explicit max TTL, counted from at the
+   * latest now.
+   */
+  private auditFailedCreate(e: unknown, req: VaultTokenRequest, base: Omit<AuditEvent, 'decision'>): void {
+    const detail: Record<string, unknown> = { role: req.role, policies: req.body.policies };
+    let reason = (e as Error).message;
+    let expiration: string | undefined;
+    if (outcomeUnknown(e)) {
+      const displayName = `token-${req.body.display_name}`;
+      expiration = new Date(this.deps.now() + req.explicitMaxTtlSeconds * 1000).toISOString();
+      reason += `; Vault may have created the token anyway (display_name ${displayName}, accessor unknown to the broker); if so it expires by ${expiration}`;
+      Object.assign(detail, { mayExist: true, displayName, expiresBy: expiration });
+      this.deps.log.warn({ sessionId: base.sessionId, displayName, expiresBy: expiration, err: (e as Error).message },
+        'a Vault token create got no answer: Vault may have created a token the broker never received (see docs/vault.md)');
+    }
+    try {
+      this.deps.store.audit({ ...base, decision: 'failed', reason, ...(expiration ? { expiration } : {}), detail });
+    } catch { /* the Vault failure is what the caller needs to see */ }
   }
 
   /** A token whose issue could not be audited never leaves: revoke it now, or say loudly that it lives. */

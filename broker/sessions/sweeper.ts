@@ -1,8 +1,10 @@
 /**
  * The service's periodic sweep: ends task sessions whose time is up (audited as `session.end`,
  * reason `expired`) and revokes the Vault tokens of ended sessions that are not revoked yet,
- * including revocations that failed earlier (Vault was down). One sweep at a time; a sweep that
- * fails is logged and the next one tries again.
+ * including revocations that failed earlier (Vault was down), least recently tried first. A token
+ * whose revocation keeps failing is given up once it is past the latest Vault can keep it alive
+ * (`vault.revoke expired`), so nothing is retried forever. One sweep at a time; a sweep that fails
+ * is logged and the next one tries again.
  */
 import type { Logger } from '../log.js';
 import type { TaskSessionService } from './task-session-service.js';
@@ -13,11 +15,15 @@ export interface SweepResult {
   revoked: number;
   /** Revocations that failed and stay pending. */
   failed: number;
+  /** Failed revocations given up: the token is past the latest it can live. */
+  lapsed: number;
 }
 
 export class SessionSweeper {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<SweepResult> | undefined;
+  /** Failed revocations of the previous sweep: the same count again (Vault still down) is not logged again. */
+  private lastFailed = 0;
 
   constructor(private readonly deps: { sessions: TaskSessionService; intervalSeconds: number; log: Logger }) {}
 
@@ -42,17 +48,19 @@ export class SessionSweeper {
   }
 
   private async run(): Promise<SweepResult> {
-    const result: SweepResult = { expired: 0, revoked: 0, failed: 0 };
+    const result: SweepResult = { expired: 0, revoked: 0, failed: 0, lapsed: 0 };
     try {
       result.expired = this.deps.sessions.endExpired().length;
       for (const r of await this.deps.sessions.revokePending()) {
         if (r.revoked) result.revoked++;
+        else if (r.lapsed) result.lapsed++;
         else result.failed++;
       }
     } catch (e) {
       this.deps.log.error({ err: (e as Error).message }, 'session sweep failed; retrying at the next interval');
     }
-    if (result.expired || result.revoked || result.failed) this.deps.log.info(result, 'session sweep');
+    if (result.expired || result.revoked || result.lapsed || result.failed !== this.lastFailed) this.deps.log.info(result, 'session sweep');
+    this.lastFailed = result.failed;
     return result;
   }
 }

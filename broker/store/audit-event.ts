@@ -11,7 +11,8 @@ export type AuditEventName =
   | 'vault.reissue'
   | 'vault.revoke';
 
-export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked';
+/** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
+export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session

@@ -30,6 +30,15 @@ export interface VaultTokenRecord {
   /** Failed revocation attempts so far (Vault unreachable, …); retried by the sweeper. */
   revokeAttempts: number;
   lastError: string | null;
+  /** When the last revocation attempt failed: the sweeper retries the least recently tried first. */
+  lastAttemptAt: number | null;
+  /**
+   * The latest Vault can keep the token alive, renewals included (null: not known, rows written
+   * before it was recorded). Past it a revocation that keeps failing is given up: the token is dead.
+   */
+  deadBy: number | null;
+  /** When the broker stopped retrying a failed revocation because the token was past `deadBy`. */
+  lapsedAt: number | null;
 }
 
 const SCHEMA = `
@@ -78,10 +87,16 @@ CREATE TABLE IF NOT EXISTS vault_tokens (
   expires_at INTEGER NOT NULL,
   revoked_at INTEGER,
   revoke_attempts INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT
+  last_error TEXT,
+  last_attempt_at INTEGER,
+  dead_by INTEGER,
+  lapsed_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS vault_tokens_session ON vault_tokens (session_id, revoked_at);
 `;
+
+/** Columns added to vault_tokens after it first shipped (ALTER TABLE ADD COLUMN on older stores). */
+const VAULT_TOKEN_COLUMNS_ADDED = ['last_attempt_at INTEGER', 'dead_by INTEGER', 'lapsed_at INTEGER'];
 
 const GENESIS = '0'.repeat(64);
 
@@ -92,13 +107,13 @@ interface SessionRow {
 
 interface VaultTokenRow {
   accessor: string; session_id: string; created_at: number; expires_at: number; revoked_at: number | null;
-  revoke_attempts: number; last_error: string | null;
+  revoke_attempts: number; last_error: string | null; last_attempt_at: number | null; dead_by: number | null; lapsed_at: number | null;
 }
 
 function toVaultToken(r: VaultTokenRow): VaultTokenRecord {
   return {
     accessor: r.accessor, sessionId: r.session_id, createdAt: r.created_at, expiresAt: r.expires_at, revokedAt: r.revoked_at,
-    revokeAttempts: r.revoke_attempts, lastError: r.last_error,
+    revokeAttempts: r.revoke_attempts, lastError: r.last_error, lastAttemptAt: r.last_attempt_at, deadBy: r.dead_by, lapsedAt: r.lapsed_at,
   };
 }
 
@@ -146,6 +161,10 @@ export class SqliteStore {
       // append-only triggers are not involved).
       const columns = this.db.prepare('PRAGMA table_info(audit)').all() as { name: string }[];
       if (!columns.some((c) => c.name === 'vault_accessor')) this.db.exec('ALTER TABLE audit ADD COLUMN vault_accessor TEXT');
+      const vaultColumns = new Set((this.db.prepare('PRAGMA table_info(vault_tokens)').all() as { name: string }[]).map((c) => c.name));
+      for (const column of VAULT_TOKEN_COLUMNS_ADDED) {
+        if (!vaultColumns.has(column.split(' ')[0]!)) this.db.exec(`ALTER TABLE vault_tokens ADD COLUMN ${column}`);
+      }
     } catch (e) {
       throw new BrokerError('audit_unavailable', `cannot open the store at ${path}: ${(e as Error).message}`, {
         cause: e,
@@ -166,13 +185,23 @@ export class SqliteStore {
       setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
       expiredOpen: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at <= ? ORDER BY expires_at'),
       audit: q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
-      insertVaultToken: q('INSERT INTO vault_tokens (accessor, session_id, created_at, expires_at) VALUES (?,?,?,?)'),
+      insertVaultToken: q('INSERT INTO vault_tokens (accessor, session_id, created_at, expires_at, dead_by) VALUES (?,?,?,?,?)'),
+      sessionOpen: q('SELECT 1 AS open FROM task_sessions WHERE id = ? AND ended_at IS NULL AND expires_at > ?'),
       vaultTokensOf: q('SELECT * FROM vault_tokens WHERE session_id = ? ORDER BY created_at, accessor'),
       unrevokedOf: q('SELECT * FROM vault_tokens WHERE session_id = ? AND revoked_at IS NULL ORDER BY created_at, accessor'),
+      // Never tried first, then the least recently tried: rows that keep failing go to the back, so
+      // they cannot starve newer ones out of the LIMIT.
       toRevoke: q(`SELECT v.* FROM vault_tokens v JOIN task_sessions s ON s.id = v.session_id
-        WHERE v.revoked_at IS NULL AND (s.ended_at IS NOT NULL OR s.expires_at <= ?) ORDER BY v.created_at LIMIT ?`),
+        WHERE v.revoked_at IS NULL AND v.lapsed_at IS NULL AND (s.ended_at IS NOT NULL OR s.expires_at <= ?)
+        ORDER BY COALESCE(v.last_attempt_at, 0), v.created_at LIMIT ?`),
+      // Pending rows whose revocation failed at least once and whose token is past the latest it can
+      // live (rows without dead_by: created_at + the fallback bound given).
+      pastDeadBy: q(`SELECT v.* FROM vault_tokens v JOIN task_sessions s ON s.id = v.session_id
+        WHERE v.revoked_at IS NULL AND v.lapsed_at IS NULL AND v.revoke_attempts > 0 AND (s.ended_at IS NOT NULL OR s.expires_at <= ?)
+        AND COALESCE(v.dead_by, v.created_at + ?) <= ? ORDER BY v.created_at LIMIT ?`),
       markRevoked: q('UPDATE vault_tokens SET revoked_at = ? WHERE accessor = ? AND revoked_at IS NULL'),
-      revokeFailed: q('UPDATE vault_tokens SET revoke_attempts = revoke_attempts + 1, last_error = ? WHERE accessor = ? AND revoked_at IS NULL'),
+      markLapsed: q('UPDATE vault_tokens SET lapsed_at = ? WHERE accessor = ? AND revoked_at IS NULL AND lapsed_at IS NULL'),
+      revokeFailed: q('UPDATE vault_tokens SET revoke_attempts = revoke_attempts + 1, last_error = ?, last_attempt_at = ? WHERE accessor = ? AND revoked_at IS NULL'),
     };
   }
 
@@ -248,11 +277,18 @@ export class SqliteStore {
     return (this.stmts.expiredOpen!.all(this.now()) as unknown as SessionRow[]).map(toSession);
   }
 
-  /** Records a Vault token's accessor and its audit record atomically. */
-  recordVaultToken(t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt'>, e: AuditEvent): void {
-    this.write(`${e.event} ${e.decision}`, () => {
-      this.stmts.insertVaultToken!.run(t.accessor, t.sessionId, t.createdAt, t.expiresAt);
-      this.appendAudit(e);
+  /**
+   * Records a Vault token's accessor with its audit record, atomically, and says whether its session
+   * was still open in that same transaction. If so, `issued` is appended; if the session ended (or
+   * expired) while the token was being created, `ended` is appended instead, and the row is kept
+   * unrevoked under the ended session, so the sweeper revokes it if the caller cannot.
+   */
+  recordVaultToken(t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt' | 'deadBy'>, issued: AuditEvent, ended: AuditEvent): boolean {
+    return this.write(`${issued.event} ${issued.decision}`, () => {
+      const open = this.stmts.sessionOpen!.get(t.sessionId, this.now()) !== undefined;
+      this.stmts.insertVaultToken!.run(t.accessor, t.sessionId, t.createdAt, t.expiresAt, t.deadBy);
+      this.appendAudit(open ? issued : ended);
+      return open;
     });
   }
 
@@ -261,9 +297,26 @@ export class SqliteStore {
     return (stmt.all(sessionId) as unknown as VaultTokenRow[]).map(toVaultToken);
   }
 
-  /** Unrevoked tokens of sessions that have ended or expired: what the sweeper revokes. */
+  /** Unrevoked tokens of sessions that have ended or expired: what the sweeper revokes, least recently tried first. */
   vaultTokensToRevoke(limit = 500): VaultTokenRecord[] {
     return (this.stmts.toRevoke!.all(this.now(), limit) as unknown as VaultTokenRow[]).map(toVaultToken);
+  }
+
+  /**
+   * Tokens still to revoke whose revocation has failed before and that are dead anyway: `deadBy`
+   * (or, unknown, `createdAt + fallbackMs`) is at or before `cutoff`.
+   */
+  vaultTokensPastDeadBy(cutoff: number, fallbackMs: number, limit = 500): VaultTokenRecord[] {
+    return (this.stmts.pastDeadBy!.all(this.now(), fallbackMs, cutoff, limit) as unknown as VaultTokenRow[]).map(toVaultToken);
+  }
+
+  /** Stops retrying a token's revocation (it is past the latest it can live) and records why; false if already settled. */
+  markVaultTokenLapsed(accessor: string, e: AuditEvent): boolean {
+    return this.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.markLapsed!.run(this.now(), accessor).changes > 0;
+      if (changed) this.appendAudit(e);
+      return changed;
+    });
   }
 
   /** Marks a token revoked and records it; false if it already was. */
@@ -278,7 +331,7 @@ export class SqliteStore {
   /** A failed revocation: counted, its error kept (no secret in it), audited when `e` is given. */
   recordVaultRevokeFailure(accessor: string, error: string, e?: AuditEvent): void {
     this.write(`${e?.event ?? 'vault.revoke'} failure`, () => {
-      this.stmts.revokeFailed!.run(error.slice(0, 1000), accessor);
+      this.stmts.revokeFailed!.run(error.slice(0, 1000), this.now(), accessor);
       if (e) this.appendAudit(e);
     });
   }

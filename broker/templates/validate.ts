@@ -169,6 +169,17 @@ function checkVault(v: RawVaultGrant, maxSession: number, add: Add): VaultGrant 
     add(['vault', 'tokenRole'], `"${v.tokenRole}" is not a Vault token role name`, 'letters, digits, _ - and ., starting and ending with a letter, digit or _ (the token store\'s role_name pattern)');
   }
 
+  // The daemon keeps a renewable token alive with `auth/token/renew-self`, which Vault's `default`
+  // policy grants (`path "auth/token/renew-self" { capabilities = ["update"] }`). Without it Vault
+  // answers 403, so the daemon fetches a new token every two thirds of the TTL and the token an agent
+  // got from `broker exec` dies at its ttl: "renewable" would promise what Vault refuses. The broker
+  // cannot read what a Vault policy grants, so a policy of the template's own granting renew-self
+  // cannot be seen here and is not counted on.
+  if (v.noDefaultPolicy && v.renewable) {
+    add(['vault', 'noDefaultPolicy'], 'is true and the token is renewable (vault.renewable defaults to true), but without Vault\'s "default" policy a token cannot renew itself (auth/token/renew-self): the daemon would fetch a new token every two thirds of its ttl, and the token an agent holds from broker exec would die at its ttl',
+      'set vault.renewable: false (the daemon then replaces the token instead of renewing it), or remove noDefaultPolicy (the default policy grants auth/token/renew-self). A policy of your own granting update on auth/token/renew-self would work in Vault, but the broker cannot see what your policies grant: see "noDefaultPolicy" in docs/vault.md');
+  }
+
   // Token TTLs: neither may outlast the task session, so a token dies with its task even if revoking
   // it at the end fails. (Vault caps renewals of role tokens by the role's token_explicit_max_ttl,
   // not the token's own: the daemon renews within the session, and docs/vault.md says why the role

@@ -22,6 +22,19 @@ export interface VaultHttpOptions {
   timeoutMs: number;
 }
 
+/**
+ * Vault could not be reached, or did not answer in time; the BrokerError's `cause`. `outcomeUnknown`
+ * says whether the request may have reached Vault and been carried out anyway: a refused connection
+ * or an unknown host means it never left, but after a timeout or a connection reset mid-request the
+ * broker cannot know (Vault may have committed a token create and lost only the answer).
+ */
+export class VaultUnreachableError extends Error {
+  override readonly name = 'VaultUnreachableError';
+  constructor(readonly reason: string, readonly outcomeUnknown: boolean) {
+    super(reason);
+  }
+}
+
 /** Vault's answer to a failed request, kept as the BrokerError's `cause` (never holds a secret). */
 export class VaultApiError extends Error {
   override readonly name = 'VaultApiError';
@@ -93,12 +106,13 @@ export class VaultHttp {
       // Only the failure's kind is kept: the fetch error is not carried along (nor logged) whole.
       const reason = networkReason(e, this.options.timeoutMs);
       if (reason === REDIRECTED) {
+        // A standby redirects instead of handling the request: nothing was carried out.
         throw new BrokerError('upstream_error', `Vault at ${this.address} answered with a redirect, which the broker does not follow with its token: could not ${c.what}`, {
-          cause: new Error(reason), hint: 'point vault.address at the active node or at a load balancer in front of the cluster',
+          cause: new VaultUnreachableError(reason, false), hint: 'point vault.address at the active node or at a load balancer in front of the cluster',
         });
       }
       throw new BrokerError('upstream_unavailable', `Vault at ${this.address} is unreachable (${reason}): could not ${c.what}`, {
-        cause: new Error(reason),
+        cause: new VaultUnreachableError(reason, !NEVER_SENT.has(reason)),
         hint: 'check that Vault is up and reachable from the broker at vault.address (service config)',
       });
     }
@@ -119,6 +133,29 @@ export class VaultHttp {
     const code = res.status === 503 || res.status === 429 || res.status === 502 || res.status === 504 ? 'upstream_unavailable' : 'upstream_error';
     throw new BrokerError(code, `Vault refused to ${c.what} (HTTP ${res.status}): ${said}`, { cause });
   }
+}
+
+/**
+ * Network failures that happen before a request is written, so Vault cannot have carried it out:
+ * connection refused, name resolution, no route, TLS handshake (Node's `fetch` reports these as the
+ * `cause.code` of its TypeError). Anything else (a timeout, a reset mid-request) leaves it unknown.
+ */
+const NEVER_SENT = new Set([
+  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT_TIMEOUT', 'ERR_TLS_CERT_ALTNAME_INVALID',
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_HAS_EXPIRED', 'ERR_SSL_WRONG_VERSION_NUMBER',
+]);
+
+/**
+ * Whether the failed request may nevertheless have been carried out by Vault: no answer in time or a
+ * connection lost mid-request, a 500 (Vault failed after it may have written), or a 502/504 from a
+ * proxy in front of it (the proxy gave up waiting; Vault may not have). A 4xx, a 503 (sealed,
+ * standby) or a 429 means Vault refused it before doing anything.
+ */
+export function outcomeUnknown(e: unknown): boolean {
+  const cause = (e as { cause?: unknown } | undefined)?.cause;
+  if (cause instanceof VaultUnreachableError) return cause.outcomeUnknown;
+  if (cause instanceof VaultApiError) return cause.status === 500 || cause.status === 502 || cause.status === 504;
+  return false;
 }
 
 /** The status Vault answered with, when `e` wraps a Vault error answer. */

@@ -43,3 +43,11 @@ export const MIN_VAULT_TTL_SECONDS = 60;
 
 /** Default token TTL when a template gives none: one hour, capped by the explicit max TTL. */
 export const DEFAULT_VAULT_TTL_SECONDS = 3600;
+
+/**
+ * Vault's default maximum lease TTL (`max_lease_ttl`, 768h = 32 days). It bounds renewals of a
+ * renewable token whose token role sets no `token_explicit_max_ttl` (token store `authRenew` takes
+ * the role's value, not the token's own explicit max TTL), unless an operator tuned the token
+ * mount's max TTL higher. The broker uses it as the latest a token can live when it knows no better.
+ */
+export const VAULT_DEFAULT_MAX_TTL_SECONDS = 768 * 3600;

@@ -6,7 +6,7 @@
  */
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { VaultAuth } from './auth.js';
-import { vaultStatus, type VaultHttp } from './http.js';
+import { VaultApiError, vaultStatus, type VaultHttp } from './http.js';
 import type { VaultTokenRequest } from './token-request.js';
 
 /** A task token as Vault created it. `token` is the secret; everything else may be logged. */
@@ -72,11 +72,23 @@ export class VaultTokens {
     };
   }
 
-  /** Revokes the token (and its children) by accessor. Vault answers 200 for an unknown accessor. */
-  async revokeAccessor(accessor: string): Promise<void> {
-    await this.withToken((token) => this.http.call({
-      method: 'POST', path: 'auth/token/revoke-accessor', token, body: { accessor }, what: `revoke the token with accessor ${accessor}`,
-    }));
+  /**
+   * Revokes the token (and its children) by accessor. `found: false` when Vault no longer knows the
+   * token (it expired at its TTL or explicit max TTL, used up its `num_uses`, or was revoked by
+   * someone else): it is dead, which is what revoking was for.
+   */
+  async revokeAccessor(accessor: string): Promise<{ found: boolean }> {
+    let r;
+    try {
+      r = await this.withToken((token) => this.http.call({
+        method: 'POST', path: 'auth/token/revoke-accessor', token, body: { accessor }, what: `revoke the token with accessor ${accessor}`,
+      }));
+    } catch (e) {
+      const cause = (e as { cause?: unknown }).cause;
+      if (cause instanceof VaultApiError && accessorGone(cause.status, cause.errors)) return { found: false };
+      throw e;
+    }
+    return { found: !accessorGone(200, r?.warnings ?? []) };
   }
 
   /** Token properties by accessor (never the token itself); undefined when Vault knows no such token. */
@@ -113,6 +125,20 @@ export class VaultTokens {
       throw e;
     }
   }
+}
+
+/**
+ * Does Vault's answer to `auth/token/revoke-accessor` say there is no such token any more? Token
+ * store, handleUpdateRevokeAccessor (Vault and OpenBao alike): an accessor without an index entry is
+ * a 200 with the warning "No token found with this accessor"; an index entry whose token is already
+ * gone (expired or mid-revocation) is a 400 "token not found". Older Vault versions answered an
+ * unknown accessor with a 400 "invalid accessor" (what `lookup-accessor` still answers). Any other
+ * answer, e.g. a 400 "missing accessor" or a 403, is a real failure and is retried.
+ */
+export function accessorGone(status: number, messages: readonly string[]): boolean {
+  if (status !== 200 && status !== 400) return false;
+  const known = status === 200 ? /\bno token found with this accessor\b/i : /\b(token not found|invalid accessor)\b/i;
+  return messages.some((m) => known.test(m));
 }
 
 /** What to do about a refused token creation, by Vault's answer (the message itself is Vault's). */

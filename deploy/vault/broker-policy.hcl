@@ -28,7 +28,9 @@ path "auth/token/renew-self" {
 }
 
 # Read the token role at start, to warn about a role that is not orphan, has no
-# token_explicit_max_ttl, or does not allow a template's policies.
+# token_explicit_max_ttl, or does not allow a template's policies; and when issuing a renewable task
+# token, for its token_explicit_max_ttl (what caps renewals: the latest the token can live, after
+# which a revocation that keeps failing is given up). Without it the broker assumes Vault's 768h.
 path "auth/token/roles/broker-tasks" {
   capabilities = ["read"]
 }
