@@ -103,7 +103,7 @@ async function takeInstanceLock(env: NodeJS.ProcessEnv): Promise<InstanceLock | 
   const sock = socketPath(env);
   const deadline = Date.now() + LOCK_WAIT_MS;
   for (;;) {
-    const attempt = tryInstanceLock(file);
+    const attempt = lockFile(file, () => tryInstanceLock(file));
     if (attempt.acquired) return attempt.lock;
     const holder = attempt.holder;
     if (!holder) continue; // released between our open and our read: try again at once
@@ -112,9 +112,20 @@ async function takeInstanceLock(env: NodeJS.ProcessEnv): Promise<InstanceLock | 
       process.stderr.write(`broker daemon: already running (pid ${probe.pid}, socket ${sock})\n`);
       return undefined;
     }
-    if (probe.kind === 'none' && isStale(holder) && breakStaleLock(file, holder)) continue;
+    if (probe.kind === 'none' && isStale(holder) && lockFile(file, () => breakStaleLock(file, holder))) continue;
     if (Date.now() > deadline) throw notAnswering(holder, probe.kind, sock, env);
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The lock file's own failures (not ours to read or create): said plainly, with the fix. */
+function lockFile<T>(file: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw new BrokerError('invalid_config', `cannot use the daemon's lock file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, {
+      cause: e, hint: `it must be yours (mode 0600); if no broker daemon runs, remove it: rm ${file}`,
+    });
   }
 }
 

@@ -64,7 +64,13 @@ export function tryInstanceLock(file: string): LockAttempt {
   } finally {
     closeSync(fd);
   }
-  const owns = () => readHolder(file)?.token === token;
+  const owns = () => {
+    try {
+      return readHolder(file)?.token === token;
+    } catch {
+      return true; // cannot tell (the file is unreadable): not a reason to stop a working daemon
+    }
+  };
   return {
     acquired: true,
     lock: {
@@ -78,13 +84,17 @@ export function tryInstanceLock(file: string): LockAttempt {
   };
 }
 
-/** The current holder as written in the file; undefined when there is no file. */
+/**
+ * The current holder as written in the file; undefined when there is no file. Any other failure
+ * (a file this user cannot read, left by `sudo broker …`) is thrown: waiting would not fix it.
+ */
 export function readHolder(file: string, now: number = Date.now()): LockHolder | undefined {
   let fd: number;
   try {
     fd = openSync(file, 'r');
-  } catch {
-    return undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
   }
   try {
     const st = fstatSync(fd);
