@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { startDaemonInBackground } from '../broker/daemon/autostart.js';
+import { ensureNoCoreDumps } from '../broker/daemon/core-limit.js';
 import { runDaemon } from '../broker/daemon/daemon.js';
 import { callRunningDaemon } from '../broker/daemon/daemon-client.js';
 import { logPath, socketPath } from '../broker/daemon/socket.cjs';
@@ -17,6 +18,9 @@ export function register(program: Command): void {
     .command('run')
     .description('run the daemon in the foreground (what systemd/launchd and the on-demand start run)')
     .action(action(async () => {
+      // First of all (it may re-execute this process): no core dump may hold the daemon's memory.
+      const core = ensureNoCoreDumps();
+      if (!core.ok) info(`broker daemon: warning: core dumps are not disabled (${core.reason}); set the limit with ulimit -c 0 before starting it`);
       const running = await runDaemon();
       if (running) await running.stopped;
     }));
@@ -72,7 +76,7 @@ export function register(program: Command): void {
       process.stdout.write([
         `running      pid ${p.pid}, up ${up}`,
         `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
-        `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service; ${p.stats.upstreamIssues} issued`,
+        `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
         `socket       ${where.socket}`,
         `log          ${where.log}`,

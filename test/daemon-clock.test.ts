@@ -6,7 +6,8 @@
  *  - A simulated 2-hour agent run, one credential_process call per simulated minute: never a
  *    credential under the hand-out floor, never a call that waits on the network.
  *  - An STS outage: cached credentials keep being served, the problem is logged once, and after they
- *    expire credential_process fails with one clear line; when STS is back, so are credentials.
+ *    expire credential_process fails fast with one clear line, keeping to the back-off (no upstream
+ *    attempt per call, one log line); when STS is back, so are credentials.
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -147,13 +148,33 @@ describe('the daemon over time (fake clock)', () => {
     const warnings = log().split('\n').filter((l) => l.includes('cannot refresh credentials'));
     assert.equal(warnings.length, 1, 'logged once per change of state, not per retry');
 
-    // Expired: one clear line, nothing on stdout.
+    // Expired: one clear line, nothing on stdout, in the developer's terms (not the service
+    // operator's "check aws.stsEndpoint"): what is wrong, since when, what to do.
+    const requestFailed = () => log().split('\n').filter((l) => l.includes('"request failed"')).length;
+    const failedBefore = requestFailed();
     clock.advance(Math.ceil((expires - clock.now()) / 1000) + 5);
+    const deadLine = new RegExp('^broker credential-process: no valid credentials for "deploy-lambda": the broker service cannot get credentials '
+      + `from AWS STS: STS .+; the cached ones expired at ${new Date(expires).toISOString().replace(/\./g, '\\.')} `
+      + '\\(the daemon keeps retrying: try again later, or see its last attempt with: broker daemon status\\)\\n$');
     const dead = await cp('deploy-lambda');
     assert.equal(dead.code, 1);
     assert.equal(dead.stdout, '');
     assert.equal(dead.stderr.trim().split('\n').length, 1);
-    assert.match(dead.stderr, /^broker credential-process: no valid credentials for "deploy-lambda": STS .+\n$/);
+    assert.match(dead.stderr, deadLine);
+    assert.doesNotMatch(dead.stderr, /stsEndpoint/);
+
+    // A client calling in a loop while STS is still down: every call fails fast with the same line,
+    // the daemon keeps to its back-off (no upstream attempt per call), and logs the failure once.
+    const attemptsBefore = (await ping()).stats.upstreamIssues;
+    for (let i = 0; i < 8; i++) {
+      const r = await cp('deploy-lambda');
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, deadLine);
+    }
+    const attempts = (await ping()).stats.upstreamIssues - attemptsBefore;
+    assert.ok(attempts <= 3, `${attempts} upstream attempts for 8 calls: the back-off holds for callers too`);
+    assert.equal(requestFailed() - failedBefore, 1, 'failed requests logged once per change of state, not per call');
+    assert.equal(log().split('\n').filter((l) => l.includes('cannot refresh credentials')).length, 1);
 
     // STS back (a new moto behind the same endpoint): the next call gets fresh credentials.
     const moto = await startMoto({ env: clock.env });
@@ -163,12 +184,15 @@ describe('the daemon over time (fake clock)', () => {
       Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
     }), 43200);
     stack.proxy.setTarget(moto.url);
+    // Past the longest back-off (a minute): the next call finds an attempt due, and it succeeds.
+    clock.advance(61);
     const back = await cp('deploy-lambda');
     assert.equal(back.code, 0, back.stderr);
     assert.notEqual(back.creds!.AccessKeyId, first.creds!.AccessKeyId);
     assert.ok(Date.parse(back.creds!.Expiration) - clock.now() > 50 * MIN);
     await settle();
     assert.match(log(), /credentials refreshed again after upstream failures/);
+    assert.match(log(), /requests succeed again/);
   });
 
   it('the broker service down: cached credentials are served; after expiry the error names the service', async () => {
@@ -183,6 +207,6 @@ describe('the daemon over time (fake clock)', () => {
     const dead = await cp('deploy-lambda');
     assert.equal(dead.code, 1);
     assert.equal(dead.stdout, '');
-    assert.match(dead.stderr, /^broker credential-process: no valid credentials for "deploy-lambda": cannot reach the broker service at http:\/\/127\.0\.0\.1:\d+ \(.+\)\n$/);
+    assert.match(dead.stderr, /^broker credential-process: no valid credentials for "deploy-lambda": cannot reach the broker service at http:\/\/127\.0\.0\.1:\d+; the cached ones expired at \S+Z \(the daemon keeps retrying: try again later, or see its last attempt with: broker daemon status\)\n$/);
   });
 });

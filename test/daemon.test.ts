@@ -5,19 +5,83 @@
  * under a task; nothing secret lands on disk or in a log.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { createPrivateKey, type JsonWebKey } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import { STALE_LOCK_MS } from '../broker/daemon/instance-lock.js';
+import { installUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { broker, deviceLogin, makeTestHome, run, type RunResult, type TestHome } from './peers/cli.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
-import { BROKER_BIN, VENV_BIN } from './peers/paths.js';
-import { assumeRoleCalls } from './peers/recording-proxy.js';
+import { BROKER_BIN, REPO_ROOT, VENV_BIN } from './peers/paths.js';
+import { assumeRoleCalls, issuedSecrets } from './peers/recording-proxy.js';
 import { filesContaining } from './peers/secret-scan.js';
 import { startStack, type Stack } from './peers/stack.js';
 
 interface Creds { Version: number; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string }
+interface Stats { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number }
+interface DaemonState { running: boolean; pid?: number; developer?: string | null; stats?: Stats }
+
+/**
+ * A device key as it could leak: the JWK's `d`, the raw scalar (bytes, base64, hex) and the PKCS#8
+ * and SEC1 encodings (DER bytes, base64, each PEM line).
+ */
+function privateKeyForms(jwk: JsonWebKey): (string | Buffer)[] {
+  const d = Buffer.from(jwk.d!, 'base64url');
+  const key = createPrivateKey({ key: jwk, format: 'jwk' });
+  const forms: (string | Buffer)[] = [jwk.d!, d, d.toString('base64'), d.toString('hex')];
+  for (const type of ['pkcs8', 'sec1'] as const) {
+    const der = key.export({ type, format: 'der' });
+    const pem = key.export({ type, format: 'pem' }).toString();
+    forms.push(der, der.toString('base64'), ...pem.split('\n').filter((l) => l && !l.startsWith('-----')));
+  }
+  return forms;
+}
+
+/** Connections queued on a Unix socket's listener (Linux: /proc/net/unix lists each with its path). */
+function queuedConnections(sock: string): number {
+  return readFileSync('/proc/net/unix', 'utf8').split('\n').filter((l) => l.endsWith(` ${sock}`) && l.split(/\s+/)[3] !== '00010000').length;
+}
+
+/** The soft and hard core-size limits of a running process, from /proc/<pid>/limits. */
+function coreLimits(pid: number): string {
+  const line = readFileSync(`/proc/${pid}/limits`, 'utf8').split('\n').find((l) => l.startsWith('Max core file size'))!;
+  return line.slice('Max core file size'.length).trim().split(/\s+/).slice(0, 2).join(' ');
+}
+
+/** A socket file left by a process that died while listening: connecting to it is refused. */
+async function deadSocket(path: string): Promise<void> {
+  const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(path)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  await new Promise((r) => child.stdout.once('data', r));
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await gone;
+  assert.ok(existsSync(path));
+}
+
+/** Something on the daemon's socket that answers pings as `pid` (or, with silent, never answers). */
+async function fakeDaemon(path: string, o: { pid?: number; silent?: boolean }): Promise<{ close(): Promise<void> }> {
+  const conns = new Set<Socket>();
+  const server = createServer((conn) => {
+    conns.add(conn);
+    conn.on('close', () => conns.delete(conn));
+    conn.on('error', () => {});
+    conn.on('data', () => {
+      if (!o.silent) conn.end(`${JSON.stringify({ ok: true, result: { pid: o.pid, version: 1, serverUrl: null, developer: null, startedAt: new Date().toISOString(), stats: {}, tasks: [] } })}\n`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    close: () => new Promise<void>((r) => {
+      for (const c of conns) c.destroy();
+      server.close(() => r());
+    }),
+  };
+}
 
 const tagsOf = (call: Record<string, string>) => Object.fromEntries(Object.entries(call)
   .filter(([k]) => /^Tags\.member\.\d+\.Key$/.test(k)).map(([k, v]) => [v, call[k.replace(/Key$/, 'Value')]]));
@@ -39,9 +103,19 @@ describe('the broker daemon', () => {
     secrets.add(creds.SessionToken);
     return { ...r, creds };
   };
+  /** Device keys of every login made here (each login makes a new one), for the scans at the end. */
+  const deviceKeys: JsonWebKey[] = [];
+  /** Credentials `broker exec --env` put in a child's environment, as the child printed them. */
+  const envSecrets: string[] = [];
   const daemonStatus = async () => {
     const r = await broker(['daemon', 'status', '--json'], env);
-    return JSON.parse(r.stdout) as { running: boolean; pid?: number; stats?: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; upstreamIssues: number } };
+    return JSON.parse(r.stdout) as DaemonState;
+  };
+  const rememberLogin = () => {
+    const stored = JSON.parse(keyring.read(`login:${stack.svc.url}`)!) as { refreshToken: string; dpopKey: JsonWebKey };
+    secrets.add(stored.refreshToken);
+    deviceKeys.push(stored.dpopKey);
+    return stored;
   };
   const issued = () => assumeRoleCalls(stack.proxy.requests).length;
 
@@ -72,10 +146,8 @@ describe('the broker daemon', () => {
   it('keeps the login in the keychain: the refresh token and its device key, nowhere else', async () => {
     const login = await deviceLogin(stack.svc.url, env, stack.idp, 'alice@example.com');
     assert.equal(login.code, 0, login.stderr);
-    const stored = JSON.parse(keyring.read(`login:${stack.svc.url}`)!) as { refreshToken: string; dpopKey: { d: string; kty: string } };
+    const stored = rememberLogin();
     assert.equal(stored.dpopKey.kty, 'EC');
-    secrets.add(stored.refreshToken);
-    secrets.add(stored.dpopKey.d);
     const config = JSON.parse(readFileSync(join(m.home, '.config', 'agent-credential-broker', 'config.json'), 'utf8')) as Record<string, unknown>;
     assert.deepEqual(Object.keys(config), ['serverUrl'], 'the settings file holds the URL only');
   });
@@ -104,15 +176,78 @@ describe('the broker daemon', () => {
     assert.ok(stats.servedFromMemory >= 20);
   });
 
-  it('single flight: 100 concurrent credential_process calls cause at most one issuance', async () => {
+  it('single flight: 100 concurrent credential_process calls, all waiting at once, cause one issuance', async () => {
     // A restarted daemon holds nothing: every call needs the service, and only one may reach it.
     assert.equal((await broker(['daemon', 'stop'], env)).code, 0);
     assert.equal((await broker(['daemon', 'start'], env)).code, 0);
+    const st = await daemonStatus();
+    const sock = join(m.runtimeDir, 'agent-credential-broker', 'daemon.sock');
     const before = issued();
-    const all = await Promise.all(Array.from({ length: 100 }, () => cp()));
-    for (const r of all) assert.equal(r.code, 0, r.stderr);
-    assert.equal(new Set(all.map((r) => r.creds!.AccessKeyId)).size, 1);
+    // The daemon is held still while the 100 processes start, so that all of them are waiting when
+    // it resumes (100 Node processes take seconds to start on two cores; an issuance, milliseconds).
+    process.kill(st.pid!, 'SIGSTOP');
+    let all: Promise<RunResult & { creds?: Creds }>[];
+    try {
+      all = Array.from({ length: 100 }, () => cp());
+      const deadline = Date.now() + 60_000;
+      while (queuedConnections(sock) < 100) {
+        assert.ok(Date.now() < deadline, `only ${queuedConnections(sock)} of 100 calls connected`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 300)); // their request lines follow their connects
+    } finally {
+      process.kill(st.pid!, 'SIGCONT');
+    }
+    const results = await Promise.all(all);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    assert.equal(new Set(results.map((r) => r.creds!.AccessKeyId)).size, 1);
     assert.equal(issued() - before, 1, 'exactly one AssumeRole for 100 callers');
+    const stats = (await daemonStatus()).stats!;
+    assert.equal(stats.credentialRequests - st.stats!.credentialRequests, 100);
+    assert.equal(stats.waitedForUpstream - st.stats!.waitedForUpstream, 100, 'all 100 waited for the service…');
+    assert.equal(stats.sharedUpstream - st.stats!.sharedUpstream, 99, '…99 of them on the request the first one started');
+    assert.equal(stats.upstreamIssues - st.stats!.upstreamIssues, 1);
+  });
+
+  it('credential_process loads nothing but its two small modules and node:net/node:path', async () => {
+    // A --require hook that records every module resolved (require and import alike).
+    const dir = mkdtempSync(join(tmpdir(), 'broker-imports-'));
+    const hook = join(dir, 'record-imports.cjs');
+    writeFileSync(hook, `const { registerHooks } = require('node:module');
+const { writeFileSync } = require('node:fs');
+const seen = [];
+registerHooks({ resolve(specifier, context, next) { const r = next(specifier, context); seen.push(r.url); return r; } });
+process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.stringify(seen)));
+`);
+    const loaded = async (args: string[]) => {
+      const log = join(dir, 'imports.json');
+      rmSync(log, { force: true });
+      const r = await run(process.execPath, ['--require', hook, BROKER_BIN, ...args], { env: { ...process.env, ...env, BROKER_TEST_IMPORT_LOG: log } });
+      return { r, urls: JSON.parse(readFileSync(log, 'utf8')) as string[] };
+    };
+    const fastPath = new Set([
+      pathToFileURL(BROKER_BIN).href,
+      pathToFileURL(join(REPO_ROOT, 'dist', 'cli', 'credential-process.cjs')).href,
+      pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'daemon', 'socket.cjs')).href,
+      'node:net', 'node:path',
+    ]);
+    try {
+      // Answered with credentials, and answered with an error: both are the fast path.
+      for (const task of ['deploy-lambda', 'no-such-task']) {
+        const { r, urls } = await loaded(['credential-process', '--task', task]);
+        assert.equal(r.code, task === 'deploy-lambda' ? 0 : 1, r.stderr);
+        assert.ok(urls.some((u) => u.endsWith('/dist/broker/daemon/socket.cjs')), `the hook saw the fast path's own modules: ${urls.join(', ')}`);
+        assert.deepEqual(urls.filter((u) => !fastPath.has(u)), [], 'nothing else loaded');
+        for (const heavy of ['zod', 'yaml', '@aws-sdk', 'commander', 'keyring', 'pino']) {
+          assert.ok(!urls.some((u) => u.includes(`/node_modules/${heavy}`)), `${heavy} not loaded`);
+        }
+      }
+      // The hook does see a heavy import graph when there is one (so the check above can fail).
+      const { urls } = await loaded(['daemon', 'status']);
+      assert.ok(urls.some((u) => u.includes('/node_modules/commander/')), 'a full CLI command loads commander');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('is started once even when many first calls race to start it', async () => {
@@ -121,7 +256,7 @@ describe('the broker daemon', () => {
     for (const r of all) assert.equal(r.code, 0, r.stderr);
     const st = await daemonStatus();
     assert.equal(st.running, true);
-    const pid = Number(readFileSync(join(m.runtimeDir, 'agent-credential-broker', 'daemon.pid'), 'utf8'));
+    const pid = Number(readFileSync(join(m.runtimeDir, 'agent-credential-broker', 'daemon.pid'), 'utf8').split(' ')[0]);
     assert.equal(pid, st.pid, 'one daemon holds the lock and the socket');
   });
 
@@ -205,9 +340,12 @@ describe('the broker daemon', () => {
     });
 
     it('--env puts the task credentials themselves in the environment, with their expiry', async () => {
-      const r = await broker(['exec', 'deploy-lambda', '--env', '--', 'sh', '-c', 'echo "$AWS_ACCESS_KEY_ID $AWS_CREDENTIAL_EXPIRATION ${AWS_PROFILE:-none}"'], env);
+      const r = await broker(['exec', 'deploy-lambda', '--env', '--', 'sh', '-c',
+        'echo "$AWS_ACCESS_KEY_ID $AWS_CREDENTIAL_EXPIRATION ${AWS_PROFILE:-none} $AWS_SECRET_ACCESS_KEY $AWS_SESSION_TOKEN"'], env);
       assert.equal(r.code, 0, r.stderr);
-      const [keyId, expiration, profile] = r.stdout.trim().split(' ');
+      const [keyId, expiration, profile, secretKey, token] = r.stdout.trim().split(' ');
+      // Issued for this exec (its agent, sh, differs from the previous one): looked for by the scans.
+      envSecrets.push(secretKey!, token!);
       assert.match(keyId!, /^ASIA/);
       assert.ok(Date.parse(expiration!) > Date.now());
       assert.equal(profile, 'none');
@@ -228,6 +366,45 @@ describe('the broker daemon', () => {
     });
   });
 
+  it('reads the keychain again on `broker logout` and `broker login`, without a restart', async () => {
+    const { pid } = await daemonStatus();
+    const out = await broker(['logout'], env);
+    assert.equal(out.code, 0, out.stderr);
+    let st = await daemonStatus();
+    assert.equal(st.pid, pid, 'the same daemon');
+    assert.equal(st.developer, null, 'it dropped the login');
+    const refused = await cp();
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /^broker credential-process: not logged in to http:\/\/127\.0\.0\.1:\d+ \(run: broker login\)\n$/);
+
+    // Someone else logs in on this machine (an ID token from CI, say): the daemon now acts for them.
+    const idToken = join(mkdtempSync(join(tmpdir(), 'broker-idtoken-')), 'id.jwt');
+    try {
+      writeFileSync(idToken, await stack.idp.loginAs('carol@example.com'), { mode: 0o600 });
+      const carol = await broker(['login', '--id-token-file', idToken], env);
+      assert.equal(carol.code, 0, carol.stderr);
+      rememberLogin();
+      st = await daemonStatus();
+      assert.equal(st.pid, pid);
+      assert.equal(st.developer, 'carol@example.com', 'the new login was picked up');
+      const notHers = await cp();
+      assert.equal(notHers.code, 1);
+      assert.match(notHers.stderr, /no active "deploy-lambda" task session/, "alice's session is not carol's");
+
+      writeFileSync(idToken, await stack.idp.loginAs('alice@example.com'), { mode: 0o600 });
+      const alice = await broker(['login', '--id-token-file', idToken], env);
+      assert.equal(alice.code, 0, alice.stderr);
+      rememberLogin();
+      st = await daemonStatus();
+      assert.equal(st.pid, pid, 'never restarted');
+      assert.equal(st.developer, 'alice@example.com');
+      const back = await cp();
+      assert.equal(back.code, 0, back.stderr);
+    } finally {
+      rmSync(join(idToken, '..'), { recursive: true, force: true });
+    }
+  });
+
   it('ending the task drops its credentials: credential_process fails with one clear line', async () => {
     const end = await broker(['end', 'deploy-lambda'], env);
     assert.equal(end.code, 0, end.stderr);
@@ -239,9 +416,17 @@ describe('the broker daemon', () => {
   });
 
   it('leaves no secret on disk or in any log', () => {
-    const hits = filesContaining([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], [...secrets]);
+    // Every credential STS issued during this file's runs — those served to `broker exec`'s
+    // children and to the AWS CLI included, which this process never saw — as recorded on the wire.
+    const fromSts = issuedSecrets(stack.proxy.requests);
+    assert.equal(fromSts.length, assumeRoleCalls(stack.proxy.requests).length, 'every AssumeRole answer was captured');
+    const stsSecrets = fromSts.flatMap((c) => [c.secretAccessKey, c.sessionToken]);
+    for (const s of envSecrets) assert.ok(stsSecrets.includes(s), 'what exec --env handed its child is among them');
+    assert.ok(deviceKeys.length >= 3, 'the device key of every login');
+    const needles = [...secrets, ...stsSecrets, ...envSecrets, ...deviceKeys.flatMap(privateKeyForms)];
+    const hits = filesContaining([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], needles);
     assert.deepEqual(hits, []);
-    assert.ok(secrets.size >= 6, `${secrets.size} secrets looked for`);
+    assert.ok(fromSts.length >= 8, `${fromSts.length} issued credentials looked for`);
     const daemonLog = readFileSync(join(m.runtimeDir, 'agent-credential-broker', 'daemon.log'), 'utf8');
     assert.match(daemonLog, /login loaded from the keychain/, 'the daemon log was written and scanned');
   });
@@ -270,7 +455,7 @@ describe('the daemon directory', () => {
   before(async () => { keyring = await startKeyring(); });
   after(async () => { await keyring?.stop(); });
 
-  it('refuses a directory open to others, or owned by someone else, saying how to fix it', async () => {
+  it('refuses a directory open to others, saying how to fix it', async () => {
     const m = makeTestHome();
     const dir = join(m.runtimeDir, 'agent-credential-broker');
     mkdirSync(dir, { recursive: true });
@@ -280,13 +465,19 @@ describe('the daemon directory', () => {
     assert.match(open.stderr, /refusing to start: .* is open to group or others \(mode 0755\)/);
     assert.match(open.stderr, /chmod 700/);
     assert.ok(!existsSync(join(dir, 'daemon.sock')));
+  });
 
-    chmodSync(dir, 0o700);
-    if (process.getuid?.() === 0) {
-      chownSync(dir, 65534, 65534);
+  it('refuses a directory owned by someone else', { skip: process.getuid?.() === 0 ? false : 'needs root, to give the directory to another user (chown)' }, async () => {
+    const m = makeTestHome();
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, 65534, 65534);
+    try {
       const foreign = await broker(['daemon', 'run'], { ...m.env, ...keyring.env });
       assert.equal(foreign.code, 1);
       assert.match(foreign.stderr, /belongs to uid 65534, not to you/);
+      assert.ok(!existsSync(join(dir, 'daemon.sock')));
+    } finally {
       chownSync(dir, 0, 0);
     }
   });
@@ -314,6 +505,116 @@ describe('the daemon directory', () => {
     assert.equal((await broker(['daemon', 'status'], e)).code, 1, 'stopped: status exits 1');
   });
 
+  it('a second instance waits for a first that holds the lock but is not answering yet', async () => {
+    const m = makeTestHome();
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // A first daemon that has just taken the lock (a live pid: this process) and is still starting.
+    writeFileSync(join(dir, 'daemon.pid'), `${process.pid} 11111111-1111-4111-8111-111111111111\n`, { mode: 0o600 });
+    const started = Date.now();
+    const second = run(process.execPath, [BROKER_BIN, 'daemon', 'run'], { env: { ...process.env, ...m.env, ...keyring.env }, timeoutMs: 30_000 });
+    await new Promise((r) => setTimeout(r, 1_500));
+    const first = await fakeDaemon(join(dir, 'daemon.sock'), { pid: 4242 });
+    try {
+      const r = await second;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /already running \(pid 4242, socket /);
+      assert.ok(Date.now() - started >= 1_400, 'it waited instead of failing at once');
+    } finally {
+      await first.close();
+    }
+  });
+
+  it('a daemon that listens but never answers: a second instance says so after its wait, without telling anyone to kill a pid', async () => {
+    const m = makeTestHome();
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, 'daemon.pid'), `${process.pid} 22222222-2222-4222-8222-222222222222\n`, { mode: 0o600 });
+    const hung = await fakeDaemon(join(dir, 'daemon.sock'), { silent: true });
+    try {
+      const r = await run(process.execPath, [BROKER_BIN, 'daemon', 'run'], { env: { ...process.env, ...m.env, ...keyring.env }, timeoutMs: 40_000 });
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`another broker daemon \\(pid ${process.pid}\\) is listening on \\S+daemon\\.sock but has not answered for 10s`));
+      assert.match(r.stderr, /hint: it may be waiting for the OS keychain to be unlocked; see its log: \S+daemon\.log/);
+      assert.doesNotMatch(r.stderr, /kill/);
+      assert.ok(existsSync(join(dir, 'daemon.pid')), 'a live holder keeps its lock');
+    } finally {
+      await hung.close();
+    }
+  });
+
+  it('takes over the lock of a daemon that died before a reboot, though its pid now names a live process', async () => {
+    const m = makeTestHome();
+    const e = { ...m.env, ...keyring.env };
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    try {
+      // Its socket is still there (nobody listens), its pid file names pid 1, which exists.
+      await deadSocket(join(dir, 'daemon.sock'));
+      const lock = join(dir, 'daemon.pid');
+      writeFileSync(lock, '1 33333333-3333-4333-8333-333333333333\n', { mode: 0o600 });
+      const yesterday = new Date(Date.now() - 86_400_000);
+      utimesSync(lock, yesterday, yesterday);
+      const started = await broker(['daemon', 'start'], e);
+      assert.equal(started.code, 0, started.stderr);
+      assert.doesNotMatch(started.stderr, /kill/);
+      const st = JSON.parse((await broker(['daemon', 'status', '--json'], e)).stdout) as DaemonState;
+      assert.equal(st.running, true);
+      assert.notEqual(st.pid, 1);
+      assert.equal(readFileSync(lock, 'utf8').split(' ')[0], String(st.pid), 'the lock is the new daemon\'s');
+      assert.equal((await broker(['daemon', 'stop'], e)).code, 0);
+
+      // Taken a moment ago by a live process (this one) that never listens: not taken over at once
+      // (it may be a daemon starting), but once it has had ample time.
+      writeFileSync(lock, `${process.pid} 44444444-4444-4444-8444-444444444444\n`, { mode: 0o600 });
+      const t0 = Date.now();
+      const again = await broker(['daemon', 'start'], e);
+      assert.equal(again.code, 0, again.stderr);
+      assert.ok(Date.now() - t0 >= STALE_LOCK_MS - 1_000, `waited ${Date.now() - t0} ms before taking it over`);
+      const st2 = JSON.parse((await broker(['daemon', 'status', '--json'], e)).stdout) as DaemonState;
+      assert.equal(readFileSync(lock, 'utf8').split(' ')[0], String(st2.pid));
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it('the daemon cannot dump core, whether started on demand or in the foreground', async (t) => {
+    const hard = spawnSync('/bin/sh', ['-c', 'ulimit -Hc'], { encoding: 'utf8' }).stdout.trim();
+    if (hard === '0') {
+      t.skip('the hard core-size limit here is 0: nothing could dump core, so the test would prove nothing');
+      return;
+    }
+    const m = makeTestHome();
+    const e = { ...process.env, ...m.env, ...keyring.env };
+    // Started from a shell that allows core dumps, as a developer's may.
+    const allowCores = ['-c', 'ulimit -c unlimited && exec "$@"', 'sh', process.execPath, BROKER_BIN, 'daemon'];
+    try {
+      const started = await run('/bin/sh', [...allowCores, 'start'], { env: e });
+      assert.equal(started.code, 0, started.stderr);
+      const st = JSON.parse((await broker(['daemon', 'status', '--json'], m.env)).stdout) as DaemonState;
+      assert.equal(coreLimits(st.pid!), '0 0', 'on demand (broker daemon start)');
+      assert.equal((await broker(['daemon', 'stop'], m.env)).code, 0);
+
+      const fg = spawn('/bin/sh', [...allowCores, 'run'], { env: e, stdio: ['ignore', 'ignore', 'pipe'] });
+      const exited = new Promise((r) => fg.once('exit', r));
+      try {
+        let fgState: DaemonState | undefined;
+        const deadline = Date.now() + 20_000;
+        while (!(fgState = JSON.parse((await broker(['daemon', 'status', '--json'], m.env)).stdout) as DaemonState).running) {
+          assert.ok(Date.now() < deadline, 'the foreground daemon did not come up');
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.equal(fgState.pid, fg.pid, 'the same process, re-executed in place');
+        assert.equal(coreLimits(fgState.pid!), '0 0', 'in the foreground (broker daemon run)');
+      } finally {
+        await broker(['daemon', 'stop'], m.env);
+        await exited;
+      }
+    } finally {
+      await m.stop();
+    }
+  });
+
   it('installs and removes a systemd --user unit made from deploy/', async () => {
     const m = makeTestHome();
     const dry = await broker(['daemon', 'install', '--dry-run'], m.env);
@@ -328,5 +629,34 @@ describe('the daemon directory', () => {
     const un = await broker(['daemon', 'uninstall'], m.env);
     assert.equal(un.code, 0, un.stderr);
     assert.ok(!existsSync(unit));
+  });
+
+  it('makes a launchd agent that cannot dump core, and creates the directory of its log', () => {
+    const home = mkdtempSync(join(tmpdir(), 'broker-launchd-'));
+    try {
+      const plan = unitPlan({ HOME: home }, 'darwin');
+      assert.equal(plan.kind, 'launchd');
+      assert.equal(plan.file, join(home, 'Library', 'LaunchAgents', 'dev.agent-credential-broker.daemon.plist'));
+      // Parsed by a real plist parser (Python's plistlib), as launchd would read it.
+      const parsed = spawnSync(join(VENV_BIN, 'python'), ['-c', 'import json, plistlib, sys; print(json.dumps(plistlib.loads(sys.stdin.buffer.read())))'], { input: plan.text, encoding: 'utf8' });
+      assert.equal(parsed.status, 0, parsed.stderr);
+      const plist = JSON.parse(parsed.stdout) as Record<string, unknown>;
+      assert.deepEqual(plist.SoftResourceLimits, { Core: 0 });
+      assert.deepEqual(plist.HardResourceLimits, { Core: 0 });
+      assert.deepEqual((plist.ProgramArguments as string[]).slice(1), [BROKER_BIN, 'daemon', 'run']);
+      const log = join(home, '.agent-credential-broker', 'run', 'daemon.log');
+      assert.equal(plist.StandardErrorPath, log);
+      assert.doesNotMatch(plan.text, /@[A-Z_]+@/, 'every placeholder filled');
+
+      const steps = installUnit(plan, false);
+      assert.deepEqual(steps, []);
+      assert.equal(readFileSync(plan.file, 'utf8'), plan.text);
+      // launchd opens StandardErrorPath itself, before the daemon could create the directory.
+      for (const d of [join(home, '.agent-credential-broker'), join(home, '.agent-credential-broker', 'run')]) {
+        assert.equal(statSync(d).mode & 0o777, 0o700, d);
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

@@ -3,6 +3,14 @@ import { BrokerError, isErrorCode, type ErrorDetail } from '../errors.js';
 /** Bounded: Go SDK v2 kills credential_process after a minute and JS/Python wait forever (FACTS.md). */
 const REQUEST_TIMEOUT_MS = 15_000;
 
+/**
+ * The `cause` of an error the broker service answered with, as opposed to one raised because it could
+ * not be reached: its message and hint were written by (and for) the service's side.
+ */
+export class ServiceAnswer {
+  constructor(readonly status: number) {}
+}
+
 /** A thin HTTP client for the broker service; server errors come back as the same BrokerError. */
 export class BrokerApi {
   constructor(readonly baseUrl: string, private readonly accessToken?: string) {}
@@ -36,7 +44,9 @@ export class BrokerApi {
       const code = isErrorCode(d.code) ? d.code : 'upstream_error';
       const message = typeof d.message === 'string' ? d.message : `the broker service answered ${res.status}`;
       const hint = typeof d.hint === 'string' ? d.hint : code === 'unauthenticated' ? 'run: broker login' : undefined;
-      throw new BrokerError(code, message, { ...(hint ? { hint } : {}), ...(Array.isArray(d.details) ? { details: d.details as ErrorDetail[] } : {}) });
+      throw new BrokerError(code, message, {
+        cause: new ServiceAnswer(res.status), ...(hint ? { hint } : {}), ...(Array.isArray(d.details) ? { details: d.details as ErrorDetail[] } : {}),
+      });
     }
     return data as T;
   }

@@ -2,11 +2,17 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
+import { NO_CORE_SH } from './core-limit.js';
+import { LOCK_WAIT_MS } from './instance-lock.js';
 import { daemonCall, logPath, socketPath } from './socket.cjs';
 import { ensureRuntimeDir } from './runtime-dir.js';
 
 const BROKER_BIN = fileURLToPath(new URL('../../../bin/broker.cjs', import.meta.url));
-const START_TIMEOUT_MS = 10_000;
+/**
+ * A started daemon that finds another one starting waits up to LOCK_WAIT_MS for it (daemon.ts) and
+ * then reports; this waits a little longer, so that report, not a bare timeout, is what people see.
+ */
+const START_TIMEOUT_MS = LOCK_WAIT_MS + 5_000;
 /** The log is kept short: one previous generation, rotated at start. */
 const MAX_LOG_BYTES = 5 * 1024 * 1024;
 
@@ -28,7 +34,9 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
   const fd = openSync(log, 'a', 0o600);
   let exitCode: number | null = null;
   try {
-    const child = spawn(process.execPath, [BROKER_BIN, 'daemon', 'run'], { detached: true, stdio: ['ignore', 'ignore', fd], env });
+    // Through `sh -c 'ulimit -c 0; exec …'`: the daemon holds credentials in memory and must not dump
+    // core (core-limit.ts; the daemon checks again itself, this saves it a re-exec).
+    const child = spawn('/bin/sh', ['-c', NO_CORE_SH, 'sh', process.execPath, BROKER_BIN, 'daemon', 'run'], { detached: true, stdio: ['ignore', 'ignore', fd], env });
     child.once('exit', (code, signal) => { exitCode = code ?? (signal ? 1 : 0); });
     child.once('error', () => { exitCode = 127; });
     child.unref();
@@ -37,10 +45,13 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
   }
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
+    let answer;
     try {
-      await daemonCall(socketPath(env), { op: 'ping' }, 1_000);
-      return;
+      answer = await daemonCall(socketPath(env), { op: 'ping' }, 1_000);
     } catch { /* not up yet */ }
+    if (answer?.ok) return;
+    // It answered that it could not start (no keychain, …): that is the error to show.
+    if (answer) throw new BrokerError(answer.error.code, answer.error.message, { ...(answer.error.hint ? { hint: answer.error.hint } : {}) });
     // Exit 0 means another daemon won the race: keep knocking.
     if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset);
     if (Date.now() > deadline) {

@@ -53,7 +53,14 @@ interface Entry {
   lastError?: BrokerError;
 }
 
-export interface CacheStats { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; upstreamIssues: number }
+export interface CacheStats {
+  credentialRequests: number;
+  servedFromMemory: number;
+  waitedForUpstream: number;
+  /** Of those that waited, how many joined an upstream request another caller had started (single flight). */
+  sharedUpstream: number;
+  upstreamIssues: number;
+}
 
 export interface EntryStatus {
   template: string;
@@ -72,7 +79,7 @@ export class CredentialCache {
   private readonly now: () => number;
   private readonly random: () => number;
   private readonly ticker: NodeJS.Timeout;
-  readonly stats: CacheStats = { credentialRequests: 0, servedFromMemory: 0, waitedForUpstream: 0, upstreamIssues: 0 };
+  readonly stats: CacheStats = { credentialRequests: 0, servedFromMemory: 0, waitedForUpstream: 0, sharedUpstream: 0, upstreamIssues: 0 };
 
   constructor(private readonly opts: CredentialCacheOptions) {
     this.now = opts.now ?? Date.now;
@@ -84,33 +91,45 @@ export class CredentialCache {
   /** Credentials for a credential_process call: from memory whenever they are good enough. */
   async get(template: string): Promise<ProcessCredentials> {
     this.stats.credentialRequests++;
+    return this.lookup(template, true);
+  }
+
+  private async lookup(template: string, mayRetry: boolean): Promise<ProcessCredentials> {
     const e = this.entries.get(template);
-    if (!e) {
-      this.stats.waitedForUpstream++;
-      return (await this.discover(template)).doc;
-    }
     const now = this.now();
-    if (now >= e.sessionEndsAt) {
+    if (e && now >= e.sessionEndsAt) {
       this.drop(template);
       throw sessionOver(template, e.sessionEndsAt);
     }
-    if (e.creds && canHandOut(e.creds, e.sessionEndsAt, now)) {
+    if (e?.creds && canHandOut(e.creds, e.sessionEndsAt, now)) {
       this.stats.servedFromMemory++;
       this.maybeRefresh(e);
       return e.creds.doc;
     }
-    // During an outage, what is still valid is served without waiting on an upstream that is down.
-    if (e.creds && e.health === 'retrying' && isUsable(e.creds, now)) {
-      this.stats.servedFromMemory++;
-      return e.creds.doc;
+    if (e?.creds && e.health === 'retrying') {
+      // During an outage, what is still valid is served without waiting on an upstream that is down.
+      if (isUsable(e.creds, now)) {
+        this.stats.servedFromMemory++;
+        return e.creds.doc;
+      }
+      // Expired, and the next attempt is not due yet: the back-off holds for callers too (a client
+      // that calls in a loop must not turn it into one upstream request per call). Fail fast.
+      if (!e.inflight && now < e.retryAt) throw noneLeft(template, e.lastError, e.creds.expiresAt, now);
     }
     this.stats.waitedForUpstream++;
     try {
-      return (await this.refresh(e)).doc;
+      return (await (e ? this.refresh(e) : this.discover(template))).doc;
     } catch (err) {
+      if (err instanceof Superseded) {
+        // The entry this call waited on was replaced (a new task start, `broker exec` with another
+        // agent) or dropped (`broker end`) meanwhile: ask again, about what is there now.
+        if (mayRetry) return this.lookup(template, false);
+        throw new BrokerError('conflict', `the "${template}" task session changed while this request waited`, { hint: 'try again' });
+      }
+      if (!e) throw err;
       const current = this.entries.get(template);
       if (current?.creds && isUsable(current.creds, this.now())) return current.creds.doc;
-      throw noneLeft(template, err);
+      throw noneLeft(template, err, e.creds?.expiresAt, this.now());
     }
   }
 
@@ -126,11 +145,19 @@ export class CredentialCache {
   /** Forget a template's session and credentials (ended, logged out, agent changed). */
   drop(template: string): void {
     const e = this.entries.get(template);
-    if (!e) return;
+    if (e) this.dropEntry(e);
+  }
+
+  /**
+   * Forget this entry — and only if it is still the one held for its template: an upstream request
+   * of an entry that was since replaced must not drop its replacement.
+   */
+  private dropEntry(e: Entry): void {
     if (e.timer) clearTimeout(e.timer);
+    delete e.timer;
     // Drop the references to the secrets; the GC reclaims them.
     delete e.creds;
-    this.entries.delete(template);
+    if (this.entries.get(e.template) === e) this.entries.delete(e.template);
   }
 
   clear(): void {
@@ -163,7 +190,7 @@ export class CredentialCache {
     for (const e of [...this.entries.values()]) {
       if (now >= e.sessionEndsAt) {
         this.opts.log.info({ template: e.template, session: e.session.id }, 'task session reached its end; credentials dropped');
-        this.drop(e.template);
+        this.dropEntry(e);
       } else {
         this.maybeRefresh(e);
       }
@@ -189,6 +216,7 @@ export class CredentialCache {
 
   /** The first request for a template: find its session and fetch credentials, once for all callers. */
   private discover(template: string): Promise<Held> {
+    if (this.discovering.isPending(template)) this.stats.sharedUpstream++;
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
       if (!session) {
@@ -199,7 +227,7 @@ export class CredentialCache {
       try {
         return await this.refresh(e);
       } catch (err) {
-        this.drop(template);
+        this.dropEntry(e);
         throw err;
       }
     });
@@ -226,16 +254,23 @@ export class CredentialCache {
 
   /** One upstream issuance per entry at a time, shared by every caller waiting for it. */
   private refresh(e: Entry): Promise<Held> {
-    e.inflight ??= (async () => {
+    if (e.inflight) {
+      this.stats.sharedUpstream++;
+      return e.inflight;
+    }
+    e.inflight = (async () => {
       this.stats.upstreamIssues++;
+      let issued: IssuedCredentials;
       try {
-        const issued = await this.opts.upstream.issue(e.session.id);
-        if (this.entries.get(e.template) !== e) throw sessionOver(e.template, e.sessionEndsAt);
-        return this.accept(e, issued);
+        issued = await this.opts.upstream.issue(e.session.id);
       } catch (err) {
+        // Only the entry that is still held is marked failed (or dropped): a replaced one is history.
+        if (this.entries.get(e.template) !== e) throw new Superseded();
         this.failed(e, err);
         throw err;
       }
+      if (this.entries.get(e.template) !== e) throw new Superseded();
+      return this.accept(e, issued);
     })().finally(() => { delete e.inflight; });
     return e.inflight;
   }
@@ -245,7 +280,7 @@ export class CredentialCache {
     // The session is gone (ended elsewhere, expired, template removed): stop serving it at once.
     if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
       this.opts.log.info({ template: e.template, session: e.session.id, reason: error.message }, 'task session no longer active; credentials dropped');
-      this.drop(e.template);
+      this.dropEntry(e);
       return;
     }
     e.failures++;
@@ -263,18 +298,41 @@ export class CredentialCache {
   }
 }
 
+/** An upstream request finished for an entry that is no longer held (internal; never leaves the cache). */
+class Superseded extends Error {}
+
 function sessionOver(template: string, endsAt: number): BrokerError {
   return new BrokerError('conflict', `the "${template}" task session ended at ${new Date(endsAt).toISOString()}`, {
     hint: `start a new one: broker task ${template}`,
   });
 }
 
-/** One clear line for credential_process when nothing valid is left: what is wrong, what to run. */
-function noneLeft(template: string, err: unknown): BrokerError {
+/**
+ * One clear line for credential_process when nothing valid is left: what is wrong, since when, and
+ * what the developer can do. (The service's own hints, e.g. "check aws.stsEndpoint", are for its
+ * operator: they stay in `cause`, and the daemon log.)
+ */
+function noneLeft(template: string, err: unknown, expiresAt: number | undefined, now: number): BrokerError {
   if (!isBrokerError(err)) return new BrokerError('internal', `no valid credentials for "${template}"`, { cause: err });
   if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') return err;
-  return new BrokerError(err.code, `no valid credentials for "${template}": ${err.message}`, {
+  const expired = expiresAt === undefined ? '' : `; the cached ones expire${expiresAt <= now ? 'd' : ''} at ${new Date(expiresAt).toISOString()}`;
+  return new BrokerError(err.code, `no valid credentials for "${template}": ${err.message}${expired}`, {
     cause: err,
-    hint: err.hint ?? 'the daemon keeps retrying; check the broker service with: broker status',
+    hint: developerHint(err),
   });
+}
+
+function developerHint(err: BrokerError): string {
+  const retrying = 'the daemon keeps retrying: try again later, or see its last attempt with: broker daemon status';
+  switch (err.code) {
+    case 'upstream_unavailable':
+    case 'upstream_error':
+    case 'rate_limited':
+    case 'audit_unavailable':
+    case 'internal':
+      return retrying;
+    default:
+      // unauthenticated (the login expired: broker login) and the like carry their own remedy.
+      return err.hint ?? retrying;
+  }
 }

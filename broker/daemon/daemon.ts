@@ -3,10 +3,15 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { BrokerError, isBrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { DaemonCore, parseRequest } from './daemon-core.js';
-import { acquireInstanceLock } from './instance-lock.js';
-import { daemonCall, pidPath, socketPath } from './socket.cjs';
-import { MAX_REQUEST_BYTES, type DaemonResponse } from './protocol.js';
+import { breakStaleLock, LOCK_WAIT_MS, pidExists, STALE_LOCK_MS, tryInstanceLock, type InstanceLock, type LockHolder } from './instance-lock.js';
+import { daemonCall, isNoDaemon, logPath, pidPath, socketPath } from './socket.cjs';
+import { MAX_REQUEST_BYTES, type DaemonRequest, type DaemonResponse, type PingResult } from './protocol.js';
 import { ensureRuntimeDir } from './runtime-dir.js';
+
+/** How long one probe waits for a ping answer. */
+const PROBE_MS = 1_000;
+/** Re-checks that this daemon still holds its lock (see runDaemon). */
+const LOCK_CHECK_MS = 15_000;
 
 export interface RunningDaemon {
   socket: string;
@@ -18,35 +23,40 @@ export interface RunningDaemon {
 
 /**
  * `broker daemon run`: the per-user daemon in the foreground. Checks its directory, takes the
- * instance lock, reads the login from the keychain (refusing to start without a keychain), then
- * serves its Unix socket (0600, inside a 0700 directory). Returns undefined when another daemon
- * already runs (that is not an error).
+ * instance lock, listens on its Unix socket (0600, inside a 0700 directory), and reads the login
+ * from the keychain (refusing to start without a keychain). Requests that arrive before the login is
+ * read wait for it. Returns undefined when another daemon already runs (that is not an error).
  */
 export async function runDaemon(options: { log?: Logger; env?: NodeJS.ProcessEnv } = {}): Promise<RunningDaemon | undefined> {
   const env = options.env ?? process.env;
   const log = options.log ?? createLogger();
   ensureRuntimeDir(env);
   const sock = socketPath(env);
-  const lock = acquireInstanceLock(pidPath(env));
-  if (!lock.acquired) {
-    await reportRunning(sock, lock.pid);
-    return undefined;
-  }
+  const lock = await takeInstanceLock(env);
+  if (!lock) return undefined;
   const core = new DaemonCore(log);
+  const failures = new FailureLog(log);
+  // Listening comes before the keychain: a second starter then finds someone at the socket within
+  // milliseconds of the lock being taken, however long the keychain takes (a desktop keychain may
+  // ask the user to unlock it). Requests wait for `ready`. Once per start (and on `broker
+  // login`/`logout`), never per request.
+  const ready = core.loadLogin();
+  ready.catch(() => { /* reported below, and to every request that waited */ });
   let server: Server | undefined;
   try {
-    // Once per start (and on `broker login`/`logout`), never per request.
-    await core.loadLogin();
     try { unlinkSync(sock); } catch { /* no stale socket */ }
-    server = createServer((conn) => serve(conn, core, log, () => void stop()));
+    server = createServer((conn) => serve(conn, core, ready, failures, () => void stop()));
     await new Promise<void>((resolve, reject) => {
       server!.once('error', reject);
       server!.listen(sock, () => resolve());
     });
     // The directory already keeps others out; the socket's own mode says so too.
     chmodSync(sock, 0o600);
+    await ready;
   } catch (e) {
     core.close();
+    if (server) await closeServer(server);
+    try { unlinkSync(sock); } catch { /* gone */ }
     lock.release();
     throw e;
   }
@@ -55,8 +65,17 @@ export async function runDaemon(options: { log?: Logger; env?: NodeJS.ProcessEnv
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => { resolveStopped = r; });
   let stopping: Promise<void> | undefined;
+  // Someone removed this daemon's socket and another daemon judged its lock stale and took it over:
+  // nobody can reach this one any more, so it drops what it holds and goes.
+  const lockCheck = setInterval(() => {
+    if (lock.owns()) return;
+    log.warn({ pid: process.pid, socket: sock }, 'another broker daemon took over the instance lock; stopping');
+    void stop();
+  }, LOCK_CHECK_MS);
+  lockCheck.unref();
   const stop = (): Promise<void> => {
     stopping ??= new Promise<void>((resolve) => {
+      clearInterval(lockCheck);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
       core.close();
@@ -73,19 +92,110 @@ export async function runDaemon(options: { log?: Logger; env?: NodeJS.ProcessEnv
   return { socket: sock, core, stopped, stop };
 }
 
-async function reportRunning(sock: string, pid: number): Promise<void> {
+/**
+ * The instance lock, or undefined when another daemon answers on the socket. A starter that finds
+ * the lock taken waits (bounded by LOCK_WAIT_MS) for its holder to answer: the holder may have taken
+ * it a moment ago (many commands start the daemon at once). A lock whose holder nobody hears — no
+ * listener on the socket, and the holder is dead or has held it for STALE_LOCK_MS — is taken over.
+ */
+async function takeInstanceLock(env: NodeJS.ProcessEnv): Promise<InstanceLock | undefined> {
+  const file = pidPath(env);
+  const sock = socketPath(env);
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    const attempt = lockFile(file, () => tryInstanceLock(file));
+    if (attempt.acquired) return attempt.lock;
+    const holder = attempt.holder;
+    if (!holder) continue; // released between our open and our read: try again at once
+    const probe = await probeSocket(sock);
+    if (probe.kind === 'answers') {
+      process.stderr.write(`broker daemon: already running (pid ${probe.pid}, socket ${sock})\n`);
+      return undefined;
+    }
+    if (probe.kind === 'none' && isStale(holder) && lockFile(file, () => breakStaleLock(file, holder))) continue;
+    if (Date.now() > deadline) throw notAnswering(holder, probe.kind, sock, env);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The lock file's own failures (not ours to read or create): said plainly, with the fix. */
+function lockFile<T>(file: string, fn: () => T): T {
   try {
-    await daemonCall(sock, { op: 'ping' }, 2_000);
-    process.stderr.write(`broker daemon: already running (pid ${pid}, socket ${sock})\n`);
-  } catch {
-    throw new BrokerError('conflict', `another broker daemon (pid ${pid}) holds the lock but does not answer on ${sock}`, {
-      hint: `stop it (kill ${pid}) and start again`,
+    return fn();
+  } catch (e) {
+    throw new BrokerError('invalid_config', `cannot use the daemon's lock file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, {
+      cause: e, hint: `it must be yours (mode 0600); if no broker daemon runs, remove it: rm ${file}`,
     });
   }
 }
 
+function isStale(h: LockHolder): boolean {
+  if (h.ageMs > STALE_LOCK_MS) return true;
+  return h.pid !== undefined && !pidExists(h.pid);
+}
+
+type Probe = { kind: 'answers'; pid: number } | { kind: 'none' } | { kind: 'silent' } | { kind: 'failing' };
+
+/** Who is at the socket: a daemon that answers, one that failed to start, one that is silent, or nobody. */
+async function probeSocket(sock: string): Promise<Probe> {
+  try {
+    const r = await daemonCall<PingResult>(sock, { op: 'ping' }, PROBE_MS);
+    return r.ok ? { kind: 'answers', pid: r.result.pid } : { kind: 'failing' };
+  } catch (e) {
+    return isNoDaemon(e) ? { kind: 'none' } : { kind: 'silent' };
+  }
+}
+
+function notAnswering(h: LockHolder, probe: Probe['kind'], sock: string, env: NodeJS.ProcessEnv): BrokerError {
+  const who = h.pid ? `another broker daemon (pid ${h.pid})` : 'another broker daemon';
+  if (probe === 'silent') {
+    return new BrokerError('conflict', `${who} is listening on ${sock} but has not answered for ${LOCK_WAIT_MS / 1000}s`, {
+      hint: `it may be waiting for the OS keychain to be unlocked; see its log: ${logPath(env)}`,
+    });
+  }
+  return new BrokerError('conflict', `${who} is starting but has not answered on ${sock} within ${LOCK_WAIT_MS / 1000}s`, {
+    hint: `see its log: ${logPath(env)}`,
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  // Connections that waited for the login have their answer (the start-up error) on its way; a client
+  // that never sends its line must not hold the exit up.
+  return Promise.race([
+    new Promise<void>((r) => server.close(() => r())),
+    new Promise<void>((r) => setTimeout(r, 2_000).unref()),
+  ]);
+}
+
+/**
+ * Failed requests are logged once per change of state (per operation and task), not once per call:
+ * during an outage every credential_process call fails the same way, and the credential cache logs
+ * the outage itself.
+ */
+class FailureLog {
+  private readonly failing = new Map<string, string>();
+  constructor(private readonly log: Logger) {}
+
+  failed(req: DaemonRequest | undefined, e: unknown): void {
+    if (isBrokerError(e) && e.status < 500) return;
+    const key = stateKey(req);
+    const code = isBrokerError(e) ? e.code : 'internal';
+    if (this.failing.get(key) === code) return;
+    this.failing.set(key, code);
+    this.log.warn({ op: req?.op ?? 'unknown', ...taskOf(req), code, err: (e as Error)?.message }, 'request failed');
+  }
+
+  succeeded(req: DaemonRequest): void {
+    if (this.failing.delete(stateKey(req))) this.log.info({ op: req.op, ...taskOf(req) }, 'requests succeed again');
+  }
+}
+
+const taskOf = (req: DaemonRequest | undefined): { task?: string } =>
+  req && (req.op === 'credentials' || req.op === 'vault-token') && req.task ? { task: req.task } : {};
+const stateKey = (req: DaemonRequest | undefined): string => `${req?.op ?? 'unknown'}:${taskOf(req).task ?? ''}`;
+
 /** One request per connection: a JSON line in, a JSON line out. */
-function serve(conn: Socket, core: DaemonCore, log: Logger, stop: () => void): void {
+function serve(conn: Socket, core: DaemonCore, ready: Promise<void>, failures: FailureLog, stop: () => void): void {
   let buf = '';
   let answered = false;
   conn.setEncoding('utf8');
@@ -106,7 +216,7 @@ function serve(conn: Socket, core: DaemonCore, log: Logger, stop: () => void): v
     if (nl < 0) return;
     const line = buf.slice(0, nl);
     void (async () => {
-      let op = 'unknown';
+      let req: DaemonRequest | undefined;
       try {
         let raw: unknown;
         try {
@@ -114,17 +224,24 @@ function serve(conn: Socket, core: DaemonCore, log: Logger, stop: () => void): v
         } catch {
           throw new BrokerError('invalid_request', 'request to the broker daemon is not JSON');
         }
-        const req = parseRequest(raw);
-        op = req.op;
+        req = parseRequest(raw);
+        await ready.catch((e: unknown) => { throw couldNotStart(e); });
         const result = await core.handle(req);
         reply({ ok: true, result });
+        failures.succeeded(req);
         if (req.op === 'stop') stop();
       } catch (e) {
-        if (!isBrokerError(e) || e.status >= 500) log.warn({ op, code: isBrokerError(e) ? e.code : 'internal', err: (e as Error)?.message }, 'request failed');
+        failures.failed(req, e);
         reply(failure(e));
       }
     })();
   });
+}
+
+/** The start-up failure (no keychain, …) as the answer to the requests that waited for it. */
+function couldNotStart(e: unknown): BrokerError {
+  if (!isBrokerError(e)) return new BrokerError('internal', 'the broker daemon could not start', { cause: e, hint: 'see its log: broker daemon status' });
+  return new BrokerError(e.code, `the broker daemon could not start: ${e.message}`, { cause: e, ...(e.hint ? { hint: e.hint } : {}) });
 }
 
 function failure(e: unknown): DaemonResponse {

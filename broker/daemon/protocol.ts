@@ -48,7 +48,7 @@ export interface PingResult {
   developer: string | null;
   startedAt: string;
   /** How requests for credentials were answered since the daemon started. */
-  stats: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; upstreamIssues: number };
+  stats: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number };
   /** The credentials held in memory, per task (never the secrets themselves). */
   tasks: {
     template: string; sessionId: string; credentialsExpireAt: string | null; nextRefreshAt: string | null;

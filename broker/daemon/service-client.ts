@@ -1,4 +1,4 @@
-import { BrokerApi, activeSessions, type ApiRequester, type ProcessCredentials, type SessionView } from '../client/api.js';
+import { BrokerApi, ServiceAnswer, activeSessions, type ApiRequester, type ProcessCredentials, type SessionView } from '../client/api.js';
 import { dpopProof, importDpopKey, type DpopKey } from '../client/dpop-key.js';
 import type { LoginRecord } from '../client/login-record.js';
 import { BrokerError, isBrokerError } from '../errors.js';
@@ -65,7 +65,21 @@ export class ServiceClient implements CredentialUpstream, ApiRequester {
     return activeSessions(this);
   }
 
-  issue(sessionId: string): Promise<IssuedCredentials> {
-    return this.request<{ session: SessionView; credentials: ProcessCredentials }>('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/credentials`);
+  async issue(sessionId: string): Promise<IssuedCredentials> {
+    try {
+      return await this.request<{ session: SessionView; credentials: ProcessCredentials }>('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/credentials`);
+    } catch (e) {
+      throw viaService(e, 'AWS STS');
+    }
   }
+}
+
+/**
+ * The service reached, but its own upstream (STS) failed: say so in the developer's words. The
+ * service's hint ("check aws.stsEndpoint") is for its operator; it stays in `cause`.
+ */
+function viaService(e: unknown, upstream: string): unknown {
+  if (!isBrokerError(e) || !(e.cause instanceof ServiceAnswer)) return e;
+  if (e.code !== 'upstream_unavailable' && e.code !== 'upstream_error') return e;
+  return new BrokerError(e.code, `the broker service cannot get credentials from ${upstream}: ${e.message}`, { cause: e });
 }

@@ -22,6 +22,11 @@ export interface UnitPlan {
   /** What enables (or, for uninstall, disables) it, run unless told not to. */
   enable: string[][];
   disable: string[][];
+  /**
+   * Directories the service manager expects to exist, created 0700 at install: launchd opens the
+   * plist's StandardErrorPath itself, before the daemon runs, and does not create its directory.
+   */
+  directories: string[];
 }
 
 export function unitPlan(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): UnitPlan {
@@ -34,13 +39,19 @@ export function unitPlan(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.
       text,
       enable: [['systemctl', '--user', 'daemon-reload'], ['systemctl', '--user', 'enable', '--now', SYSTEMD_UNIT]],
       disable: [['systemctl', '--user', 'disable', '--now', SYSTEMD_UNIT], ['systemctl', '--user', 'daemon-reload']],
+      directories: [],
     };
   }
   if (platform === 'darwin') {
     const uid = process.getuid?.() ?? 501;
     const file = join(home, 'Library', 'LaunchAgents', `${LAUNCHD_LABEL}.plist`);
     const text = fill(readFileSync(join(DEPLOY, 'launchd', `${LAUNCHD_LABEL}.plist`), 'utf8'), { NODE: xml(process.execPath), BROKER_BIN: xml(BROKER_BIN), LOG: xml(logPath(env)) });
-    return { kind: 'launchd', file, text, enable: [['launchctl', 'bootstrap', `gui/${uid}`, file]], disable: [['launchctl', 'bootout', `gui/${uid}/${LAUNCHD_LABEL}`]] };
+    return {
+      kind: 'launchd', file, text,
+      enable: [['launchctl', 'bootstrap', `gui/${uid}`, file]],
+      disable: [['launchctl', 'bootout', `gui/${uid}/${LAUNCHD_LABEL}`]],
+      directories: [dirname(logPath(env))],
+    };
   }
   throw new BrokerError('invalid_request', `broker daemon install supports Linux (systemd) and macOS (launchd), not ${platform}`, {
     hint: 'run "broker daemon run" from your session\'s start-up instead',
@@ -50,6 +61,8 @@ export function unitPlan(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.
 export interface StepResult { command: string; ok: boolean; output: string }
 
 export function installUnit(plan: UnitPlan, enable: boolean): StepResult[] {
+  // 0700 like the daemon wants its directory (runtime-dir.ts); mkdir applies it to every level it creates.
+  for (const d of plan.directories) mkdirSync(d, { recursive: true, mode: 0o700 });
   mkdirSync(dirname(plan.file), { recursive: true, mode: 0o700 });
   writeFileSync(plan.file, plan.text, { mode: 0o644 });
   return enable ? runAll(plan.enable) : [];

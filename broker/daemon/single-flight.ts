@@ -5,6 +5,11 @@
 export class SingleFlight<K, V> {
   private readonly pending = new Map<K, Promise<V>>();
 
+  /** Is a call for this key under way (so a caller now would share it)? */
+  isPending(key: K): boolean {
+    return this.pending.has(key);
+  }
+
   run(key: K, fn: () => Promise<V>): Promise<V> {
     let p = this.pending.get(key);
     if (!p) {

@@ -48,40 +48,49 @@ const MIN_USEFUL_TTL_MS = 60_000;
 
 export class VaultTokenCache {
   private readonly entries = new Map<string, Entry>();
-  private readonly discovering = new SingleFlight<string, Held>();
+  private readonly discovering = new SingleFlight<string, { grant: VaultTokenGrant; session: SessionView }>();
   private readonly now: () => number;
+  private readonly random: () => number;
   private readonly ticker: NodeJS.Timeout;
 
-  constructor(private readonly opts: { upstream: VaultUpstream; log: Pick<Logger, 'info' | 'warn'>; now?: () => number; tickMs?: number }) {
+  constructor(private readonly opts: { upstream: VaultUpstream; log: Pick<Logger, 'info' | 'warn'>; now?: () => number; random?: () => number; tickMs?: number }) {
     this.now = opts.now ?? Date.now;
+    this.random = opts.random ?? Math.random;
     this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
     this.ticker.unref();
   }
 
   /** The task's token: the held one while it is valid (renewing it in the background when due). */
-  async get(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
+  get(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
+    return this.lookup(template, true);
+  }
+
+  private async lookup(template: string, mayRetry: boolean): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
     const e = this.entries.get(template);
-    if (!e) {
-      const held = await this.discover(template);
-      return { grant: held.grant, session: this.entries.get(template)!.session };
-    }
     const now = this.now();
-    if (now >= e.sessionEndsAt) {
+    if (e && now >= e.sessionEndsAt) {
       this.drop(template);
       throw new BrokerError('conflict', `the "${template}" task session ended at ${new Date(e.sessionEndsAt).toISOString()}`, { hint: `start a new one: broker task ${template}` });
     }
-    if (e.held && e.held.expiresAt - now > EXPIRY_SAFETY_MS) {
+    if (e?.held && e.held.expiresAt - now > EXPIRY_SAFETY_MS) {
       this.maybeRefresh(e);
       return { grant: e.held.grant, session: e.session };
     }
+    // Expired while Vault or the service is down, and the next attempt is not due: the back-off holds
+    // for callers too. Fail fast.
+    if (e?.held && e.lastError && !e.inflight && now < e.retryAt) throw noneLeft(template, e.lastError);
     try {
-      return { grant: (await this.refresh(e)).grant, session: e.session };
+      if (!e) return await this.discover(template);
+      const held = await this.refresh(e);
+      return { grant: held.grant, session: e.session };
     } catch (err) {
-      if (!isBrokerError(err)) throw err;
-      if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') throw err;
-      throw new BrokerError(err.code, `no valid Vault token for "${template}": ${err.message}`, {
-        cause: err, hint: err.hint ?? 'the daemon keeps retrying; check the broker service and Vault with: broker status',
-      });
+      if (err instanceof Superseded) {
+        // Replaced (a new task start, another agent) or dropped (`broker end`) meanwhile: ask again.
+        if (mayRetry) return this.lookup(template, false);
+        throw new BrokerError('conflict', `the "${template}" task session changed while this request waited`, { hint: 'try again' });
+      }
+      if (!e) throw err;
+      throw noneLeft(template, err);
     }
   }
 
@@ -95,8 +104,13 @@ export class VaultTokenCache {
 
   drop(template: string): void {
     const e = this.entries.get(template);
-    if (e) delete e.held;
-    this.entries.delete(template);
+    if (e) this.dropEntry(e);
+  }
+
+  /** Forget this entry, and only if it is still the one held (never a replacement of it). */
+  private dropEntry(e: Entry): void {
+    delete e.held;
+    if (this.entries.get(e.template) === e) this.entries.delete(e.template);
   }
 
   clear(): void {
@@ -120,7 +134,7 @@ export class VaultTokenCache {
   tick(): void {
     const now = this.now();
     for (const e of [...this.entries.values()]) {
-      if (now >= e.sessionEndsAt) this.drop(e.template);
+      if (now >= e.sessionEndsAt) this.dropEntry(e);
       else this.maybeRefresh(e);
     }
   }
@@ -129,7 +143,7 @@ export class VaultTokenCache {
     return { grant, baseTtlSeconds: grant.ttlSeconds, since: this.now(), expiresAt: Date.parse(grant.expiresAt) };
   }
 
-  private discover(template: string): Promise<Held> {
+  private discover(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
       if (!session) throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
@@ -139,9 +153,10 @@ export class VaultTokenCache {
       const e: Entry = { template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
       this.entries.set(template, e);
       try {
-        return await this.refresh(e);
+        const held = await this.refresh(e);
+        return { grant: held.grant, session: e.session };
       } catch (err) {
-        this.drop(template);
+        this.dropEntry(e);
         throw err;
       }
     });
@@ -165,27 +180,30 @@ export class VaultTokenCache {
   /** Renew the held token if that extends it usefully; otherwise (or on failure) fetch a fresh one. */
   private refresh(e: Entry): Promise<Held> {
     e.inflight ??= (async () => {
+      let held: Held;
       try {
-        const held = (await this.tryRenew(e)) ?? (await this.fetchFresh(e));
-        if (this.entries.get(e.template) !== e) throw new BrokerError('conflict', `the "${e.template}" task session ended`);
-        e.held = held;
-        if (e.lastError) this.opts.log.info({ template: e.template, accessor: held.grant.accessor }, 'Vault token renewed again after failures');
-        delete e.lastError;
-        e.failures = 0;
-        return held;
+        held = (await this.tryRenew(e)) ?? (await this.fetchFresh(e));
       } catch (err) {
         const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err));
+        // Only the entry still held is marked failed or dropped: a replaced one is history.
+        if (this.entries.get(e.template) !== e) throw new Superseded();
         if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
-          this.drop(e.template);
+          this.dropEntry(e);
         } else {
           if (!e.lastError) {
             this.opts.log.warn({ template: e.template, code: error.code, reason: error.message }, 'cannot renew the Vault token; serving the held one until it expires and retrying with back-off');
           }
           e.lastError = error;
-          e.retryAt = this.now() + backoffDelay(e.failures++);
+          e.retryAt = this.now() + backoffDelay(e.failures++, this.random);
         }
         throw error;
       }
+      if (this.entries.get(e.template) !== e) throw new Superseded();
+      e.held = held;
+      if (e.lastError) this.opts.log.info({ template: e.template, accessor: held.grant.accessor }, 'Vault token renewed again after failures');
+      delete e.lastError;
+      e.failures = 0;
+      return held;
     })().finally(() => { delete e.inflight; });
     return e.inflight;
   }
@@ -219,4 +237,15 @@ export class VaultTokenCache {
     e.sessionEndsAt = Date.parse(r.session.expiresAt);
     return this.hold(r.vault);
   }
+}
+
+/** An upstream request finished for an entry that is no longer held (internal; never leaves the cache). */
+class Superseded extends Error {}
+
+function noneLeft(template: string, err: unknown): unknown {
+  if (!isBrokerError(err)) return err;
+  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') return err;
+  return new BrokerError(err.code, `no valid Vault token for "${template}": ${err.message}`, {
+    cause: err, hint: err.hint ?? 'the daemon keeps retrying; check the broker service and Vault with: broker status',
+  });
 }

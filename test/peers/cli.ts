@@ -17,6 +17,9 @@ export function run(cmd: string, args: string[], opts: SpawnOptions & { input?: 
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${cmd} ${args.join(' ')} timed out\n${stderr}`)); }, opts.timeoutMs ?? 60_000);
     child.on('error', reject);
     child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+    // A child that never reads its stdin (credential-process) may have exited before the end of its
+    // stdin is written, on a loaded machine: EPIPE then, which is no failure of the child.
+    child.stdin!.on('error', () => {});
     child.stdin!.end(opts.input ?? '');
   });
 }

@@ -9,6 +9,8 @@ export interface RecordedRequest {
   /** The AWS action and its parameters, decoded from a Query (form) or JSON body. */
   action: string | undefined;
   params: Record<string, string>;
+  /** The upstream's answer body, once it is complete (the secrets scans look for what STS issued). */
+  response?: string;
 }
 
 function decode(body: string, headers: RecordedRequest['headers']): { action: string | undefined; params: Record<string, string> } {
@@ -50,13 +52,16 @@ export async function startRecordingProxy(target: string): Promise<{
       const text = body.toString('utf8');
       const recorded: RecordedRequest = { method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: text, ...decode(text, req.headers) };
       requests.push(recorded);
-      void Promise.resolve(hook?.(recorded)).then(() => forward(body), () => { res.writeHead(502); res.end(); });
+      void Promise.resolve(hook?.(recorded)).then(() => forward(body, recorded), () => { res.writeHead(502); res.end(); });
     });
-    const forward = (body: Buffer) => {
+    const forward = (body: Buffer, recorded: RecordedRequest) => {
       const upstream = httpRequest(
         { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } },
         (up) => {
           res.writeHead(up.statusCode ?? 502, up.headers);
+          const answer: Buffer[] = [];
+          up.on('data', (c: Buffer) => answer.push(c));
+          up.on('end', () => { recorded.response = Buffer.concat(answer).toString('utf8'); });
           up.pipe(res);
         },
       );
@@ -83,4 +88,21 @@ export async function startRecordingProxy(target: string): Promise<{
 /** The AssumeRole calls among recorded requests, parameters decoded. */
 export function assumeRoleCalls(requests: RecordedRequest[]): Record<string, string>[] {
   return requests.filter((r) => r.action === 'AssumeRole').map((r) => r.params);
+}
+
+/**
+ * The secrets STS handed out in the recorded AssumeRole answers (Query protocol: XML), so a scan can
+ * look for every credential issued during a test, not only those the test itself was shown.
+ */
+export function issuedSecrets(requests: RecordedRequest[]): { accessKeyId: string; secretAccessKey: string; sessionToken: string }[] {
+  const field = (xml: string, name: string) => new RegExp(`<${name}>([^<]+)</${name}>`).exec(xml)?.[1];
+  const out = [];
+  for (const r of requests) {
+    if (r.action !== 'AssumeRole' || !r.response) continue;
+    const accessKeyId = field(r.response, 'AccessKeyId');
+    const secretAccessKey = field(r.response, 'SecretAccessKey');
+    const sessionToken = field(r.response, 'SessionToken');
+    if (accessKeyId && secretAccessKey && sessionToken) out.push({ accessKeyId, secretAccessKey, sessionToken });
+  }
+  return out;
 }

@@ -1,9 +1,12 @@
 import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-/** Every file under `roots` (recursively, regular files up to 50 MB) that contains any of `secrets`. */
-export function filesContaining(roots: string[], secrets: string[]): string[] {
-  const needles = secrets.filter((s) => s.length >= 8).map((s) => Buffer.from(s));
+/**
+ * Every file under `roots` (recursively, regular files up to 50 MB) that contains any of `secrets`
+ * (text, or raw bytes such as a private key's DER encoding).
+ */
+export function filesContaining(roots: string[], secrets: readonly (string | Buffer)[]): string[] {
+  const needles = secrets.filter((s) => s.length >= 8).map((s) => (typeof s === 'string' ? Buffer.from(s) : s));
   const hits: string[] = [];
   const walk = (p: string) => {
     let st;
