@@ -76,9 +76,9 @@ export function register(program: Command): void {
         }
       }
       if (started.session.vault) {
-        // The one documented case of a secret in a child's environment: Vault clients read their
-        // token from VAULT_TOKEN (or a token helper). The daemon renews this very token in place,
-        // so it stays valid for the agent until the task session ends.
+        // The one secret in a child's environment by default (--env is the explicit opt-in for AWS
+        // keys): Vault clients read their token from VAULT_TOKEN (or a token helper). The daemon
+        // renews this very token in place, so it stays valid for the agent until the session ends.
         const v = await callDaemon<VaultTokenAnswer>({ op: 'vault-token', task: template });
         // The OpenBao CLI prefers BAO_ADDR/BAO_NAMESPACE to the VAULT_ ones: none may point elsewhere.
         for (const k of ['VAULT_NAMESPACE', 'BAO_ADDR', 'BAO_NAMESPACE']) delete env[k];

@@ -35,6 +35,8 @@ need_apt=()
 command -v dbus-run-session >/dev/null || need_apt+=(dbus dbus-x11)
 command -v gnome-keyring-daemon >/dev/null || need_apt+=(gnome-keyring)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
+# Debian's own python3 makes venvs only with python3-venv (ensurepip); a pyenv or python.org build has it.
+[ -x "$PEERS/venv/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "installing ${need_apt[*]} (apt)"
