@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import { CredentialCache, type EntryStatus } from './credential-cache.js';
 import { PROTOCOL_VERSION, type DaemonRequest, type PingResult, type StartRequest } from './protocol.js';
 import { ServiceClient } from './service-client.js';
+import { bodyIssueDetails } from '../server/json-pointer.js';
 import { renewVaultToken } from '../vault/renew.js';
 import { VaultTokenCache, type VaultTokenStatus } from './vault-token-cache.js';
 
@@ -36,7 +37,7 @@ export function parseRequest(raw: unknown): DaemonRequest {
   const r = requestSchema.safeParse(raw);
   if (!r.success) {
     throw new BrokerError('invalid_request', 'malformed request to the broker daemon', {
-      details: r.error.issues.map((i) => ({ path: `/${i.path.join('/')}`, message: i.message })),
+      details: bodyIssueDetails(r.error),
       hint: 'the broker CLI and daemon may be different versions: broker daemon stop, then retry',
     });
   }
