@@ -103,7 +103,10 @@ export function readHolder(file: string, now: number = Date.now()): LockHolder |
     return {
       pid: Number.isInteger(pid) && pid > 0 ? pid : undefined,
       token: token || undefined,
-      ageMs: now - st.mtimeMs,
+      // Date.now() is whole milliseconds and mtime has sub-millisecond precision (and some
+      // filesystems stamp with their own clock), so a file written this instant can look a
+      // fraction of a millisecond "in the future": an age is never negative.
+      ageMs: Math.max(0, now - st.mtimeMs),
       ino: st.ino,
       mtimeMs: st.mtimeMs,
     };
