@@ -29,5 +29,15 @@ export function register(program: Command): void {
       const header = ['TEMPLATE', 'SESSION', 'LEFT', 'AGENT', 'CREDENTIALS', 'PARAMS'];
       const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
       for (const r of [header, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+      // A "(retrying)" cell says that something is wrong; the line below it says what, so the
+      // developer does not have to know about `broker daemon status` to find out.
+      for (const x of s.sessions) {
+        const c = x.credentials;
+        if (c?.lastError) {
+          const next = c.nextRefreshAt ? `, next attempt in ${timeLeft(c.nextRefreshAt, now)}` : '';
+          process.stdout.write(`${x.template}: AWS credentials: last attempt failed: ${c.lastError}${next}\n`);
+        }
+        if (x.vaultToken?.lastError) process.stdout.write(`${x.template}: Vault token: last attempt failed: ${x.vaultToken.lastError}\n`);
+      }
     }));
 }

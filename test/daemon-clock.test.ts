@@ -135,6 +135,11 @@ describe('the daemon over time (fake clock)', () => {
     const task = (await ping()).tasks.find((t) => t.template === 'deploy-lambda')!;
     assert.equal(task.health, 'retrying');
     assert.match(task.lastError ?? '', /STS/);
+    // `broker status` says what is wrong under its table, not only "(retrying)".
+    const status = await broker(['status'], env);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /\(retrying\)/);
+    assert.match(status.stdout, /^deploy-lambda: AWS credentials: last attempt failed: .*STS.*, next attempt in \S+$/m);
 
     // Under the 15-minute floor now, but nothing better exists: still served, without waiting.
     clock.advance(10 * 60);

@@ -15,7 +15,7 @@ import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { createRole } from './peers/moto.js';
 import { BAO, startOpenBao, type OpenBao } from './peers/openbao.js';
 import { POLICIES_DIR, REPO_ROOT, VENV_BIN } from './peers/paths.js';
-import { filesContaining } from './peers/secret-scan.js';
+import { filesContaining, filesWithTokensFrom } from './peers/secret-scan.js';
 import { startStack, type Stack } from './peers/stack.js';
 
 const TEMPLATES: Record<string, string> = {
@@ -214,5 +214,6 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     assert.ok(issued.length >= 4, `${issued.length} tokens issued`);
     assert.deepEqual(issued.filter((a) => !seenAccessors.has(a)), [], 'every issued token was captured for the scan');
     assert.deepEqual(filesContaining([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], [...secrets]), []);
+    assert.deepEqual(filesWithTokensFrom([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], stack.svc.url), [], 'no token the broker signed');
   });
 });

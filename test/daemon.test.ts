@@ -19,7 +19,7 @@ import { broker, deviceLogin, makeTestHome, run, type RunResult, type TestHome }
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { BROKER_BIN, REPO_ROOT, VENV_BIN } from './peers/paths.js';
 import { assumeRoleCalls, issuedSecrets } from './peers/recording-proxy.js';
-import { filesContaining } from './peers/secret-scan.js';
+import { filesContaining, filesWithTokensFrom } from './peers/secret-scan.js';
 import { startStack, type Stack } from './peers/stack.js';
 
 interface Creds { Version: number; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string }
@@ -427,6 +427,16 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
     const hits = filesContaining([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], needles);
     assert.deepEqual(hits, []);
     assert.ok(fromSts.length >= 8, `${fromSts.length} issued credentials looked for`);
+    // The broker's own tokens (the daemon's access tokens, which no test sees, and refresh tokens):
+    // any JWT the service signed, wherever it is. The scan is shown to find one first.
+    const control = mkdtempSync(join(tmpdir(), 'broker-scan-control-'));
+    try {
+      writeFileSync(join(control, 'leak.log'), `{"msg":"oops","token":"${[...secrets].find((x) => x.startsWith('eyJ'))}"}\n`);
+      assert.equal(filesWithTokensFrom([control], stack.svc.url).length, 1, 'the token scan finds a broker token');
+    } finally {
+      rmSync(control, { recursive: true, force: true });
+    }
+    assert.deepEqual(filesWithTokensFrom([m.home, m.runtimeDir, tmpdir(), stack.svc.dir], stack.svc.url), []);
     const daemonLog = readFileSync(join(m.runtimeDir, 'agent-credential-broker', 'daemon.log'), 'utf8');
     assert.match(daemonLog, /login loaded from the keychain/, 'the daemon log was written and scanned');
   });

@@ -17,7 +17,7 @@ import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { createRole, startMoto } from './peers/moto.js';
 import { VENV_BIN } from './peers/paths.js';
 import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js';
-import { filesContaining } from './peers/secret-scan.js';
+import { filesContaining, filesWithTokensFrom } from './peers/secret-scan.js';
 
 const TRUST = (principal: string) => JSON.stringify({
   Version: '2012-10-17',
@@ -137,6 +137,7 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     // 7. no secret on disk or in the service log: not in the temp HOME, the service dir (SQLite, log) or /tmp
     const secrets = [String(creds.SecretAccessKey), String(creds.SessionToken)];
     assert.deepEqual(filesContaining([home, svc.dir, tmpdir()], secrets), []);
+    assert.deepEqual(filesWithTokensFrom([home, svc.dir, tmpdir()], svc.url), [], 'no token the broker signed');
     assert.ok(svc.log().includes(String(creds.AccessKeyId)), 'the AccessKeyId is logged (it is what ties CloudTrail to the session)');
   });
 });

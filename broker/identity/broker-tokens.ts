@@ -81,10 +81,18 @@ export class BrokerTokens {
 
   constructor(
     private readonly keys: SigningKey[],
-    private readonly issuer: string,
+    /**
+     * The service's public URL; a function when it is known only once the service listens (a
+     * configured port 0 takes an ephemeral one), so tokens never name port 0 as their issuer.
+     */
+    private readonly issuerUrl: string | (() => string),
     private readonly ttl: { access: number; refresh: number },
   ) {
     this.jwks = createLocalJWKSet(this.publicJwks());
+  }
+
+  private get issuer(): string {
+    return typeof this.issuerUrl === 'string' ? this.issuerUrl : this.issuerUrl();
   }
 
   publicJwks(): { keys: JWK[] } {

@@ -66,7 +66,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
-  const tokens = new BrokerTokens(keys, config.publicUrl, { access: config.tokens.accessTokenTtl, refresh: config.tokens.refreshTokenTtl });
+  let url = config.publicUrl;
+  const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl, refresh: config.tokens.refreshTokenTtl });
   const idTokens = new IdTokenVerifier({
     issuer: config.oidc.issuer, audience: config.oidc.audience, algorithms: config.oidc.algorithms,
     groupsClaim: config.oidc.groupsClaim, identityClaim: config.oidc.identityClaim,
@@ -86,7 +87,6 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
-  let url = config.publicUrl;
   const sessions = new TaskSessionService({
     store, templates, sts, vault: vault?.sessionTokens, log, maxActiveSessions: config.limits.maxActiveSessions, now,
   });

@@ -8,6 +8,14 @@ import { join } from 'node:path';
 export function filesContaining(roots: string[], secrets: readonly (string | Buffer)[]): string[] {
   const needles = secrets.filter((s) => s.length >= 8).map((s) => (typeof s === 'string' ? Buffer.from(s) : s));
   const hits: string[] = [];
+  walkFiles(roots, (path, buf) => {
+    if (needles.some((n) => buf.includes(n))) hits.push(path);
+  });
+  return hits;
+}
+
+/** Calls `visit` with every regular file under `roots` up to 50 MB (skipping installed dependencies). */
+function walkFiles(roots: string[], visit: (path: string, content: Buffer) => void): void {
   const walk = (p: string) => {
     let st;
     try { st = lstatSync(p); } catch { return; }
@@ -18,9 +26,29 @@ export function filesContaining(roots: string[], secrets: readonly (string | Buf
     } else if (st.isFile() && st.size < 50 * 1024 * 1024) {
       let buf: Buffer;
       try { buf = readFileSync(p); } catch { return; }
-      if (needles.some((n) => buf.includes(n))) hits.push(p);
+      visit(p, buf);
     }
   };
   for (const r of roots) walk(r);
-  return hits;
+}
+
+const JWT = /eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}/g;
+
+/**
+ * Every file under `roots` holding a JWT that `issuer` signed. The broker's access tokens are never
+ * seen by the tests (the daemon fetches them from the service), so instead of looking for known
+ * values this looks for any token of the broker's shape: a leaked access, refresh or Vault-login
+ * token would be found whichever it is.
+ */
+export function filesWithTokensFrom(roots: string[], issuer: string): string[] {
+  const hits = new Set<string>();
+  walkFiles(roots, (path, buf) => {
+    for (const m of buf.toString('latin1').matchAll(JWT)) {
+      try {
+        const payload = JSON.parse(Buffer.from(m[0].split('.')[1]!, 'base64url').toString('utf8')) as { iss?: unknown };
+        if (payload.iss === issuer) hits.add(path);
+      } catch { /* JWT-shaped but not a JWT */ }
+    }
+  });
+  return [...hits];
 }
