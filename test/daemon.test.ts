@@ -648,15 +648,24 @@ describe('the daemon directory', () => {
       assert.equal(plan.kind, 'launchd');
       assert.equal(plan.file, join(home, 'Library', 'LaunchAgents', 'dev.agent-credential-broker.daemon.plist'));
       // Parsed by a real plist parser (Python's plistlib), as launchd would read it.
-      const parsed = spawnSync(join(VENV_BIN, 'python'), ['-c', 'import json, plistlib, sys; print(json.dumps(plistlib.loads(sys.stdin.buffer.read())))'], { input: plan.text, encoding: 'utf8' });
-      assert.equal(parsed.status, 0, parsed.stderr);
-      const plist = JSON.parse(parsed.stdout) as Record<string, unknown>;
+      const parsePlist = (text: string) => {
+        const parsed = spawnSync(join(VENV_BIN, 'python'), ['-c', 'import json, plistlib, sys; print(json.dumps(plistlib.loads(sys.stdin.buffer.read())))'], { input: text, encoding: 'utf8' });
+        assert.equal(parsed.status, 0, parsed.stderr);
+        return JSON.parse(parsed.stdout) as Record<string, unknown>;
+      };
+      const plist = parsePlist(plan.text);
       assert.deepEqual(plist.SoftResourceLimits, { Core: 0 });
       assert.deepEqual(plist.HardResourceLimits, { Core: 0 });
       assert.deepEqual((plist.ProgramArguments as string[]).slice(1), [BROKER_BIN, 'daemon', 'run']);
       const log = join(home, '.agent-credential-broker', 'run', 'daemon.log');
       assert.equal(plist.StandardErrorPath, log);
       assert.doesNotMatch(plan.text, /@[A-Z_]+@/, 'every placeholder filled');
+      assert.deepEqual(plist.EnvironmentVariables, {}, 'no runtime directory to pass on');
+      // With one in the installing shell, the daemon gets it, so its socket is where the CLI looks.
+      const runtime = join(home, 'xdg-run');
+      const plistXdg = parsePlist(unitPlan({ HOME: home, XDG_RUNTIME_DIR: runtime }, 'darwin').text);
+      assert.deepEqual(plistXdg.EnvironmentVariables, { XDG_RUNTIME_DIR: runtime });
+      assert.equal(plistXdg.StandardErrorPath, join(runtime, 'agent-credential-broker', 'daemon.log'));
 
       const steps = installUnit(plan, false);
       assert.deepEqual(steps, []);

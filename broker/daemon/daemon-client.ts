@@ -14,6 +14,8 @@ export async function callDaemon<T>(request: DaemonRequest, opts: { autostart?: 
   const env = opts.env ?? process.env;
   const sock = socketPath(env);
   const timeout = opts.timeoutMs ?? DAEMON_TIMEOUT_MS;
+  // One budget for starting the daemon and asking it, so a first call also stays under the bound.
+  const deadline = Date.now() + timeout;
   let response;
   try {
     response = await daemonCall<T>(sock, request, timeout);
@@ -23,7 +25,7 @@ export async function callDaemon<T>(request: DaemonRequest, opts: { autostart?: 
     const { startDaemonInBackground } = await import('./autostart.js');
     await startDaemonInBackground(env);
     try {
-      response = await daemonCall<T>(sock, request, timeout);
+      response = await daemonCall<T>(sock, request, Math.max(1_000, deadline - Date.now()));
     } catch (e2) {
       throw unreachable(e2, sock);
     }
