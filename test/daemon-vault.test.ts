@@ -13,8 +13,8 @@ import { after, before, describe, it } from 'node:test';
 import { broker, deviceLogin, makeTestHome, run, type TestHome } from './peers/cli.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { createRole } from './peers/moto.js';
-import { BAO, startOpenBao, type OpenBao } from './peers/openbao.js';
-import { POLICIES_DIR, REPO_ROOT, VENV_BIN } from './peers/paths.js';
+import { BAO, startOpenBao, writeKvSecret, type OpenBao } from './peers/openbao.js';
+import { FIXTURES_DIR, POLICIES_DIR, REPO_ROOT, VENV_BIN } from './peers/paths.js';
 import { filesContaining, filesWithTokensFrom } from './peers/secret-scan.js';
 import { startStack, type Stack } from './peers/stack.js';
 
@@ -25,22 +25,6 @@ description: a one-minute token the daemon must keep renewing
 allowed: { groups: [developers] }
 session: { maxDuration: 1h }
 vault: { policies: [db-migrate-read], ttl: 1m, explicitMaxTtl: 1h }
-`,
-  'migrate-and-deploy': `
-name: migrate-and-deploy
-description: AWS credentials and a Vault token from one session
-allowed: { groups: [developers] }
-session: { maxDuration: 2h, credentialLifetime: 1h }
-aws:
-  roleArn: arn:aws:iam::123456789012:role/broker-migrate-deploy
-  region: us-east-1
-  policy:
-    Version: '2012-10-17'
-    Statement:
-      - Effect: Allow
-        Action: lambda:GetFunction
-        Resource: arn:aws:lambda:us-east-1:123456789012:function:checkout-api
-vault: { policies: [db-migrate-read], ttl: 20m }
 `,
 };
 
@@ -77,15 +61,8 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     secrets.add(bao.rootToken);
     const setup = await run('bash', [join(REPO_ROOT, 'deploy', 'vault', 'setup.sh')], { env: { ...bao.cliEnv(bao.rootToken), VAULT_CLI: BAO }, timeoutMs: 60_000 });
     assert.equal(setup.code, 0, setup.stderr);
-    for (const [path, data] of [['db-migrate/checkout-api', { password: 'pw-checkout-1234' }], ['other/payroll', { key: 'not-for-agents' }]] as const) {
-      const deadline = Date.now() + 15_000;
-      let w = await bao.api('POST', `secret/data/${path}`, { data });
-      while (w.status !== 200 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
-        w = await bao.api('POST', `secret/data/${path}`, { data });
-      }
-      assert.equal(w.status, 200, JSON.stringify(w.body));
-    }
+    await writeKvSecret(bao, 'db-migrate/checkout-api', { password: 'pw-checkout-1234' });
+    await writeKvSecret(bao, 'other/payroll', { key: 'not-for-agents' });
     const t = await bao.api('POST', 'auth/token/create-orphan', { policies: ['broker'], ttl: '4h', renewable: true });
     assert.equal(t.status, 200, JSON.stringify(t.body));
     secrets.add(t.body.auth.client_token);
@@ -93,6 +70,7 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     const policies = mkdtempSync(join(tmpdir(), 'broker-vault-policies-'));
     for (const [name, yaml] of Object.entries(TEMPLATES)) writeFileSync(join(policies, `${name}.yaml`), yaml);
     copyFileSync(join(POLICIES_DIR, 'db-migrate.yaml'), join(policies, 'db-migrate.yaml'));
+    copyFileSync(join(FIXTURES_DIR, 'migrate-and-deploy.yaml'), join(policies, 'migrate-and-deploy.yaml'));
     stack = await startStack({
       policiesDir: policies,
       env: { TEST_BROKER_VAULT_TOKEN: t.body.auth.client_token },

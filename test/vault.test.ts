@@ -33,8 +33,8 @@ import { accessorGone, VaultTokens } from '../broker/vault/tokens.js';
 import { run } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
 import { createRole, startMoto } from './peers/moto.js';
-import { BAO, freePort, startOpenBao, type OpenBao } from './peers/openbao.js';
-import { POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
+import { BAO, freePort, startOpenBao, writeKvSecret, type OpenBao } from './peers/openbao.js';
+import { FIXTURES_DIR, POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
 import { filesContaining } from './peers/secret-scan.js';
 
 const DEPLOY = join(REPO_ROOT, 'deploy', 'vault');
@@ -43,7 +43,7 @@ const TRUST = JSON.stringify({
   Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
 });
 
-/** Test templates beside the shipped db-migrate (copied as is) and deploy-lambda (AWS only). */
+/** Test templates beside the shipped db-migrate (copied as is), deploy-lambda (AWS only) and test/fixtures/migrate-and-deploy.yaml. */
 const TEMPLATES: Record<string, string> = {
   'vault-limited': `
 name: vault-limited
@@ -64,24 +64,6 @@ allowed: { groups: [developers] }
 session: { maxDuration: 1h }
 vault:
   policies: [kv-other]
-`,
-  'migrate-and-deploy': `
-name: migrate-and-deploy
-description: AWS credentials and a Vault token from one session
-allowed: { groups: [developers] }
-session: { maxDuration: 2h, credentialLifetime: 1h }
-aws:
-  roleArn: arn:aws:iam::123456789012:role/broker-migrate-deploy
-  region: us-east-1
-  policy:
-    Version: '2012-10-17'
-    Statement:
-      - Effect: Allow
-        Action: lambda:GetFunction
-        Resource: arn:aws:lambda:us-east-1:123456789012:function:checkout-api
-vault:
-  policies: [db-migrate-read]
-  ttl: 20m
 `,
 };
 
@@ -251,17 +233,8 @@ describe('Vault/OpenBao task tokens', () => {
     // A policy that exists but that the token role does not allow (for the refusal test).
     const other = await bao.api('PUT', 'sys/policies/acl/kv-other', { policy: 'path "secret/data/other/*" { capabilities = ["read"] }' });
     assert.equal(other.status, 204, JSON.stringify(other.body));
-    for (const [path, data] of [['db-migrate/checkout-api', { username: 'migrator', password: 'pw-checkout-1234' }], ['other/payroll', { key: 'not-for-agents' }]] as const) {
-      // A freshly enabled KV v2 mount answers 400 ("Upgrading from non-versioned to versioned
-      // data") for a moment while it sets itself up.
-      const deadline = Date.now() + 15_000;
-      let w = await bao.api('POST', `secret/data/${path}`, { data });
-      while (w.status !== 200 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
-        w = await bao.api('POST', `secret/data/${path}`, { data });
-      }
-      assert.equal(w.status, 200, JSON.stringify(w.body));
-    }
+    await writeKvSecret(bao, 'db-migrate/checkout-api', { username: 'migrator', password: 'pw-checkout-1234' });
+    await writeKvSecret(bao, 'other/payroll', { key: 'not-for-agents' });
     // The broker's own token: only the broker policy (deploy/vault/broker-policy.hcl), not root.
     const t = await bao.api('POST', 'auth/token/create-orphan', { policies: ['broker'], ttl: '4h', renewable: true, display_name: 'broker-service' });
     assert.equal(t.status, 200, JSON.stringify(t.body));
@@ -282,6 +255,7 @@ describe('Vault/OpenBao task tokens', () => {
     mkdirSync(policiesDir);
     for (const [name, yaml] of Object.entries(TEMPLATES)) writeFileSync(join(policiesDir, `${name}.yaml`), yaml);
     for (const name of ['db-migrate', 'deploy-lambda']) copyFileSync(join(POLICIES_DIR, `${name}.yaml`), join(policiesDir, `${name}.yaml`));
+    copyFileSync(join(FIXTURES_DIR, 'migrate-and-deploy.yaml'), join(policiesDir, 'migrate-and-deploy.yaml'));
     dbPath = join(dir, 'broker.db');
     logFile = join(dir, 'server.log');
     const fd = openSync(logFile, 'a');

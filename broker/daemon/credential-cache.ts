@@ -2,7 +2,8 @@ import type { ProcessCredentials, SessionView } from '../client/api.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SingleFlight } from './single-flight.js';
-import { backoffDelay, canHandOut, isUsable, refreshAt, type HeldCredentials } from './refresh-policy.js';
+import { canHandOut, isUsable, refreshAt, type HeldCredentials } from './refresh-policy.js';
+import { changedWhileWaiting, noActiveSession, sessionEnded, sessionGone, Superseded, TaskCache, type TaskCacheOptions, type TaskEntry } from './task-cache.js';
 
 /**
  * Task credentials held in the daemon's memory, and only there: one entry per task template (the
@@ -25,13 +26,9 @@ export interface CredentialUpstream {
   issue(sessionId: string): Promise<IssuedCredentials>;
 }
 
-export interface CredentialCacheOptions {
+export interface CredentialCacheOptions extends TaskCacheOptions {
   upstream: CredentialUpstream;
   log: Pick<Logger, 'info' | 'warn' | 'error'>;
-  now?: () => number;
-  random?: () => number;
-  /** Wall-clock re-check of every entry; catches up after a suspended laptop resumes (timers pause). */
-  tickMs?: number;
 }
 
 interface Held extends HeldCredentials {
@@ -40,17 +37,13 @@ interface Held extends HeldCredentials {
 
 type Health = 'ok' | 'retrying';
 
-interface Entry {
-  template: string;
+interface Entry extends TaskEntry {
   session: SessionView;
   sessionEndsAt: number;
   creds?: Held;
   inflight?: Promise<Held>;
   timer?: NodeJS.Timeout;
   health: Health;
-  failures: number;
-  retryAt: number;
-  lastError?: BrokerError;
 }
 
 export interface CacheStats {
@@ -73,19 +66,12 @@ export interface EntryStatus {
   lastError: string | null;
 }
 
-export class CredentialCache {
-  private readonly entries = new Map<string, Entry>();
+export class CredentialCache extends TaskCache<Entry> {
   private readonly discovering = new SingleFlight<string, Held>();
-  private readonly now: () => number;
-  private readonly random: () => number;
-  private readonly ticker: NodeJS.Timeout;
   readonly stats: CacheStats = { credentialRequests: 0, servedFromMemory: 0, waitedForUpstream: 0, sharedUpstream: 0, upstreamIssues: 0 };
 
   constructor(private readonly opts: CredentialCacheOptions) {
-    this.now = opts.now ?? Date.now;
-    this.random = opts.random ?? Math.random;
-    this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
-    this.ticker.unref();
+    super(opts);
   }
 
   /** Credentials for a credential_process call: from memory whenever they are good enough. */
@@ -99,7 +85,7 @@ export class CredentialCache {
     const now = this.now();
     if (e && now >= e.sessionEndsAt) {
       this.drop(template);
-      throw sessionOver(template, e.sessionEndsAt);
+      throw sessionEnded(template, e.sessionEndsAt);
     }
     if (e?.creds && canHandOut(e.creds, e.sessionEndsAt, now)) {
       this.stats.servedFromMemory++;
@@ -124,7 +110,7 @@ export class CredentialCache {
         // The entry this call waited on was replaced (a new task start, `broker exec` with another
         // agent) or dropped (`broker end`) meanwhile: ask again, about what is there now.
         if (mayRetry) return this.lookup(template, false);
-        throw new BrokerError('conflict', `the "${template}" task session changed while this request waited`, { hint: 'try again' });
+        throw changedWhileWaiting(template);
       }
       if (!e) throw err;
       const current = this.entries.get(template);
@@ -142,31 +128,10 @@ export class CredentialCache {
     this.entries.set(template, e);
   }
 
-  /** Forget a template's session and credentials (ended, logged out, agent changed). */
-  drop(template: string): void {
-    const e = this.entries.get(template);
-    if (e) this.dropEntry(e);
-  }
-
-  /**
-   * Forget this entry — and only if it is still the one held for its template: an upstream request
-   * of an entry that was since replaced must not drop its replacement.
-   */
-  private dropEntry(e: Entry): void {
+  protected override forget(e: Entry): void {
     if (e.timer) clearTimeout(e.timer);
     delete e.timer;
-    // Drop the references to the secrets; the GC reclaims them.
     delete e.creds;
-    if (this.entries.get(e.template) === e) this.entries.delete(e.template);
-  }
-
-  clear(): void {
-    for (const t of [...this.entries.keys()]) this.drop(t);
-  }
-
-  close(): void {
-    clearInterval(this.ticker);
-    this.clear();
   }
 
   status(): EntryStatus[] {
@@ -184,8 +149,7 @@ export class CredentialCache {
     });
   }
 
-  /** Re-checks every entry against the wall clock (timers stop while a machine sleeps). */
-  tick(): void {
+  override tick(): void {
     const now = this.now();
     for (const e of [...this.entries.values()]) {
       if (now >= e.sessionEndsAt) {
@@ -208,8 +172,7 @@ export class CredentialCache {
     e.creds = held;
     if (e.health === 'retrying') this.opts.log.info({ template: e.template, session: e.session.id }, 'credentials refreshed again after upstream failures');
     e.health = 'ok';
-    e.failures = 0;
-    delete e.lastError;
+    this.resetBackOff(e);
     this.schedule(e);
     return held;
   }
@@ -219,9 +182,7 @@ export class CredentialCache {
     if (this.discovering.isPending(template)) this.stats.sharedUpstream++;
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
-      if (!session) {
-        throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
-      }
+      if (!session) throw noActiveSession(template);
       const e = this.newEntry(session);
       this.entries.set(template, e);
       try {
@@ -265,11 +226,11 @@ export class CredentialCache {
         issued = await this.opts.upstream.issue(e.session.id);
       } catch (err) {
         // Only the entry that is still held is marked failed (or dropped): a replaced one is history.
-        if (this.entries.get(e.template) !== e) throw new Superseded();
+        if (!this.holds(e)) throw new Superseded();
         this.failed(e, err);
         throw err;
       }
-      if (this.entries.get(e.template) !== e) throw new Superseded();
+      if (!this.holds(e)) throw new Superseded();
       return this.accept(e, issued);
     })().finally(() => { delete e.inflight; });
     return e.inflight;
@@ -277,15 +238,12 @@ export class CredentialCache {
 
   private failed(e: Entry, err: unknown): void {
     const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err), { cause: err });
-    // The session is gone (ended elsewhere, expired, template removed): stop serving it at once.
-    if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
+    if (sessionGone(error)) {
       this.opts.log.info({ template: e.template, session: e.session.id, reason: error.message }, 'task session no longer active; credentials dropped');
       this.dropEntry(e);
       return;
     }
-    e.failures++;
-    e.retryAt = this.now() + backoffDelay(e.failures - 1, this.random);
-    e.lastError = error;
+    this.backOff(e, error);
     if (e.health === 'ok') {
       // Logged once per change of state, not once per retry.
       this.opts.log.warn({
@@ -296,15 +254,6 @@ export class CredentialCache {
     e.health = 'retrying';
     this.schedule(e);
   }
-}
-
-/** An upstream request finished for an entry that is no longer held (internal; never leaves the cache). */
-class Superseded extends Error {}
-
-function sessionOver(template: string, endsAt: number): BrokerError {
-  return new BrokerError('conflict', `the "${template}" task session ended at ${new Date(endsAt).toISOString()}`, {
-    hint: `start a new one: broker task ${template}`,
-  });
 }
 
 /**

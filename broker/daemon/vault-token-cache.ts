@@ -3,7 +3,8 @@ import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RenewedVaultToken, RenewVaultTokenOptions } from '../vault/renew.js';
 import { SingleFlight } from './single-flight.js';
-import { backoffDelay, EXPIRY_SAFETY_MS } from './refresh-policy.js';
+import { EXPIRY_SAFETY_MS } from './refresh-policy.js';
+import { changedWhileWaiting, noActiveSession, sessionEnded, sessionGone, Superseded, TaskCache, type TaskCacheOptions, type TaskEntry } from './task-cache.js';
 
 /**
  * Task Vault tokens held in the daemon's memory, one per task template. Unlike AWS credentials they
@@ -30,15 +31,11 @@ interface Held {
   expiresAt: number;
 }
 
-interface Entry {
-  template: string;
+interface Entry extends TaskEntry {
   session: SessionView;
   sessionEndsAt: number;
   held?: Held;
   inflight?: Promise<Held>;
-  failures: number;
-  retryAt: number;
-  lastError?: BrokerError;
 }
 
 export interface VaultTokenStatus { template: string; accessor: string | null; expiresAt: string | null; lastError: string | null }
@@ -46,18 +43,11 @@ export interface VaultTokenStatus { template: string; accessor: string | null; e
 /** A renewal that adds less than this is not worth keeping the token: fetch a fresh one. */
 const MIN_USEFUL_TTL_MS = 60_000;
 
-export class VaultTokenCache {
-  private readonly entries = new Map<string, Entry>();
+export class VaultTokenCache extends TaskCache<Entry> {
   private readonly discovering = new SingleFlight<string, { grant: VaultTokenGrant; session: SessionView }>();
-  private readonly now: () => number;
-  private readonly random: () => number;
-  private readonly ticker: NodeJS.Timeout;
 
-  constructor(private readonly opts: { upstream: VaultUpstream; log: Pick<Logger, 'info' | 'warn'>; now?: () => number; random?: () => number; tickMs?: number }) {
-    this.now = opts.now ?? Date.now;
-    this.random = opts.random ?? Math.random;
-    this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
-    this.ticker.unref();
+  constructor(private readonly opts: TaskCacheOptions & { upstream: VaultUpstream; log: Pick<Logger, 'info' | 'warn'> }) {
+    super(opts);
   }
 
   /** The task's token: the held one while it is valid (renewing it in the background when due). */
@@ -70,7 +60,7 @@ export class VaultTokenCache {
     const now = this.now();
     if (e && now >= e.sessionEndsAt) {
       this.drop(template);
-      throw new BrokerError('conflict', `the "${template}" task session ended at ${new Date(e.sessionEndsAt).toISOString()}`, { hint: `start a new one: broker task ${template}` });
+      throw sessionEnded(template, e.sessionEndsAt);
     }
     if (e?.held && e.held.expiresAt - now > EXPIRY_SAFETY_MS) {
       this.maybeRefresh(e);
@@ -87,7 +77,7 @@ export class VaultTokenCache {
       if (err instanceof Superseded) {
         // Replaced (a new task start, another agent) or dropped (`broker end`) meanwhile: ask again.
         if (mayRetry) return this.lookup(template, false);
-        throw new BrokerError('conflict', `the "${template}" task session changed while this request waited`, { hint: 'try again' });
+        throw changedWhileWaiting(template);
       }
       if (!e) throw err;
       throw noneLeft(template, err);
@@ -102,24 +92,8 @@ export class VaultTokenCache {
     this.entries.set(session.template, e);
   }
 
-  drop(template: string): void {
-    const e = this.entries.get(template);
-    if (e) this.dropEntry(e);
-  }
-
-  /** Forget this entry, and only if it is still the one held (never a replacement of it). */
-  private dropEntry(e: Entry): void {
+  protected override forget(e: Entry): void {
     delete e.held;
-    if (this.entries.get(e.template) === e) this.entries.delete(e.template);
-  }
-
-  clear(): void {
-    for (const t of [...this.entries.keys()]) this.drop(t);
-  }
-
-  close(): void {
-    clearInterval(this.ticker);
-    this.clear();
   }
 
   status(): VaultTokenStatus[] {
@@ -131,7 +105,7 @@ export class VaultTokenCache {
     }));
   }
 
-  tick(): void {
+  override tick(): void {
     const now = this.now();
     for (const e of [...this.entries.values()]) {
       if (now >= e.sessionEndsAt) this.dropEntry(e);
@@ -146,7 +120,7 @@ export class VaultTokenCache {
   private discover(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
-      if (!session) throw new BrokerError('not_found', `no active "${template}" task session`, { hint: `start one: broker task ${template}` });
+      if (!session) throw noActiveSession(template);
       if (!session.vault) {
         throw new BrokerError('conflict', `task template "${template}" grants no Vault token`, { hint: 'its credentials are AWS ones: use AWS_PROFILE=broker-<template> or broker exec' });
       }
@@ -186,23 +160,21 @@ export class VaultTokenCache {
       } catch (err) {
         const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err));
         // Only the entry still held is marked failed or dropped: a replaced one is history.
-        if (this.entries.get(e.template) !== e) throw new Superseded();
-        if (error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden') {
+        if (!this.holds(e)) throw new Superseded();
+        if (sessionGone(error)) {
           this.dropEntry(e);
         } else {
           if (!e.lastError) {
             this.opts.log.warn({ template: e.template, code: error.code, reason: error.message }, 'cannot renew the Vault token; serving the held one until it expires and retrying with back-off');
           }
-          e.lastError = error;
-          e.retryAt = this.now() + backoffDelay(e.failures++, this.random);
+          this.backOff(e, error);
         }
         throw error;
       }
-      if (this.entries.get(e.template) !== e) throw new Superseded();
+      if (!this.holds(e)) throw new Superseded();
       e.held = held;
       if (e.lastError) this.opts.log.info({ template: e.template, accessor: held.grant.accessor }, 'Vault token renewed again after failures');
-      delete e.lastError;
-      e.failures = 0;
+      this.resetBackOff(e);
       return held;
     })().finally(() => { delete e.inflight; });
     return e.inflight;
@@ -238,9 +210,6 @@ export class VaultTokenCache {
     return this.hold(r.vault);
   }
 }
-
-/** An upstream request finished for an entry that is no longer held (internal; never leaves the cache). */
-class Superseded extends Error {}
 
 function noneLeft(template: string, err: unknown): unknown {
   if (!isBrokerError(err)) return err;

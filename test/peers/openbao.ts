@@ -164,6 +164,21 @@ export async function startOpenBao(): Promise<OpenBao> {
   };
 }
 
+/**
+ * Writes a KV v2 secret (`secret/data/<path>`) as the root token. A freshly enabled KV v2 mount
+ * answers 400 ("Upgrading from non-versioned to versioned data") for a moment while it sets itself
+ * up, so the write is retried for a while.
+ */
+export async function writeKvSecret(bao: OpenBao, path: string, data: Record<string, string>): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  let w = await bao.api('POST', `secret/data/${path}`, { data });
+  while (w.status !== 200 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    w = await bao.api('POST', `secret/data/${path}`, { data });
+  }
+  if (w.status !== 200) throw new Error(`writing secret/data/${path}: HTTP ${w.status} ${JSON.stringify(w.body)}`);
+}
+
 /** Until the listener answers at all (501 uninitialized, 503 sealed, 200 active …). */
 async function waitForListener(url: string): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
