@@ -158,7 +158,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
       try {
         held = (await this.tryRenew(e)) ?? (await this.fetchFresh(e));
       } catch (err) {
-        const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err));
+        const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err), { cause: err });
         // Only the entry still held is marked failed or dropped: a replaced one is history.
         if (!this.holds(e)) throw new Superseded();
         if (sessionGone(error)) {
