@@ -43,6 +43,7 @@ function client(url: () => string): Call {
 /** An in-process service on its own SQLite file, on the shared IdP and STS; `oidc` overrides the IdP settings. */
 async function startApiServer(o: {
   issuer: string; sts: string; iam: string; oidc?: Record<string, unknown>; policiesDir?: string; issuePerMinute?: number; now?: () => number;
+  stsTimeoutMs?: number;
 }): Promise<{ server: RunningServer; dbPath: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'broker-api-'));
   const dbPath = join(dir, 'broker.db');
@@ -53,7 +54,7 @@ async function startApiServer(o: {
     // RS256 only: the IdP also publishes an ES256 key, so a genuine ES256 token tests the allowlist.
     oidc: { issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', allowInsecureHttp: true, ...o.oidc },
     tokens: { signingKeys: 'ephemeral' },
-    aws: { region: 'us-east-1', stsEndpoint: o.sts, iamEndpoint: o.iam, checkTrustAtStartup: false },
+    aws: { region: 'us-east-1', stsEndpoint: o.sts, iamEndpoint: o.iam, checkTrustAtStartup: false, ...(o.stsTimeoutMs ? { requestTimeoutMs: o.stsTimeoutMs } : {}) },
     limits: { issuePerMinute: o.issuePerMinute ?? 30 },
   }, dir);
   const server = await startServer(config, { log: createLogger({ level: 'silent' }), ...(o.now ? { now: o.now } : {}) });
@@ -407,6 +408,36 @@ describe('broker service API', () => {
       const reissue = await call('POST', `/v1/sessions/${failedId}/credentials`, { token: tokens.alice });
       assert.equal(reissue.status, 409, 'nothing is issued under it afterwards');
       assert.equal((await call('DELETE', `/v1/sessions/${again.body.session.id}`, { token: tokens.alice })).status, 200);
+    });
+
+    it('a hung STS becomes a clear 503 within aws.requestTimeoutMs, and the session it was for is ended', async () => {
+      // STS accepts the AssumeRole and never answers (the proxy holds it until the test lets go).
+      let release!: () => void;
+      const held = new Promise<void>((r) => { release = r; });
+      const hung = await startApiServer({ issuer: idp.issuer, sts: proxy.url, iam: moto.url, stsTimeoutMs: 800 });
+      const hungCall = client(() => hung.server.url);
+      const login = await hungCall('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') } });
+      assert.equal(login.status, 200, login.text);
+      const token = login.body.access_token as string;
+      proxy.onRequest((req) => (req.action === 'AssumeRole' ? held : undefined));
+      try {
+        const t0 = performance.now();
+        const r = await hungCall('POST', '/v1/sessions', { token, body: { template: 'read-cloudwatch-logs', params: logParams() } });
+        const elapsed = performance.now() - t0;
+        assert.equal(r.status, 503, r.text);
+        assert.equal(r.body.code, 'upstream_unavailable');
+        assert.match(r.body.message, /STS did not answer AssumeRole within 0\.8s/);
+        assert.match(r.body.hint, /aws\.requestTimeoutMs/);
+        assert.ok(elapsed < 5000, `answered in ${elapsed.toFixed(0)} ms, not after the client's own timeout`);
+        const trail = auditOf(hung.dbPath).filter((x) => x.event !== 'login').map((x) => `${x.event}:${x.decision}`);
+        assert.deepEqual(trail, ['session.start:allowed', 'credentials.issue:failed', 'session.end:ended']);
+        const list = await hungCall('GET', '/v1/sessions', { token });
+        assert.deepEqual(list.body.sessions, [], 'no session left open');
+      } finally {
+        proxy.onRequest(undefined);
+        release();
+        await hung.server.stop();
+      }
     });
   });
 

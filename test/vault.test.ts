@@ -208,7 +208,7 @@ describe('Vault/OpenBao task tokens', () => {
     const vault = new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now });
     const templates = loadTemplatesOrThrow(policiesDir);
     for (const t of o.templates ?? []) templates.set(t.name, t);
-    const svc = new TaskSessionService({ store: s, templates, sts: new STSClient({ region: 'us-east-1', endpoint: moto.url }), log, maxActiveSessions: 20, vault, now });
+    const svc = new TaskSessionService({ store: s, templates, sts: new STSClient({ region: 'us-east-1', endpoint: moto.url }), stsTimeoutMs: 8000, log, maxActiveSessions: 20, vault, now });
     return { store: s, vault, svc, logFile };
   };
   const configFor = (d: string, vault: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}): ServerConfig => parseServerConfig({
@@ -414,7 +414,7 @@ describe('Vault/OpenBao task tokens', () => {
     // STS at a port nobody listens on: the AWS half fails after the Vault half succeeded.
     const deadSts = new STSClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 1, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: deadSts, log, maxActiveSessions: 5,
+      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: deadSts, stsTimeoutMs: 8000, log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();
@@ -442,7 +442,7 @@ describe('Vault/OpenBao task tokens', () => {
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: new STSClient({ region: 'us-east-1' }), log, maxActiveSessions: 5,
+      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: new STSClient({ region: 'us-east-1' }), stsTimeoutMs: 8000, log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();

@@ -35,11 +35,19 @@ export function wrapStsError(e: unknown): BrokerError {
   return new BrokerError('upstream_error', `STS AssumeRole failed: ${name}: ${err.message ?? ''}`.trim(), { cause: e, ...(hint ? { hint } : {}) });
 }
 
-export async function assumeRole(sts: STSClient, input: AssumeRoleCommandInput): Promise<AwsCredentials> {
+/**
+ * One AssumeRole, bounded by `timeoutMs` over all of the SDK's own retries: the SDK has no request
+ * timeout by default, and a hung STS must become a clear error before the client's own timeout.
+ */
+export async function assumeRole(sts: STSClient, input: AssumeRoleCommandInput, timeoutMs: number): Promise<AwsCredentials> {
   let out;
+  const signal = AbortSignal.timeout(timeoutMs);
   try {
-    out = await sts.send(new AssumeRoleCommand(input));
+    out = await sts.send(new AssumeRoleCommand(input), { abortSignal: signal });
   } catch (e) {
+    if (signal.aborted) {
+      throw new BrokerError('upstream_unavailable', `STS did not answer AssumeRole within ${timeoutMs / 1000}s`, { cause: e, hint: 'check aws.stsEndpoint / network (aws.requestTimeoutMs sets this bound)' });
+    }
     throw wrapStsError(e);
   }
   const c = out.Credentials;

@@ -137,6 +137,11 @@ export const serverConfigSchema = z.strictObject({
     region: z.string().min(1).default('us-east-1'),
     stsEndpoint: z.url().optional(),
     iamEndpoint: z.url().optional(),
+    /**
+     * Bound on one AssumeRole, the SDK's retries included. Under the CLI's and daemon's 15 s request
+     * timeout (with a Vault call before it), so a hung STS reaches them as a clear error.
+     */
+    requestTimeoutMs: z.number().int().min(500).max(10_000).default(8_000),
     checkTrustAtStartup: z.boolean().default(true),
   }).prefault({}),
   vault: vaultSchema.optional(),

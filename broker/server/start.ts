@@ -88,7 +88,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
   const sessions = new TaskSessionService({
-    store, templates, sts, vault: vault?.sessionTokens, log, maxActiveSessions: config.limits.maxActiveSessions, now,
+    store, templates, sts, stsTimeoutMs: config.aws.requestTimeoutMs, vault: vault?.sessionTokens, log, maxActiveSessions: config.limits.maxActiveSessions, now,
   });
   const sweeper = new SessionSweeper({ sessions, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({

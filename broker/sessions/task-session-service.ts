@@ -52,6 +52,8 @@ export interface TaskSessionServiceDeps {
   store: SqliteStore;
   templates: Map<string, TaskTemplate>;
   sts: STSClient;
+  /** Bound on one AssumeRole, the SDK's retries included (aws.requestTimeoutMs). */
+  stsTimeoutMs: number;
   /** Absent when the service has no `vault:` configuration. */
   vault?: SessionVaultTokens | undefined;
   log: Logger;
@@ -287,7 +289,7 @@ export class TaskSessionService {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
     let credentials: AwsCredentials;
     try {
-      credentials = await assumeRole(this.deps.sts, request);
+      credentials = await assumeRole(this.deps.sts, request, this.deps.stsTimeoutMs);
     } catch (e) {
       try {
         this.deps.store.audit({ ...base, decision: 'failed', reason: (e as Error).message });
