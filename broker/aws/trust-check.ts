@@ -45,10 +45,13 @@ export const REQUIRED_ACTIONS = [
   { check: 'set-source-identity', action: 'sts:SetSourceIdentity' },
 ] as const satisfies readonly { check: TrustCheck; action: string }[];
 
+/** Per AWS call, the SDK's retries included: the SDK has no timeout of its own, and a check must end. */
+const CHECK_TIMEOUT_MS = 15_000;
+
 /** The ARN the broker's AWS credentials belong to, as STS sees them. */
 export async function resolveBrokerPrincipal(sts: STSClient): Promise<string> {
   try {
-    const out = await sts.send(new GetCallerIdentityCommand({}));
+    const out = await sts.send(new GetCallerIdentityCommand({}), { abortSignal: AbortSignal.timeout(CHECK_TIMEOUT_MS) });
     if (!out.Arn) throw new Error('GetCallerIdentity returned no Arn');
     return out.Arn;
   } catch (e) {
@@ -246,6 +249,9 @@ function roleNameOf(roleArn: string): string {
 
 function awsError(what: string, e: unknown, hint: string): BrokerError {
   const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  if (err.name === 'TimeoutError' || err.name === 'AbortError') {
+    return new BrokerError('upstream_unavailable', `${what}: AWS did not answer within ${CHECK_TIMEOUT_MS / 1000}s`, { cause: e, hint: 'check the network, and the endpoint override if one is set' });
+  }
   if (err.$metadata?.httpStatusCode === undefined) {
     return new BrokerError('upstream_unavailable', `${what}: AWS is unreachable: ${err.message ?? String(e)}`, { cause: e, hint: 'check the network, and the endpoint override if one is set' });
   }
@@ -296,7 +302,7 @@ async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal,
   const path = roleArn.slice(roleArn.indexOf(':role/') + 5, roleArn.lastIndexOf('/') + 1);
   let role: Role | undefined;
   try {
-    role = (await iam.send(new GetRoleCommand({ RoleName: name }))).Role;
+    role = (await iam.send(new GetRoleCommand({ RoleName: name }), { abortSignal: AbortSignal.timeout(CHECK_TIMEOUT_MS) })).Role;
   } catch (e) {
     const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
     if (err.name === 'NoSuchEntity' || err.name === 'NoSuchEntityException') {
