@@ -3,15 +3,24 @@
  * reason `expired`) and revokes the Vault tokens of ended sessions that are not revoked yet,
  * including revocations that failed earlier (Vault was down), least recently tried first. A token
  * whose revocation keeps failing is given up once it is past the latest Vault can keep it alive
- * (`vault.revoke expired`), so nothing is retried forever. One sweep at a time; a sweep that fails
- * is logged and the next one tries again.
+ * (`vault.revoke expired`), so nothing is retried forever. It also ends sessions whose start never
+ * completed (the service stopped in the middle of one), once no start could still be under way.
+ * One sweep at a time; a sweep that fails is logged and the next one tries again.
  */
 import type { Logger } from '../log.js';
 import type { TaskSessionService } from './task-session-service.js';
 
+/**
+ * Longer than any start can take: one Vault login and token create (vault.requestTimeoutMs, at most
+ * 60 s each) and one AssumeRole (aws.requestTimeoutMs, at most 10 s), with room to spare.
+ */
+export const START_GRACE_MS = 5 * 60_000;
+
 export interface SweepResult {
   /** Sessions ended as expired in this sweep. */
   expired: number;
+  /** Sessions ended because their start never completed. */
+  incomplete: number;
   revoked: number;
   /** Revocations that failed and stay pending. */
   failed: number;
@@ -48,9 +57,10 @@ export class SessionSweeper {
   }
 
   private async run(): Promise<SweepResult> {
-    const result: SweepResult = { expired: 0, revoked: 0, failed: 0, lapsed: 0 };
+    const result: SweepResult = { expired: 0, incomplete: 0, revoked: 0, failed: 0, lapsed: 0 };
     try {
       result.expired = this.deps.sessions.endExpired().length;
+      result.incomplete = this.deps.sessions.endIncompleteStarts(START_GRACE_MS).length;
       for (const r of await this.deps.sessions.revokePending()) {
         if (r.revoked) result.revoked++;
         else if (r.lapsed) result.lapsed++;
@@ -59,7 +69,7 @@ export class SessionSweeper {
     } catch (e) {
       this.deps.log.error({ err: (e as Error).message }, 'session sweep failed; retrying at the next interval');
     }
-    if (result.expired || result.revoked || result.lapsed || result.failed !== this.lastFailed) this.deps.log.info(result, 'session sweep');
+    if (result.expired || result.incomplete || result.revoked || result.lapsed || result.failed !== this.lastFailed) this.deps.log.info(result, 'session sweep');
     this.lastFailed = result.failed;
     return result;
   }

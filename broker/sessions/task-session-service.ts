@@ -73,8 +73,8 @@ export class TaskSessionService {
    * be written (the case that made the issue fail, e.g. the audit log became unwritable after STS
    * answered). They are ended at the next write the service attempts (settleAbandoned), and until
    * then count as ended: they block no new start, are not listed, and get nothing issued. Kept in
-   * memory: after a restart such a session is an ordinary open one (its start was audited as
-   * allowed) that `broker end` or its expiry closes.
+   * memory; the store keeps the truth of it (a start without an `issued` record), from which
+   * endIncompleteStarts ends them after a restart, or after a crash in the middle of a start.
    */
   private readonly abandoned = new Map<string, { session: TaskSession; reason: string }>();
 
@@ -235,6 +235,26 @@ export class TaskSessionService {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason: 'expired',
         roleSessionName: s.roleSessionName,
       });
+      if (changed) ended.push(s);
+    }
+    return ended;
+  }
+
+  /**
+   * Ends the sessions whose start never completed — the service stopped or crashed between recording
+   * the start and recording its first issue, or could not record the issue and could not end the
+   * session then (see `abandoned`) — once they are older than any start can take (`graceMs`), so a
+   * start in progress is never touched. Their Vault tokens, if any, are revoked by revokePending.
+   */
+  endIncompleteStarts(graceMs: number): TaskSession[] {
+    const reason = 'its start never completed (no first issue was recorded)';
+    const ended: TaskSession[] = [];
+    for (const s of this.deps.store.incompleteStarts(this.now() - graceMs)) {
+      const changed = this.deps.store.endSession(s.id, reason, {
+        event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
+        roleSessionName: s.roleSessionName,
+      });
+      this.abandoned.delete(s.id);
       if (changed) ended.push(s);
     }
     return ended;

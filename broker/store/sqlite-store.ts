@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS vault_tokens (
   lapsed_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS vault_tokens_session ON vault_tokens (session_id, revoked_at);
+-- The records of one session (what was issued under it), for the sweep of starts that never completed.
+CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, event, decision);
 `;
 
 /** Columns added to vault_tokens after it first shipped (ALTER TABLE ADD COLUMN on older stores). */
@@ -184,6 +186,16 @@ export class SqliteStore {
       end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
       setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
       expiredOpen: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at <= ? ORDER BY expires_at'),
+      // Open sessions created before a cutoff whose start never completed: the last grant of a start
+      // is the AWS one when it has one (task-session-service.ts issues Vault first), so complete
+      // means a `credentials.issue` issued record, or for a Vault-only start a `vault.issue` one.
+      incompleteStarts: q(`SELECT s.* FROM task_sessions s
+        WHERE s.ended_at IS NULL AND s.expires_at > ? AND s.created_at <= ?
+        AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.session_id = s.id AND a.event = 'credentials.issue' AND a.decision = 'issued')
+        AND (EXISTS (SELECT 1 FROM audit a, json_each(a.detail, '$.grants') g
+                     WHERE a.session_id = s.id AND a.event = 'session.start' AND a.decision = 'allowed' AND g.value = 'aws')
+             OR NOT EXISTS (SELECT 1 FROM audit a WHERE a.session_id = s.id AND a.event = 'vault.issue' AND a.decision = 'issued'))
+        ORDER BY s.created_at LIMIT ?`),
       audit: q('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
       insertVaultToken: q('INSERT INTO vault_tokens (accessor, session_id, created_at, expires_at, dead_by) VALUES (?,?,?,?,?)'),
       sessionOpen: q('SELECT 1 AS open FROM task_sessions WHERE id = ? AND ended_at IS NULL AND expires_at > ?'),
@@ -273,6 +285,11 @@ export class SqliteStore {
   }
 
   /** Sessions past their end that nobody ended yet (the sweeper ends them as `expired`). */
+  /** Open sessions created at or before `createdBefore` whose first issue has no `issued` record. */
+  incompleteStarts(createdBefore: number, limit = 500): TaskSession[] {
+    return (this.stmts.incompleteStarts!.all(this.now(), createdBefore, limit) as unknown as SessionRow[]).map(toSession);
+  }
+
   expiredOpenSessions(): TaskSession[] {
     return (this.stmts.expiredOpen!.all(this.now()) as unknown as SessionRow[]).map(toSession);
   }

@@ -1,0 +1,104 @@
+/**
+ * A start that never completed — the service stopped (or crashed, or could not write its audit log)
+ * between recording a task session as allowed and recording its first issue — does not leave an
+ * open session behind across a restart: the restarted service's first sweep ends it, once no start
+ * could still be under way, and leaves complete and recent starts alone.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { parseServerConfig } from '../broker/config/server-config.js';
+import { createLogger } from '../broker/log.js';
+import { startServer } from '../broker/server/start.js';
+import { START_GRACE_MS } from '../broker/sessions/sweeper.js';
+import { SqliteStore, type TaskSession } from '../broker/store/sqlite-store.js';
+import { startIdp } from './peers/idp.js';
+import { POLICIES_DIR } from './peers/paths.js';
+
+const HOUR = 3_600_000;
+
+describe('starts that never completed, across a restart', () => {
+  let dir: string;
+  let idp: Awaited<ReturnType<typeof startIdp>>;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'broker-incomplete-'));
+    idp = await startIdp();
+  });
+  after(async () => {
+    await idp?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A session recorded as allowed (as the service does), with whatever issue records follow it. */
+  function seed(store: SqliteStore, id: string, o: { ageMs: number; grants: string[]; issued: string[] }): void {
+    const now = Date.now();
+    const s: Omit<TaskSession, 'endedAt' | 'endReason'> = {
+      id, developer: 'alice@example.com', template: o.grants.includes('aws') ? 'deploy-lambda' : 'db-migrate', params: {},
+      reason: '', agent: 'test', roleSessionName: `alice-${id}`, createdAt: now - o.ageMs, expiresAt: now - o.ageMs + 2 * HOUR,
+    };
+    store.createSession(s, {
+      event: 'session.start', decision: 'allowed', developer: s.developer, template: s.template, sessionId: id,
+      detail: { params: {}, agent: 'test', ttlSeconds: 7200, grants: o.grants },
+    });
+    for (const event of o.issued) {
+      store.audit({ event: event as 'credentials.issue' | 'vault.issue', decision: 'issued', developer: s.developer, template: s.template, sessionId: id });
+    }
+  }
+
+  it('the first sweep after a restart ends stale incomplete starts, and only those', async () => {
+    const dbPath = join(dir, 'broker.db');
+    const old = 10 * 60_000;
+    const before = new SqliteStore(dbPath);
+    seed(before, 'aws-never-issued', { ageMs: old, grants: ['aws'], issued: [] });
+    // AWS is issued last: a Vault token alone does not complete a start that also grants AWS.
+    seed(before, 'both-vault-only', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue'] });
+    seed(before, 'vault-never-issued', { ageMs: old, grants: ['vault'], issued: [] });
+    seed(before, 'aws-complete', { ageMs: old, grants: ['aws'], issued: ['credentials.issue'] });
+    seed(before, 'both-complete', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue', 'credentials.issue'] });
+    seed(before, 'vault-complete', { ageMs: old, grants: ['vault'], issued: ['vault.issue'] });
+    // Younger than any start can take: it may still be under way (another process), so it is left.
+    seed(before, 'aws-recent', { ageMs: START_GRACE_MS - 60_000, grants: ['aws'], issued: [] });
+    before.close();
+
+    const config = parseServerConfig({
+      listen: { host: '127.0.0.1', port: 0 },
+      policiesDir: POLICIES_DIR,
+      store: { sqlite: dbPath },
+      oidc: { issuer: idp.issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', allowInsecureHttp: true },
+      tokens: { signingKeys: 'ephemeral' },
+      aws: { region: 'us-east-1', stsEndpoint: 'http://127.0.0.1:9', checkTrustAtStartup: false },
+    }, dir);
+    const server = await startServer(config, { log: createLogger({ level: 'silent' }) });
+    let open: string[] = [];
+    try {
+      // The sweeper runs once at start; wait for its writes.
+      for (let i = 0; i < 100; i++) {
+        const s = new SqliteStore(dbPath);
+        open = s.activeSessions().map((x) => x.id).sort();
+        s.close();
+        if (!open.includes('aws-never-issued')) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      await server.stop();
+    }
+    assert.deepEqual(open, ['aws-complete', 'aws-recent', 'both-complete', 'vault-complete']);
+
+    const after = new SqliteStore(dbPath);
+    try {
+      const ends = after.auditRecords().filter((r) => r.event === 'session.end');
+      assert.deepEqual(ends.map((r) => r.sessionId).sort(), ['aws-never-issued', 'both-vault-only', 'vault-never-issued']);
+      for (const r of ends) {
+        assert.equal(r.decision, 'ended');
+        assert.equal(r.reason, 'its start never completed (no first issue was recorded)');
+      }
+      assert.equal(after.getSession('both-vault-only')!.endReason, 'its start never completed (no first issue was recorded)');
+      assert.equal(after.verifyAuditChain(), null, 'the audit chain is intact');
+    } finally {
+      after.close();
+    }
+  });
+});
