@@ -15,6 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { STALE_LOCK_MS } from '../broker/daemon/instance-lock.js';
 import { installUnit, unitPlan } from '../broker/daemon/service-units.js';
+import { runtimeDir } from '../broker/daemon/socket.cjs';
 import { broker, deviceLogin, makeTestHome, run, type RunResult, type TestHome } from './peers/cli.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { BROKER_BIN, REPO_ROOT, VENV_BIN } from './peers/paths.js';
@@ -660,12 +661,12 @@ describe('the daemon directory', () => {
       const log = join(home, '.agent-credential-broker', 'run', 'daemon.log');
       assert.equal(plist.StandardErrorPath, log);
       assert.doesNotMatch(plan.text, /@[A-Z_]+@/, 'every placeholder filled');
-      assert.deepEqual(plist.EnvironmentVariables, {}, 'no runtime directory to pass on');
-      // With one in the installing shell, the daemon gets it, so its socket is where the CLI looks.
-      const runtime = join(home, 'xdg-run');
-      const plistXdg = parsePlist(unitPlan({ HOME: home, XDG_RUNTIME_DIR: runtime }, 'darwin').text);
-      assert.deepEqual(plistXdg.EnvironmentVariables, { XDG_RUNTIME_DIR: runtime });
-      assert.equal(plistXdg.StandardErrorPath, join(runtime, 'agent-credential-broker', 'daemon.log'));
+      // macOS ignores XDG_RUNTIME_DIR (launchd and apps started from the Dock do not see a shell's
+      // value): the agent's log, and so its socket, are where every client looks, whatever the shell has.
+      const plistXdg = parsePlist(unitPlan({ HOME: home, XDG_RUNTIME_DIR: join(home, 'xdg-run') }, 'darwin').text);
+      assert.equal(plistXdg.StandardErrorPath, log);
+      assert.equal(runtimeDir({ HOME: home, XDG_RUNTIME_DIR: '/run/user/501' }, 'darwin'), join(home, '.agent-credential-broker', 'run'));
+      assert.equal(runtimeDir({ HOME: home, XDG_RUNTIME_DIR: '/run/user/1000' }, 'linux'), '/run/user/1000/agent-credential-broker');
 
       const steps = installUnit(plan, false);
       assert.deepEqual(steps, []);

@@ -9,13 +9,18 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { STSClient } from '@aws-sdk/client-sts';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer } from '../broker/server/start.js';
 import { START_GRACE_MS } from '../broker/sessions/sweeper.js';
+import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import { SqliteStore, type TaskSession } from '../broker/store/sqlite-store.js';
+import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { startIdp } from './peers/idp.js';
+import { startMoto } from './peers/moto.js';
 import { POLICIES_DIR } from './peers/paths.js';
+import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js';
 
 const HOUR = 3_600_000;
 
@@ -99,6 +104,42 @@ describe('starts that never completed, across a restart', () => {
       assert.equal(after.verifyAuditChain(), null, 'the audit chain is intact');
     } finally {
       after.close();
+    }
+  });
+
+  it('a start still under way is never taken for an incomplete one, however long its first issue takes', { timeout: 30_000 }, async () => {
+    const moto = await startMoto();
+    const proxy = await startRecordingProxy(moto.url);
+    const store = new SqliteStore(join(dir, 'slow-start.db'));
+    let clock = Date.now();
+    const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+    const sessions = new TaskSessionService({
+      store, templates: loadTemplatesOrThrow(POLICIES_DIR), sts, stsTimeoutMs: 10_000, log: createLogger({ level: 'silent' }),
+      maxActiveSessions: 5, now: () => clock,
+    });
+    // STS holds the AssumeRole until the test lets go, while the service's clock passes the grace.
+    let release!: () => void;
+    const held = new Promise<void>((r) => { release = r; });
+    proxy.onRequest((req) => (req.action === 'AssumeRole' ? held : undefined));
+    try {
+      const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+      const starting = sessions.start(alice, { template: 'read-cloudwatch-logs', params: { logGroup: '/aws/lambda/checkout-api' }, reason: '', agent: 'test' });
+      while (assumeRoleCalls(proxy.requests).length === 0) await new Promise((r) => setTimeout(r, 20));
+      clock += START_GRACE_MS + 60_000;
+      assert.equal(store.incompleteStarts(clock - START_GRACE_MS).length, 1, 'the store alone sees an incomplete start');
+      assert.deepEqual(sessions.endIncompleteStarts(START_GRACE_MS), [], 'but it is under way here: left alone');
+      release();
+      const started = await starting;
+      assert.ok(started.credentials?.accessKeyId, 'the start completes');
+      assert.deepEqual(store.activeSessions().map((x) => x.id), [started.session.id]);
+      assert.deepEqual(sessions.endIncompleteStarts(START_GRACE_MS), [], 'and, complete, is never ended as incomplete');
+    } finally {
+      release();
+      proxy.onRequest(undefined);
+      store.close();
+      sts.destroy();
+      await proxy.stop();
+      await moto.stop();
     }
   });
 });

@@ -410,7 +410,7 @@ describe('broker service API', () => {
       assert.equal((await call('DELETE', `/v1/sessions/${again.body.session.id}`, { token: tokens.alice })).status, 200);
     });
 
-    it('a hung STS becomes a clear 503 within aws.requestTimeoutMs, and the session it was for is ended', async () => {
+    it('a hung STS becomes a clear 503 within aws.requestTimeoutMs, and the session it was for is ended', { timeout: 20_000 }, async () => {
       // STS accepts the AssumeRole and never answers (the proxy holds it until the test lets go).
       let release!: () => void;
       const held = new Promise<void>((r) => { release = r; });

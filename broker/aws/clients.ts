@@ -18,3 +18,16 @@ export function makeStsClient(o: AwsClientOptions): STSClient {
 export function makeIamClient(o: AwsClientOptions): IAMClient {
   return new IAMClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) });
 }
+
+/**
+ * `client.send(command)` bounded by `signal`. The SDK sets no request timeout by default; the signal
+ * reaches its HTTP handler and retry loop but not the resolution of the broker's own credentials
+ * (web identity, SSO, a credential process), which can hang too, so a race bounds the whole call.
+ */
+export function sendBounded<T>(send: (opts: { abortSignal: AbortSignal }) => Promise<T>, signal: AbortSignal): Promise<T> {
+  const deadline = new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(signal.reason as Error);
+    signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true });
+  });
+  return Promise.race([send({ abortSignal: signal }), deadline]);
+}

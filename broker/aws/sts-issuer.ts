@@ -1,5 +1,6 @@
 import { AssumeRoleCommand, type AssumeRoleCommandInput, type STSClient } from '@aws-sdk/client-sts';
 import { BrokerError } from '../errors.js';
+import { sendBounded } from './clients.js';
 
 export interface AwsCredentials {
   accessKeyId: string;
@@ -43,7 +44,7 @@ export async function assumeRole(sts: STSClient, input: AssumeRoleCommandInput, 
   let out;
   const signal = AbortSignal.timeout(timeoutMs);
   try {
-    out = await sts.send(new AssumeRoleCommand(input), { abortSignal: signal });
+    out = await sendBounded((o) => sts.send(new AssumeRoleCommand(input), o), signal);
   } catch (e) {
     if (signal.aborted) {
       throw new BrokerError('upstream_unavailable', `STS did not answer AssumeRole within ${timeoutMs / 1000}s`, { cause: e, hint: 'check aws.stsEndpoint / network (aws.requestTimeoutMs sets this bound)' });

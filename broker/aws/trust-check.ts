@@ -2,6 +2,7 @@ import { GetRoleCommand, type IAMClient, type Role } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import { formatDuration } from '../duration.js';
 import { BrokerError } from '../errors.js';
+import { sendBounded } from './clients.js';
 import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits.js';
 
 /**
@@ -45,13 +46,13 @@ export const REQUIRED_ACTIONS = [
   { check: 'set-source-identity', action: 'sts:SetSourceIdentity' },
 ] as const satisfies readonly { check: TrustCheck; action: string }[];
 
-/** Per AWS call, the SDK's retries included: the SDK has no timeout of its own, and a check must end. */
+/** Per AWS call, the SDK's retries and credential resolution included: a check must end. */
 const CHECK_TIMEOUT_MS = 15_000;
 
 /** The ARN the broker's AWS credentials belong to, as STS sees them. */
 export async function resolveBrokerPrincipal(sts: STSClient): Promise<string> {
   try {
-    const out = await sts.send(new GetCallerIdentityCommand({}), { abortSignal: AbortSignal.timeout(CHECK_TIMEOUT_MS) });
+    const out = await sendBounded((o) => sts.send(new GetCallerIdentityCommand({}), o), AbortSignal.timeout(CHECK_TIMEOUT_MS));
     if (!out.Arn) throw new Error('GetCallerIdentity returned no Arn');
     return out.Arn;
   } catch (e) {
@@ -302,7 +303,7 @@ async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal,
   const path = roleArn.slice(roleArn.indexOf(':role/') + 5, roleArn.lastIndexOf('/') + 1);
   let role: Role | undefined;
   try {
-    role = (await iam.send(new GetRoleCommand({ RoleName: name }), { abortSignal: AbortSignal.timeout(CHECK_TIMEOUT_MS) })).Role;
+    role = (await sendBounded((o) => iam.send(new GetRoleCommand({ RoleName: name }), o), AbortSignal.timeout(CHECK_TIMEOUT_MS))).Role;
   } catch (e) {
     const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
     if (err.name === 'NoSuchEntity' || err.name === 'NoSuchEntityException') {

@@ -1,7 +1,7 @@
 import { lstatSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BrokerError } from '../errors.js';
-import { MAX_SOCKET_PATH_BYTES, runtimeDir, socketPath } from './socket.cjs';
+import { MAX_SOCKET_PATH_BYTES, runtimeDir, socketPath, usesXdgRuntimeDir } from './socket.cjs';
 
 /**
  * Creates the daemon's directory 0700 if missing, then insists that it is a real directory (not a
@@ -19,7 +19,7 @@ export function ensureRuntimeDir(env: NodeJS.ProcessEnv = process.env): string {
   }
   try {
     // The fallback lives in ~/.agent-credential-broker/run: its parent is ours alone too.
-    if (!env.XDG_RUNTIME_DIR?.startsWith('/')) mkdirSync(dirname(dir), { recursive: true, mode: 0o700 });
+    if (!usesXdgRuntimeDir(env)) mkdirSync(dirname(dir), { recursive: true, mode: 0o700 });
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
     throw new BrokerError('invalid_config', `cannot create the daemon directory ${dir}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, {

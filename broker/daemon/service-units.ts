@@ -45,15 +45,12 @@ export function unitPlan(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.
   if (platform === 'darwin') {
     const uid = process.getuid?.() ?? 501;
     const file = join(home, 'Library', 'LaunchAgents', `${LAUNCHD_LABEL}.plist`);
-    const text = fill(readFileSync(join(DEPLOY, 'launchd', `${LAUNCHD_LABEL}.plist`), 'utf8'), {
-      NODE: xml(process.execPath), BROKER_BIN: xml(BROKER_BIN), LOG: xml(logPath(env)),
-      ENVIRONMENT: env.XDG_RUNTIME_DIR ? `<key>XDG_RUNTIME_DIR</key><string>${xml(env.XDG_RUNTIME_DIR)}</string>` : '',
-    });
+    const text = fill(readFileSync(join(DEPLOY, 'launchd', `${LAUNCHD_LABEL}.plist`), 'utf8'), { NODE: xml(process.execPath), BROKER_BIN: xml(BROKER_BIN), LOG: xml(logPath(env, platform)) });
     return {
       kind: 'launchd', file, text,
       enable: [['launchctl', 'bootstrap', `gui/${uid}`, file]],
       disable: [['launchctl', 'bootout', `gui/${uid}/${LAUNCHD_LABEL}`]],
-      directories: [dirname(logPath(env))],
+      directories: [dirname(logPath(env, platform))],
     };
   }
   throw new BrokerError('invalid_request', `broker daemon install supports Linux (systemd) and macOS (launchd), not ${platform}`, {

@@ -9,21 +9,27 @@ import type { DaemonRequest, DaemonResponse } from './protocol.js';
  * measures it.
  *
  * `$XDG_RUNTIME_DIR/agent-credential-broker` (a per-user tmpfs that the login manager creates 0700,
- * XDG Base Directory spec), else `~/.agent-credential-broker/run`. Either way the directory is ours
+ * XDG Base Directory spec), else (and always on macOS) `~/.agent-credential-broker/run`. Either way the directory is ours
  * alone (0700), and the daemon refuses to start otherwise.
  */
 export const APP_DIR_NAME = 'agent-credential-broker';
 
-export function runtimeDir(env: NodeJS.ProcessEnv = process.env): string {
-  const xdg = env.XDG_RUNTIME_DIR;
-  // The spec says a relative value must be ignored.
-  if (xdg && xdg.startsWith('/')) return join(xdg, APP_DIR_NAME);
+/** Whether the daemon's directory is under $XDG_RUNTIME_DIR (else the fallback under $HOME). */
+export function usesXdgRuntimeDir(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): boolean {
+  // The spec says a relative value must be ignored. macOS has no XDG runtime directory: a value set
+  // in a shell is not seen by apps started from the Dock or by launchd, which would then look for
+  // (and start) a second daemon elsewhere, so there it is ignored and everyone uses the fallback.
+  return platform !== 'darwin' && env.XDG_RUNTIME_DIR?.startsWith('/') === true;
+}
+
+export function runtimeDir(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): string {
+  if (usesXdgRuntimeDir(env, platform)) return join(env.XDG_RUNTIME_DIR!, APP_DIR_NAME);
   return join(env.HOME || (require('node:os') as typeof import('node:os')).homedir(), `.${APP_DIR_NAME}`, 'run');
 }
 
 export const socketPath = (env: NodeJS.ProcessEnv = process.env): string => join(runtimeDir(env), 'daemon.sock');
 export const pidPath = (env: NodeJS.ProcessEnv = process.env): string => join(runtimeDir(env), 'daemon.pid');
-export const logPath = (env: NodeJS.ProcessEnv = process.env): string => join(runtimeDir(env), 'daemon.log');
+export const logPath = (env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): string => join(runtimeDir(env, platform), 'daemon.log');
 
 /** sun_path holds 108 bytes on Linux and 104 on macOS, each with a terminating NUL (unix(7)). */
 export const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;

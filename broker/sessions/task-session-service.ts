@@ -77,6 +77,8 @@ export class TaskSessionService {
    * endIncompleteStarts ends them after a restart, or after a crash in the middle of a start.
    */
   private readonly abandoned = new Map<string, { session: TaskSession; reason: string }>();
+  /** Sessions whose start is under way in this process: never taken for an incomplete one. */
+  private readonly starting = new Set<string>();
 
   constructor(private readonly deps: TaskSessionServiceDeps) {
     this.now = deps.now ?? Date.now;
@@ -158,6 +160,7 @@ export class TaskSessionService {
       roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t) },
     });
     const created = this.deps.store.getSession(id)!;
+    this.starting.add(id);
     try {
       // The Vault token first: it can be revoked if what follows fails. STS credentials cannot be
       // recalled, so they come last, when nothing after them can fail.
@@ -169,6 +172,8 @@ export class TaskSessionService {
       // got is revoked (or, if Vault cannot be reached now, left to the sweeper).
       await this.abandon(created, `first issue failed: ${(e as Error).message}`);
       throw e;
+    } finally {
+      this.starting.delete(id);
     }
   }
 
@@ -243,13 +248,15 @@ export class TaskSessionService {
   /**
    * Ends the sessions whose start never completed — the service stopped or crashed between recording
    * the start and recording its first issue, or could not record the issue and could not end the
-   * session then (see `abandoned`) — once they are older than any start can take (`graceMs`), so a
-   * start in progress is never touched. Their Vault tokens, if any, are revoked by revokePending.
+   * session then (see `abandoned`) — once they are older than `graceMs`. A start under way in this
+   * process is never touched however long it takes; the grace covers one in another process sharing
+   * the store. Their Vault tokens, if any, are revoked by revokePending.
    */
   endIncompleteStarts(graceMs: number): TaskSession[] {
     const reason = 'its start never completed (no first issue was recorded)';
     const ended: TaskSession[] = [];
     for (const s of this.deps.store.incompleteStarts(this.now() - graceMs)) {
+      if (this.starting.has(s.id)) continue;
       const changed = this.deps.store.endSession(s.id, reason, {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
         roleSessionName: s.roleSessionName,

@@ -284,12 +284,12 @@ export class SqliteStore {
     });
   }
 
-  /** Sessions past their end that nobody ended yet (the sweeper ends them as `expired`). */
   /** Open sessions created at or before `createdBefore` whose first issue has no `issued` record. */
   incompleteStarts(createdBefore: number, limit = 500): TaskSession[] {
     return (this.stmts.incompleteStarts!.all(this.now(), createdBefore, limit) as unknown as SessionRow[]).map(toSession);
   }
 
+  /** Sessions past their end that nobody ended yet (the sweeper ends them as `expired`). */
   expiredOpenSessions(): TaskSession[] {
     return (this.stmts.expiredOpen!.all(this.now()) as unknown as SessionRow[]).map(toSession);
   }
