@@ -1,15 +1,13 @@
-import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { formatDuration } from '../broker/duration.js';
-import { BrokerError, isBrokerError } from '../broker/errors.js';
+import { BrokerError } from '../broker/errors.js';
 import { MAX_SESSION_POLICY_CHARS } from '../broker/limits.js';
 import { isAllowed } from '../broker/templates/access.js';
 import { plannedDurations, parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/templates/durations.js';
-import { loadTemplates } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
-import type { TaskTemplate } from '../broker/templates/schema.js';
 import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/vault/token-request.js';
 import { action, collectParam, printJson } from './output.js';
+import { asCliError, findTemplate } from './policy-lookup.js';
 
 interface Options {
   as: string;
@@ -76,22 +74,6 @@ export function register(policy: Command): void {
 /** Shown for templates without vault.tokenRole: the role comes from the service's configuration. */
 const SERVICE_ROLE = '<vault.tokenRole of the service>';
 
-function findTemplate(dir: string, name: string): TaskTemplate {
-  const { templates, problems } = loadTemplates(dir);
-  const t = templates.get(name);
-  if (t) return t;
-  const own = problems.filter((p) => basename(p.file).replace(/\.ya?ml$/, '') === name);
-  if (own.length) {
-    throw new BrokerError('invalid_template', `task template "${name}" has ${own.length} problem(s)`, {
-      details: own.map((p) => ({ path: `${p.file}${p.path ? `:${p.path}` : ''}`, message: p.message, ...(p.hint ? { hint: p.hint } : {}) })),
-      hint: `fix them first; see: broker policy validate ${dir}`,
-    });
-  }
-  throw new BrokerError('not_found', `no task template "${name}" in ${dir}`, {
-    hint: templates.size ? `valid templates there: ${[...templates.keys()].join(', ')}` : `run: broker policy validate ${dir}`,
-  });
-}
-
 /**
  * `--ttl` is checked as the service checks the API's `ttl` (templates/durations.ts): what the
  * service would refuse with a 400 is refused here too, never explained as if it worked.
@@ -105,16 +87,6 @@ function requestedTtl(ttl: string | undefined): number | undefined {
     });
   }
   return s;
-}
-
-/** The API's JSON pointers, said the way the CLI takes them. */
-function asCliError(e: unknown): unknown {
-  if (!isBrokerError(e) || !e.details) return e;
-  const details = e.details.map((d) => ({
-    ...d,
-    path: d.path?.replace(/^\/params\/(.*)$/, (_, n: string) => `--param ${n.replace(/~1/g, '/').replace(/~0/g, '~')}`).replace(/^\/agent$/, '--agent'),
-  }));
-  return new BrokerError(e.code, e.message, { details, ...(e.hint ? { hint: e.hint } : {}) });
 }
 
 interface Explanation {

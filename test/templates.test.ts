@@ -41,11 +41,14 @@ function brokerError(fn: () => unknown, code: BrokerError['code']): BrokerError 
 
 /** A scratch directory with one template, for the cases the shipped ones cannot show. */
 const scratchDirs: string[] = [];
-function templateFrom(name: string, yaml: string): TaskTemplate {
+function dirWith(name: string, yaml: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'broker-templates-'));
   scratchDirs.push(dir);
   writeFileSync(join(dir, `${name}.yaml`), yaml);
-  return loadTemplatesOrThrow(dir).get(name)!;
+  return dir;
+}
+function templateFrom(name: string, yaml: string): TaskTemplate {
+  return loadTemplatesOrThrow(dirWith(name, yaml)).get(name)!;
 }
 after(() => { for (const d of scratchDirs) rmSync(d, { recursive: true, force: true }); });
 
@@ -66,6 +69,24 @@ describe('shipped templates', () => {
     assert.ok(!fn.regex.test('checkout-api/other'), 'anchored at both ends');
     assert.deepEqual(t.aws?.managedPolicyArns, []);
     assert.equal(t.aws?.allowBroadWildcard, false);
+  });
+});
+
+describe('shipped parameter patterns', () => {
+  const accepts = (template: string, value: string) => get(template).parameters[0]!.regex.test(value);
+  it('accept every legitimate name', () => {
+    for (const g of ['/aws/lambda/checkout-api', 'my-app.prod', 'API-Gateway-Execution-Logs_abc123/prod', '/aws/rds/instance/db-1/postgresql', '/ecs/web#1', 'aws-waf-logs-edge']) {
+      assert.ok(accepts('read-cloudwatch-logs', g), g);
+    }
+    for (const f of ['checkout-api', 'my_func-2', 'A'.repeat(64)]) assert.ok(accepts('deploy-lambda', f), f);
+    for (const p of ['checkout-api/builds', 'a', 'v1.2/x_y', 'scratch']) assert.ok(accepts('s3-artifacts', p), p);
+  });
+  it('refuse wildcards, variables, empty values, .. and lone / segments', () => {
+    for (const template of ['read-cloudwatch-logs', 'deploy-lambda', 's3-artifacts']) {
+      for (const v of ['*', '?', 'a*', '${aws:username}', '$', '{', '}', '', '..', '/', 'a/../b', 'a//b', 'a/', '/aws/lambda/*']) {
+        assert.ok(!accepts(template, v), `${template} refuses ${JSON.stringify(v)}`);
+      }
+    }
   });
 });
 
@@ -213,6 +234,15 @@ describe('broken templates', () => {
       ['vault.metadata["cost center!"]', /metadata key "cost center!" is not 1-128 chars/],
     ],
     'vault-credential-lifetime.yaml': [['session.credentialLifetime', /applies to AWS credentials, and this template grants none/, /vault\.ttl/]],
+    // Patterns that let a value widen the grant (param-probes.ts): each names what it accepted.
+    'unsafe-patterns.yaml': [
+      ['parameters.anything.pattern', /^accepts "\*" \(an IAM wildcard\), "\$\{aws:x\}" \(IAM policy-variable syntax\), "" \(an empty value\), "\.\." \(a parent-directory segment\) and "\/" \(a lone \/\): a value could widen the grant$/, /tighten the pattern.*allowWildcards: true/],
+      ['parameters.prefixed.pattern', /^accepts "build-\*" \(an IAM wildcard\), "build-\$" \(IAM policy-variable syntax\)/, /allowWildcards: true/],
+      ['parameters.maybeEmpty.pattern', /^accepts "" \(an empty value\): a value could widen the grant$/, /^(?!.*allowWildcards).*never empty/],
+      ['parameters.logGroup.pattern', /^accepts "\.\." \(a parent-directory segment\) and "\/" \(a lone \/\)/, /^(?!.*allowWildcards)/],
+      ['parameters.braces.pattern', /^accepts "\$" \(IAM policy-variable syntax\)/, /allowWildcards: true/],
+    ],
+    'allow-wildcards-empty.yaml': [['parameters.function.pattern', /^accepts "" \(an empty value\), "\.\." \(a parent-directory segment\) and "\/" \(a lone \/\)/, /^(?!.*allowWildcards)/]],
     'vault-no-default-renewable.yaml': [['vault.noDefaultPolicy', /a token cannot renew itself \(auth\/token\/renew-self\)/, /set vault\.renewable: false.*or remove noDefaultPolicy/]],
   };
 
@@ -258,6 +288,46 @@ aws:
     assert.ok(t, 'loads');
     assert.equal(t.aws?.allowBroadWildcard, true);
   });
+  it('allowWildcards: true lets a pattern accept wildcards and ${, on purpose', () => {
+    const t = templateFrom('wide-on-purpose', `
+name: wide-on-purpose
+description: developers pick functions by wildcard, on purpose
+allowed: { groups: [admins] }
+session: { maxDuration: 1h }
+parameters:
+  function: { pattern: '[A-Za-z0-9_*?-]+', maxLength: 64, allowWildcards: true }
+aws:
+  roleArn: arn:aws:iam::123456789012:role/broker-wide
+  region: eu-west-1
+  policy:
+    Version: '2012-10-17'
+    Statement: { Effect: Allow, Action: lambda:GetFunction, Resource: 'arn:aws:lambda:eu-west-1:123456789012:function:\${param.function}' }
+`);
+    assert.equal(t.parameters[0]?.allowWildcards, true);
+    assert.deepEqual(validateParams(t, { function: 'checkout-*' }), { function: 'checkout-*' });
+    assert.equal(get('deploy-lambda').parameters[0]?.allowWildcards, false, 'off unless written');
+  });
+  it('probes a pattern through the request pipeline: length, then charset, then pattern', () => {
+    const at = (pattern: string, maxLength: number) => loadTemplates(dirWith('probe-pipeline', `
+name: probe-pipeline
+description: probes
+allowed: { groups: [developers] }
+session: { maxDuration: 1h }
+parameters:
+  x: { pattern: '${pattern}', maxLength: ${maxLength} }
+aws:
+  roleArn: arn:aws:iam::123456789012:role/broker-probe
+  region: eu-west-1
+  policy:
+    Version: '2012-10-17'
+    Statement: { Effect: Allow, Action: lambda:GetFunction, Resource: 'arn:aws:lambda:eu-west-1:123456789012:function:\${param.x}' }
+`)).problems.map((p) => p.message);
+    // The shortest value with a * is "aaa*": 4 chars, which maxLength 3 refuses before the pattern runs.
+    assert.deepEqual(at('[a-z]{3}\\*?', 3), []);
+    assert.match(at('[a-z]{3}\\*?', 4)[0] ?? '', /^accepts "aaa\*" \(an IAM wildcard\)/);
+    // The only value with a * also holds U+2192, which the Policy charset refuses.
+    assert.deepEqual(at('\u2192\\*|[a-z]+', 8), []);
+  });
   it('reports a missing directory instead of throwing', () => {
     const r = loadTemplates(join(BROKEN_DIR, 'nope'));
     assert.equal(r.problems[0]?.message, 'no such directory');
@@ -297,7 +367,7 @@ describe('rendering', () => {
             Sid: 'ReadItsLogs',
             Effect: 'Allow',
             Action: ['logs:FilterLogEvents', 'logs:GetLogEvents', 'logs:DescribeLogStreams'],
-            Resource: 'arn:aws:logs:eu-west-1:123456789012:log-group:/aws/lambda/checkout-api:*',
+            Resource: ['arn:aws:logs:eu-west-1:123456789012:log-group:/aws/lambda/checkout-api', 'arn:aws:logs:eu-west-1:123456789012:log-group:/aws/lambda/checkout-api:*'],
           },
         ],
       }),
@@ -325,10 +395,11 @@ aws:
     assert.equal(policy.Statement.Resource, 'arn:aws:s3:::bucket/alice@example.com/abcdefgh23/${aws:username}/*');
   });
 
-  it('the s3-artifacts scratch area is per developer and session', () => {
+  it('the s3-artifacts scratch area is per developer and session; the prefix lives under artifacts/', () => {
     const req = buildAssumeRoleRequest(get('s3-artifacts'), { ...ctx, params: { prefix: 'checkout-api/builds' } }, 900);
     assert.ok(req.Policy.includes('"arn:aws:s3:::acme-build-artifacts/scratch/alice@example.com/abcdefgh23/*"'), req.Policy);
-    assert.ok(req.Policy.includes('"arn:aws:s3:::acme-build-artifacts/checkout-api/builds/*"'), req.Policy);
+    assert.ok(req.Policy.includes('"arn:aws:s3:::acme-build-artifacts/artifacts/checkout-api/builds/*"'), req.Policy);
+    // What this grants and denies, evaluated: test/template-scope.test.ts.
   });
 
   it('a value with a quote fails the pattern: it cannot break out of its string', () => {
@@ -337,13 +408,14 @@ aws:
     assert.match(e.details![0]!.message, /does not match the pattern/);
   });
 
+  // allowWildcards lets * and ${ through (not an empty value, a .. segment or a lone /).
   const permissive = () => templateFrom('permissive', `
 name: permissive
 description: a deliberately permissive pattern
 allowed: { groups: [developers] }
 session: { maxDuration: 1h }
 parameters:
-  anything: { pattern: '.*', maxLength: 256 }
+  anything: { pattern: '[^/.]+', maxLength: 256, allowWildcards: true }
 aws:
   roleArn: arn:aws:iam::123456789012:role/broker-permissive
   region: eu-west-1
@@ -461,7 +533,7 @@ describe('broker policy (compiled CLI)', () => {
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stderr);
     assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stderr);
-    assert.match(r.stderr, /\d+ problem\(s\) in 29 file\(s\)/);
+    assert.match(r.stderr, /\d+ problem\(s\) in 31 file\(s\)/);
     assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');
     const json = await broker(['policy', 'validate', BROKEN_DIR, '--json'], {});
     assert.equal(json.code, 1);

@@ -9,7 +9,7 @@ import {
   MAX_DURATION_SECONDS, MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS, POLICY_CHARSET_RE, RESERVED_TAG_PREFIX,
   SOURCE_IDENTITY_RE, TAG_VALUE_RE,
 } from '../limits.js';
-import type { PolicyDocument, TaskTemplate } from './schema.js';
+import type { PolicyDocument, TaskTemplate, TemplateParameter } from './schema.js';
 
 export { isAllowed } from './access.js';
 
@@ -81,9 +81,21 @@ function pointer(name: string): string {
 }
 
 /**
+ * Why one value of a parameter is refused, or undefined if it is accepted. Length first (so an
+ * admin's regex never runs on long input), then the Policy charset (the value lands in the session
+ * policy), then the pattern. The one check for task requests and for the probes `broker policy
+ * validate` runs against every pattern at load (validate.ts).
+ */
+export function paramValueProblem(p: TemplateParameter, v: string): string | undefined {
+  if (v.length > p.maxLength) return `is ${v.length} chars; at most ${p.maxLength} allowed`;
+  if (!POLICY_CHARSET_RE.test(v)) return 'contains characters a session policy cannot hold (allowed: tab, newline, U+0020-U+00FF)';
+  if (!p.regex.test(v)) return `does not match the pattern ${p.regex.source}`;
+  return undefined;
+}
+
+/**
  * Checks a task request's parameters against the template: every declared parameter is required,
- * no others are accepted. Length is checked before the pattern (so an admin's regex never runs on
- * long input), and the Policy charset before both (the value lands in the session policy).
+ * no others are accepted; each value goes through paramValueProblem.
  * Throws invalid_request listing every problem, by JSON pointer into the request body.
  */
 export function validateParams(t: TaskTemplate, params: Record<string, string>): Record<string, string> {
@@ -100,10 +112,11 @@ export function validateParams(t: TaskTemplate, params: Record<string, string>):
     const problem = (message: string, h = hint) => details.push({ path: pointer(p.name), message, ...(h ? { hint: h } : {}) });
     if (v === undefined) problem('missing required parameter', `give it with --param ${p.name}=<value>${hint ? ` (${hint})` : ''}`);
     else if (typeof v !== 'string') problem('must be a string');
-    else if (v.length > p.maxLength) problem(`is ${v.length} chars; at most ${p.maxLength} allowed`);
-    else if (!POLICY_CHARSET_RE.test(v)) problem('contains characters a session policy cannot hold (allowed: tab, newline, U+0020-U+00FF)');
-    else if (!p.regex.test(v)) problem(`does not match the pattern ${p.regex.source}`);
-    else out[p.name] = v;
+    else {
+      const refused = paramValueProblem(p, v);
+      if (refused) problem(refused);
+      else out[p.name] = v;
+    }
   }
   if (details.length) {
     throw new BrokerError('invalid_request', `invalid parameters for task template "${t.name}"`, { details });

@@ -44,6 +44,9 @@ const parameterSchema = z.strictObject({
   description: z.string().max(256).optional(),
   pattern: z.string().min(1).max(1024),
   maxLength: z.number().int().min(1).max(MAX_PARAM_LENGTH, `must be at most ${MAX_PARAM_LENGTH}: the broker's bound on a parameter value`),
+  // Lets the pattern accept IAM wildcards and policy-variable syntax, so a developer can widen the
+  // grant on purpose (validate.ts, probeParameter). Off unless the admin writes it.
+  allowWildcards: z.boolean().default(false),
 });
 
 const awsSchema = z.strictObject({
@@ -101,6 +104,8 @@ export interface TemplateParameter {
   /** `^(?:pattern)$`: a value must match as a whole. */
   regex: RegExp;
   maxLength: number;
+  /** The pattern may accept `*`, `?` and `${`…`}`: a value may widen the grant, on purpose. */
+  allowWildcards: boolean;
 }
 
 export interface AwsGrant {

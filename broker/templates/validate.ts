@@ -16,6 +16,7 @@ import {
   VAULT_ROLE_NAME_RE,
 } from '../vault/limits.js';
 import { checkActionName } from './iam-actions.js';
+import { probeParameter, probeRisk } from './param-probes.js';
 import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';
 import {
   DEFAULT_CREDENTIAL_LIFETIME_SECONDS, type AwsGrant, type PolicyStatement, type RawTemplate, type RawVaultGrant,
@@ -83,10 +84,15 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
     try {
       // Compiled alone first: an unbalanced `)` would otherwise escape the anchoring group below.
       new RegExp(p.pattern);
-      parameters.push({ name, description: p.description, pattern: p.pattern, maxLength: p.maxLength, regex: new RegExp(`^(?:${p.pattern})$`) });
     } catch (e) {
       add(['parameters', name, 'pattern'], `does not compile: ${(e as Error).message}`, 'write a JavaScript regular expression; it is anchored for you as ^(?:pattern)$');
+      continue;
     }
+    const param: TemplateParameter = {
+      name, description: p.description, pattern: p.pattern, maxLength: p.maxLength, allowWildcards: p.allowWildcards, regex: new RegExp(`^(?:${p.pattern})$`),
+    };
+    parameters.push(param);
+    checkProbes(param, add);
   }
 
   let aws: AwsGrant | undefined;
@@ -123,6 +129,23 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
 }
 
 type Add = (path: Segment[], message: string, hint?: string) => void;
+
+/**
+ * A parameter whose pattern admits a value that can widen the grant (param-probes.ts says which
+ * values, and why each is dangerous) is refused, naming the values it accepted.
+ */
+function checkProbes(p: TemplateParameter, add: Add): void {
+  const accepted = probeParameter(p);
+  if (accepted.length === 0) return;
+  // The first value of each risk: enough to act on, and a message stays one line.
+  const firsts = accepted.filter((a, i) => accepted.findIndex((b) => probeRisk(b) === probeRisk(a)) === i);
+  const shown = firsts.map((a) => `${a.kind === 'length' ? 'a long value' : JSON.stringify(a.value)} (${probeRisk(a)})`);
+  const optIn = accepted.some((a) => a.kind === 'wildcard' || a.kind === 'variable');
+  const fix = 'tighten the pattern to the characters a name needs, e.g. [A-Za-z0-9_-]+: never empty, no * ? $ { }, no .. or lone / segment';
+  const list = shown.length > 1 ? `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)}` : shown[0];
+  add(['parameters', p.name, 'pattern'], `accepts ${list}: a value could widen the grant`,
+    optIn ? `${fix}; to let developers pass IAM wildcards on purpose, set parameters.${p.name}.allowWildcards: true (see its risk in docs/templates.md)` : fix);
+}
 
 function checkAws(aws: AwsGrant, raw: RawTemplate, add: Add): void {
   const roleProblem = checkRoleArn(aws.roleArn);
