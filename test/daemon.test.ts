@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey, type JsonWebKey } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -210,7 +210,7 @@ describe('the broker daemon', () => {
     assert.equal(stats.upstreamIssues - st.stats!.upstreamIssues, 1);
   });
 
-  it('credential_process loads nothing but its two small modules and node:net/node:path', async () => {
+  it('credential_process loads nothing but its two small modules and node:net/node:path/node:fs', async () => {
     // A --require hook that records every module resolved (require and import alike).
     const dir = mkdtempSync(join(tmpdir(), 'broker-imports-'));
     const hook = join(dir, 'record-imports.cjs');
@@ -230,7 +230,8 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       pathToFileURL(BROKER_BIN).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'cli', 'credential-process.cjs')).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'daemon', 'socket.cjs')).href,
-      'node:net', 'node:path',
+      // node:fs for the check of the daemon's directory (lstat): a builtin every Node process has loaded.
+      'node:net', 'node:path', 'node:fs',
     ]);
     try {
       // Answered with credentials, and answered with an error: both are the fast path.
@@ -490,6 +491,57 @@ describe('the daemon directory', () => {
       assert.ok(!existsSync(join(dir, 'daemon.sock')));
     } finally {
       chownSync(dir, 0, 0);
+    }
+  });
+
+  it('clients refuse a directory open to others, a symlink or another user\'s: nothing connects to its socket, nothing is started', async () => {
+    const m = makeTestHome();
+    const e = { ...m.env, ...keyring.env };
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    // Whoever controls the directory can put a socket there that answers like the daemon.
+    const elsewhere = mkdtempSync(join(tmpdir(), 'broker-impostor-'));
+    chmodSync(elsewhere, 0o700);
+    let connections = 0;
+    const impostor = createServer((conn) => {
+      connections++;
+      conn.on('error', () => {});
+      conn.on('data', () => conn.end(`${JSON.stringify({ ok: true, result: { Version: 1, AccessKeyId: 'ASIAIMPOSTOR00000001', SecretAccessKey: 'impostor', SessionToken: 'impostor', Expiration: new Date(Date.now() + 3600_000).toISOString() } })}\n`));
+    });
+    await new Promise<void>((r) => impostor.listen(join(elsewhere, 'daemon.sock'), r));
+    const refused = async (problem: RegExp, where: string) => {
+      const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
+      assert.equal(cp.code, 1, cp.stderr);
+      assert.equal(cp.stdout, '');
+      assert.match(cp.stderr, new RegExp(`^broker credential-process: refusing to connect to the broker daemon: ${problem.source}.*\\n$`));
+      const status = await broker(['status'], e);
+      assert.equal(status.code, 1);
+      assert.match(status.stderr, new RegExp(`refusing to connect to the broker daemon: ${problem.source}`));
+      assert.equal(connections, 0, 'nothing was sent to the socket');
+      assert.ok(!existsSync(join(where, 'daemon.pid')), 'no daemon was started there');
+    };
+    try {
+      mkdirSync(m.runtimeDir, { mode: 0o700 });
+      symlinkSync(elsewhere, dir);
+      await refused(/\S+ is a symbolic link/, elsewhere);
+      rmSync(dir);
+      renameSync(elsewhere, dir);
+      chmodSync(dir, 0o755);
+      await refused(/\S+ is open to group or others \(mode 0755\)/, dir);
+      if (process.getuid?.() === 0) {
+        chmodSync(dir, 0o700);
+        chownSync(dir, 65534, 65534);
+        await refused(/\S+ belongs to uid 65534, not to you/, dir);
+        chownSync(dir, 0, 0);
+      }
+      // The control: the same socket in a directory that passes is used (so the refusals above were the check's).
+      chmodSync(dir, 0o700);
+      const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.match(cp.stdout, /ASIAIMPOSTOR00000001/);
+      assert.equal(connections, 1);
+    } finally {
+      await new Promise<void>((r) => impostor.close(() => r()));
+      rmSync(elsewhere, { recursive: true, force: true });
     }
   });
 
