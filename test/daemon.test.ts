@@ -25,7 +25,7 @@ import { startStack, type Stack } from './peers/stack.js';
 
 interface Creds { Version: number; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string }
 interface Stats { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number }
-interface DaemonState { running: boolean; pid?: number; developer?: string | null; stats?: Stats }
+interface DaemonState { running: boolean; pid?: number; developer?: string | null; stats?: Stats; memory?: { protected: boolean; how?: string; reason?: string } }
 
 /**
  * A device key as it could leak: the JWK's `d`, the raw scalar (bytes, base64, hex) and the PKCS#8
@@ -341,6 +341,76 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       writeFileSync(join(m.home, '.config', 'agent-credential-broker', 'config.json'), JSON.stringify({ serverUrl: stack.svc.url }));
     });
 
+    it('keeps standing keys out of /proc/<pid>/environ of broker exec and of the daemon it starts, and out of the agent; the AWS CLI still works', async () => {
+      // Canaries as a developer's shell would have them: removed for the agent (always, or --scrub);
+      // OTHER_CANARY is not a credential, so the agent keeps it — but the daemon does not.
+      const tag = Math.random().toString(36).slice(2, 10);
+      const canaries = {
+        AWS_ACCESS_KEY_ID: `AKIACANARY${tag.toUpperCase()}`, AWS_SECRET_ACCESS_KEY: `canary-secret-${tag}`, AWS_SESSION_TOKEN: `canary-token-${tag}`,
+        AWS_SECRET_KEY: `canary-go-secret-${tag}`, AWS_CONTAINER_AUTHORIZATION_TOKEN: `canary-container-${tag}`,
+        AWS_BEARER_TOKEN_BEDROCK: `canary-bedrock-${tag}`, VAULT_TOKEN: `hvs.canary-${tag}`, GITHUB_TOKEN: `ghp_canary${tag}`,
+      };
+      const other = `other-canary-${tag}`;
+      const before = await daemonStatus();
+      assert.equal((await broker(['daemon', 'stop'], env)).code, 0);
+      const aws = `${join(VENV_BIN, 'aws')} sts get-caller-identity --endpoint-url ${stack.moto.url} --output json`;
+      const r = await broker(['exec', 'deploy-lambda', '--scrub', 'GITHUB_*', '--', 'sh', '-c',
+        `tr '\\0' '\\n' < /proc/$PPID/environ; echo =====; env; echo =====; exec ${aws}`], { ...env, ...canaries, OTHER_CANARY: other });
+      assert.equal(r.code, 0, r.stderr);
+      const [execEnviron, childEnv, answer] = r.stdout.split('=====\n');
+      assert.match(execEnviron!, new RegExp(`^OTHER_CANARY=${other}$`, 'm'), 'what was read is broker exec\'s environ');
+      assert.match(childEnv!, new RegExp(`^OTHER_CANARY=${other}$`, 'm'));
+      const st = await daemonStatus();
+      assert.ok(st.running && st.pid !== before.pid, 'broker exec started the daemon');
+      assert.equal(st.developer, 'alice@example.com', 'the daemon read the login from the keychain');
+      const daemonEnviron = readFileSync(`/proc/${st.pid}/environ`, 'utf8');
+      assert.match(daemonEnviron, /(^|\0)DBUS_SESSION_BUS_ADDRESS=/, 'what the keychain needs was passed on');
+      assert.ok(!daemonEnviron.includes(other), 'the daemon gets only the allowlisted variables');
+      for (const [k, v] of Object.entries(canaries)) {
+        assert.ok(!execEnviron!.includes(v), `${k} in /proc/<broker exec>/environ`);
+        assert.ok(!childEnv!.includes(v), `${k} in the agent's environment`);
+        assert.ok(!daemonEnviron.includes(v), `${k} in /proc/<daemon>/environ`);
+      }
+      assert.match(execEnviron!, /^BROKER_EXEC_CLEAN_START=/m, 'it re-executed itself');
+      assert.match((JSON.parse(answer!) as { Arn: string }).Arn, /:assumed-role\/broker-deploy-lambda\/alice@example\.com\.deploy-lambda\./);
+    });
+
+    it('the agent\'s SDK cannot fall back to ~/.aws/credentials or the EC2 metadata service', async () => {
+      // Standing keys under the task's own profile name in the credentials file would win over its
+      // credential_process (botocore reads the shared credentials file first).
+      const creds = join(m.home, '.aws', 'credentials');
+      writeFileSync(creds, '[broker-deploy-lambda]\naws_access_key_id = AKIASTANDINGFILEKEY1\naws_secret_access_key = standing-file-secret\n', { mode: 0o600 });
+      try {
+        const r = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c',
+          `echo "$AWS_SHARED_CREDENTIALS_FILE $AWS_EC2_METADATA_DISABLED"; exec ${join(VENV_BIN, 'aws')} sts get-caller-identity --endpoint-url ${stack.moto.url} --output json`],
+        { ...env, AWS_EC2_METADATA_DISABLED: 'false' });
+        assert.equal(r.code, 0, r.stderr);
+        const [vars, ...json] = r.stdout.split('\n');
+        assert.match((JSON.parse(json.join('\n')) as { Arn: string }).Arn, /:assumed-role\/broker-deploy-lambda\/alice@example\.com\.deploy-lambda\./, 'the task\'s credentials, not the file\'s');
+        assert.equal(vars, '/dev/null true', 'an empty credentials file, and no EC2 metadata service');
+      } finally {
+        rmSync(creds, { force: true });
+      }
+    });
+
+    it('exits 128+n instead of dumping core when the agent dies of SIGSEGV or SIGABRT, and runs with core dumps off', async () => {
+      for (const [sig, code] of [['SEGV', 139], ['ABRT', 134]] as const) {
+        const r = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c', `kill -${sig} $$`], env);
+        assert.equal(r.signal, null, `SIG${sig} was not raised on broker exec itself`);
+        assert.equal(r.code, code);
+        assert.match(r.stderr, new RegExp(`sh was killed by SIG${sig}; exiting with ${code}`));
+      }
+      // Started from a shell that allows core dumps (as a developer's may): broker exec lowers both
+      // limits for itself (and so for the agent).
+      const hard = spawnSync('/bin/sh', ['-c', 'ulimit -Hc'], { encoding: 'utf8' }).stdout.trim();
+      if (hard !== '0') {
+        const r = await run('/bin/sh', ['-c', 'ulimit -c unlimited && exec "$@"', 'sh', process.execPath, BROKER_BIN, 'exec', 'deploy-lambda', '--', 'sh', '-c',
+          'grep "Max core file size" /proc/$PPID/limits'], { env: { ...process.env, ...env } });
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /^Max core file size\s+0\s+0\s+bytes/);
+      }
+    });
+
     it('--env puts the task credentials themselves in the environment, with their expiry', async () => {
       const r = await broker(['exec', 'deploy-lambda', '--env', '--', 'sh', '-c',
         'echo "$AWS_ACCESS_KEY_ID $AWS_CREDENTIAL_EXPIRATION ${AWS_PROFILE:-none} $AWS_SECRET_ACCESS_KEY $AWS_SESSION_TOKEN"'], env);
@@ -641,14 +711,21 @@ describe('the daemon directory', () => {
     }
   });
 
-  it('the daemon cannot dump core, whether started on demand or in the foreground', async (t) => {
+  it('the daemon cannot dump core and keeps no standing key in /proc/<pid>/environ, whether started on demand or in the foreground', async (t) => {
     const hard = spawnSync('/bin/sh', ['-c', 'ulimit -Hc'], { encoding: 'utf8' }).stdout.trim();
     if (hard === '0') {
       t.skip('the hard core-size limit here is 0: nothing could dump core, so the test would prove nothing');
       return;
     }
     const m = makeTestHome();
-    const e = { ...process.env, ...m.env, ...keyring.env };
+    // Started from a shell full of standing keys: the daemon runs with its allowlist only.
+    const canaries = { AWS_SECRET_ACCESS_KEY: 'canary-daemon-secret-key', VAULT_TOKEN: 'hvs.canary-daemon', GITHUB_TOKEN: 'ghp_canarydaemon', NODE_OPTIONS: '--max-old-space-size=900' };
+    const e = { ...process.env, ...m.env, ...keyring.env, ...canaries };
+    const assertClean = (pid: number, how: string) => {
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      assert.ok(environ.includes(`HOME=${m.home}`), `${how}: what the daemon needs is there`);
+      for (const [k, v] of Object.entries(canaries)) assert.ok(!environ.some((l) => l.includes(v)), `${how}: ${k} in /proc/<daemon>/environ`);
+    };
     // Started from a shell that allows core dumps, as a developer's may.
     const allowCores = ['-c', 'ulimit -c unlimited && exec "$@"', 'sh', process.execPath, BROKER_BIN, 'daemon'];
     try {
@@ -656,6 +733,9 @@ describe('the daemon directory', () => {
       assert.equal(started.code, 0, started.stderr);
       const st = JSON.parse((await broker(['daemon', 'status', '--json'], m.env)).stdout) as DaemonState;
       assert.equal(coreLimits(st.pid!), '0 0', 'on demand (broker daemon start)');
+      assertClean(st.pid!, 'on demand');
+      assert.equal(st.memory?.protected, true, `memory protection, as the daemon read it back: ${JSON.stringify(st.memory)}`);
+      assert.match((await broker(['daemon', 'status'], m.env)).stdout, /^memory {7}protected: not dumpable/m);
       assert.equal((await broker(['daemon', 'stop'], m.env)).code, 0);
 
       const fg = spawn('/bin/sh', [...allowCores, 'run'], { env: e, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -669,6 +749,7 @@ describe('the daemon directory', () => {
         }
         assert.equal(fgState.pid, fg.pid, 'the same process, re-executed in place');
         assert.equal(coreLimits(fgState.pid!), '0 0', 'in the foreground (broker daemon run)');
+        assertClean(fgState.pid!, 'in the foreground');
       } finally {
         await broker(['daemon', 'stop'], m.env);
         await exited;
