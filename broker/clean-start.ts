@@ -71,7 +71,7 @@ export function startClean(opts: { env: NodeJS.ProcessEnv; marker: string; note?
     return {
       envClean: extra.length === 0, coreDumpsOff: limit === 0, note: mark,
       problems: [
-        ...(extra.length ? [`it was started with variables it should not have (${extra.sort().join(', ')}), readable in /proc/${process.pid}/environ`] : []),
+        ...(extra.length ? [`it was started with variables it should not have (${extra.sort().join(', ')}), readable by your other processes`] : []),
         ...(limit === 0 ? [] : [`core dumps are not disabled: the shell could not lower the core-size limit (still ${limit ?? 'unknown'})`]),
       ],
     };
@@ -84,7 +84,7 @@ export function startClean(opts: { env: NodeJS.ProcessEnv; marker: string; note?
     const why = `this Node (${process.version}) cannot re-execute itself (process.execve)`;
     return {
       envClean, coreDumpsOff: limit === 0, note: undefined,
-      problems: [...(envClean ? [] : [`its first environment stays readable in /proc/${process.pid}/environ: ${why}`]), ...(limit === 0 ? [] : [`core dumps are not disabled: ${why}`])],
+      problems: [...(envClean ? [] : [`the environment it was started with stays readable by your other processes: ${why}`]), ...(limit === 0 ? [] : [`core dumps are not disabled: ${why}`])],
     };
   }
   return execve.call(process, '/bin/sh', ['/bin/sh', '-c', NO_CORE_SH, 'sh', process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
