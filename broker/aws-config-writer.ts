@@ -4,6 +4,7 @@ import { chmod, copyFile, mkdir, open, readFile, realpath, rename, rm, stat } fr
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { upsertBrokerProfiles, type ProfileSpec } from './aws-config-file.js';
+import { withConfigEditLock } from './config-edit-lock.js';
 import { BrokerError } from './errors.js';
 
 export interface ConfigureAwsOptions {
@@ -60,14 +61,55 @@ export function profileSpecs(templates: ConfigureAwsOptions['templates'], comman
  * existing file is first copied to `<file>.broker-backup-<timestamp>`, then replaced atomically
  * (temp file + rename, so a crash never leaves half a config); a new file is created 0600 (AWS advice:
  * keep the config file private) in a 0700 directory.
+ *
+ * Two editors at once (`broker configure aws` and the `broker exec`s that add their profile, started
+ * together) must not lose each other's change, so the read-modify-write runs under a lock file beside
+ * the config (config-edit-lock.ts). And the file is handled as bytes, not text: other profiles and
+ * comments may hold bytes that are not UTF-8 (a Latin-1 comment); decoded and re-encoded they would
+ * come back as U+FFFD. Read as latin1 (one char per byte), every byte round-trips exactly; what the
+ * broker writes is UTF-8, turned into such chars the same way.
  */
 export async function configureAws(opts: ConfigureAwsOptions): Promise<ConfigureAwsResult> {
-  const specs = profileSpecs(opts.templates, opts.command);
+  const specs = profileSpecs(opts.templates, opts.command).map((s) => ({
+    name: s.name, settings: Object.fromEntries(Object.entries(s.settings).map(([k, v]) => [k, bytesOf(v)])),
+  }));
   const configFile = resolve(opts.configFile);
+  if (opts.dryRun) return (await plan(configFile, configFile, specs, opts.dryRun)).result;
+  let target = configFile;
+  try {
+    // A symlinked config (dotfile managers) is updated where it points, not replaced by a file.
+    target = await realpath(configFile);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError('read', configFile, e);
+  }
+  try {
+    await mkdir(dirname(target), { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw fileError('write', configFile, e);
+  }
+  return withConfigEditLock(target, async () => {
+    const { result, text, existing } = await plan(configFile, target, specs, false);
+    if (text === undefined) return result;
+    try {
+      let mode = 0o600;
+      if (existing) {
+        mode = (await stat(target)).mode & 0o777;
+        result.backup = await backUp(target, `${configFile}.broker-backup-${new Date().toISOString().replace(/[-:.]/g, '')}`, mode);
+      }
+      await writeAtomically(target, Buffer.from(text, 'latin1'), mode);
+    } catch (e) {
+      throw fileError('write', configFile, e);
+    }
+    return result;
+  });
+}
+
+/** What the edit would do; `text` (latin1, see configureAws) is undefined when nothing changes. */
+async function plan(configFile: string, target: string, specs: ProfileSpec[], dryRun: boolean): Promise<{ result: ConfigureAwsResult; text?: string; existing: boolean }> {
   let original = '';
   let existing = true;
   try {
-    original = await readFile(configFile, 'utf8');
+    original = (await readFile(target)).toString('latin1');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError('read', configFile, e);
     existing = false;
@@ -78,34 +120,37 @@ export async function configureAws(opts: ConfigureAwsOptions): Promise<Configure
     added: r.added,
     updated: r.updated,
     unchanged: specs.map((s) => s.name).filter((n) => !r.added.includes(n) && !r.updated.includes(n)),
-    diff: r.changed ? unifiedDiff(original, r.text, existing ? configFile : '/dev/null', configFile) : '',
-    dryRun: opts.dryRun,
+    // For people: the lines' bytes shown as UTF-8 (what the file mostly is).
+    diff: r.changed ? textOf(unifiedDiff(original, r.text, existing ? configFile : '/dev/null', configFile)) : '',
+    dryRun,
   };
-  if (!r.changed || opts.dryRun) return result;
-
-  try {
-    // A symlinked config (dotfile managers) is updated where it points, not replaced by a file.
-    const target = existing ? await realpath(configFile) : configFile;
-    await mkdir(dirname(target), { recursive: true, mode: 0o700 });
-    let mode = 0o600;
-    if (existing) {
-      mode = (await stat(target)).mode & 0o777;
-      result.backup = `${configFile}.broker-backup-${new Date().toISOString().replace(/[-:.]/g, '')}`;
-      await copyFile(target, result.backup, constants.COPYFILE_EXCL);
-      await chmod(result.backup, mode);
-    }
-    await writeAtomically(target, r.text, mode);
-  } catch (e) {
-    throw fileError('write', configFile, e);
-  }
-  return result;
+  return { result, existing, ...(r.changed ? { text: r.text } : {}) };
 }
 
-async function writeAtomically(file: string, text: string, mode: number): Promise<void> {
+/** UTF-8 text as one char per byte (the latin1 view of its bytes), and back. */
+const bytesOf = (s: string): string => Buffer.from(s, 'utf8').toString('latin1');
+const textOf = (s: string): string => Buffer.from(s, 'latin1').toString('utf8');
+
+/** Copies the file to `name` (or `name-2`, … if taken: two edits within a millisecond), never over an existing file. */
+async function backUp(file: string, name: string, mode: number): Promise<string> {
+  for (let n = 1; ; n++) {
+    const backup = n === 1 ? name : `${name}-${n}`;
+    try {
+      await copyFile(file, backup, constants.COPYFILE_EXCL);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST' && n < 100) continue;
+      throw e;
+    }
+    await chmod(backup, mode);
+    return backup;
+  }
+}
+
+async function writeAtomically(file: string, bytes: Buffer, mode: number): Promise<void> {
   const tmp = `${file}.broker-tmp-${randomBytes(6).toString('hex')}`;
   const fh = await open(tmp, 'wx', mode);
   try {
-    await fh.writeFile(text, 'utf8');
+    await fh.writeFile(bytes);
     await fh.sync();
   } finally {
     await fh.close();

@@ -4,7 +4,7 @@
  * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (FACTS.md).
  *
  * The AWS CLI runs this for every command (aws-cli#5585), so it only asks the per-user daemon, which
- * answers from memory. The import graph is two tiny modules and node:net: no commander, zod, YAML,
+ * answers from memory. The import graph is two tiny modules and builtins: no commander, zod, YAML,
  * AWS SDK or keychain binding (bench/credential-process measures it). The daemon is started, and the
  * heavier modules loaded, only when none is running.
  */

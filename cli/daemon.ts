@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { startDaemonInBackground } from '../broker/daemon/autostart.js';
-import { ensureNoCoreDumps } from '../broker/daemon/core-limit.js';
+import { startClean } from '../broker/clean-start.js';
+import { DAEMON_CLEAN_MARK, daemonEnvironment } from '../broker/daemon/daemon-env.js';
+import { protectMemory } from '../broker/daemon/memory-protection.js';
 import { runDaemon } from '../broker/daemon/daemon.js';
 import { callRunningDaemon } from '../broker/daemon/daemon-client.js';
 import { logPath, socketPath } from '../broker/daemon/socket.cjs';
@@ -18,9 +20,13 @@ export function register(program: Command): void {
     .command('run')
     .description('run the daemon in the foreground (what systemd/launchd and the on-demand start run)')
     .action(action(async () => {
-      // First of all (it may re-execute this process): no core dump may hold the daemon's memory.
-      const core = ensureNoCoreDumps();
-      if (!core.ok) info(`broker daemon: warning: core dumps are not disabled (${core.reason}); set the limit with ulimit -c 0 before starting it`);
+      // First of all, before it holds anything: re-execute in place with the allowlisted environment
+      // and no core dumps (clean-start.ts, daemon-env.ts), then keep other processes out of its memory
+      // (after the re-exec: execve makes a process dumpable again).
+      const start = startClean({ env: daemonEnvironment(process.env), marker: DAEMON_CLEAN_MARK });
+      for (const p of start.problems) info(`broker daemon: warning: ${p}`);
+      const memory = await protectMemory();
+      if (!memory.protected) info(`broker daemon: warning: its memory is readable by your other processes: ${memory.reason}`);
       const running = await runDaemon();
       if (running) await running.stopped;
     }));
@@ -76,6 +82,7 @@ export function register(program: Command): void {
       process.stdout.write([
         `running      pid ${p.pid}, up ${up}`,
         `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
+        `memory       ${memoryLine(p.memory as PingResult['memory'] | undefined)}`,
         `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
         `socket       ${where.socket}`,
@@ -122,4 +129,10 @@ export function register(program: Command): void {
         info(r.removed ? `removed ${plan.file}` : `${plan.file} was not installed`);
       }
     }));
+}
+
+function memoryLine(m: PingResult['memory'] | undefined): string {
+  // A daemon of an older version does not say.
+  if (!m) return 'unknown (restart the daemon: broker daemon stop; broker daemon start)';
+  return m.protected ? `protected: ${m.how}` : `NOT protected: ${m.reason}; any process running as you can read it`;
 }

@@ -4,6 +4,7 @@ import { basename } from 'node:path';
 import type { Command } from 'commander';
 import type { ProcessCredentials } from '../broker/client/api.js';
 import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
+import { startClean } from '../broker/clean-start.js';
 import { readCliSettings } from '../broker/client/cli-config.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import type { StartedTask, VaultTokenAnswer } from '../broker/daemon/daemon-core.js';
@@ -11,7 +12,7 @@ import { BrokerError } from '../broker/errors.js';
 import { TAG_VALUE_RE } from '../broker/limits.js';
 import { brokerCommand } from './configure-aws.js';
 import { action, collectParam, info } from './output.js';
-import { scrubEnvironment } from './exec-env.js';
+import { CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, scrubEnvironment } from './exec-env.js';
 
 interface Options {
   param: Record<string, string>;
@@ -47,6 +48,17 @@ export function register(program: Command): void {
       if (!TAG_VALUE_RE.test(agent) || agent.length === 0) {
         throw new BrokerError('invalid_request', `--agent "${agent.slice(0, 60)}" cannot be a session tag`, { hint: 'letters, digits, spaces and _.:/=+-@, at most 256' });
       }
+      const settings = readCliSettings();
+      const patterns = [...settings.exec.scrub, ...opts.scrub];
+      // Before anything holds a secret and before the daemon is asked (it may be started from here):
+      // re-execute in place with the child's environment and no core dumps (clean-start.ts), so no
+      // standing key stays in /proc/<this pid>/environ, readable by the agent for as long as it runs.
+      // The names removed travel in the marker, for -v.
+      const first = scrubEnvironment(process.env, patterns);
+      const start = startClean({ env: first.env, marker: EXEC_CLEAN_MARK, note: first.removed.join(',') });
+      for (const p of start.problems) info(`broker exec: warning: ${p}`);
+      const removedFirst = (start.note ?? '').split(',').filter((n) => /^[A-Za-z0-9_]+$/.test(n));
+
       const started = await callDaemon<StartedTask>({
         op: 'ensure',
         request: { template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
@@ -54,10 +66,12 @@ export function register(program: Command): void {
       });
       if (opts.verbose) info(`${started.reused ? 'reusing' : 'started'} task session ${started.session.id} (${template}) for agent ${agent}`);
 
-      const settings = readCliSettings();
-      const { env, removed } = scrubEnvironment(process.env, [...settings.exec.scrub, ...opts.scrub]);
+      const scrubbed = scrubEnvironment(process.env, patterns);
+      const env = scrubbed.env;
+      const removed = [...new Set([...removedFirst, ...scrubbed.removed])].sort();
       const set: string[] = [];
       const put = (k: string, v: string) => { env[k] = v; set.push(k); };
+      for (const [k, v] of Object.entries(CREDENTIAL_SOURCES_OFF)) put(k, v);
       put('BROKER_SESSION', started.session.id);
       if (started.session.region !== null) {
         if (opts.env) {
@@ -109,7 +123,11 @@ async function ensureProfile(template: string, region: string): Promise<void> {
 
 /**
  * Runs the child with our stdio, passes signals on, and resolves with the exit code to use. A child
- * killed by a signal makes us die of the same signal (so a shell sees 128+n and job control works).
+ * killed by a signal makes us die of the same signal (so a shell sees 128+n and job control works),
+ * except a signal whose default action dumps core (signal(7), "Core"): raised on ourselves it would
+ * dump this process's memory, which may hold the task's Vault token and (--env) AWS keys, wherever
+ * the system's core pattern says (the core-size limit is 0 here, clean-start.ts; this does not rely
+ * on it). Then we exit 128+n, as a shell reports such a death, and say so on stderr.
  */
 function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -143,6 +161,12 @@ function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<
     });
     child.once('exit', (code, signal) => {
       cleanup();
+      if (signal && CORE_DUMP_SIGNALS.includes(signal)) {
+        const code = 128 + (constants.signals[signal] ?? 0);
+        info(`broker exec: ${cmd} was killed by ${signal}; exiting with ${code}`);
+        resolve(code);
+        return;
+      }
       if (signal) {
         process.kill(process.pid, signal);
         // For a signal whose default action is not to terminate, fall back to the shell convention.

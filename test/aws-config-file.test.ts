@@ -1,13 +1,16 @@
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, test } from 'node:test';
 import { STSClient } from '@aws-sdk/client-sts';
 import { MANAGED_MARKER, quoteCommandWord, upsertBrokerProfiles } from '../broker/aws-config-file.js';
 import { configureAws, unifiedDiff } from '../broker/aws-config-writer.js';
+import { tryInstanceLock } from '../broker/daemon/instance-lock.js';
 import { broker, run } from './peers/cli.js';
-import { BROKER_BIN, VENV_BIN } from './peers/paths.js';
+import { BROKER_BIN, REPO_ROOT, VENV_BIN } from './peers/paths.js';
 
 const CMD = '/usr/bin/node /opt/broker/bin/broker.cjs';
 const spec = (t: string, region?: string) => ({
@@ -160,6 +163,80 @@ describe('configureAws (files)', () => {
     assert.ok(readFileSync(file, 'utf8').startsWith(USER_FILE));
     assert.equal(statSync(file).mode & 0o777, 0o640);
     assert.deepEqual(readdirSync(dir).filter((f) => f.includes('broker-tmp')), [], 'no temp file left');
+  });
+
+  test('a file that is not UTF-8 is rewritten byte for byte, except the broker\'s own sections', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-bytes-'));
+    const file = join(dir, 'config');
+    // A Latin-1 comment (0xE9), bytes that are no UTF-8 at all (0xFF 0xFE, a lone 0x80), valid
+    // UTF-8 (é, €) and CRLF; and an old broker section to update in the middle.
+    const bytes = (...parts: (string | number[])[]) => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : Buffer.from(p))));
+    const head = bytes('# caf', [0xe9], ' (latin-1)\r\n[profile dev]\r\nregion = eu-west-1\r\n# junk: ', [0xff, 0xfe, 0x80], '\r\n\r\n');
+    const tail = bytes('\r\n[profile z]\r\n# utf-8: é €\r\nrole_arn = arn:aws:iam::111111111111:role/', [0xe9, 0x80], '\r\n');
+    const oldSection = bytes(`${MANAGED_MARKER}\r\n[profile broker-a]\r\ncredential_process = /old/broker credential-process --task a\r\nregion = us-east-1\r\n`);
+    writeFileSync(file, Buffer.concat([head, oldSection, tail]));
+    // The broker's own line is UTF-8 (a path with é), whatever the rest of the file is.
+    const command = '/opt/caf\u00e9/node /opt/broker.cjs';
+    const r = await configureAws({ templates: [{ name: 'a', region: 'us-east-1' }, { name: 'b', region: null }], configFile: file, dryRun: false, command });
+    assert.deepEqual([r.added, r.updated], [['broker-b'], ['broker-a']]);
+    const newSection = bytes(`${MANAGED_MARKER}\r\n[profile broker-a]\r\ncredential_process = ${command} credential-process --task a\r\nregion = us-east-1\r\n`);
+    const added = bytes(`\r\n${MANAGED_MARKER}\r\n[profile broker-b]\r\ncredential_process = ${command} credential-process --task b\r\n`);
+    assert.deepEqual(readFileSync(file), Buffer.concat([head, newSection, tail, added]));
+    assert.deepEqual(readFileSync(r.backup!), Buffer.concat([head, oldSection, tail]), 'the backup is the old file, byte for byte');
+    assert.match(r.diff, /\+credential_process = \/opt\/café\/node/, 'the diff shows UTF-8 as text');
+    const again = await configureAws({ templates: [{ name: 'a', region: 'us-east-1' }, { name: 'b', region: null }], configFile: file, dryRun: false, command });
+    assert.deepEqual([again.added, again.updated, again.diff], [[], [], ''], 'and it is idempotent');
+  });
+
+  test('concurrent editors in separate processes lose none of each other\'s profiles', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-race-'));
+    const file = join(dir, 'config');
+    writeFileSync(file, USER_FILE);
+    const writer = pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'aws-config-writer.js')).href;
+    // Each waits for "go" on stdin after loading, so all edits start at the same moment.
+    const script = `import(${JSON.stringify(writer)}).then((w) => { process.stdout.write('ready\\n'); process.stdin.once('data', async () => {
+      await w.configureAws({ templates: [{ name: process.argv[1], region: 'us-east-1' }], configFile: ${JSON.stringify(file)}, dryRun: false, command: '/usr/bin/node /opt/broker.cjs' });
+      process.stdout.write('done\\n'); process.exit(0); }); })`;
+    const N = 8;
+    const children = Array.from({ length: N }, (_, i) => spawn(process.execPath, ['--input-type=module', '-e', script, `t${i}`], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    const outputs = children.map((c) => {
+      let out = '';
+      let err = '';
+      c.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      c.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+      return { ready: new Promise<void>((r) => { c.stdout.on('data', () => { if (out.includes('ready')) r(); }); }), exited: new Promise<string>((r) => c.once('close', (code) => r(`${code} ${out} ${err}`))) };
+    });
+    await Promise.all(outputs.map((o) => o.ready));
+    for (const c of children) c.stdin.end('go\n');
+    for (const result of await Promise.all(outputs.map((o) => o.exited))) assert.match(result, /^0 ready\ndone/, result);
+    const text = readFileSync(file, 'utf8');
+    for (let i = 0; i < N; i++) assert.ok(text.includes(`[profile broker-t${i}]`), `profile broker-t${i} kept`);
+    assert.ok(text.startsWith(USER_FILE));
+    assert.deepEqual(readdirSync(dir).filter((f) => f.includes('broker-lock') || f.includes('broker-tmp')), [], 'no lock or temp file left');
+    assert.equal(readdirSync(dir).filter((f) => f.includes('broker-backup')).length, N, 'one backup per edit');
+  });
+
+  test('the edit lock: one left by a dead process is taken over; a live holder is waited for', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-lock-'));
+    const file = join(dir, 'config');
+    const lock = `${file}.broker-lock`;
+    // A pid that no longer exists: a child that has exited.
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    writeFileSync(lock, `${dead} 55555555-5555-4555-8555-555555555555\n`);
+    const t0 = Date.now();
+    await configureAws({ templates: [{ name: 'a', region: null }], configFile: file, dryRun: false, command: CMD });
+    assert.ok(Date.now() - t0 < 5_000, 'taken over at once');
+    assert.ok(!existsSync(lock));
+
+    const held = tryInstanceLock(lock);
+    assert.ok(held.acquired);
+    let finished = false;
+    const edit = configureAws({ templates: [{ name: 'b', region: null }], configFile: file, dryRun: false, command: CMD }).then((r) => { finished = true; return r; });
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(finished, false, 'it waits while the lock is held');
+    assert.ok(!readFileSync(file, 'utf8').includes('broker-b'));
+    held.lock.release();
+    assert.deepEqual((await edit).added, ['broker-b']);
   });
 
   test('unifiedDiff shows context around a change in the middle', () => {

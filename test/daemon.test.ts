@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey, type JsonWebKey } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ import { startStack, type Stack } from './peers/stack.js';
 
 interface Creds { Version: number; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string }
 interface Stats { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number }
-interface DaemonState { running: boolean; pid?: number; developer?: string | null; stats?: Stats }
+interface DaemonState { running: boolean; pid?: number; developer?: string | null; stats?: Stats; memory?: { protected: boolean; how?: string; reason?: string } }
 
 /**
  * A device key as it could leak: the JWK's `d`, the raw scalar (bytes, base64, hex) and the PKCS#8
@@ -210,7 +210,7 @@ describe('the broker daemon', () => {
     assert.equal(stats.upstreamIssues - st.stats!.upstreamIssues, 1);
   });
 
-  it('credential_process loads nothing but its two small modules and node:net/node:path', async () => {
+  it('credential_process loads nothing but its two small modules and node:net/node:path/node:fs', async () => {
     // A --require hook that records every module resolved (require and import alike).
     const dir = mkdtempSync(join(tmpdir(), 'broker-imports-'));
     const hook = join(dir, 'record-imports.cjs');
@@ -230,7 +230,8 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       pathToFileURL(BROKER_BIN).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'cli', 'credential-process.cjs')).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'daemon', 'socket.cjs')).href,
-      'node:net', 'node:path',
+      // node:fs for the check of the daemon's directory (lstat): a builtin every Node process has loaded.
+      'node:net', 'node:path', 'node:fs',
     ]);
     try {
       // Answered with credentials, and answered with an error: both are the fast path.
@@ -338,6 +339,76 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       assert.match(r.stderr, /removed: .*AWS_SECRET_ACCESS_KEY/);
       for (const v of Object.values(inherited)) if (v !== 'kept' && v !== 'admin') assert.ok(!r.stderr.includes(v), `value of a variable leaked: ${v}`);
       writeFileSync(join(m.home, '.config', 'agent-credential-broker', 'config.json'), JSON.stringify({ serverUrl: stack.svc.url }));
+    });
+
+    it('keeps standing keys out of /proc/<pid>/environ of broker exec and of the daemon it starts, and out of the agent; the AWS CLI still works', async () => {
+      // Canaries as a developer's shell would have them: removed for the agent (always, or --scrub);
+      // OTHER_CANARY is not a credential, so the agent keeps it — but the daemon does not.
+      const tag = Math.random().toString(36).slice(2, 10);
+      const canaries = {
+        AWS_ACCESS_KEY_ID: `AKIACANARY${tag.toUpperCase()}`, AWS_SECRET_ACCESS_KEY: `canary-secret-${tag}`, AWS_SESSION_TOKEN: `canary-token-${tag}`,
+        AWS_SECRET_KEY: `canary-go-secret-${tag}`, AWS_CONTAINER_AUTHORIZATION_TOKEN: `canary-container-${tag}`,
+        AWS_BEARER_TOKEN_BEDROCK: `canary-bedrock-${tag}`, VAULT_TOKEN: `hvs.canary-${tag}`, GITHUB_TOKEN: `ghp_canary${tag}`,
+      };
+      const other = `other-canary-${tag}`;
+      const before = await daemonStatus();
+      assert.equal((await broker(['daemon', 'stop'], env)).code, 0);
+      const aws = `${join(VENV_BIN, 'aws')} sts get-caller-identity --endpoint-url ${stack.moto.url} --output json`;
+      const r = await broker(['exec', 'deploy-lambda', '--scrub', 'GITHUB_*', '--', 'sh', '-c',
+        `tr '\\0' '\\n' < /proc/$PPID/environ; echo =====; env; echo =====; exec ${aws}`], { ...env, ...canaries, OTHER_CANARY: other });
+      assert.equal(r.code, 0, r.stderr);
+      const [execEnviron, childEnv, answer] = r.stdout.split('=====\n');
+      assert.match(execEnviron!, new RegExp(`^OTHER_CANARY=${other}$`, 'm'), 'what was read is broker exec\'s environ');
+      assert.match(childEnv!, new RegExp(`^OTHER_CANARY=${other}$`, 'm'));
+      const st = await daemonStatus();
+      assert.ok(st.running && st.pid !== before.pid, 'broker exec started the daemon');
+      assert.equal(st.developer, 'alice@example.com', 'the daemon read the login from the keychain');
+      const daemonEnviron = readFileSync(`/proc/${st.pid}/environ`, 'utf8');
+      assert.match(daemonEnviron, /(^|\0)DBUS_SESSION_BUS_ADDRESS=/, 'what the keychain needs was passed on');
+      assert.ok(!daemonEnviron.includes(other), 'the daemon gets only the allowlisted variables');
+      for (const [k, v] of Object.entries(canaries)) {
+        assert.ok(!execEnviron!.includes(v), `${k} in /proc/<broker exec>/environ`);
+        assert.ok(!childEnv!.includes(v), `${k} in the agent's environment`);
+        assert.ok(!daemonEnviron.includes(v), `${k} in /proc/<daemon>/environ`);
+      }
+      assert.match(execEnviron!, /^BROKER_EXEC_CLEAN_START=/m, 'it re-executed itself');
+      assert.match((JSON.parse(answer!) as { Arn: string }).Arn, /:assumed-role\/broker-deploy-lambda\/alice@example\.com\.deploy-lambda\./);
+    });
+
+    it('the agent\'s SDK cannot fall back to ~/.aws/credentials or the EC2 metadata service', async () => {
+      // Standing keys under the task's own profile name in the credentials file would win over its
+      // credential_process (botocore reads the shared credentials file first).
+      const creds = join(m.home, '.aws', 'credentials');
+      writeFileSync(creds, '[broker-deploy-lambda]\naws_access_key_id = AKIASTANDINGFILEKEY1\naws_secret_access_key = standing-file-secret\n', { mode: 0o600 });
+      try {
+        const r = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c',
+          `echo "$AWS_SHARED_CREDENTIALS_FILE $AWS_EC2_METADATA_DISABLED"; exec ${join(VENV_BIN, 'aws')} sts get-caller-identity --endpoint-url ${stack.moto.url} --output json`],
+        { ...env, AWS_EC2_METADATA_DISABLED: 'false' });
+        assert.equal(r.code, 0, r.stderr);
+        const [vars, ...json] = r.stdout.split('\n');
+        assert.match((JSON.parse(json.join('\n')) as { Arn: string }).Arn, /:assumed-role\/broker-deploy-lambda\/alice@example\.com\.deploy-lambda\./, 'the task\'s credentials, not the file\'s');
+        assert.equal(vars, '/dev/null true', 'an empty credentials file, and no EC2 metadata service');
+      } finally {
+        rmSync(creds, { force: true });
+      }
+    });
+
+    it('exits 128+n instead of dumping core when the agent dies of SIGSEGV or SIGABRT, and runs with core dumps off', async () => {
+      for (const [sig, code] of [['SEGV', 139], ['ABRT', 134]] as const) {
+        const r = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c', `kill -${sig} $$`], env);
+        assert.equal(r.signal, null, `SIG${sig} was not raised on broker exec itself`);
+        assert.equal(r.code, code);
+        assert.match(r.stderr, new RegExp(`sh was killed by SIG${sig}; exiting with ${code}`));
+      }
+      // Started from a shell that allows core dumps (as a developer's may): broker exec lowers both
+      // limits for itself (and so for the agent).
+      const hard = spawnSync('/bin/sh', ['-c', 'ulimit -Hc'], { encoding: 'utf8' }).stdout.trim();
+      if (hard !== '0') {
+        const r = await run('/bin/sh', ['-c', 'ulimit -c unlimited && exec "$@"', 'sh', process.execPath, BROKER_BIN, 'exec', 'deploy-lambda', '--', 'sh', '-c',
+          'grep "Max core file size" /proc/$PPID/limits'], { env: { ...process.env, ...env } });
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /^Max core file size\s+0\s+0\s+bytes/);
+      }
     });
 
     it('--env puts the task credentials themselves in the environment, with their expiry', async () => {
@@ -493,6 +564,57 @@ describe('the daemon directory', () => {
     }
   });
 
+  it('clients refuse a directory open to others, a symlink or another user\'s: nothing connects to its socket, nothing is started', async () => {
+    const m = makeTestHome();
+    const e = { ...m.env, ...keyring.env };
+    const dir = join(m.runtimeDir, 'agent-credential-broker');
+    // Whoever controls the directory can put a socket there that answers like the daemon.
+    const elsewhere = mkdtempSync(join(tmpdir(), 'broker-impostor-'));
+    chmodSync(elsewhere, 0o700);
+    let connections = 0;
+    const impostor = createServer((conn) => {
+      connections++;
+      conn.on('error', () => {});
+      conn.on('data', () => conn.end(`${JSON.stringify({ ok: true, result: { Version: 1, AccessKeyId: 'ASIAIMPOSTOR00000001', SecretAccessKey: 'impostor', SessionToken: 'impostor', Expiration: new Date(Date.now() + 3600_000).toISOString() } })}\n`));
+    });
+    await new Promise<void>((r) => impostor.listen(join(elsewhere, 'daemon.sock'), r));
+    const refused = async (problem: RegExp, where: string) => {
+      const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
+      assert.equal(cp.code, 1, cp.stderr);
+      assert.equal(cp.stdout, '');
+      assert.match(cp.stderr, new RegExp(`^broker credential-process: refusing to connect to the broker daemon: ${problem.source}.*\\n$`));
+      const status = await broker(['status'], e);
+      assert.equal(status.code, 1);
+      assert.match(status.stderr, new RegExp(`refusing to connect to the broker daemon: ${problem.source}`));
+      assert.equal(connections, 0, 'nothing was sent to the socket');
+      assert.ok(!existsSync(join(where, 'daemon.pid')), 'no daemon was started there');
+    };
+    try {
+      mkdirSync(m.runtimeDir, { mode: 0o700 });
+      symlinkSync(elsewhere, dir);
+      await refused(/\S+ is a symbolic link/, elsewhere);
+      rmSync(dir);
+      renameSync(elsewhere, dir);
+      chmodSync(dir, 0o755);
+      await refused(/\S+ is open to group or others \(mode 0755\)/, dir);
+      if (process.getuid?.() === 0) {
+        chmodSync(dir, 0o700);
+        chownSync(dir, 65534, 65534);
+        await refused(/\S+ belongs to uid 65534, not to you/, dir);
+        chownSync(dir, 0, 0);
+      }
+      // The control: the same socket in a directory that passes is used (so the refusals above were the check's).
+      chmodSync(dir, 0o700);
+      const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
+      assert.equal(cp.code, 0, cp.stderr);
+      assert.match(cp.stdout, /ASIAIMPOSTOR00000001/);
+      assert.equal(connections, 1);
+    } finally {
+      await new Promise<void>((r) => impostor.close(() => r()));
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   it('creates its directory 0700 and its socket 0600; a second instance exits cleanly', async () => {
     const m = makeTestHome();
     const e = { ...m.env, ...keyring.env };
@@ -589,14 +711,21 @@ describe('the daemon directory', () => {
     }
   });
 
-  it('the daemon cannot dump core, whether started on demand or in the foreground', async (t) => {
+  it('the daemon cannot dump core and keeps no standing key in /proc/<pid>/environ, whether started on demand or in the foreground', async (t) => {
     const hard = spawnSync('/bin/sh', ['-c', 'ulimit -Hc'], { encoding: 'utf8' }).stdout.trim();
     if (hard === '0') {
       t.skip('the hard core-size limit here is 0: nothing could dump core, so the test would prove nothing');
       return;
     }
     const m = makeTestHome();
-    const e = { ...process.env, ...m.env, ...keyring.env };
+    // Started from a shell full of standing keys: the daemon runs with its allowlist only.
+    const canaries = { AWS_SECRET_ACCESS_KEY: 'canary-daemon-secret-key', VAULT_TOKEN: 'hvs.canary-daemon', GITHUB_TOKEN: 'ghp_canarydaemon', NODE_OPTIONS: '--max-old-space-size=900' };
+    const e = { ...process.env, ...m.env, ...keyring.env, ...canaries };
+    const assertClean = (pid: number, how: string) => {
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      assert.ok(environ.includes(`HOME=${m.home}`), `${how}: what the daemon needs is there`);
+      for (const [k, v] of Object.entries(canaries)) assert.ok(!environ.some((l) => l.includes(v)), `${how}: ${k} in /proc/<daemon>/environ`);
+    };
     // Started from a shell that allows core dumps, as a developer's may.
     const allowCores = ['-c', 'ulimit -c unlimited && exec "$@"', 'sh', process.execPath, BROKER_BIN, 'daemon'];
     try {
@@ -604,6 +733,9 @@ describe('the daemon directory', () => {
       assert.equal(started.code, 0, started.stderr);
       const st = JSON.parse((await broker(['daemon', 'status', '--json'], m.env)).stdout) as DaemonState;
       assert.equal(coreLimits(st.pid!), '0 0', 'on demand (broker daemon start)');
+      assertClean(st.pid!, 'on demand');
+      assert.equal(st.memory?.protected, true, `memory protection, as the daemon read it back: ${JSON.stringify(st.memory)}`);
+      assert.match((await broker(['daemon', 'status'], m.env)).stdout, /^memory {7}protected: not dumpable/m);
       assert.equal((await broker(['daemon', 'stop'], m.env)).code, 0);
 
       const fg = spawn('/bin/sh', [...allowCores, 'run'], { env: e, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -617,6 +749,7 @@ describe('the daemon directory', () => {
         }
         assert.equal(fgState.pid, fg.pid, 'the same process, re-executed in place');
         assert.equal(coreLimits(fgState.pid!), '0 0', 'in the foreground (broker daemon run)');
+        assertClean(fgState.pid!, 'in the foreground');
       } finally {
         await broker(['daemon', 'stop'], m.env);
         await exited;

@@ -42,6 +42,20 @@ describe('broker exec environment', () => {
     assert.deepEqual(env, { PATH: '/bin' });
     assert.deepEqual(removed, ['AWS_SECRET_ACCESS_KEY', 'BAO_TOKEN', 'GITHUB_TOKEN', 'OPENAI_API_KEY']);
   });
+  it('removes every credential variable the AWS SDKs read (botocore, JS v3, Go v2, Java), and keeps what is no credential', () => {
+    const sdkCredentials = [
+      'AWS_ACCESS_KEY_ID', 'AWS_ACCESS_KEY', 'AWS_SECRET_ACCESS_KEY', 'AWS_SECRET_KEY', 'AWS_SESSION_TOKEN', 'AWS_SECURITY_TOKEN',
+      'AWS_CREDENTIAL_EXPIRATION', 'AWS_PROFILE', 'AWS_DEFAULT_PROFILE',
+      'AWS_WEB_IDENTITY_TOKEN_FILE', 'AWS_ROLE_ARN', 'AWS_ROLE_SESSION_NAME',
+      'AWS_CONTAINER_CREDENTIALS_FULL_URI', 'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI', 'AWS_CONTAINER_AUTHORIZATION_TOKEN', 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE',
+      'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CREDENTIAL_PROFILES_FILE', 'AWS_CREDENTIAL_FILE', 'BOTO_CONFIG', 'AWS_LOGIN_CACHE_DIRECTORY',
+      'AWS_BEARER_TOKEN_BEDROCK', 'AWS_BEARER_TOKEN_SOME_SERVICE',
+    ];
+    const kept = { AWS_CONFIG_FILE: '/home/a/.aws/config', AWS_REGION: 'eu-west-1', AWS_ACCOUNT_ID: '111111111111', HOME: '/home/a' };
+    const { env, removed } = scrubEnvironment({ ...Object.fromEntries(sdkCredentials.map((k) => [k, 'x'])), ...kept }, []);
+    assert.deepEqual(env, kept);
+    assert.deepEqual(removed, [...sdkCredentials].sort());
+  });
   it('patterns match whole names and refuse anything but a name pattern', () => {
     assert.ok(!namePattern('TOKEN').test('GITHUB_TOKEN'));
     assert.throws(() => namePattern('.*'), /not an environment variable name pattern/);

@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
-import { NO_CORE_SH } from './core-limit.js';
+import { NO_CORE_SH } from '../clean-start.js';
+import { DAEMON_CLEAN_MARK, daemonEnvironment } from './daemon-env.js';
 import { LOCK_WAIT_MS } from './instance-lock.js';
 import { daemonCall, logPath, socketPath } from './socket.cjs';
 import { ensureRuntimeDir } from './runtime-dir.js';
@@ -34,9 +35,13 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
   const fd = openSync(log, 'a', 0o600);
   let exitCode: number | null = null;
   try {
-    // Through `sh -c 'ulimit -c 0; exec …'`: the daemon holds credentials in memory and must not dump
-    // core (core-limit.ts; the daemon checks again itself, this saves it a re-exec).
-    const child = spawn('/bin/sh', ['-c', NO_CORE_SH, 'sh', process.execPath, BROKER_BIN, 'daemon', 'run'], { detached: true, stdio: ['ignore', 'ignore', fd], env });
+    // Started clean (clean-start.ts), so it need not re-execute itself: through `sh -c 'ulimit -c 0;
+    // exec …'` (it holds credentials in memory and must not dump core) and with the allowlisted
+    // environment, not the caller's (daemon-env.ts: no standing key of the caller's shell or agent
+    // in /proc/<daemon>/environ). The mark tells it so; it checks both itself.
+    const child = spawn('/bin/sh', ['-c', NO_CORE_SH, 'sh', process.execPath, BROKER_BIN, 'daemon', 'run'], {
+      detached: true, stdio: ['ignore', 'ignore', fd], env: { ...daemonEnvironment(env), [DAEMON_CLEAN_MARK]: '1' },
+    });
     child.once('exit', (code, signal) => { exitCode = code ?? (signal ? 1 : 0); });
     child.once('error', () => { exitCode = 127; });
     child.unref();

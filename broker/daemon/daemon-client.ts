@@ -1,5 +1,5 @@
 import { BrokerError } from '../errors.js';
-import { daemonCall, isNoDaemon, socketPath } from './socket.cjs';
+import { daemonCall, DIR_REFUSED, isNoDaemon, socketPath } from './socket.cjs';
 import type { DaemonRequest } from './protocol.js';
 
 /** Bounded: Go SDK v2 kills credential_process after a minute, and people should not wait longer. */
@@ -55,6 +55,9 @@ export async function callRunningDaemon<T>(request: DaemonRequest, opts: { timeo
 }
 
 function unreachable(e: unknown, sock: string): BrokerError {
+  // The directory failed the check (socket.cts): nothing was sent, and no daemon is started there.
+  const err = e as Error & { code?: string; hint?: string };
+  if (err.code === DIR_REFUSED) return new BrokerError('invalid_config', err.message, { ...(err.hint ? { hint: err.hint } : {}) });
   return new BrokerError('upstream_unavailable', `cannot talk to the broker daemon at ${sock}: ${(e as Error).message}`, {
     hint: 'restart it: broker daemon stop; broker daemon start',
   });

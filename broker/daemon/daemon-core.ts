@@ -5,6 +5,7 @@ import { loadLogin } from '../client/login-record.js';
 import { BrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CredentialCache, type EntryStatus } from './credential-cache.js';
+import { memoryProtection } from './memory-protection.js';
 import { PROTOCOL_VERSION, type DaemonRequest, type PingResult, type StartRequest } from './protocol.js';
 import { ServiceClient } from './service-client.js';
 import { bodyIssueDetails } from '../server/json-pointer.js';
@@ -142,7 +143,7 @@ export class DaemonCore {
   ping(): PingResult {
     return {
       pid: process.pid, version: PROTOCOL_VERSION, serverUrl: this.client?.serverUrl ?? readCliConfig()?.serverUrl ?? null,
-      developer: this.client?.login.developer ?? null, startedAt: this.startedAt, stats: { ...this.cache.stats },
+      developer: this.client?.login.developer ?? null, startedAt: this.startedAt, memory: memoryProtection(), stats: { ...this.cache.stats },
       tasks: this.cache.status(),
     };
   }

@@ -3,6 +3,7 @@
  * line. Shared by the daemon and every client; types only, so it costs the fast path nothing.
  */
 import type { ErrorCode, ErrorDetail } from '../errors.js';
+import type { MemoryProtection } from './memory-protection.js';
 
 export const PROTOCOL_VERSION = 1;
 /** A request line larger than this is refused (no op needs more than a few hundred bytes). */
@@ -47,6 +48,8 @@ export interface PingResult {
   serverUrl: string | null;
   developer: string | null;
   startedAt: string;
+  /** Whether other processes of the user are kept out of the daemon's memory (memory-protection.ts). */
+  memory: MemoryProtection;
   /** How requests for credentials were answered since the daemon started. */
   stats: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number };
   /** The credentials held in memory, per task (never the secrets themselves). */

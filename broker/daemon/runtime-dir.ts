@@ -1,7 +1,7 @@
-import { lstatSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BrokerError } from '../errors.js';
-import { MAX_SOCKET_PATH_BYTES, runtimeDir, socketPath, usesXdgRuntimeDir } from './socket.cjs';
+import { MAX_SOCKET_PATH_BYTES, runtimeDir, runtimeDirProblem, socketPath, usesXdgRuntimeDir } from './socket.cjs';
 
 /**
  * Creates the daemon's directory 0700 if missing, then insists that it is a real directory (not a
@@ -30,23 +30,8 @@ export function ensureRuntimeDir(env: NodeJS.ProcessEnv = process.env): string {
   return dir;
 }
 
+/** The rule every client applies too (socket.cts), so a directory the daemon would refuse is never used. */
 function checkPrivate(dir: string): void {
-  const st = lstatSync(dir);
-  const uid = process.getuid?.();
-  if (!st.isDirectory()) {
-    throw new BrokerError('invalid_config', `refusing to start: ${dir} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a directory'}`, {
-      hint: `remove it (rm ${dir}); the daemon creates its directory itself, mode 0700`,
-    });
-  }
-  if (uid !== undefined && st.uid !== uid) {
-    throw new BrokerError('invalid_config', `refusing to start: ${dir} belongs to uid ${st.uid}, not to you (uid ${uid})`, {
-      hint: `someone else controls where your credentials would be served; remove ${dir} (as its owner) and start again`,
-    });
-  }
-  const mode = st.mode & 0o777;
-  if (mode & 0o077) {
-    throw new BrokerError('invalid_config', `refusing to start: ${dir} is open to group or others (mode ${mode.toString(8).padStart(4, '0')})`, {
-      hint: `make it private: chmod 700 ${dir}`,
-    });
-  }
+  const r = runtimeDirProblem(dir);
+  if (r) throw new BrokerError('invalid_config', `refusing to start: ${r.problem}`, { hint: r.hint });
 }
