@@ -11,8 +11,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { run } from './peers/cli.js';
 import { BROKER_BIN, REPO_ROOT } from './peers/paths.js';
@@ -71,12 +71,22 @@ setTimeout(() => {
 describe('the daemon\'s memory, as seen by another process of the same user', { skip: isRoot ? false : 'needs root: to create the ordinary user the property is about (root itself may read any process\'s memory)' }, () => {
   let home: string;
   let report: Report;
+  const loosened: { dir: string; mode: number }[] = [];
 
   before(async () => {
     const add = spawnSync('useradd', ['--create-home', '--shell', '/bin/bash', user], { encoding: 'utf8' });
     assert.equal(add.status, 0, `useradd: ${add.stderr}`);
     home = spawnSync('getent', ['passwd', user], { encoding: 'utf8' }).stdout.split(':')[5]!;
-    // The user runs this checkout's Node and broker: each must be readable (and searchable) by others.
+    // The user runs this checkout's Node and broker: every directory above them must be searchable
+    // by others. A checkout made in a private directory (mktemp -d is 0700) gets o+x on those
+    // directories for the length of this file only: search, not read, restored in after().
+    for (const dir of ancestors(BROKER_BIN, process.execPath)) {
+      const mode = statSync(dir).mode & 0o7777;
+      if ((mode & 0o001) === 0) {
+        chmodSync(dir, mode | 0o001);
+        loosened.push({ dir, mode });
+      }
+    }
     for (const p of [process.execPath, BROKER_BIN, join(REPO_ROOT, 'dist', 'cli', 'main.js'), join(REPO_ROOT, 'node_modules', 'koffi', 'package.json'), join(REPO_ROOT, 'scripts', 'with-keychain.sh')]) {
       const ok = spawnSync('runuser', ['-u', user, '--', 'test', '-r', p], {}).status === 0;
       assert.ok(ok, `${p} is not readable by other users: the checkout, and every directory above it, must be (chmod o+rx)`);
@@ -95,6 +105,7 @@ describe('the daemon\'s memory, as seen by another process of the same user', { 
   });
 
   after(() => {
+    for (const { dir, mode } of loosened.reverse()) chmodSync(dir, mode);
     if (!home) return;
     // Whatever the test left running as that user (its script stops its own processes; this is
     // the net). By uid from /proc/<pid>/status: /proc/<pid>/ of a non-dumpable process is root's.
@@ -131,4 +142,16 @@ describe('the daemon\'s memory, as seen by another process of the same user', { 
 function uidOf(name: string): number | undefined {
   const r = spawnSync('id', ['-u', name], { encoding: 'utf8' });
   return r.status === 0 ? Number(r.stdout.trim()) : undefined;
+}
+
+/** Every directory from / down to each path's parent (paths resolved through symlinks), once each. */
+function ancestors(...paths: string[]): string[] {
+  const dirs = new Set<string>();
+  for (const p of paths) {
+    for (let d = dirname(realpathSync(p)); ; d = dirname(d)) {
+      dirs.add(d);
+      if (d === dirname(d)) break;
+    }
+  }
+  return [...dirs].sort((a, b) => a.length - b.length);
 }
