@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createHash } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { DatabaseSync } from 'node:sqlite';
 import { STSClient } from '@aws-sdk/client-sts';
 import { importJWK, SignJWT } from 'jose';
@@ -241,6 +241,32 @@ describe('Vault/OpenBao task tokens', () => {
     brokerVaultToken = t.body.auth.client_token;
     secrets.push(brokerVaultToken);
     process.env.TEST_BROKER_VAULT_TOKEN = brokerVaultToken;
+    // Token roles for the role-safety tests, and broker tokens that may use them: `broker-probe` reads
+    // and creates against probe-* roles; `broker-noread` may create against probe-noread, not read it.
+    const roles: Record<string, Record<string, unknown>> = {
+      'probe-nonorphan': { orphan: false, token_explicit_max_ttl: '12h' },
+      'probe-nomax': { orphan: true },
+      'probe-24h': { orphan: true, token_explicit_max_ttl: '24h' },
+      'probe-live': { orphan: true, token_explicit_max_ttl: '12h' },
+      'probe-noread': { orphan: true, token_explicit_max_ttl: '12h' },
+    };
+    for (const [name, role] of Object.entries(roles)) {
+      const w = await bao.api('POST', `auth/token/roles/${name}`, { allowed_policies: ['db-migrate-read'], renewable: true, ...role });
+      assert.equal(w.status, 204, JSON.stringify(w.body));
+    }
+    for (const [name, policy] of Object.entries({
+      'broker-probe': 'path "auth/token/roles/probe-*" { capabilities = ["read"] }\npath "auth/token/create/probe-*" { capabilities = ["update"] }',
+      'broker-noread': 'path "auth/token/create/probe-noread" { capabilities = ["update"] }',
+    })) {
+      const w = await bao.api('PUT', `sys/policies/acl/${name}`, { policy });
+      assert.equal(w.status, 204, JSON.stringify(w.body));
+    }
+    for (const [env, policies] of [['TEST_PROBE_VAULT_TOKEN', ['broker', 'broker-probe']], ['TEST_NOREAD_VAULT_TOKEN', ['broker', 'broker-noread']]] as const) {
+      const p = await bao.api('POST', 'auth/token/create-orphan', { policies, ttl: '4h', display_name: env.toLowerCase() });
+      assert.equal(p.status, 200, JSON.stringify(p.body));
+      secrets.push(p.body.auth.client_token);
+      process.env[env] = p.body.auth.client_token;
+    }
     process.env.TEST_ROOT_VAULT_TOKEN = bao.rootToken;
     process.env.AWS_ACCESS_KEY_ID = 'testing';
     process.env.AWS_SECRET_ACCESS_KEY = 'testing';
@@ -272,6 +298,8 @@ describe('Vault/OpenBao task tokens', () => {
     await bao?.destroy();
     delete process.env.TEST_BROKER_VAULT_TOKEN;
     delete process.env.TEST_ROOT_VAULT_TOKEN;
+    delete process.env.TEST_PROBE_VAULT_TOKEN;
+    delete process.env.TEST_NOREAD_VAULT_TOKEN;
   });
 
   it("issues a token with exactly the template's policies, TTLs, use count and metadata, audited by accessor", async () => {
@@ -820,6 +848,199 @@ describe('Vault/OpenBao task tokens', () => {
     assert.deepEqual(templates.body.templates.find((t: { name: string }) => t.name === 'db-migrate').grants, ['vault']);
   });
 
+  /** A service of its own against `role`, logging to its own file; stopped with the file's other extras. */
+  const roleServer = async (role: string, o: { token?: string; vault?: Record<string, unknown>; port?: number; now?: () => number } = {}) => {
+    const d = tempDir('broker-vault-role-');
+    const log = join(d, 'service.log');
+    const port = o.port ?? 0;
+    const srv = await startServer(configFor(d, { address: bao.url, tokenRole: role, token: { env: o.token ?? 'TEST_PROBE_VAULT_TOKEN' }, ...o.vault },
+      port ? { listen: { host: '127.0.0.1', port } } : {}), { log: createLogger({ level: 'debug', destination: openSync(log, 'a') }), ...(o.now ? { now: o.now } : {}) });
+    extraServers.push(srv);
+    return { srv, log, db: join(d, 'broker.db'), token: await loginAt(srv.url, 'alice@example.com') };
+  };
+  const startAt = async (base: string, token: string, template: string, extra: Record<string, unknown> = {}) => {
+    const r = await call(base, 'POST', '/v1/sessions', token, { template, agent: 'claude-code', reason: 'role test', ...extra });
+    if (r.body?.vault?.token) secrets.push(r.body.vault.token);
+    return r;
+  };
+  const fixCommand = (role: string) => `bao write auth/token/roles/${role} orphan=true token_explicit_max_ttl=12h`;
+
+  for (const [role, wrong] of [
+    ['probe-nonorphan', 'it is not an orphan role'],
+    ['probe-nomax', 'it has no token_explicit_max_ttl'],
+    ['probe-24h', 'its token_explicit_max_ttl is 24h, above 12h'],
+  ] as const) {
+    it(`refuses to start against a token role where ${wrong}: one error with the role, what is wrong and the fix; nothing listens`, async () => {
+      const port = await freePort();
+      const d = tempDir('broker-vault-unsafe-');
+      const e = await startServer(configFor(d, { address: bao.url, tokenRole: role, token: { env: 'TEST_PROBE_VAULT_TOKEN' } }, { listen: { host: '127.0.0.1', port } }),
+        { log: createLogger({ level: 'silent' }) }).then((s) => { extraServers.push(s); return undefined; }, (x: unknown) => x);
+      assert.ok(e instanceof BrokerError, `startServer must reject, got ${String(e)}`);
+      assert.equal(e.code, 'invalid_config');
+      assert.equal(e.message, `Vault token role "${role}" is unsafe for task tokens: ${wrong}`);
+      assert.ok(e.hint?.startsWith(`fix the role: ${fixCommand(role)} (without it Vault lets whoever holds a task token renew it past the end of its task`), e.hint);
+      assert.match(e.hint ?? '', /vault\.allowUnsafeTokenRole: true/);
+      assert.match(e.details?.[0]?.message ?? '', /^used by the task templates .*db-migrate/);
+      await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`), 'the service closed its port');
+    });
+  }
+
+  it('the fix in that error, run with the bao CLI, makes the role safe: the service then starts', async () => {
+    const fix = fixCommand('probe-nonorphan').split(' ');
+    const r = await run(BAO, fix.slice(1), { env: bao.cliEnv(bao.rootToken), timeoutMs: 30_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const role = (await bao.api('GET', 'auth/token/roles/probe-nonorphan')).body.data;
+    assert.deepEqual([role.orphan, role.token_explicit_max_ttl, role.allowed_policies], [true, 43200, ['db-migrate-read']], 'the write changed only those two fields');
+    const { srv, token } = await roleServer('probe-nonorphan');
+    const s = await startAt(srv.url, token, 'db-migrate');
+    assert.equal(s.status, 201, s.text);
+    assert.equal((await lookupAccessor(s.body.vault.accessor)).body.data.orphan, true);
+    await call(srv.url, 'DELETE', `/v1/sessions/${s.body.session.id}`, token);
+  });
+
+  it('vault.allowUnsafeTokenRole: true starts against an unsafe role with a loud warning, and issues', async () => {
+    const { srv, log, token } = await roleServer('probe-nomax', { vault: { allowUnsafeTokenRole: true } });
+    const warned = logLines(log).filter((l) => l.level === 40 && /^UNSAFE: the token role "probe-nomax" is unsafe for task tokens \(it has no token_explicit_max_ttl\)/.test(l.msg));
+    assert.equal(warned.length, 1, readFileSync(log, 'utf8'));
+    assert.equal(warned[0]!.fix, fixCommand('probe-nomax'));
+    const s = await startAt(srv.url, token, 'db-migrate', { ttl: '15m' });
+    assert.equal(s.status, 201, s.text);
+    assert.equal((await lookupAccessor(s.body.vault.accessor)).body.data.role, 'probe-nomax');
+    assert.ok(logLines(log).some((l) => l.level === 40 && /issuing a task token against the unsafe token role "probe-nomax"/.test(l.msg)), 'and warns when it issues');
+    await call(srv.url, 'DELETE', `/v1/sessions/${s.body.session.id}`, token);
+  });
+
+  // Vault's behaviour, which the check relies on (it passes with or without the check).
+  it('what the check protects: under a role without token_explicit_max_ttl the holder renews a task token far past its session; under the shipped role Vault caps it at 12h from creation', async () => {
+    // A task token as the broker asks for one in a 15-minute session (explicit_max_ttl: the time left), against the unsafe role.
+    const created = await bao.api('POST', 'auth/token/create/probe-nomax', { policies: ['db-migrate-read'], ttl: 900, explicit_max_ttl: 900, renewable: true },
+      process.env.TEST_PROBE_VAULT_TOKEN);
+    assert.equal(created.status, 200, JSON.stringify(created.body));
+    const loosely = created.body.auth.client_token as string;
+    secrets.push(loosely);
+    const sessionEnds = Date.now() + 900_000;
+    // The agent, holding the token, renews it itself with the bao CLI (renew-self, which Vault's default policy allows).
+    const renew = (tok: string) => run(BAO, ['token', 'renew', '-increment=100h', '-format=json'], { env: bao.cliEnv(tok), timeoutMs: 30_000 });
+    const loose = await renew(loosely);
+    assert.equal(loose.code, 0, loose.stderr);
+    assert.equal(JSON.parse(loose.stdout).auth.lease_duration, 100 * 3600, 'renewed for the 100h asked, past its own explicit max TTL of 15 minutes');
+    const lookLoose = await run(BAO, ['token', 'lookup', '-format=json'], { env: bao.cliEnv(loosely), timeoutMs: 30_000 });
+    const expires = Date.parse(JSON.parse(lookLoose.stdout).data.expire_time);
+    assert.ok(expires > sessionEnds + 99 * 3_600_000, `expires ${new Date(expires).toISOString()}, session ends ${new Date(sessionEnds).toISOString()}`);
+    assert.equal((await bao.api('POST', 'auth/token/revoke-accessor', { accessor: created.body.auth.accessor })).status, 204);
+
+    const safe = await start('db-migrate', { ttl: '15m' });
+    assert.equal(safe.status, 201, safe.text);
+    const capped = await renew(safe.body.vault.token);
+    assert.equal(capped.code, 0, capped.stderr);
+    const out = JSON.parse(capped.stdout);
+    assert.ok(out.auth.lease_duration <= 12 * 3600, `capped at 12h: ${out.auth.lease_duration}s`);
+    assert.match(JSON.stringify(out.warnings), /exceeded the effective max_ttl/);
+    // Still past a 15-minute session: what ends it then is the broker revoking it with its session.
+    assert.ok(out.auth.lease_duration > 15 * 60);
+    await api('DELETE', `/v1/sessions/${safe.body.session.id}`);
+    const after = await run(BAO, ['token', 'lookup'], { env: bao.cliEnv(safe.body.vault.token), timeoutMs: 30_000 });
+    assert.match(after.stderr, /permission denied|bad token/);
+  });
+
+  it('a token role made unsafe while the service runs: issues stop within the 60 s the verdict is kept (service clock), with a 503 naming the role and the fix; fixed, it issues again at once', async () => {
+    let skew = 0;
+    const { srv, db, token } = await roleServer('probe-live', { now: () => Date.now() + skew });
+    const first = await startAt(srv.url, token, 'db-migrate');
+    assert.equal(first.status, 201, first.text);
+    const held = first.body.session.id as string;
+    // An admin removes the explicit max TTL behind the broker's back.
+    assert.equal((await bao.api('POST', 'auth/token/roles/probe-live', { token_explicit_max_ttl: 0 })).status, 204);
+    assert.equal((await bao.api('GET', 'auth/token/roles/probe-live')).body.data.token_explicit_max_ttl, 0);
+    const cached = await call(srv.url, 'POST', `/v1/sessions/${held}/vault-token`, token);
+    assert.equal(cached.status, 200, `within the 60 s the safe verdict is kept: ${cached.text}`);
+    secrets.push(cached.body.vault.token);
+
+    skew += 61_000;
+    const before = await accessors();
+    const refused = await startAt(srv.url, token, 'vault-limited');
+    assert.equal(refused.status, 503, refused.text);
+    assert.equal(refused.body.code, 'upstream_unavailable');
+    assert.equal(refused.body.message, 'Vault token role "probe-live" is unsafe for task tokens (it has no token_explicit_max_ttl); no token is issued');
+    assert.equal(refused.body.hint, `an admin fixes the role: ${fixCommand('probe-live')} (without it Vault lets whoever holds a task token renew it past the end of its task); then start the task again`);
+    const reissue = await call(srv.url, 'POST', `/v1/sessions/${held}/vault-token`, token);
+    assert.equal(reissue.status, 503, reissue.text);
+    assert.equal(reissue.body.message, refused.body.message, 'a re-issue under a running session is refused the same way');
+    assert.deepEqual(await accessors(), before, 'no token was created');
+    assert.deepEqual((await call(srv.url, 'GET', '/v1/sessions', token)).body.sessions.map((x: { id: string }) => x.id), [held], 'the refused start left no session');
+    const st = new SqliteStore(db);
+    try {
+      const failed = st.auditRecords().filter((x) => x.event.startsWith('vault.') && x.decision === 'failed');
+      assert.deepEqual(failed.map((x) => [x.event, x.reason, x.detail?.role, x.detail?.roleCheckRefused]), [
+        ['vault.issue', refused.body.message, 'probe-live', true], ['vault.reissue', refused.body.message, 'probe-live', true],
+      ]);
+      const refusedSession = failed[0]!.sessionId!;
+      assert.deepEqual(st.auditRecords().filter((x) => x.sessionId === refusedSession).map((x) => `${x.event}:${x.decision}`),
+        ['session.start:allowed', 'vault.issue:failed', 'session.end:ended']);
+      assert.equal(st.verifyAuditChain(), null);
+    } finally {
+      st.close();
+    }
+
+    const fix = await run(BAO, fixCommand('probe-live').split(' ').slice(1), { env: bao.cliEnv(bao.rootToken), timeoutMs: 30_000 });
+    assert.equal(fix.code, 0, fix.stderr);
+    const again = await startAt(srv.url, token, 'vault-limited');
+    assert.equal(again.status, 201, `a refusal is not cached: the fixed role issues at once: ${again.text}`);
+    await call(srv.url, 'DELETE', `/v1/sessions/${again.body.session.id}`, token);
+    await call(srv.url, 'DELETE', `/v1/sessions/${held}`, token);
+  });
+
+  it('a token role the broker may not read: it starts with a warning, and issues nothing (503 saying which read to grant)', async () => {
+    const { srv, log, token } = await roleServer('probe-noread', { token: 'TEST_NOREAD_VAULT_TOKEN' });
+    assert.ok(logLines(log).some((l) => l.level === 40 && l.msg.startsWith('could not read the token role "probe-noread" to check it; no token is issued against it until it can be')),
+      readFileSync(log, 'utf8'));
+    const before = await accessors();
+    const r = await startAt(srv.url, token, 'db-migrate');
+    assert.equal(r.status, 503, r.text);
+    assert.equal(r.body.code, 'upstream_unavailable');
+    assert.equal(r.body.message, 'could not check Vault token role "probe-noread" (Vault answered 403 to reading it); no token is issued');
+    assert.equal(r.body.hint, 'the broker\'s own Vault policy must allow "read" on auth/token/roles/probe-noread (deploy/vault/broker-policy.hcl)');
+    assert.deepEqual(await accessors(), before, 'no token was created, though the broker could have');
+    // The shipped broker policy grants that read for the shipped role.
+    assert.match(readFileSync(join(DEPLOY, 'broker-policy.hcl'), 'utf8'), /path "auth\/token\/roles\/broker-tasks" \{\s*capabilities = \["read"\]\s*\}/);
+  });
+
+  it('Vault unreachable at start: the service starts, and checks the role before the first token is issued', async () => {
+    const port = await freePort();
+    const d = tempDir('broker-vault-late-');
+    const log = join(d, 'service.log');
+    const srv = await startServer(configFor(d, { address: `http://127.0.0.1:${port}`, tokenRole: 'probe-nomax', token: { env: 'TEST_PROBE_VAULT_TOKEN' } }),
+      { log: createLogger({ level: 'debug', destination: openSync(log, 'a') }) });
+    extraServers.push(srv);
+    assert.ok(logLines(log).some((l) => l.level === 40 && /^Vault is not usable yet/.test(l.msg)), readFileSync(log, 'utf8'));
+    // Vault "comes up" at that address: a TCP relay to OpenBao.
+    const sockets = new Set<Socket>();
+    const relay = createTcpServer((c) => {
+      const u = connect(bao.port, '127.0.0.1');
+      for (const x of [c, u]) { sockets.add(x); x.on('error', () => { c.destroy(); u.destroy(); }); x.on('close', () => sockets.delete(x)); }
+      c.pipe(u).pipe(c);
+    });
+    await new Promise<void>((r) => relay.listen(port, '127.0.0.1', r));
+    try {
+      const token = await loginAt(srv.url, 'alice@example.com');
+      const before = await accessors();
+      const r = await startAt(srv.url, token, 'db-migrate');
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.body.message, 'Vault token role "probe-nomax" is unsafe for task tokens (it has no token_explicit_max_ttl); no token is issued');
+      assert.deepEqual(await accessors(), before);
+    } finally {
+      for (const x of sockets) x.destroy();
+      await new Promise<void>((r) => relay.close(() => r()));
+    }
+  });
+
+  it("warns at start about a template asking for policies outside the token role's allowed_policies", () => {
+    const lines = logLines(logFile).filter((l) => l.level === 40 && l.template === 'vault-outside');
+    assert.deepEqual(lines.map((l) => [l.msg, l.policies]), [
+      ['template "vault-outside" asks for policies outside the allowed_policies of role "broker-tasks"; starting it fails until one of them changes', ['kv-other']],
+    ]);
+  });
+
   it('no token in any file, the service log or the SQLite store', () => {
     assert.ok(secrets.length >= 10, `${secrets.length} secrets collected`);
     assert.deepEqual(filesContaining([dir, tmpdir()], secrets), []);
@@ -867,6 +1088,19 @@ describe('vault service configuration', () => {
       ], address);
     }
     assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowRootToken: false }), []);
+  });
+
+  it('accepts allowUnsafeTokenRole only for a Vault on loopback (a local dev server)', () => {
+    const dev = { tokenRole: 'broker-tasks', token: { env: 'T' }, allowUnsafeTokenRole: true };
+    for (const address of ['http://127.0.0.1:8200', 'http://localhost:8200', 'http://[::1]:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [], address);
+    }
+    for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200']) {
+      assert.deepEqual(problems({ ...dev, address }), [
+        `broker.yaml:vault.allowUnsafeTokenRole: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
+      ], address);
+    }
+    assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowUnsafeTokenRole: false }), []);
   });
 });
 

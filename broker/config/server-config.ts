@@ -62,6 +62,11 @@ const vaultSchema = z.strictObject({
   }).optional(),
   /** Development only: run with a broker token that has Vault's root policy. */
   allowRootToken: z.boolean().default(false),
+  /**
+   * Development only: run (with a loud warning) against a token role that is not orphan or has no
+   * token_explicit_max_ttl of at most 12h (broker/vault/token-role-safety.ts).
+   */
+  allowUnsafeTokenRole: z.boolean().default(false),
   /** Plain http to a Vault that is not on loopback (tokens would cross the network in clear). */
   allowInsecureHttp: z.boolean().default(false),
   requestTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
@@ -85,6 +90,14 @@ const vaultSchema = z.strictObject({
       ctx.addIssue({
         code: 'custom', path: ['allowRootToken'],
         message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
+      });
+    }
+    // The same for an unsafe token role: on a shared Vault its tokens are ones an agent can renew
+    // past the end of its task.
+    if (v.allowUnsafeTokenRole && !LOOPBACK_HOST_RE.test(u.hostname)) {
+      ctx.addIssue({
+        code: 'custom', path: ['allowUnsafeTokenRole'],
+        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
       });
     }
   } catch { /* z.url() reported it */ }

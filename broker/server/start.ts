@@ -82,7 +82,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       signLoginJwt: (audience) => tokens.signVaultLoginJwt(audience), log, now,
     });
     const vaultTokens = new VaultTokens(http, auth);
-    vault = { auth, tokens: vaultTokens, sessionTokens: new SessionVaultTokens({ store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now }) };
+    vault = { auth, tokens: vaultTokens, sessionTokens: new SessionVaultTokens({
+      store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now, allowUnsafeTokenRole: config.vault.allowUnsafeTokenRole,
+    }) };
   } else {
     const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
@@ -111,7 +113,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
   if (vault) {
     try {
-      await checkVaultAtStart({ auth: vault.auth, tokens: vault.tokens, defaultRole: config.vault!.tokenRole, templates: templates.values(), log });
+      await checkVaultAtStart({
+        auth: vault.auth, tokens: vault.tokens, defaultRole: config.vault!.tokenRole, templates: templates.values(), log, allowUnsafeTokenRole: config.vault!.allowUnsafeTokenRole,
+      });
     } catch (e) {
       await close();
       throw e;

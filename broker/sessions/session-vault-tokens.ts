@@ -1,6 +1,6 @@
 /**
- * Vault tokens under task sessions: issue one (audited before it leaves, revoked if the audit write
- * fails or its session ended meanwhile), and revoke every token of a session by accessor when it
+ * Vault tokens under task sessions: issue one (only against a token role checked safe, audited
+ * before it leaves, revoked if the audit write fails or its session ended meanwhile), and revoke every token of a session by accessor when it
  * ends, keeping failed revocations for the sweeper to retry until Vault confirms or the token is
  * past the latest it can live. The token itself is never stored, logged or audited; its accessor is.
  */
@@ -12,6 +12,7 @@ import type { TaskTemplate } from '../templates/schema.js';
 import { outcomeUnknown } from '../vault/http.js';
 import { VAULT_DEFAULT_MAX_TTL_SECONDS } from '../vault/limits.js';
 import { buildVaultTokenRequest, type VaultTokenRequest } from '../vault/token-request.js';
+import { TokenRoleGuard } from '../vault/token-role-safety.js';
 import type { VaultTokens } from '../vault/tokens.js';
 
 /**
@@ -19,8 +20,6 @@ import type { VaultTokens } from '../vault/tokens.js';
  * Vault's clocks to disagree, so the broker never gives up on a token Vault still honours.
  */
 const LAPSE_MARGIN_MS = 5 * 60_000;
-/** How long a token role's `token_explicit_max_ttl`, read at issue, is trusted before it is read again. */
-const ROLE_CACHE_MS = 10 * 60_000;
 
 /** A task token as handed to the developer's daemon. `token` is the only secret in it. */
 export interface IssuedVaultToken {
@@ -57,13 +56,16 @@ export interface SessionVaultTokensDeps {
   defaultRole: string;
   log: Logger;
   now: () => number;
+  /** vault.allowUnsafeTokenRole (a loopback development Vault only): issue against an unsafe role. */
+  allowUnsafeTokenRole?: boolean;
 }
 
 export class SessionVaultTokens {
-  /** Per token role: its `token_explicit_max_ttl` in seconds (0: none), and when it was read. */
-  private readonly roleMaxTtl = new Map<string, { seconds: number; readAt: number }>();
+  private readonly roles: TokenRoleGuard;
 
-  constructor(private readonly deps: SessionVaultTokensDeps) {}
+  constructor(private readonly deps: SessionVaultTokensDeps) {
+    this.roles = new TokenRoleGuard({ tokens: deps.tokens, allowUnsafe: deps.allowUnsafeTokenRole ?? false, log: deps.log, now: deps.now });
+  }
 
   get address(): string {
     return this.deps.tokens.address;
@@ -81,14 +83,24 @@ export class SessionVaultTokens {
   }
 
   /**
-   * Creates the session's token, then commits its audit record (with the accessor) before the token
-   * leaves this function. If that write fails the token is revoked on the spot: fail closed. If the
+   * Checks the token role (orphan, token_explicit_max_ttl of at most 12h: nothing is created against
+   * a role that is not, or that cannot be read), creates the session's token, then commits its audit
+   * record (with the accessor) before the token leaves this function. If that write fails the token is revoked on the spot: fail closed. If the
    * session ended while the token was being created (a concurrent `broker end`), the token is
    * recorded under the ended session, revoked, and never returned: 409 conflict.
    */
   async issue(t: TaskTemplate, s: TaskSession, event: 'vault.issue' | 'vault.reissue'): Promise<IssuedVaultToken> {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
-    const req = this.request(t, s);
+    let req = this.request(t, s);
+    let role;
+    try {
+      role = await this.roles.check(req.role, t.name);
+    } catch (e) {
+      this.auditFailedCreate(e, req, base, true);
+      throw e;
+    }
+    // Again, now: the role read may have taken a moment, and the explicit max TTL counts from here.
+    req = this.request(t, s);
     const issuedAt = this.deps.now();
     let created;
     try {
@@ -101,9 +113,10 @@ export class SessionVaultTokens {
     const maxExpiresAt = issuedAt + req.explicitMaxTtlSeconds * 1000;
     // The latest Vault can keep this token alive. Vault caps renewals of a role's token by the
     // *role's* token_explicit_max_ttl (token store, authRenew), not by the token's own explicit max
-    // TTL; a token nobody can renew ends at its own.
-    const deadBy = receivedAt + 1000 * (created.renewable
-      ? Math.max(req.explicitMaxTtlSeconds, await this.renewalBoundSeconds(req.role)) : req.explicitMaxTtlSeconds);
+    // TTL; a token nobody can renew ends at its own. A role without one (or unread, which only
+    // vault.allowUnsafeTokenRole lets through) is bounded by Vault's default max TTL.
+    const roleBound = role && role.tokenExplicitMaxTtlSeconds > 0 ? role.tokenExplicitMaxTtlSeconds : VAULT_DEFAULT_MAX_TTL_SECONDS;
+    const deadBy = receivedAt + 1000 * (created.renewable ? Math.max(req.explicitMaxTtlSeconds, roleBound) : req.explicitMaxTtlSeconds);
     let open: boolean;
     try {
       open = this.deps.store.recordVaultToken({ accessor: created.accessor, sessionId: s.id, createdAt: issuedAt, expiresAt: maxExpiresAt, deadBy }, {
@@ -223,39 +236,18 @@ export class SessionVaultTokens {
   }
 
   /**
-   * How far renewals can extend a token of `role`: the role's `token_explicit_max_ttl`, read with
-   * the broker's login (`read` on auth/token/roles/<role>, deploy/vault/broker-policy.hcl) and cached;
-   * Vault's default max TTL when the role has none or cannot be read.
-   */
-  private async renewalBoundSeconds(role: string): Promise<number> {
-    const now = this.deps.now();
-    let cached = this.roleMaxTtl.get(role);
-    if (!cached || now - cached.readAt > ROLE_CACHE_MS) {
-      let seconds = 0;
-      try {
-        seconds = (await this.deps.tokens.readRole(role))?.tokenExplicitMaxTtlSeconds ?? 0;
-      } catch (e) {
-        this.deps.log.debug({ role, err: (e as Error).message }, 'could not read the token role; assuming Vault\'s default max TTL for its tokens');
-      }
-      cached = { seconds, readAt: now };
-      this.roleMaxTtl.set(role, cached);
-    }
-    return cached.seconds > 0 ? cached.seconds : VAULT_DEFAULT_MAX_TTL_SECONDS;
-  }
-
-  /**
    * A create that failed is audited. When its outcome is unknown (no answer in time, a connection
    * lost mid-request, a 500/502/504) Vault may have created the token and only the answer was lost:
    * the record then says so, with the token's display name (what Vault's own audit log and
    * `auth/token/lookup-accessor` show) and the latest it can live. Nobody holds such a token (it
    * never left Vault), so nobody can renew it: it dies at its explicit max TTL, counted from at the
-   * latest now.
+   * latest now. A refused role check (`roleCheckRefused`) asked Vault for nothing but the role.
    */
-  private auditFailedCreate(e: unknown, req: VaultTokenRequest, base: Omit<AuditEvent, 'decision'>): void {
-    const detail: Record<string, unknown> = { role: req.role, policies: req.body.policies };
+  private auditFailedCreate(e: unknown, req: VaultTokenRequest, base: Omit<AuditEvent, 'decision'>, roleCheckRefused = false): void {
+    const detail: Record<string, unknown> = { role: req.role, policies: req.body.policies, ...(roleCheckRefused ? { roleCheckRefused } : {}) };
     let reason = (e as Error).message;
     let expiration: string | undefined;
-    if (outcomeUnknown(e)) {
+    if (!roleCheckRefused && outcomeUnknown(e)) {
       const displayName = `token-${req.body.display_name}`;
       expiration = new Date(this.deps.now() + req.explicitMaxTtlSeconds * 1000).toISOString();
       reason += `; Vault may have created the token anyway (display_name ${displayName}, accessor unknown to the broker); if so it expires by ${expiration}`;

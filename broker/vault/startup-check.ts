@@ -1,18 +1,22 @@
 /**
  * What the service checks about Vault when it starts: that its own login works and is not root
- * (fatal unless allowed), and that the token roles the templates use are set up the way the broker
- * relies on (logged, once, like the AWS trust check). Vault being unreachable at start is not fatal:
- * AWS-only tasks keep working and Vault tasks fail with a clear 503 until it is back.
+ * (fatal unless allowed), and that the token roles the templates use are safe for task tokens
+ * (orphan, token_explicit_max_ttl of at most 12h: fatal unless vault.allowUnsafeTokenRole; see
+ * token-role-safety.ts). Vault being unreachable, or a role it will not let the broker read, is not
+ * fatal: AWS-only tasks keep working, and every issue checks the role first (TokenRoleGuard), so
+ * Vault tasks get a clear 503 until the role has been checked.
  */
 import { isBrokerError } from '../errors.js';
-import { MAX_DURATION_SECONDS } from '../limits.js';
 import type { Logger } from '../log.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import type { VaultAuth } from './auth.js';
+import { tokenRoleFix, tokenRoleProblems, unsafeTokenRoleAtStart } from './token-role-safety.js';
 import type { VaultTokens } from './tokens.js';
 
 export async function checkVaultAtStart(o: {
   auth: VaultAuth; tokens: VaultTokens; defaultRole: string; templates: Iterable<TaskTemplate>; log: Logger;
+  /** vault.allowUnsafeTokenRole (a loopback development Vault only): warn instead of refusing. */
+  allowUnsafeTokenRole: boolean;
 }): Promise<void> {
   const { auth, log } = o;
   try {
@@ -24,12 +28,14 @@ export async function checkVaultAtStart(o: {
     // itself, so it is not fatal. A refused token or AppRole secret is a configuration error.
     const transient = isBrokerError(e) && (e.code === 'upstream_unavailable' || (auth.method === 'jwt' && e.code === 'upstream_error'));
     if (!transient) throw e;
-    log.warn({ address: o.tokens.address, method: auth.method, err: (e as Error).message }, 'Vault is not usable yet; tasks that need it fail until it is');
+    log.warn({ address: o.tokens.address, method: auth.method, err: (e as Error).message }, 'Vault is not usable yet; tasks that need it fail until it is, and their token roles are checked before the first token is issued');
     return;
   }
 
+  // Read twice below: an iterator (templates.values()) would be empty the second time.
+  const all = [...o.templates];
   const roles = new Map<string, string[]>();
-  for (const t of o.templates) {
+  for (const t of all) {
     if (!t.vault) continue;
     const role = t.vault.tokenRole ?? o.defaultRole;
     roles.set(role, [...(roles.get(role) ?? []), t.name]);
@@ -39,23 +45,22 @@ export async function checkVaultAtStart(o: {
     try {
       role = await o.tokens.readRole(name);
     } catch (e) {
-      log.info({ role: name, err: (e as Error).message }, 'could not read the token role to check it (the broker policy may lack read on auth/token/roles/*)');
+      log.warn({ role: name, templates, err: (e as Error).message },
+        `could not read the token role "${name}" to check it; no token is issued against it until it can be (the broker's Vault policy needs "read" on auth/token/roles/${name})`);
       continue;
     }
     if (!role) {
       log.warn({ role: name, templates }, `the token role "${name}" does not exist in Vault; these templates fail until it does`);
       continue;
     }
-    if (!role.orphan) {
-      log.warn({ role: name }, `tokens of role "${name}" are not orphans: they die with the broker's own login token (each AppRole/JWT login has a lease); set orphan=true`);
-    }
-    if (role.tokenExplicitMaxTtlSeconds === 0 || role.tokenExplicitMaxTtlSeconds > MAX_DURATION_SECONDS) {
-      // Token store authRenew: renewals of role tokens use the role's explicit max TTL, not the token's.
-      log.warn({ role: name, tokenExplicitMaxTtl: role.tokenExplicitMaxTtlSeconds },
-        `role "${name}" has no token_explicit_max_ttl of at most 12h: Vault caps renewals of its tokens by the role's value, not the token's own, so a token holder could renew past the end of its task; set token_explicit_max_ttl=12h`);
+    const problems = tokenRoleProblems(role);
+    if (problems.length && !o.allowUnsafeTokenRole) throw unsafeTokenRoleAtStart(role, problems, templates);
+    if (problems.length) {
+      log.warn({ role: name, templates, problems, fix: tokenRoleFix(name) },
+        `UNSAFE: the token role "${name}" is unsafe for task tokens (${problems.join(', and ')}); issuing anyway because vault.allowUnsafeTokenRole is true: development only`);
     }
     if (role.allowedPolicies.length) {
-      for (const t of o.templates) {
+      for (const t of all) {
         if (!t.vault || (t.vault.tokenRole ?? o.defaultRole) !== name) continue;
         const outside = t.vault.policies.filter((p) => !role.allowedPolicies.includes(p));
         if (outside.length) {

@@ -20,7 +20,7 @@ export interface CreatedVaultToken {
   numUses: number;
 }
 
-/** Parts of `auth/token/roles/:role_name` the broker checks at start. */
+/** Parts of `auth/token/roles/:role_name` the broker checks at start and before issuing (token-role-safety.ts). */
 export interface TokenRoleInfo {
   name: string;
   allowedPolicies: string[];

@@ -27,10 +27,11 @@ path "auth/token/renew-self" {
   capabilities = ["update"]
 }
 
-# Read the token role at start, to warn about a role that is not orphan, has no
-# token_explicit_max_ttl, or does not allow a template's policies; and when issuing a renewable task
-# token, for its token_explicit_max_ttl (what caps renewals: the latest the token can live, after
-# which a revocation that keeps failing is given up). Without it the broker assumes Vault's 768h.
+# Read the token role at start and before issuing: the broker refuses to start, or to issue a task
+# token, against a role that is not orphan or has no token_explicit_max_ttl of at most 12h (what caps
+# renewals of its tokens), and against a role it cannot read. It also warns at start about a role
+# that does not allow a template's policies, and records the role's token_explicit_max_ttl as the
+# latest a renewable task token can live.
 path "auth/token/roles/broker-tasks" {
   capabilities = ["read"]
 }
