@@ -1,7 +1,9 @@
 /**
  * `broker credential-process --task <template>`: the AWS SDKs' credential_process contract.
  * stdout carries exactly one complete JSON document (Version 1, Expiration always set, so clients
- * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (FACTS.md).
+ * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (AWS SDKs and
+ * Tools Reference Guide, "Process credential provider"; the CLI User Guide's "Sourcing credentials
+ * with an external process" asks for nothing secret on stderr).
  *
  * The AWS CLI runs this for every command (aws-cli#5585), so it only asks the per-user daemon, which
  * answers from memory. The import graph is two tiny modules and node:net: no commander, zod, YAML,
@@ -11,7 +13,7 @@
 import { daemonCall, isNoDaemon, socketPath } from '../broker/daemon/socket.cjs';
 import type { DaemonResponse } from '../broker/daemon/protocol.js';
 
-/** Under Go SDK v2's one-minute kill (FACTS.md); JS and Python clients would wait forever. */
+/** Under Go SDK v2's one-minute kill (aws-sdk-go-v2 `credentials/processcreds`, `DefaultTimeout`); JS and Python clients would wait forever. */
 const TIMEOUT_MS = 50_000;
 const USAGE = 'usage: broker credential-process --task <template>';
 const TEMPLATE_RE = /^[a-z0-9-]{1,40}$/;

@@ -12,7 +12,7 @@ export interface AwsCredentials {
   assumedRoleArn?: string | undefined;
 }
 
-/** STS error names worth a specific hint (FACTS.md, "Errors to map to clear messages"). */
+/** STS error names worth a specific hint (AWS STS API Reference, AssumeRole, "Errors", and "Common Errors"). */
 const HINTS: Record<string, string> = {
   AccessDenied: "the role's trust policy must let the broker's principal call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity; run: broker policy check --aws",
   MalformedPolicyDocument: 'the rendered session policy was rejected; run: broker policy explain <template>',

@@ -39,7 +39,11 @@ export interface RoleToCheck {
   durationSeconds: number;
 }
 
-/** What the broker needs from the trust policy (FACTS.md: tags need sts:TagSession, SourceIdentity needs sts:SetSourceIdentity). */
+/**
+ * What the broker needs from the trust policy: session tags need `sts:TagSession` (IAM User Guide,
+ * "Passing session tags in AWS STS"), a source identity `sts:SetSourceIdentity` (IAM User Guide,
+ * "Monitor and control actions taken with assumed roles").
+ */
 export const REQUIRED_ACTIONS = [
   { check: 'assume', action: 'sts:AssumeRole' },
   { check: 'tag-session', action: 'sts:TagSession' },

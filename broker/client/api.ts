@@ -1,6 +1,9 @@
 import { BrokerError, isErrorCode, type ErrorDetail } from '../errors.js';
 
-/** Bounded: Go SDK v2 kills credential_process after a minute and JS/Python wait forever (FACTS.md). */
+/**
+ * Bounded: Go SDK v2 kills credential_process after a minute (aws-sdk-go-v2
+ * `credentials/processcreds`, `DefaultTimeout`), and the JS and Python SDKs wait forever.
+ */
 const REQUEST_TIMEOUT_MS = 15_000;
 
 /**
