@@ -2,13 +2,14 @@ import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { formatDuration } from '../broker/duration.js';
 import { BrokerError, isBrokerError } from '../broker/errors.js';
-import { MAX_SESSION_POLICY_CHARS } from '../broker/limits.js';
+import { MAX_SESSION_POLICY_CHARS } from '../broker/limits/aws.js';
 import { isAllowed } from '../broker/templates/access.js';
-import { plannedDurations, parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/templates/durations.js';
+import { parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/limits/names.js';
+import { plannedDurations } from '../broker/templates/durations.js';
 import { loadTemplates } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
-import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/vault/token-request.js';
+import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/templates/vault-token-request.js';
 import { action, collectParam, printJson } from './output.js';
 
 interface Options {

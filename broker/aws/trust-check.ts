@@ -3,7 +3,7 @@ import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import { formatDuration } from '../duration.js';
 import { BrokerError } from '../errors.js';
 import { sendBounded } from './clients.js';
-import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits.js';
+import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits/aws.js';
 
 /**
  * Checks, before any developer hits an AccessDenied, that each template's role lets the broker call

@@ -5,14 +5,21 @@
  * AWS-only tasks keep working and Vault tasks fail with a clear 503 until it is back.
  */
 import { isBrokerError } from '../errors.js';
-import { MAX_DURATION_SECONDS } from '../limits.js';
+import { MAX_DURATION_SECONDS } from '../limits/aws.js';
 import type { Logger } from '../log.js';
-import type { TaskTemplate } from '../templates/schema.js';
 import type { VaultAuth } from './auth.js';
 import type { VaultTokens } from './tokens.js';
 
+/** What a template's Vault grant asks of Vault (the service maps its templates to these). */
+export interface VaultGrantToCheck {
+  template: string;
+  /** The token role its tokens are created against (the template's, else the service's default). */
+  role: string;
+  policies: readonly string[];
+}
+
 export async function checkVaultAtStart(o: {
-  auth: VaultAuth; tokens: VaultTokens; defaultRole: string; templates: Iterable<TaskTemplate>; log: Logger;
+  auth: VaultAuth; tokens: VaultTokens; grants: readonly VaultGrantToCheck[]; log: Logger;
 }): Promise<void> {
   const { auth, log } = o;
   try {
@@ -29,11 +36,7 @@ export async function checkVaultAtStart(o: {
   }
 
   const roles = new Map<string, string[]>();
-  for (const t of o.templates) {
-    if (!t.vault) continue;
-    const role = t.vault.tokenRole ?? o.defaultRole;
-    roles.set(role, [...(roles.get(role) ?? []), t.name]);
-  }
+  for (const g of o.grants) roles.set(g.role, [...(roles.get(g.role) ?? []), g.template]);
   for (const [name, templates] of roles) {
     let role;
     try {
@@ -55,11 +58,11 @@ export async function checkVaultAtStart(o: {
         `role "${name}" has no token_explicit_max_ttl of at most 12h: Vault caps renewals of its tokens by the role's value, not the token's own, so a token holder could renew past the end of its task; set token_explicit_max_ttl=12h`);
     }
     if (role.allowedPolicies.length) {
-      for (const t of o.templates) {
-        if (!t.vault || (t.vault.tokenRole ?? o.defaultRole) !== name) continue;
-        const outside = t.vault.policies.filter((p) => !role.allowedPolicies.includes(p));
+      for (const g of o.grants) {
+        if (g.role !== name) continue;
+        const outside = g.policies.filter((p) => !role.allowedPolicies.includes(p));
         if (outside.length) {
-          log.warn({ role: name, template: t.name, policies: outside }, `template "${t.name}" asks for policies outside the allowed_policies of role "${name}"; starting it fails until one of them changes`);
+          log.warn({ role: name, template: g.template, policies: outside }, `template "${g.template}" asks for policies outside the allowed_policies of role "${name}"; starting it fails until one of them changes`);
         }
       }
     }
