@@ -6,6 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { upsertBrokerProfiles, type ProfileSpec } from './aws-config-file.js';
 import { withConfigEditLock } from './config-edit-lock.js';
 import { BrokerError } from './errors.js';
+import { REGION_RE } from './limits/aws.js';
 
 export interface ConfigureAwsOptions {
   templates: { name: string; region: string | null | undefined }[];
@@ -30,9 +31,13 @@ export interface ConfigureAwsResult {
   dryRun: boolean;
 }
 
-/** Template names become a profile name and a command argument: keep them to a safe charset. */
-const TEMPLATE_NAME_RE = /^[A-Za-z0-9][\w.-]{0,127}$/;
-const REGION_RE = /^[a-z]{2}(-[a-z0-9]+)+-\d+$/;
+/**
+ * Not the template-name rule (limits/names.ts), which every name given here already passed: the
+ * writer's own guard for what it pastes into a `[profile …]` header and, unquoted, into the
+ * credential_process command line. Letters, digits, `.`, `_`, `-`: nothing an INI parser or a shell
+ * word splitter treats specially.
+ */
+const PROFILE_SAFE_NAME_RE = /^[A-Za-z0-9][\w.-]{0,127}$/;
 
 /** `$AWS_CONFIG_FILE` (with `~` expanded, as botocore does) or `~/.aws/config`. */
 export function defaultAwsConfigFile(env: NodeJS.ProcessEnv = process.env): string {
@@ -43,7 +48,7 @@ export function defaultAwsConfigFile(env: NodeJS.ProcessEnv = process.env): stri
 
 export function profileSpecs(templates: ConfigureAwsOptions['templates'], command: string): ProfileSpec[] {
   return templates.map((t) => {
-    if (!TEMPLATE_NAME_RE.test(t.name)) {
+    if (!PROFILE_SAFE_NAME_RE.test(t.name)) {
       throw new BrokerError('invalid_request', `template name "${t.name}" cannot be used as an AWS profile name`, { hint: 'template names are letters, digits, ".", "_" and "-"' });
     }
     if (t.region && !REGION_RE.test(t.region)) {

@@ -2,10 +2,9 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { quoteCommandWord } from '../broker/aws-config-file.js';
 import { configureAws, defaultAwsConfigFile, type ConfigureAwsResult } from '../broker/aws-config-writer.js';
-import type { TemplateSummary } from '../broker/client/api.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
-import { TEMPLATE_NAME_RE } from '../broker/templates/schema.js';
+import { TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../broker/limits/names.js';
 import { action, info, printJson } from './output.js';
 
 interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
@@ -38,7 +37,7 @@ export function register(program: Command): void {
       const templates = opts.templates
         ? parseTemplateList(opts.templates).map((name) => ({ name, region: opts.region ?? null }))
         // Only templates that grant AWS credentials get a profile (a Vault-only task has nothing to offer the AWS CLI).
-        : (await callDaemon<TemplateSummary[]>({ op: 'templates' })).filter((t) => !t.grants || t.grants.includes('aws'))
+        : (await callDaemon({ op: 'templates' })).filter((t) => !t.grants || t.grants.includes('aws'))
           .map((t) => ({ name: t.name, region: t.region ?? opts.region ?? null }));
       if (templates.length === 0) {
         throw new BrokerError('not_found', 'no task templates to configure', { hint: 'ask an admin which templates you may start, or pass --templates a,b' });
@@ -64,7 +63,7 @@ function parseTemplateList(value: string): string[] {
   const bad = names.filter((n) => !TEMPLATE_NAME_RE.test(n));
   if (bad.length || names.length === 0) {
     throw new BrokerError('invalid_request', names.length ? `--templates names ${bad.length} invalid template name(s)` : '--templates names no template', {
-      details: bad.map((n) => ({ path: '--templates', message: `"${n.slice(0, 60)}" is not a template name ([a-z0-9-], at most 40 chars)` })),
+      details: bad.map((n) => ({ path: '--templates', message: `"${n.slice(0, 60)}" is not a template name (${TEMPLATE_NAME_RULE})` })),
       hint: 'e.g. --templates deploy-lambda,s3-artifacts; see the ones you may start with: broker templates',
     });
   }

@@ -1,7 +1,9 @@
 /**
  * `broker credential-process --task <template>`: the AWS SDKs' credential_process contract.
  * stdout carries exactly one complete JSON document (Version 1, Expiration always set, so clients
- * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (FACTS.md).
+ * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (AWS SDKs and
+ * Tools Reference Guide, "Process credential provider"; the CLI User Guide's "Sourcing credentials
+ * with an external process" asks for nothing secret on stderr).
  *
  * The AWS CLI runs this for every command (aws-cli#5585), so it only asks the per-user daemon, which
  * answers from memory. The import graph is two tiny modules and builtins: no commander, zod, YAML,
@@ -10,13 +12,39 @@
  */
 import { daemonCall, isNoDaemon, socketPath } from '../broker/daemon/socket.cjs';
 import type { DaemonResponse } from '../broker/daemon/protocol.js';
+import type { ProcessCredentials } from '../broker/wire/service-api.js';
 
-/** Under Go SDK v2's one-minute kill (FACTS.md); JS and Python clients would wait forever. */
+/** Under Go SDK v2's one-minute kill (aws-sdk-go-v2 `credentials/processcreds`, `DefaultTimeout`); JS and Python clients would wait forever. */
 const TIMEOUT_MS = 50_000;
 const USAGE = 'usage: broker credential-process --task <template>';
-const TEMPLATE_RE = /^[a-z0-9-]{1,40}$/;
+/**
+ * Literal copies of the template-name rule (limits/names.ts `TEMPLATE_NAME_RE`) and of the API's
+ * time format (wire/service-api.ts `RFC3339_UTC_RE`): this module loads no ES module, so it cannot
+ * import them. test/wire-contract.test.ts asserts each copy equals its source.
+ */
+export const TEMPLATE_RE = /^[a-z0-9-]{1,40}$/;
+export const TEMPLATE_RULE = '[a-z0-9-], at most 40 chars';
+export const RFC3339_UTC_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z$/;
 
-interface Credentials { Version: 1; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string; AccountId?: string }
+const nonEmptyString = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+
+/**
+ * The credentials document checked by hand, the fast path's stand-in for the protocol's zod schema
+ * (wire/service-api.ts `processCredentials`): the same verdict on every document
+ * (test/wire-contract.test.ts). Returns the document to print (only the contract's fields), or
+ * undefined when it is not a complete one.
+ */
+export function credentialsDocument(c: unknown): ProcessCredentials | undefined {
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) return undefined;
+  const d = c as Record<string, unknown>;
+  if (d.Version !== 1 || !nonEmptyString(d.AccessKeyId) || !nonEmptyString(d.SecretAccessKey) || !nonEmptyString(d.SessionToken)) return undefined;
+  if (typeof d.Expiration !== 'string' || !RFC3339_UTC_RE.test(d.Expiration)) return undefined;
+  if (d.AccountId !== undefined && typeof d.AccountId !== 'string') return undefined;
+  return {
+    Version: 1, AccessKeyId: d.AccessKeyId, SecretAccessKey: d.SecretAccessKey, SessionToken: d.SessionToken,
+    Expiration: d.Expiration, ...(d.AccountId ? { AccountId: d.AccountId } : {}),
+  };
+}
 
 class UsageError extends Error {}
 
@@ -30,18 +58,18 @@ function parseArgs(args: string[]): string {
     else throw new UsageError(`unknown argument "${a}" (${USAGE})`);
   }
   if (task === undefined) throw new UsageError(`--task <template> is required (e.g. credential_process = broker credential-process --task deploy-lambda)`);
-  if (!TEMPLATE_RE.test(task)) throw new UsageError(`--task "${task.slice(0, 60)}" is not a template name ([a-z0-9-], at most 40 chars)`);
+  if (!TEMPLATE_RE.test(task)) throw new UsageError(`--task "${task.slice(0, 60)}" is not a template name (${TEMPLATE_RULE})`);
   return task;
 }
 
-async function ask(task: string): Promise<DaemonResponse<Credentials>> {
+async function ask(task: string): Promise<DaemonResponse> {
   try {
-    return await daemonCall<Credentials>(socketPath(), { op: 'credentials', task }, TIMEOUT_MS);
+    return await daemonCall(socketPath(), { op: 'credentials', task }, TIMEOUT_MS);
   } catch (e) {
     if (!isNoDaemon(e)) throw e;
     // First call of the day: start the daemon (slow path, loaded only now).
     const { callDaemon } = await import('../broker/daemon/daemon-client.js');
-    return { ok: true, result: await callDaemon<Credentials>({ op: 'credentials', task }, { timeoutMs: TIMEOUT_MS }) };
+    return { ok: true, result: await callDaemon({ op: 'credentials', task }, { timeoutMs: TIMEOUT_MS }) };
   }
 }
 
@@ -59,15 +87,11 @@ export async function main(args: string[]): Promise<void> {
       fail(`${r.error.message}${r.error.hint ? ` (${r.error.hint})` : ''}`);
       return;
     }
-    const c = r.result;
-    if (c.Version !== 1 || !c.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !c.Expiration) {
+    const doc = credentialsDocument(r.result);
+    if (!doc) {
       fail('the broker daemon returned incomplete credentials (restart it: broker daemon stop)');
       return;
     }
-    const doc: Credentials = {
-      Version: 1, AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken,
-      Expiration: c.Expiration, ...(c.AccountId ? { AccountId: c.AccountId } : {}),
-    };
     process.stdout.write(`${JSON.stringify(doc)}\n`);
   } catch (e) {
     const err = e as Error & { hint?: string };

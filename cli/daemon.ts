@@ -5,8 +5,8 @@ import { DAEMON_CLEAN_MARK, daemonEnvironment } from '../broker/daemon/daemon-en
 import { protectMemory } from '../broker/daemon/memory-protection.js';
 import { runDaemon } from '../broker/daemon/daemon.js';
 import { callRunningDaemon } from '../broker/daemon/daemon-client.js';
-import { logPath, socketPath } from '../broker/daemon/socket.cjs';
 import type { PingResult } from '../broker/daemon/protocol.js';
+import { logPath, socketPath } from '../broker/daemon/socket.cjs';
 import { installUnit, uninstallUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { formatDuration } from '../broker/duration.js';
 import { action, info, printJson } from './output.js';
@@ -35,13 +35,13 @@ export function register(program: Command): void {
     .command('start')
     .description('start the daemon in the background, if it is not running')
     .action(action(async () => {
-      const before = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      const before = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       if (before) {
         info(`broker daemon: already running (pid ${before.result.pid})`);
         return;
       }
       await startDaemonInBackground();
-      const after = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      const after = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       info(`broker daemon: started (pid ${after?.result.pid ?? '?'}, socket ${socketPath()})`);
     }));
 
@@ -49,7 +49,7 @@ export function register(program: Command): void {
     .command('stop')
     .description('stop the daemon; the credentials it holds are dropped from memory')
     .action(action(async () => {
-      const r = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      const r = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       if (!r) {
         info('broker daemon: not running');
         return;
@@ -68,7 +68,7 @@ export function register(program: Command): void {
     .description('is the daemon running, for whom, and how it answered credential requests; exit 1 when not running')
     .option('--json', 'print as JSON')
     .action(action(async (opts: { json?: boolean }) => {
-      const r = await callRunningDaemon<PingResult>({ op: 'ping' }, { timeoutMs: 5_000 });
+      const r = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       const where = { socket: socketPath(), log: logPath() };
       if (opts.json) printJson(r ? { running: true, ...where, ...r.result } : { running: false, ...where });
       if (!r) {
@@ -82,7 +82,7 @@ export function register(program: Command): void {
       process.stdout.write([
         `running      pid ${p.pid}, up ${up}`,
         `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
-        `memory       ${memoryLine(p.memory as PingResult['memory'] | undefined)}`,
+        `memory       ${memoryLine(p.memory)}`,
         `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
         `socket       ${where.socket}`,

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { EndedTasks } from '../broker/daemon/daemon-core.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, info, printJson } from './output.js';
 
@@ -14,7 +13,7 @@ export function register(program: Command): void {
     .action(action(async (template: string | undefined, opts: { all?: boolean; json?: boolean }) => {
       if (!template && !opts.all) throw new BrokerError('invalid_request', 'say which session to end', { hint: 'broker end <template>  or  broker end --all' });
       if (template && opts.all) throw new BrokerError('invalid_request', 'give a template or --all, not both');
-      const r = await callDaemon<EndedTasks>({ op: 'end', ...(template ? { template } : { all: true }) });
+      const r = await callDaemon({ op: 'end', ...(template ? { template } : { all: true }) });
       if (opts.json) printJson(r);
       else if (r.ended.length === 0) info('No active task sessions.');
       for (const s of opts.json ? [] : r.ended) {

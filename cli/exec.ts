@@ -1,15 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
-import { basename } from 'node:path';
 import type { Command } from 'commander';
-import type { ProcessCredentials } from '../broker/client/api.js';
 import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
 import { startClean } from '../broker/clean-start.js';
 import { readCliSettings } from '../broker/client/cli-config.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { StartedTask, VaultTokenAnswer } from '../broker/daemon/daemon-core.js';
 import { BrokerError } from '../broker/errors.js';
-import { TAG_VALUE_RE } from '../broker/limits.js';
+import { AGENT_NAME_RE, AGENT_NAME_RULE, agentNameFrom } from '../broker/limits/names.js';
 import { brokerCommand } from './configure-aws.js';
 import { action, collectParam, info } from './output.js';
 import { CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, scrubEnvironment } from './exec-env.js';
@@ -44,9 +41,9 @@ export function register(program: Command): void {
       // Everything after `--` is the command's, options included (commander stops parsing there).
       const [cmd, ...args] = command;
       if (!cmd) throw new BrokerError('invalid_request', 'no command to run', { hint: `broker exec ${template} -- <command> [args…]` });
-      const agent = opts.agent ?? agentName(cmd);
-      if (!TAG_VALUE_RE.test(agent) || agent.length === 0) {
-        throw new BrokerError('invalid_request', `--agent "${agent.slice(0, 60)}" cannot be a session tag`, { hint: 'letters, digits, spaces and _.:/=+-@, at most 256' });
+      const agent = opts.agent ?? agentNameFrom(cmd);
+      if (!AGENT_NAME_RE.test(agent)) {
+        throw new BrokerError('invalid_request', `--agent "${agent.slice(0, 60)}" cannot be a session tag`, { hint: AGENT_NAME_RULE });
       }
       const settings = readCliSettings();
       const patterns = [...settings.exec.scrub, ...opts.scrub];
@@ -59,7 +56,7 @@ export function register(program: Command): void {
       for (const p of start.problems) info(`broker exec: warning: ${p}`);
       const removedFirst = (start.note ?? '').split(',').filter((n) => /^[A-Za-z0-9_]+$/.test(n));
 
-      const started = await callDaemon<StartedTask>({
+      const started = await callDaemon({
         op: 'ensure',
         request: { template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
         paramsGiven: Object.keys(opts.param).length > 0,
@@ -75,7 +72,7 @@ export function register(program: Command): void {
       put('BROKER_SESSION', started.session.id);
       if (started.session.region !== null) {
         if (opts.env) {
-          const c = await callDaemon<ProcessCredentials>({ op: 'credentials', task: template });
+          const c = await callDaemon({ op: 'credentials', task: template });
           put('AWS_ACCESS_KEY_ID', c.AccessKeyId);
           put('AWS_SECRET_ACCESS_KEY', c.SecretAccessKey);
           put('AWS_SESSION_TOKEN', c.SessionToken);
@@ -93,7 +90,7 @@ export function register(program: Command): void {
         // The one secret in a child's environment by default (--env is the explicit opt-in for AWS
         // keys): Vault clients read their token from VAULT_TOKEN (or a token helper). The daemon
         // renews this very token in place, so it stays valid for the agent until the session ends.
-        const v = await callDaemon<VaultTokenAnswer>({ op: 'vault-token', task: template });
+        const v = await callDaemon({ op: 'vault-token', task: template });
         // The OpenBao CLI prefers BAO_ADDR/BAO_NAMESPACE to the VAULT_ ones: none may point elsewhere.
         for (const k of ['VAULT_NAMESPACE', 'BAO_ADDR', 'BAO_NAMESPACE']) delete env[k];
         put('VAULT_ADDR', v.address);
@@ -108,11 +105,6 @@ export function register(program: Command): void {
       }
       process.exitCode = await runChild(cmd, args, env);
     }));
-}
-
-/** The command's name, fitted to the STS tag charset (it becomes broker:agent). */
-function agentName(cmd: string): string {
-  return basename(cmd).replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '-').slice(0, 256) || 'unspecified';
 }
 
 /** The task's profile must exist for AWS_PROFILE to work: add it (idempotent, with a backup) if missing. */

@@ -6,9 +6,8 @@ import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { loadLogin, saveLogin } from '../broker/client/login-record.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
 import { BrokerError } from '../broker/errors.js';
+import { authTokenResponse, loginConfigResponse } from '../broker/wire/service-api.js';
 import { action, info, printJson } from './output.js';
-
-interface LoginConfig { issuer: string; clientId: string; scopes: string; allowInsecureHttp: boolean }
 
 export function register(program: Command): void {
   program
@@ -38,7 +37,7 @@ export function register(program: Command): void {
         if (process.env.CI) {
           throw new BrokerError('invalid_request', 'interactive login is disabled when CI is set', { hint: 'pass --id-token-file with the CI system\'s OIDC token' });
         }
-        const lc = await anonymous.request<LoginConfig>('GET', '/v1/login-config');
+        const lc = await anonymous.request('GET', '/v1/login-config', loginConfigResponse);
         ({ idToken } = await deviceLogin({
           issuer: lc.issuer, clientId: lc.clientId, scope: lc.scopes, allowInsecureHttp: lc.allowInsecureHttp,
           onPrompt: (p) => {
@@ -49,8 +48,8 @@ export function register(program: Command): void {
       }
       // A new device key per login; the service binds the refresh token to it (RFC 9449).
       const { key, privateJwk } = await generateDpopKey();
-      const r = await anonymous.request<{ refresh_token?: string; developer: string; groups: string[] }>(
-        'POST', '/v1/auth/token', { id_token: idToken }, { dpop: await dpopProof(key, 'POST', `${serverUrl}/v1/auth/token`) },
+      const r = await anonymous.request(
+        'POST', '/v1/auth/token', authTokenResponse, { id_token: idToken }, { dpop: await dpopProof(key, 'POST', `${serverUrl}/v1/auth/token`) },
       );
       if (!r.refresh_token) throw new BrokerError('upstream_error', 'the broker service did not issue a refresh token', { hint: 'the service may be an older version; ask its operator' });
       await saveLogin({ v: 1, serverUrl, developer: r.developer, refreshToken: r.refresh_token, dpopKey: privateJwk });

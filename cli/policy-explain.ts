@@ -1,11 +1,12 @@
 import type { Command } from 'commander';
 import { formatDuration } from '../broker/duration.js';
 import { BrokerError } from '../broker/errors.js';
-import { MAX_SESSION_POLICY_CHARS } from '../broker/limits.js';
+import { MAX_SESSION_POLICY_CHARS } from '../broker/limits/aws.js';
+import { parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/limits/names.js';
 import { isAllowed } from '../broker/templates/access.js';
-import { plannedDurations, parseSessionTtl, SESSION_TTL_RANGE_MESSAGE } from '../broker/templates/durations.js';
+import { plannedDurations } from '../broker/templates/durations.js';
 import { buildAssumeRoleRequest, newSessionId, sessionPolicyChars, type AssumeRoleRequest } from '../broker/templates/render.js';
-import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/vault/token-request.js';
+import { buildVaultTokenRequest, type VaultTokenRequest } from '../broker/templates/vault-token-request.js';
 import { action, collectParam, printJson } from './output.js';
 import { asCliError, findTemplate } from './policy-lookup.js';
 

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { DaemonStatus } from '../broker/daemon/daemon-core.js';
 import { action, info, printJson } from './output.js';
 import { timeLeft } from './time-left.js';
 
@@ -10,7 +9,7 @@ export function register(program: Command): void {
     .description('list your active task sessions, the time they have left and the credentials the daemon holds for them')
     .option('--json', 'print as JSON')
     .action(action(async (opts: { json?: boolean }) => {
-      const s = await callDaemon<DaemonStatus>({ op: 'status' });
+      const s = await callDaemon({ op: 'status' });
       const now = Date.now();
       if (opts.json) {
         printJson({ ...s, sessions: s.sessions.map((x) => ({ ...x, secondsLeft: Math.max(0, Math.floor((Date.parse(x.expiresAt) - now) / 1000)) })) });

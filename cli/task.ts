@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { StartedTask } from '../broker/daemon/daemon-core.js';
 import { action, collectParam, info, printJson } from './output.js';
 import { timeLeft } from './time-left.js';
 
@@ -15,7 +14,7 @@ export function register(program: Command): void {
     .option('--agent <name>', 'the agent that will use the credentials (becomes the broker:agent session tag)', 'unspecified')
     .option('--json', 'print the session as JSON (never the credentials)')
     .action(action(async (template: string, opts: { param: Record<string, string>; ttl?: string; reason: string; agent: string; json?: boolean }) => {
-      const r = await callDaemon<StartedTask>({
+      const r = await callDaemon({
         op: 'start', request: { template, params: opts.param, reason: opts.reason, agent: opts.agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
       });
       // The credentials are not printed: agents get them through credential_process.

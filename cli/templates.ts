@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import type { TemplateSummary } from '../broker/client/api.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { formatDuration } from '../broker/duration.js';
+import type { TemplateSummary } from '../broker/wire/service-api.js';
 import { action, printJson } from './output.js';
 
 export function register(program: Command): void {
@@ -11,7 +11,7 @@ export function register(program: Command): void {
     .option('--json', 'print them as JSON (the service\'s GET /v1/templates answer)')
     .action(action(async (opts: { json?: boolean }) => {
       // Through the daemon, which holds the login (the same request `broker configure aws` makes).
-      const templates = await callDaemon<TemplateSummary[]>({ op: 'templates' });
+      const templates = await callDaemon({ op: 'templates' });
       if (opts.json) {
         printJson({ templates });
         return;

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import type { VaultTokenAnswer } from '../broker/daemon/daemon-core.js';
 import { BrokerError } from '../broker/errors.js';
 import { action, printJson } from './output.js';
 
@@ -28,7 +27,7 @@ export function register(program: Command): void {
       if (op === 'erase') return; // Nothing is stored; the task's token ends with the task (broker end).
       if (op !== 'get') throw new BrokerError('invalid_request', `unknown operation "${op}"`, { hint: 'get, store or erase' });
       const task = opts.task ?? (process.env.BROKER_TASK || undefined);
-      const r = await callDaemon<VaultTokenAnswer>({ op: 'vault-token', ...(task ? { task } : {}) });
+      const r = await callDaemon({ op: 'vault-token', ...(task ? { task } : {}) });
       if (opts.json) printJson(r);
       // No newline for the token helper protocol (Vault reads stdout as the token); harmless in $(…).
       else process.stdout.write(r.token);

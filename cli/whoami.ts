@@ -8,7 +8,7 @@ export function register(program: Command): void {
     .description('show who the broker service thinks you are')
     .option('--json', 'print as JSON')
     .action(action(async (opts: { json?: boolean }) => {
-      const me = await callDaemon<{ id: string; email: string; groups: string[]; server: string }>({ op: 'whoami' });
+      const me = await callDaemon({ op: 'whoami' });
       if (opts.json) printJson(me);
       else process.stdout.write(`${me.id}${me.groups.length ? ` (groups: ${me.groups.join(', ')})` : ''} at ${me.server}\n`);
     }));

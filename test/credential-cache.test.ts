@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import type { ProcessCredentials, SessionView } from '../broker/client/api.js';
+import type { ProcessCredentials, SessionView } from '../broker/wire/service-api.js';
 import { CredentialCache, type CredentialUpstream, type IssuedCredentials } from '../broker/daemon/credential-cache.js';
 import { BrokerError } from '../broker/errors.js';
 

@@ -15,7 +15,9 @@ import { createLogger } from '../broker/log.js';
 import { startServer } from '../broker/server/start.js';
 import { START_GRACE_MS } from '../broker/sessions/sweeper.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
-import { SqliteStore, type TaskSession } from '../broker/store/sqlite-store.js';
+import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
+import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
+import type { NewTaskSession } from '../broker/store/store.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { startIdp } from './peers/idp.js';
 import { startMoto } from './peers/moto.js';
@@ -38,18 +40,18 @@ describe('starts that never completed, across a restart', () => {
   });
 
   /** A session recorded as allowed (as the service does), with whatever issue records follow it. */
-  function seed(store: SqliteStore, id: string, o: { ageMs: number; grants: string[]; issued: string[] }): void {
+  async function seed(store: SqliteStore, id: string, o: { ageMs: number; grants: string[]; issued: string[] }): Promise<void> {
     const now = Date.now();
-    const s: Omit<TaskSession, 'endedAt' | 'endReason'> = {
+    const s: NewTaskSession = {
       id, developer: 'alice@example.com', template: o.grants.includes('aws') ? 'deploy-lambda' : 'db-migrate', params: {},
       reason: '', agent: 'test', roleSessionName: `alice-${id}`, createdAt: now - o.ageMs, expiresAt: now - o.ageMs + 2 * HOUR,
     };
-    store.createSession(s, {
+    await store.sessions.create(s, {
       event: 'session.start', decision: 'allowed', developer: s.developer, template: s.template, sessionId: id,
       detail: { params: {}, agent: 'test', ttlSeconds: 7200, grants: o.grants },
     });
     for (const event of o.issued) {
-      store.audit({ event: event as 'credentials.issue' | 'vault.issue', decision: 'issued', developer: s.developer, template: s.template, sessionId: id });
+      await store.auditLog.append({ event: event as 'credentials.issue' | 'vault.issue', decision: 'issued', developer: s.developer, template: s.template, sessionId: id });
     }
   }
 
@@ -57,16 +59,16 @@ describe('starts that never completed, across a restart', () => {
     const dbPath = join(dir, 'broker.db');
     const old = 10 * 60_000;
     const before = new SqliteStore(dbPath);
-    seed(before, 'aws-never-issued', { ageMs: old, grants: ['aws'], issued: [] });
+    await seed(before, 'aws-never-issued', { ageMs: old, grants: ['aws'], issued: [] });
     // AWS is issued last: a Vault token alone does not complete a start that also grants AWS.
-    seed(before, 'both-vault-only', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue'] });
-    seed(before, 'vault-never-issued', { ageMs: old, grants: ['vault'], issued: [] });
-    seed(before, 'aws-complete', { ageMs: old, grants: ['aws'], issued: ['credentials.issue'] });
-    seed(before, 'both-complete', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue', 'credentials.issue'] });
-    seed(before, 'vault-complete', { ageMs: old, grants: ['vault'], issued: ['vault.issue'] });
+    await seed(before, 'both-vault-only', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue'] });
+    await seed(before, 'vault-never-issued', { ageMs: old, grants: ['vault'], issued: [] });
+    await seed(before, 'aws-complete', { ageMs: old, grants: ['aws'], issued: ['credentials.issue'] });
+    await seed(before, 'both-complete', { ageMs: old, grants: ['vault', 'aws'], issued: ['vault.issue', 'credentials.issue'] });
+    await seed(before, 'vault-complete', { ageMs: old, grants: ['vault'], issued: ['vault.issue'] });
     // Younger than any start can take: it may still be under way (another process), so it is left.
-    seed(before, 'aws-recent', { ageMs: START_GRACE_MS - 60_000, grants: ['aws'], issued: [] });
-    before.close();
+    await seed(before, 'aws-recent', { ageMs: START_GRACE_MS - 60_000, grants: ['aws'], issued: [] });
+    await before.close();
 
     const config = parseServerConfig({
       listen: { host: '127.0.0.1', port: 0 },
@@ -82,8 +84,8 @@ describe('starts that never completed, across a restart', () => {
       // The sweeper runs once at start; wait for its writes.
       for (let i = 0; i < 100; i++) {
         const s = new SqliteStore(dbPath);
-        open = s.activeSessions().map((x) => x.id).sort();
-        s.close();
+        open = (await s.sessions.active()).map((x) => x.id).sort();
+        await s.close();
         if (!open.includes('aws-never-issued')) break;
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -94,16 +96,16 @@ describe('starts that never completed, across a restart', () => {
 
     const after = new SqliteStore(dbPath);
     try {
-      const ends = after.auditRecords().filter((r) => r.event === 'session.end');
+      const ends = (await after.auditLog.records()).filter((r) => r.event === 'session.end');
       assert.deepEqual(ends.map((r) => r.sessionId).sort(), ['aws-never-issued', 'both-vault-only', 'vault-never-issued']);
       for (const r of ends) {
         assert.equal(r.decision, 'ended');
         assert.equal(r.reason, 'its start never completed (no first issue was recorded)');
       }
-      assert.equal(after.getSession('both-vault-only')!.endReason, 'its start never completed (no first issue was recorded)');
-      assert.equal(after.verifyAuditChain(), null, 'the audit chain is intact');
+      assert.equal((await after.sessions.get('both-vault-only'))!.endReason, 'its start never completed (no first issue was recorded)');
+      assert.equal(await after.auditLog.verify(), null, 'the audit chain is intact');
     } finally {
-      after.close();
+      await after.close();
     }
   });
 
@@ -114,7 +116,7 @@ describe('starts that never completed, across a restart', () => {
     let clock = Date.now();
     const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
     const sessions = new TaskSessionService({
-      store, templates: loadTemplatesOrThrow(POLICIES_DIR), sts, stsTimeoutMs: 10_000, log: createLogger({ level: 'silent' }),
+      store, templates: loadTemplatesOrThrow(POLICIES_DIR), issuer: new StsCredentialIssuer(sts, 10_000), log: createLogger({ level: 'silent' }),
       maxActiveSessions: 5, now: () => clock,
     });
     // STS holds the AssumeRole until the test lets go, while the service's clock passes the grace.
@@ -126,17 +128,17 @@ describe('starts that never completed, across a restart', () => {
       const starting = sessions.start(alice, { template: 'read-cloudwatch-logs', params: { logGroup: '/aws/lambda/checkout-api' }, reason: '', agent: 'test' });
       while (assumeRoleCalls(proxy.requests).length === 0) await new Promise((r) => setTimeout(r, 20));
       clock += START_GRACE_MS + 60_000;
-      assert.equal(store.incompleteStarts(clock - START_GRACE_MS).length, 1, 'the store alone sees an incomplete start');
-      assert.deepEqual(sessions.endIncompleteStarts(START_GRACE_MS), [], 'but it is under way here: left alone');
+      assert.equal((await store.sessions.incompleteStarts(clock - START_GRACE_MS)).length, 1, 'the store alone sees an incomplete start');
+      assert.deepEqual(await sessions.endIncompleteStarts(START_GRACE_MS), [], 'but it is under way here: left alone');
       release();
       const started = await starting;
       assert.ok(started.credentials?.accessKeyId, 'the start completes');
-      assert.deepEqual(store.activeSessions().map((x) => x.id), [started.session.id]);
-      assert.deepEqual(sessions.endIncompleteStarts(START_GRACE_MS), [], 'and, complete, is never ended as incomplete');
+      assert.deepEqual((await store.sessions.active()).map((x) => x.id), [started.session.id]);
+      assert.deepEqual(await sessions.endIncompleteStarts(START_GRACE_MS), [], 'and, complete, is never ended as incomplete');
     } finally {
       release();
       proxy.onRequest(undefined);
-      store.close();
+      await store.close();
       sts.destroy();
       await proxy.stop();
       await moto.stop();

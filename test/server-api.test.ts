@@ -11,7 +11,10 @@ import { after, before, describe, it } from 'node:test';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
-import { SqliteStore } from '../broker/store/sqlite-store.js';
+import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
+import { TaskSessionService } from '../broker/sessions/task-session-service.js';
+import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
+import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { broker } from './peers/cli.js';
 import { DEFAULT_USERS, startIdp } from './peers/idp.js';
 import { startMoto } from './peers/moto.js';
@@ -20,6 +23,7 @@ import { assumeRoleCalls, startRecordingProxy } from './peers/recording-proxy.js
 import { forgeIdToken, peekClaims, unsignedIdToken } from './peers/tokens.js';
 import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { STSClient } from '@aws-sdk/client-sts';
 
 type Call = (method: string, path: string, opts?: { token?: string; body?: unknown; raw?: string; dpop?: string }) =>
   Promise<{ status: number; body: any; text: string; headers: Headers }>;
@@ -62,12 +66,12 @@ async function startApiServer(o: {
 }
 
 /** The audit records of a store, read as an auditor would (a second connection to the file). */
-function auditOf(dbPath: string) {
+async function auditOf(dbPath: string) {
   const store = new SqliteStore(dbPath);
   try {
-    return store.auditRecords(0, 100_000);
+    return await store.auditLog.records(0, 100_000);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -113,7 +117,7 @@ describe('broker service API', () => {
 
   describe('identity', () => {
     /** The reason the service recorded for the last refused login (clients only see the fixed message). */
-    const lastDenial = () => auditOf(dbPath).filter((r) => r.event === 'login' && r.decision === 'denied').at(-1)?.reason;
+    const lastDenial = async () => (await auditOf(dbPath)).filter((r) => r.event === 'login' && r.decision === 'denied').at(-1)?.reason;
     /**
      * Refused with the fixed 401, and audited with `reason`: each hostile token fails for its own
      * flaw, not for an incidental one (a token with a wrong `iss` signed by a random key would
@@ -125,7 +129,7 @@ describe('broker service API', () => {
       assert.equal(r.body.code, 'unauthenticated');
       assert.equal(r.body.message, 'ID token rejected', 'fixed message: the client learns nothing about why');
       assert.equal(r.headers.get('www-authenticate'), 'Bearer error="invalid_token"');
-      assert.equal(lastDenial(), `ID token rejected: ${reason}`, label);
+      assert.equal(await lastDenial(), `ID token rejected: ${reason}`, label);
       return r;
     };
     /** The control: the same kind of token without the flaw is accepted. */
@@ -160,10 +164,10 @@ describe('broker service API', () => {
       assert.ok(!('email_verified' in peekClaims(noClaim)));
       await hostile('no email_verified', () => noClaim, 'email not verified');
     });
-    it('records the denials in the audit log, without the token', () => {
+    it('records the denials in the audit log, without the token', async () => {
       const store = new SqliteStore(dbPath);
-      const denied = store.auditRecords().filter((r) => r.event === 'login' && r.decision === 'denied');
-      store.close();
+      const denied = (await store.auditLog.records()).filter((r) => r.event === 'login' && r.decision === 'denied');
+      await store.close();
       assert.ok(denied.length >= 8, `${denied.length} login denials`);
       assert.ok(denied.every((r) => !/eyJ/.test(JSON.stringify(r))), 'no JWT in the audit log');
     });
@@ -234,10 +238,10 @@ describe('broker service API', () => {
         .setIssuedAt(Math.floor(Date.now() / 1000) - 3600).sign(key.privateKey);
       refused(await refresh(old), 'old');
     });
-    it('audits refreshes, granted and refused, without tokens', () => {
+    it('audits refreshes, granted and refused, without tokens', async () => {
       const store = new SqliteStore(dbPath);
-      const records = store.auditRecords().filter((r) => r.event === 'token.refresh');
-      store.close();
+      const records = (await store.auditLog.records()).filter((r) => r.event === 'token.refresh');
+      await store.close();
       assert.ok(records.some((r) => r.decision === 'allowed') && records.some((r) => r.decision === 'denied'));
       assert.ok(!JSON.stringify(records).includes(refreshToken));
       assert.ok(!/eyJ/.test(JSON.stringify(records)), 'no JWT in the audit log');
@@ -317,9 +321,9 @@ describe('broker service API', () => {
 
       // The audit trail of that session, in order, with AccessKeyIds and without secrets.
       const store = new SqliteStore(dbPath);
-      const trail = store.auditRecords().filter((x) => x.sessionId === session.id);
-      assert.equal(store.verifyAuditChain(), null, 'hash chain intact');
-      store.close();
+      const trail = (await store.auditLog.records()).filter((x) => x.sessionId === session.id);
+      assert.equal(await store.auditLog.verify(), null, 'hash chain intact');
+      await store.close();
       // Carol's attempt on Alice's session is part of its trail too: audited as her denial.
       assert.deepEqual(trail.map((x) => `${x.developer}:${x.event}:${x.decision}`), [
         'alice@example.com:session.start:allowed', 'alice@example.com:credentials.issue:issued',
@@ -330,6 +334,39 @@ describe('broker service API', () => {
       const dump = JSON.stringify(trail);
       for (const secret of [credentials.SecretAccessKey, credentials.SessionToken, re.body.credentials.SecretAccessKey]) {
         assert.ok(!dump.includes(secret), 'no secret in the audit log');
+      }
+    });
+    it('of concurrent starts of one template, exactly one opens a session; the others are refused (409) and audited', async () => {
+      const before = (await auditOf(dbPath)).length;
+      const body = { template: 'read-cloudwatch-logs', params: { logGroup: '/aws/lambda/checkout-api' }, agent: 'race' };
+      const all = await Promise.all(Array.from({ length: 6 }, () => start('alice', body)));
+      assert.deepEqual(all.map((r) => r.status).sort(), [201, 409, 409, 409, 409, 409], all.map((r) => r.text).join('\n'));
+      const winner = all.find((r) => r.status === 201)!;
+      const open = (await call('GET', '/v1/sessions', { token: tokens.alice })).body.sessions as { id: string; template: string }[];
+      assert.deepEqual(open.filter((x) => x.template === 'read-cloudwatch-logs').map((x) => x.id), [winner.body.session.id]);
+      const starts = (await auditOf(dbPath)).slice(before).filter((x) => x.event === 'session.start');
+      assert.deepEqual(starts.map((x) => x.decision).sort(), ['allowed', 'denied', 'denied', 'denied', 'denied', 'denied']);
+      assert.equal((await call('DELETE', `/v1/sessions/${winner.body.session.id}`, { token: tokens.alice })).status, 200);
+    });
+    it('the domain takes one start per developer at a time: of starts issued at once, one opens a session', async () => {
+      // In-process, all six reach the domain in the same tick (over HTTP they rarely do): the checks
+      // and the session's record of one start never interleave with another's.
+      const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'broker-race-')), 'broker.db'));
+      const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+      const sessions = new TaskSessionService({
+        store, templates: loadTemplatesOrThrow(POLICIES_DIR), issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5,
+      });
+      const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+      try {
+        const all = await Promise.allSettled(Array.from({ length: 6 }, () => sessions.start(alice, {
+          template: 'read-cloudwatch-logs', params: { logGroup: '/aws/lambda/checkout-api' }, reason: '', agent: 'race',
+        })));
+        assert.equal(all.filter((r) => r.status === 'fulfilled').length, 1, all.map((r) => (r.status === 'rejected' ? String(r.reason) : 'started')).join('\n'));
+        assert.ok(all.every((r) => r.status === 'fulfilled' || (r.reason instanceof Error && /already active/.test(r.reason.message))));
+        assert.equal((await store.sessions.active(alice.id)).length, 1);
+      } finally {
+        await store.close();
+        sts.destroy();
       }
     });
     it('keeps the audit log append-only at the database level', () => {
@@ -369,7 +406,7 @@ describe('broker service API', () => {
 
     it('withholds credentials STS already issued when the audit log fails before their record, and leaves no session blocking a later start', async () => {
       const before = assumeRoleCalls(proxy.requests).length;
-      const lastSeq = auditOf(dbPath).at(-1)?.seq ?? 0;
+      const lastSeq = (await auditOf(dbPath)).at(-1)?.seq ?? 0;
       // The store is locked the moment the broker's AssumeRole reaches STS: moto still answers (the
       // keys exist at AWS), and the broker's next write, the `issued` record, cannot be committed.
       let locker: DatabaseSync | undefined;
@@ -400,11 +437,11 @@ describe('broker service API', () => {
       assert.deepEqual(list.body.sessions.map((x: { id: string }) => x.id), [again.body.session.id], 'only the new session is active');
 
       // The failed session: allowed, then ended as failed; no `issued` record, so its keys were never handed out.
-      const failedId = auditOf(dbPath).find((x) => x.seq > lastSeq && x.event === 'session.start' && x.decision === 'allowed')?.sessionId;
+      const failedId = (await auditOf(dbPath)).find((x) => x.seq > lastSeq && x.event === 'session.start' && x.decision === 'allowed')?.sessionId;
       assert.ok(failedId && failedId !== again.body.session.id);
-      const trail = auditOf(dbPath).filter((x) => x.sessionId === failedId).map((x) => `${x.event}:${x.decision}`);
+      const trail = (await auditOf(dbPath)).filter((x) => x.sessionId === failedId).map((x) => `${x.event}:${x.decision}`);
       assert.deepEqual(trail, ['session.start:allowed', 'session.end:ended']);
-      assert.match(auditOf(dbPath).find((x) => x.sessionId === failedId && x.event === 'session.end')!.reason!, /^first issue failed: the audit log could not record/);
+      assert.match((await auditOf(dbPath)).find((x) => x.sessionId === failedId && x.event === 'session.end')!.reason!, /^first issue failed: the audit log could not record/);
       const reissue = await call('POST', `/v1/sessions/${failedId}/credentials`, { token: tokens.alice });
       assert.equal(reissue.status, 409, 'nothing is issued under it afterwards');
       assert.equal((await call('DELETE', `/v1/sessions/${again.body.session.id}`, { token: tokens.alice })).status, 200);
@@ -429,7 +466,7 @@ describe('broker service API', () => {
         assert.match(r.body.message, /STS did not answer AssumeRole within 0\.8s/);
         assert.match(r.body.hint, /aws\.requestTimeoutMs/);
         assert.ok(elapsed < 5000, `answered in ${elapsed.toFixed(0)} ms, not after the client's own timeout`);
-        const trail = auditOf(hung.dbPath).filter((x) => x.event !== 'login').map((x) => `${x.event}:${x.decision}`);
+        const trail = (await auditOf(hung.dbPath)).filter((x) => x.event !== 'login').map((x) => `${x.event}:${x.decision}`);
         assert.deepEqual(trail, ['session.start:allowed', 'credentials.issue:failed', 'session.end:ended']);
         const list = await hungCall('GET', '/v1/sessions', { token });
         assert.deepEqual(list.body.sessions, [], 'no session left open');
@@ -548,7 +585,7 @@ describe('broker service API', () => {
         const re = await call3('POST', `/v1/sessions/${r.body.session.id}/credentials`, { token });
         assert.equal(re.status, 200, re.text);
         assert.equal(Number(lastAssumeRole().DurationSeconds), 900, 'not 300: STS refuses less than 900');
-        const issued = auditOf(svcDb).filter((x) => x.sessionId === r.body.session.id && x.decision === 'issued');
+        const issued = (await auditOf(svcDb)).filter((x) => x.sessionId === r.body.session.id && x.decision === 'issued');
         assert.equal(issued[0]!.detail?.outlivesSessionSeconds, undefined, 'the first credentials end with the session');
         const outlives = Number(issued[1]!.detail?.outlivesSessionSeconds);
         assert.ok(outlives >= 599 && outlives <= 601, `outlives the session by ${outlives} s (900 - 300)`);

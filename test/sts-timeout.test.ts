@@ -19,7 +19,9 @@ describe('AssumeRole time bound', () => {
     });
     const t0 = performance.now();
     await assert.rejects(
-      assumeRole(sts, { RoleArn: 'arn:aws:iam::123456789012:role/r', RoleSessionName: 's' }, 300),
+      assumeRole(sts, {
+        RoleArn: 'arn:aws:iam::123456789012:role/r', RoleSessionName: 'alice.task.session01', SourceIdentity: 'alice', Tags: [], Policy: '{}', DurationSeconds: 900,
+      }, 300),
       (e: unknown) => e instanceof BrokerError && e.code === 'upstream_unavailable' && /STS did not answer AssumeRole within 0\.3s/.test(e.message),
     );
     const elapsed = performance.now() - t0;

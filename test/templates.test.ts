@@ -9,13 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { BrokerError } from '../broker/errors.js';
-import { SESSION_NAME_RE, SOURCE_IDENTITY_RE } from '../broker/limits.js';
+import { SESSION_NAME_RE, SOURCE_IDENTITY_RE } from '../broker/limits/aws.js';
 import { loadTemplates, loadTemplatesOrThrow } from '../broker/templates/load.js';
 import {
   buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, SESSION_ID_RE, validateParams,
 } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
-import { buildVaultTokenRequest, vaultDisplayName } from '../broker/vault/token-request.js';
+import { buildVaultTokenRequest, vaultDisplayName } from '../broker/templates/vault-token-request.js';
 import { broker } from './peers/cli.js';
 import { POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
 

@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import type { SessionView, VaultTokenGrant } from '../broker/client/api.js';
+import type { SessionView, VaultTokenGrant } from '../broker/wire/service-api.js';
 import { VaultTokenCache, type VaultUpstream } from '../broker/daemon/vault-token-cache.js';
 import { BrokerError } from '../broker/errors.js';
-import type { RenewedVaultToken, RenewVaultTokenOptions } from '../broker/vault/renew.js';
+import type { RenewedVaultToken, RenewVaultTokenOptions } from '../broker/client/vault-renew.js';
 
 const MIN = 60_000;
 const T0 = Date.parse('2026-11-22T12:00:00Z');

@@ -23,12 +23,14 @@ import { startServer, type RunningServer } from '../broker/server/start.js';
 import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import type { AuditEvent } from '../broker/store/audit-event.js';
-import { SqliteStore, type VaultTokenRecord } from '../broker/store/sqlite-store.js';
+import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
+import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
+import type { Store, VaultTokenRecord, VaultTokenRepository } from '../broker/store/store.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
 import { VaultAuth } from '../broker/vault/auth.js';
 import { VaultHttp } from '../broker/vault/http.js';
-import { renewVaultToken } from '../broker/vault/renew.js';
+import { renewVaultToken } from '../broker/client/vault-renew.js';
 import { accessorGone, VaultTokens } from '../broker/vault/tokens.js';
 import { run } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
@@ -181,13 +183,13 @@ describe('Vault/OpenBao task tokens', () => {
   const lookupAccessor = (accessor: string) => bao.api('POST', 'auth/token/lookup-accessor', { accessor });
   const kvGet = (token: string, path: string) => run(BAO, ['kv', 'get', '-mount=secret', '-format=json', path], { env: bao.cliEnv(token), timeoutMs: 30_000 });
   const store = () => new SqliteStore(dbPath);
-  const auditOf = (sessionId: string) => {
+  const auditOf = async (sessionId: string) => {
     const s = store();
-    try { return s.auditRecords().filter((r) => r.sessionId === sessionId); } finally { s.close(); }
+    try { return (await s.auditLog.records()).filter((r) => r.sessionId === sessionId); } finally { await s.close(); }
   };
-  const tokenRows = (sessionId: string): VaultTokenRecord[] => {
+  const tokenRows = async (sessionId: string): Promise<VaultTokenRecord[]> => {
     const s = store();
-    try { return s.vaultTokens(sessionId); } finally { s.close(); }
+    try { return await s.vaultTokens.ofSession(sessionId); } finally { await s.close(); }
   };
   const openSessions = async () => ((await api('GET', '/v1/sessions')).body.sessions as { id: string; template: string }[]);
   const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
@@ -208,7 +210,7 @@ describe('Vault/OpenBao task tokens', () => {
     const vault = new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now });
     const templates = loadTemplatesOrThrow(policiesDir);
     for (const t of o.templates ?? []) templates.set(t.name, t);
-    const svc = new TaskSessionService({ store: s, templates, sts: new STSClient({ region: 'us-east-1', endpoint: moto.url }), stsTimeoutMs: 8000, log, maxActiveSessions: 20, vault, now });
+    const svc = new TaskSessionService({ store: s, templates, issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1', endpoint: moto.url }), 8000), log, maxActiveSessions: 20, vault, now });
     return { store: s, vault, svc, logFile };
   };
   const configFor = (d: string, vault: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}): ServerConfig => parseServerConfig({
@@ -328,12 +330,12 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal(vault.numUses, 7);
     assert.deepEqual([...vault.policies].sort(), ['db-migrate-read', 'default']);
 
-    const trail = auditOf(session.id);
+    const trail = (await auditOf(session.id));
     const issued = trail.find((x) => x.event === 'vault.issue' && x.decision === 'issued');
     assert.ok(issued, JSON.stringify(trail));
     assert.equal(issued.vaultAccessor, vault.accessor);
     assert.equal(issued.detail?.role, 'broker-tasks');
-    assert.deepEqual(tokenRows(session.id).map((t) => [t.accessor, t.revokedAt]), [[vault.accessor, null]]);
+    assert.deepEqual((await tokenRows(session.id)).map((t) => [t.accessor, t.revokedAt]), [[vault.accessor, null]]);
 
     const end = await api('DELETE', `/v1/sessions/${session.id}`);
     assert.equal(end.status, 200, end.text);
@@ -360,9 +362,9 @@ describe('Vault/OpenBao task tokens', () => {
     assert.notEqual(afterEnd.code, 0);
     assert.match(afterEnd.stderr, /permission denied/);
 
-    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    const trail = (await auditOf(session.id)).map((x) => `${x.event}:${x.decision}`);
     assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'session.end:ended', 'vault.revoke:revoked']);
-    assert.notEqual(tokenRows(session.id)[0]!.revokedAt, null);
+    assert.notEqual((await tokenRows(session.id))[0]!.revokedAt, null);
   });
 
   it("refuses a policy outside the token role's allowed_policies: clear error, no token, no session", async () => {
@@ -396,7 +398,7 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal((await lookupAccessor(vault.accessor)).status, 400, 'the Vault token is revoked');
     const again = await api('POST', `/v1/sessions/${session.id}/credentials`);
     assert.equal(again.status, 409, 'no AWS credentials after the end');
-    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    const trail = (await auditOf(session.id)).map((x) => `${x.event}:${x.decision}`);
     assert.deepEqual(trail.slice(0, 3), ['session.start:allowed', 'vault.issue:issued', 'credentials.issue:issued'], 'the revocable token first');
   });
 
@@ -428,7 +430,7 @@ describe('Vault/OpenBao task tokens', () => {
     assert.deepEqual(end.body.vaultTokens.map((t: { revoked: boolean }) => t.revoked), [true, true], 'both tokens revoked');
     assert.equal((await lookupAccessor(vault.accessor)).status, 400);
     assert.equal((await lookupAccessor(re.body.vault.accessor)).status, 400);
-    const trail = auditOf(session.id).map((x) => `${x.event}:${x.decision}`);
+    const trail = (await auditOf(session.id)).map((x) => `${x.event}:${x.decision}`);
     assert.ok(trail.includes('vault.reissue:issued'), trail.join(' '));
     assert.equal(trail.filter((x) => x === 'vault.revoke:revoked').length, 2);
   });
@@ -442,7 +444,7 @@ describe('Vault/OpenBao task tokens', () => {
     // STS at a port nobody listens on: the AWS half fails after the Vault half succeeded.
     const deadSts = new STSClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 1, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: deadSts, stsTimeoutMs: 8000, log, maxActiveSessions: 5,
+      store: s, templates: loadTemplatesOrThrow(policiesDir), issuer: new StsCredentialIssuer(deadSts, 8000), log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();
@@ -450,34 +452,38 @@ describe('Vault/OpenBao task tokens', () => {
     await assert.rejects(svc.start(alice, { template: 'migrate-and-deploy', params: {}, reason: '', agent: 'x' }),
       (e: unknown) => e instanceof BrokerError && e.code === 'upstream_unavailable' && /STS/.test(e.message));
     assert.deepEqual(await accessors(), before, 'the token created first was revoked');
-    assert.deepEqual(s.activeSessions('alice@example.com'), [], 'no session left open');
-    const trail = s.auditRecords().map((x) => `${x.event}:${x.decision}`);
+    assert.deepEqual((await s.sessions.active('alice@example.com')), [], 'no session left open');
+    const trail = (await s.auditLog.records()).map((x) => `${x.event}:${x.decision}`);
     assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'credentials.issue:failed', 'session.end:ended', 'vault.revoke:revoked']);
-    assert.equal(s.verifyAuditChain(), null);
+    assert.equal((await s.auditLog.verify()), null);
     s.close();
     deadSts.destroy();
   });
 
   it('fails closed: a token whose issue cannot be audited is revoked and never returned', async () => {
     const d = tempDir('broker-vault-unit-');
-    class BrokenAuditStore extends SqliteStore {
-      override recordVaultToken(_t: Pick<VaultTokenRecord, 'accessor' | 'sessionId' | 'createdAt' | 'expiresAt' | 'deadBy'>, e: AuditEvent): boolean {
-        throw new BrokerError('audit_unavailable', `the audit log could not record ${e.event} ${e.decision}; nothing was issued`);
-      }
-    }
-    const s = new BrokenAuditStore(join(d, 'broker.db'));
+    // The SQLite store, with a Vault-token repository whose record never commits.
+    const sqlite = new SqliteStore(join(d, 'broker.db'));
+    const vaultTokens: VaultTokenRepository = Object.create(sqlite.vaultTokens, {
+      record: {
+        value: async (_t: unknown, e: AuditEvent): Promise<boolean> => {
+          throw new BrokerError('audit_unavailable', `the audit log could not record ${e.event} ${e.decision}; nothing was issued`);
+        },
+      },
+    }) as VaultTokenRepository;
+    const s: Store = { auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, close: () => sqlite.close() };
     const log = createLogger({ level: 'silent' });
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), sts: new STSClient({ region: 'us-east-1' }), stsTimeoutMs: 8000, log, maxActiveSessions: 5,
+      store: s, templates: loadTemplatesOrThrow(policiesDir), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1' }), 8000), log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();
     await assert.rejects(svc.start({ id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] }, { template: 'db-migrate', params: {}, reason: '', agent: 'x' }),
       (e: unknown) => e instanceof BrokerError && e.code === 'audit_unavailable');
     assert.deepEqual(await accessors(), before, 'the unaudited token was revoked');
-    assert.deepEqual(s.activeSessions('alice@example.com'), []);
+    assert.deepEqual((await s.sessions.active('alice@example.com')), []);
     s.close();
   });
 
@@ -502,7 +508,7 @@ describe('Vault/OpenBao task tokens', () => {
       assert.equal(end.body.vaultTokens.length, 1);
       assert.equal(end.body.vaultTokens[0].revoked, false);
       assert.match(end.body.vaultTokens[0].error, /unreachable/);
-      const trail = auditOf(held.body.session.id).map((x) => `${x.event}:${x.decision}`);
+      const trail = (await auditOf(held.body.session.id)).map((x) => `${x.event}:${x.decision}`);
       assert.ok(trail.includes('vault.revoke:failed'), trail.join(' '));
     } finally {
       await bao.restart();
@@ -514,16 +520,16 @@ describe('Vault/OpenBao task tokens', () => {
 
     const accessor = held.body.vault.accessor as string;
     const deadline = Date.now() + 15_000;
-    while (tokenRows(held.body.session.id)[0]!.revokedAt === null) {
+    while ((await tokenRows(held.body.session.id))[0]!.revokedAt === null) {
       assert.ok(Date.now() < deadline, 'the sweeper revoked the token within 15 s');
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.equal((await lookupAccessor(accessor)).status, 400);
     const denied = await kvGet(held.body.vault.token, 'db-migrate/checkout-api');
     assert.match(denied.stderr, /permission denied/);
-    const row = tokenRows(held.body.session.id)[0]!;
+    const row = (await tokenRows(held.body.session.id))[0]!;
     assert.ok(row.revokeAttempts >= 1);
-    const revoked = auditOf(held.body.session.id).filter((x) => x.event === 'vault.revoke' && x.decision === 'revoked');
+    const revoked = (await auditOf(held.body.session.id)).filter((x) => x.event === 'vault.revoke' && x.decision === 'revoked');
     assert.equal(revoked.length, 1);
     assert.equal(revoked[0]!.vaultAccessor, accessor);
   });
@@ -535,12 +541,12 @@ describe('Vault/OpenBao task tokens', () => {
     assert.ok(vault.ttlSeconds <= 15 * 60);
     offsetMs += 16 * 60_000;
     const deadline = Date.now() + 15_000;
-    while (tokenRows(session.id)[0]!.revokedAt === null) {
+    while ((await tokenRows(session.id))[0]!.revokedAt === null) {
       assert.ok(Date.now() < deadline, 'revoked within 15 s');
       await new Promise((res) => setTimeout(res, 200));
     }
     assert.equal((await lookupAccessor(vault.accessor)).status, 400, 'revoked in Vault, before its own TTL ran out');
-    const trail = auditOf(session.id);
+    const trail = (await auditOf(session.id));
     const ended = trail.find((x) => x.event === 'session.end');
     assert.equal(ended?.reason, 'expired');
     assert.ok(trail.some((x) => x.event === 'vault.revoke' && x.decision === 'revoked' && x.reason === 'expired'));
@@ -558,10 +564,10 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal(end.status, 200, end.text);
     assert.deepEqual(end.body.vaultTokens, [{ accessor: vault.accessor, revoked: true }]);
     await sleep(2500); // two sweeps (interval 1 s): nothing left for them to retry
-    const row = tokenRows(session.id)[0]!;
+    const row = (await tokenRows(session.id))[0]!;
     assert.notEqual(row.revokedAt, null);
     assert.equal(row.revokeAttempts, 0);
-    const revokes = auditOf(session.id).filter((x) => x.event === 'vault.revoke');
+    const revokes = (await auditOf(session.id)).filter((x) => x.event === 'vault.revoke');
     assert.deepEqual(revokes.map((x) => x.decision), ['revoked']);
     assert.equal(revokes[0]!.detail?.alreadyGoneInVault, true);
     const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes(vault.accessor));
@@ -574,15 +580,15 @@ describe('Vault/OpenBao task tokens', () => {
     const { store: s, svc, logFile: own } = serviceVia(bao.url, { templates: [blink] });
     const started = await svc.start(alice, { template: 'vault-blink', params: {}, reason: 'expires in Vault', agent: 'x' });
     secrets.push(started.vault!.token);
-    const row2 = s.vaultTokens(started.session.id)[0]!;
+    const row2 = (await s.vaultTokens.ofSession(started.session.id))[0]!;
     assert.ok(row2.deadBy !== null && row2.deadBy - row2.createdAt <= 3000 + 1000, 'a non-renewable token is dead at its own explicit max TTL');
     await sleep(4000);
     assert.equal((await lookupAccessor(started.vault!.accessor)).status, 400, 'Vault expired it');
     const ended = await svc.end(alice, started.session.id);
     assert.deepEqual(ended.vaultTokens, [{ accessor: started.vault!.accessor, revoked: true }]);
-    assert.equal(s.vaultTokens(started.session.id)[0]!.revokeAttempts, 0);
+    assert.equal((await s.vaultTokens.ofSession(started.session.id))[0]!.revokeAttempts, 0);
     assert.deepEqual(await svc.revokePending(), [], 'nothing left to retry');
-    const rec = s.auditRecords().filter((x) => x.event === 'vault.revoke');
+    const rec = (await s.auditLog.records()).filter((x) => x.event === 'vault.revoke');
     assert.deepEqual(rec.map((x) => [x.decision, x.detail?.alreadyGoneInVault]), [['revoked', true]]);
     assert.ok(!logLines(own).some((l) => l.level >= 40), 'no warning');
     s.close();
@@ -606,18 +612,18 @@ describe('Vault/OpenBao task tokens', () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
     const { store: s, vault, logFile: own } = serviceVia(dead, { now: () => clock });
     const t0 = clock;
-    const mk = (id: string, accessor: string, createdAt: number, deadBy: number) => {
-      s.createSession({ id, developer: 'alice@example.com', template: 'db-migrate', params: {}, reason: '', agent: 'x', roleSessionName: `alice.db-migrate.${id}`, createdAt, expiresAt: createdAt + 3_600_000 },
+    const mk = async (id: string, accessor: string, createdAt: number, deadBy: number) => {
+      await s.sessions.create({ id, developer: 'alice@example.com', template: 'db-migrate', params: {}, reason: '', agent: 'x', roleSessionName: `alice.db-migrate.${id}`, createdAt, expiresAt: createdAt + 3_600_000 },
         { event: 'session.start', decision: 'allowed', developer: 'alice@example.com', template: 'db-migrate', sessionId: id });
-      assert.equal(s.recordVaultToken({ accessor, sessionId: id, createdAt, expiresAt: deadBy, deadBy },
+      assert.equal(await s.vaultTokens.record({ accessor, sessionId: id, createdAt, expiresAt: deadBy, deadBy },
         { event: 'vault.issue', decision: 'issued', developer: 'alice@example.com', template: 'db-migrate', sessionId: id, vaultAccessor: accessor },
         { event: 'vault.issue', decision: 'denied', developer: 'alice@example.com', template: 'db-migrate', sessionId: id, vaultAccessor: accessor }), true);
-      s.endSession(id, 'ended by developer', { event: 'session.end', decision: 'ended', developer: 'alice@example.com', template: 'db-migrate', sessionId: id });
+      await s.sessions.end(id, 'ended by developer', { event: 'session.end', decision: 'ended', developer: 'alice@example.com', template: 'db-migrate', sessionId: id });
     };
-    mk('sweepold01', 'acc-old-never-revocable', t0, t0 + 30 * 60_000);
+    await mk('sweepold01', 'acc-old-never-revocable', t0, t0 + 30 * 60_000);
     clock += 10 * 60_000;
-    mk('sweepnew01', 'acc-new-unknown-to-vault', clock, clock + 2 * 3_600_000);
-    const attempts = () => Object.fromEntries(s.vaultTokensToRevoke().map((r) => [r.accessor, r.revokeAttempts]));
+    await mk('sweepnew01', 'acc-new-unknown-to-vault', clock, clock + 2 * 3_600_000);
+    const attempts = async () => Object.fromEntries((await s.vaultTokens.toRevoke()).map((r) => [r.accessor, r.revokeAttempts]));
 
     // Vault unreachable: each sweep stops at the first failure, and the row tried goes to the back.
     const first = await vault.revokePending();
@@ -627,24 +633,24 @@ describe('Vault/OpenBao task tokens', () => {
     assert.deepEqual((await vault.revokePending()).map((r) => r.accessor), ['acc-new-unknown-to-vault'], 'the newer row gets its turn');
     clock += 60_000;
     assert.deepEqual((await vault.revokePending()).map((r) => r.accessor), ['acc-old-never-revocable'], 'then the least recently tried');
-    assert.deepEqual(attempts(), { 'acc-old-never-revocable': 2, 'acc-new-unknown-to-vault': 1 });
+    assert.deepEqual(await attempts(), { 'acc-old-never-revocable': 2, 'acc-new-unknown-to-vault': 1 });
 
     // Past the old token's latest end (plus the clock margin): given up without asking Vault, audited.
     clock = t0 + 30 * 60_000 + 5 * 60_000 + 1000;
     const lapsed = await vault.revokePending();
     assert.deepEqual(lapsed.map((r) => [r.accessor, r.revoked, r.lapsed ?? false]),
       [['acc-old-never-revocable', false, true], ['acc-new-unknown-to-vault', false, false]]);
-    const expired = s.auditRecords().filter((x) => x.event === 'vault.revoke' && x.decision === 'expired');
+    const expired = (await s.auditLog.records()).filter((x) => x.event === 'vault.revoke' && x.decision === 'expired');
     assert.equal(expired.length, 1);
     assert.equal(expired[0]!.vaultAccessor, 'acc-old-never-revocable');
     assert.equal(expired[0]!.expiration, new Date(t0 + 30 * 60_000).toISOString());
     assert.match(expired[0]!.reason ?? '', /^ended by developer; not revoked after 2 attempt\(s\), and past .* the latest Vault can keep it alive: it has expired in Vault; no more retries$/);
-    assert.notEqual(s.vaultTokens('sweepold01')[0]!.lapsedAt, null);
+    assert.notEqual((await s.vaultTokens.ofSession('sweepold01'))[0]!.lapsedAt, null);
     for (let i = 0; i < 5; i++) {
       clock += 60_000;
       assert.ok(!(await vault.revokePending()).some((r) => r.accessor === 'acc-old-never-revocable'), 'never retried again');
     }
-    assert.equal(s.auditRecords().filter((x) => x.decision === 'expired').length, 1, 'audited once');
+    assert.equal((await s.auditLog.records()).filter((x) => x.decision === 'expired').length, 1, 'audited once');
     // A long outage warns at attempts 1, 2, 4 …, not at every sweep.
     const warned = logLines(own).filter((l) => l.accessor === 'acc-new-unknown-to-vault' && /could not revoke/.test(l.msg));
     assert.deepEqual(warned.map((l) => [l.attempts, l.level === 40 ? 'warn' : 'debug']),
@@ -656,8 +662,8 @@ describe('Vault/OpenBao task tokens', () => {
       defaultRole: 'broker-tasks', log: createLogger({ level: 'silent' }), now: () => clock,
     });
     assert.deepEqual(await back.revokePending(), [{ accessor: 'acc-new-unknown-to-vault', revoked: true }]);
-    assert.deepEqual(s.vaultTokensToRevoke(), []);
-    assert.equal(s.verifyAuditChain(), null);
+    assert.deepEqual((await s.vaultTokens.toRevoke()), []);
+    assert.equal((await s.auditLog.verify()), null);
     s.close();
   });
 
@@ -665,7 +671,7 @@ describe('Vault/OpenBao task tokens', () => {
     const { store: s, svc } = serviceVia(bao.url);
     const started = await svc.start(alice, { template: 'vault-limited', params: {}, reason: 'dead-by', agent: 'x' });
     secrets.push(started.vault!.token);
-    const row = s.vaultTokens(started.session.id)[0]!;
+    const row = (await s.vaultTokens.ofSession(started.session.id))[0]!;
     // deploy/vault/token-role-broker-tasks.json: token_explicit_max_ttl 12h; the token's own is 1h.
     assert.ok(Math.abs(row.deadBy! - row.createdAt - 12 * 3_600_000) < 5000, `deadBy ${row.deadBy! - row.createdAt} ms after creation`);
     assert.equal(row.expiresAt - row.createdAt, 3_600_000, 'the token\'s own explicit max TTL');
@@ -683,14 +689,14 @@ describe('Vault/OpenBao task tokens', () => {
       const e = await svc.start(alice, { template: 'db-migrate', params: {}, reason: 'slow vault', agent: 'x' }).catch((x: unknown) => x);
       assert.ok(e instanceof BrokerError && e.code === 'upstream_unavailable', String(e));
       assert.match(e.message, /^Vault at http:\/\/127\.0\.0\.1:\d+ is unreachable \(no answer within 500 ms\): could not create a token with role broker-tasks$/);
-      const failed = s.auditRecords().find((x) => x.event === 'vault.issue' && x.decision === 'failed');
+      const failed = (await s.auditLog.records()).find((x) => x.event === 'vault.issue' && x.decision === 'failed');
       assert.ok(failed, 'the failed create is audited');
       const displayName = `token-broker-db-migrate-${failed.sessionId}`;
       assert.equal(failed.detail?.mayExist, true);
       assert.equal(failed.detail?.displayName, displayName);
       assert.match(failed.reason ?? '', new RegExp(`Vault may have created the token anyway \\(display_name ${displayName}, accessor unknown to the broker\\); if so it expires by `));
       assert.equal(failed.detail?.expiresBy, failed.expiration);
-      assert.deepEqual(s.activeSessions('alice@example.com'), [], 'the session was abandoned');
+      assert.deepEqual((await s.sessions.active('alice@example.com')), [], 'the session was abandoned');
       assert.ok(logLines(own).some((l) => l.level === 40 && l.displayName === displayName), 'and logged');
 
       // Vault did create it: the token exists, and dies no later than the audit record says.
@@ -731,9 +737,9 @@ describe('Vault/OpenBao task tokens', () => {
       assert.equal((await lookupAccessor(answer.auth.accessor)).status, 400, 'the token created during the race is revoked');
       const denied = await kvGet(answer.auth.client_token, 'db-migrate/checkout-api');
       assert.match(denied.stderr, /permission denied/);
-      assert.deepEqual(s.vaultTokens(started.session.id).map((r) => [r.accessor, r.revokedAt !== null]),
+      assert.deepEqual((await s.vaultTokens.ofSession(started.session.id)).map((r) => [r.accessor, r.revokedAt !== null]),
         [[started.vault!.accessor, true], [answer.auth.accessor, true]], 'both recorded (in order of creation), both revoked');
-      const trail = s.auditRecords().filter((x) => x.sessionId === started.session.id).map((x) => `${x.event}:${x.decision}${x.vaultAccessor === answer.auth.accessor ? '*' : ''}`);
+      const trail = (await s.auditLog.records()).filter((x) => x.sessionId === started.session.id).map((x) => `${x.event}:${x.decision}${x.vaultAccessor === answer.auth.accessor ? '*' : ''}`);
       assert.deepEqual(trail, ['session.start:allowed', 'vault.issue:issued', 'session.end:ended', 'vault.revoke:revoked', 'vault.reissue:denied*', 'vault.revoke:revoked*']);
       s.close();
     } finally {
@@ -741,11 +747,11 @@ describe('Vault/OpenBao task tokens', () => {
     }
   });
 
-  it('keeps the audit hash chain intact, with accessors and without tokens', () => {
+  it('keeps the audit hash chain intact, with accessors and without tokens', async () => {
     const s = store();
     try {
-      assert.equal(s.verifyAuditChain(), null);
-      const records = JSON.stringify(s.auditRecords(0, 100_000));
+      assert.equal((await s.auditLog.verify()), null);
+      const records = JSON.stringify((await s.auditLog.records(0, 100_000)));
       assert.ok(records.includes('"vaultAccessor"'));
       for (const secret of secrets) assert.ok(!records.includes(secret), 'no secret in the audit log');
     } finally {
@@ -970,14 +976,14 @@ describe('Vault/OpenBao task tokens', () => {
     assert.deepEqual((await call(srv.url, 'GET', '/v1/sessions', token)).body.sessions.map((x: { id: string }) => x.id), [held], 'the refused start left no session');
     const st = new SqliteStore(db);
     try {
-      const failed = st.auditRecords().filter((x) => x.event.startsWith('vault.') && x.decision === 'failed');
+      const failed = (await st.auditLog.records()).filter((x) => x.event.startsWith('vault.') && x.decision === 'failed');
       assert.deepEqual(failed.map((x) => [x.event, x.reason, x.detail?.role, x.detail?.roleCheckRefused]), [
         ['vault.issue', refused.body.message, 'probe-live', true], ['vault.reissue', refused.body.message, 'probe-live', true],
       ]);
       const refusedSession = failed[0]!.sessionId!;
-      assert.deepEqual(st.auditRecords().filter((x) => x.sessionId === refusedSession).map((x) => `${x.event}:${x.decision}`),
+      assert.deepEqual((await st.auditLog.records()).filter((x) => x.sessionId === refusedSession).map((x) => `${x.event}:${x.decision}`),
         ['session.start:allowed', 'vault.issue:failed', 'session.end:ended']);
-      assert.equal(st.verifyAuditChain(), null);
+      assert.equal(await st.auditLog.verify(), null);
     } finally {
       st.close();
     }
@@ -1105,7 +1111,7 @@ describe('vault service configuration', () => {
 });
 
 describe('the audit log of a store from before Vault support', () => {
-  it('gains the accessor column, and old and new records verify in one chain', () => {
+  it('gains the accessor column, and old and new records verify in one chain', async () => {
     const d = tempDir('broker-oldstore-');
     const path = join(d, 'broker.db');
     // The audit table as it was, with one record hashed the way it was.
@@ -1120,10 +1126,10 @@ describe('the audit log of a store from before Vault support', () => {
     db.close();
 
     const s = new SqliteStore(path);
-    assert.equal(s.verifyAuditChain(), null, 'the old record still verifies');
-    s.audit({ event: 'vault.revoke', decision: 'revoked', developer: 'alice@example.com', vaultAccessor: 'acc123' });
-    assert.equal(s.verifyAuditChain(), null);
-    assert.equal(s.auditRecords().at(-1)?.vaultAccessor, 'acc123');
+    assert.equal((await s.auditLog.verify()), null, 'the old record still verifies');
+    await s.auditLog.append({ event: 'vault.revoke', decision: 'revoked', developer: 'alice@example.com', vaultAccessor: 'acc123' });
+    assert.equal((await s.auditLog.verify()), null);
+    assert.equal((await s.auditLog.records()).at(-1)?.vaultAccessor, 'acc123');
     s.close();
     // Tampering with the accessor breaks the chain like any other field.
     const raw = new DatabaseSync(path);
@@ -1131,13 +1137,13 @@ describe('the audit log of a store from before Vault support', () => {
     raw.exec("UPDATE audit SET vault_accessor = 'other' WHERE seq = 2");
     raw.close();
     const again = new SqliteStore(path);
-    assert.equal(again.verifyAuditChain(), 2);
+    assert.equal((await again.auditLog.verify()), 2);
     again.close();
   });
 });
 
 describe('the Vault token table of a store from before dead-by tracking', () => {
-  it('gains the new columns; an old failing row is given up only after Vault\'s default max TTL', () => {
+  it('gains the new columns; an old failing row is given up only after Vault\'s default max TTL', async () => {
     const d = tempDir('broker-oldvault-');
     const path = join(d, 'broker.db');
     const db = new DatabaseSync(path);
@@ -1152,11 +1158,11 @@ describe('the Vault token table of a store from before dead-by tracking', () => 
     db.close();
 
     const s = new SqliteStore(path);
-    const [row] = s.vaultTokensToRevoke();
+    const [row] = (await s.vaultTokens.toRevoke());
     assert.deepEqual([row?.accessor, row?.deadBy, row?.lastAttemptAt, row?.lapsedAt, row?.revokeAttempts], ['acc-old', null, null, null, 3]);
     const fallback = 768 * 3_600_000;
-    assert.deepEqual(s.vaultTokensPastDeadBy(created + fallback - 1, fallback), [], 'its own explicit max TTL is not trusted: it may have been renewed');
-    assert.deepEqual(s.vaultTokensPastDeadBy(created + fallback, fallback).map((r) => r.accessor), ['acc-old']);
+    assert.deepEqual((await s.vaultTokens.pastDeadBy(created + fallback - 1, fallback)), [], 'its own explicit max TTL is not trusted: it may have been renewed');
+    assert.deepEqual((await s.vaultTokens.pastDeadBy(created + fallback, fallback)).map((r) => r.accessor), ['acc-old']);
     s.close();
   });
 });

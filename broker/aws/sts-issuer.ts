@@ -1,18 +1,20 @@
-import { AssumeRoleCommand, type AssumeRoleCommandInput, type STSClient } from '@aws-sdk/client-sts';
+import { AssumeRoleCommand, type STSClient } from '@aws-sdk/client-sts';
 import { BrokerError } from '../errors.js';
+import type { AwsCredentialIssuer, AwsCredentials } from '../sessions/aws-credential-issuer.js';
+import type { AssumeRoleRequest } from '../templates/render.js';
 import { sendBounded } from './clients.js';
 
-export interface AwsCredentials {
-  accessKeyId: string;
-  secretAccessKey: string;
-  sessionToken: string;
-  expiration: Date;
-  /** From the assumed-role ARN; botocore reads AccountId from credential_process output. */
-  accountId?: string | undefined;
-  assumedRoleArn?: string | undefined;
+/** The task-session domain's AWS credentials, from STS AssumeRole with the broker's own AWS credentials. */
+export class StsCredentialIssuer implements AwsCredentialIssuer {
+  /** `timeoutMs` bounds one AssumeRole, the SDK's retries included (aws.requestTimeoutMs). */
+  constructor(private readonly sts: STSClient, private readonly timeoutMs: number) {}
+
+  issue(request: AssumeRoleRequest): Promise<AwsCredentials> {
+    return assumeRole(this.sts, request, this.timeoutMs);
+  }
 }
 
-/** STS error names worth a specific hint (FACTS.md, "Errors to map to clear messages"). */
+/** STS error names worth a specific hint (AWS STS API Reference, AssumeRole, "Errors", and "Common Errors"). */
 const HINTS: Record<string, string> = {
   AccessDenied: "the role's trust policy must let the broker's principal call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity; run: broker policy check --aws",
   MalformedPolicyDocument: 'the rendered session policy was rejected; run: broker policy explain <template>',
@@ -40,7 +42,7 @@ export function wrapStsError(e: unknown): BrokerError {
  * One AssumeRole, bounded by `timeoutMs` over all of the SDK's own retries: the SDK has no request
  * timeout by default, and a hung STS must become a clear error before the client's own timeout.
  */
-export async function assumeRole(sts: STSClient, input: AssumeRoleCommandInput, timeoutMs: number): Promise<AwsCredentials> {
+export async function assumeRole(sts: STSClient, input: AssumeRoleRequest, timeoutMs: number): Promise<AwsCredentials> {
   let out;
   const signal = AbortSignal.timeout(timeoutMs);
   try {

@@ -3,7 +3,7 @@ import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import { formatDuration } from '../duration.js';
 import { BrokerError } from '../errors.js';
 import { sendBounded } from './clients.js';
-import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits.js';
+import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits/aws.js';
 
 /**
  * Checks, before any developer hits an AccessDenied, that each template's role lets the broker call
@@ -39,7 +39,11 @@ export interface RoleToCheck {
   durationSeconds: number;
 }
 
-/** What the broker needs from the trust policy (FACTS.md: tags need sts:TagSession, SourceIdentity needs sts:SetSourceIdentity). */
+/**
+ * What the broker needs from the trust policy: session tags need `sts:TagSession` (IAM User Guide,
+ * "Passing session tags in AWS STS"), a source identity `sts:SetSourceIdentity` (IAM User Guide,
+ * "Monitor and control actions taken with assumed roles").
+ */
 export const REQUIRED_ACTIONS = [
   { check: 'assume', action: 'sts:AssumeRole' },
   { check: 'tag-session', action: 'sts:TagSession' },

@@ -1,6 +1,12 @@
-import { BrokerError, isErrorCode, type ErrorDetail } from '../errors.js';
+import type { z } from 'zod';
+import { BrokerError, isErrorCode } from '../errors.js';
+import { jsonPointer } from '../wire/json-pointer.js';
+import { errorBody, sessionsResponse, vaultTokenResponse, type SessionView, type VaultTokenResponse } from '../wire/service-api.js';
 
-/** Bounded: Go SDK v2 kills credential_process after a minute and JS/Python wait forever (FACTS.md). */
+/**
+ * Bounded: Go SDK v2 kills credential_process after a minute (aws-sdk-go-v2
+ * `credentials/processcreds`, `DefaultTimeout`), and the JS and Python SDKs wait forever.
+ */
 const REQUEST_TIMEOUT_MS = 15_000;
 
 /**
@@ -11,11 +17,16 @@ export class ServiceAnswer {
   constructor(readonly status: number) {}
 }
 
-/** A thin HTTP client for the broker service; server errors come back as the same BrokerError. */
+/**
+ * A thin HTTP client for the broker service. Every answer is checked against its schema
+ * (wire/service-api.ts) where it is received: what does not match is an `upstream_error` naming the
+ * request and the first place that differs, never passed on unchecked. Server errors come back as
+ * the same BrokerError.
+ */
 export class BrokerApi {
   constructor(readonly baseUrl: string, private readonly accessToken?: string) {}
 
-  async request<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+  async request<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown, headers: Record<string, string> = {}): Promise<z.output<S>> {
     let res: Response;
     try {
       res = await fetch(`${this.baseUrl}${path}`, {
@@ -39,87 +50,49 @@ export class BrokerApi {
     } catch {
       throw new BrokerError('upstream_error', `the broker service answered ${res.status} without JSON`);
     }
-    if (!res.ok) {
-      const d = data as { code?: unknown; message?: unknown; hint?: unknown; details?: unknown };
-      const code = isErrorCode(d.code) ? d.code : 'upstream_error';
-      const message = typeof d.message === 'string' ? d.message : `the broker service answered ${res.status}`;
-      const hint = typeof d.hint === 'string' ? d.hint : code === 'unauthenticated' ? 'run: broker login' : undefined;
-      throw new BrokerError(code, message, {
-        cause: new ServiceAnswer(res.status), ...(hint ? { hint } : {}), ...(Array.isArray(d.details) ? { details: d.details as ErrorDetail[] } : {}),
-      });
-    }
-    return data as T;
+    if (!res.ok) throw serviceError(res.status, data, `${method} ${path}`);
+    const parsed = schema.safeParse(data);
+    if (!parsed.success) throw unexpectedAnswer(`${method} ${path}`, parsed.error);
+    return parsed.data;
   }
 }
 
-export interface TemplateSummary {
-  name: string;
-  description: string;
-  region: string | null;
-  /** What a session of it grants; absent from services older than Vault support (AWS only). */
-  grants?: ('aws' | 'vault')[];
-  parameters: Record<string, { description: string; pattern: string; maxLength: number }>;
-  maxSessionSeconds: number;
-  credentialLifetimeSeconds: number;
-}
-
-export interface SessionView {
-  id: string; template: string; params: Record<string, string>; reason: string; agent: string;
-  roleSessionName: string; region: string | null;
-  /** Where the session's Vault tokens are valid, or null when it grants none. */
-  vault?: { address: string; namespace: string | null; policies: string[] } | null;
-  createdAt: string; expiresAt: string;
+/** The service's error answer as the same BrokerError (its code, message, hint and details). */
+function serviceError(status: number, data: unknown, request: string): BrokerError {
+  const parsed = errorBody.safeParse(data);
+  if (!parsed.success) throw unexpectedAnswer(`${request} (HTTP ${status})`, parsed.error);
+  const d = parsed.data;
+  // A code this CLI does not know (a newer service): an upstream error, with the service's message.
+  const code = isErrorCode(d.code) ? d.code : 'upstream_error';
+  const hint = d.hint ?? (code === 'unauthenticated' ? 'run: broker login' : undefined);
+  return new BrokerError(code, d.message, {
+    cause: new ServiceAnswer(status), ...(hint ? { hint } : {}), ...(d.details ? { details: d.details } : {}),
+  });
 }
 
 /**
- * The `vault` object of `POST /v1/sessions` (when the template grants a Vault token) and of
- * `POST /v1/sessions/:id/vault-token`. `token` is a secret: keep it in memory; renew it in place with
- * renewVaultToken (broker/vault/renew.ts) and ask for a fresh one when that fails.
+ * An answer that does not match the contract: where it differs and how (zod's message names the
+ * expected type or format), never what it holds, which may be a secret.
  */
-export interface VaultTokenGrant {
-  token: string;
-  /** Identifies the token in Vault's audit log and the broker's; safe to log. */
-  accessor: string;
-  policies: string[];
-  ttlSeconds: number;
-  /** RFC 3339; when the token expires unless renewed. */
-  expiresAt: string;
-  /** RFC 3339; its explicit max TTL, never after the session's end. */
-  maxExpiresAt: string;
-  renewable: boolean;
-  /** 0: unlimited; every request with the token (renewal included) uses one. */
-  numUses: number;
-  address: string;
-  namespace?: string;
-}
-
-/** `POST /v1/sessions` (201): what the template grants. */
-export interface StartedSession {
-  session: SessionView;
-  credentials?: ProcessCredentials;
-  vault?: VaultTokenGrant;
-}
-
-/** `DELETE /v1/sessions/:id`: the ended session and what became of its Vault tokens. */
-export interface EndedSessionResponse {
-  ended: SessionView;
-  vaultTokens: { accessor: string; revoked: boolean; error?: string }[];
-}
-
-export interface ProcessCredentials {
-  Version: 1; AccessKeyId: string; SecretAccessKey: string; SessionToken: string; Expiration: string; AccountId?: string;
+function unexpectedAnswer(request: string, error: z.ZodError): BrokerError {
+  const first = error.issues[0];
+  const pointer = first ? jsonPointer(first.path) : '';
+  const what = first ? `${pointer ? `at ${pointer}: ` : ''}${first.message}` : 'it does not match';
+  return new BrokerError('upstream_error', `the broker service sent an unexpected answer to ${request} (${what})`, {
+    hint: 'the broker CLI and service may be different versions: update the CLI, or ask the service\'s operator',
+  });
 }
 
 /** Anything that can make an API request: a BrokerApi, or the daemon's token-renewing client. */
 export interface ApiRequester {
-  request<T>(method: string, path: string, body?: unknown): Promise<T>;
+  request<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>>;
 }
 
 export async function activeSessions(api: ApiRequester): Promise<SessionView[]> {
-  return (await api.request<{ sessions: SessionView[] }>('GET', '/v1/sessions')).sessions;
+  return (await api.request('GET', '/v1/sessions', sessionsResponse)).sessions;
 }
 
 /** A fresh Vault token under an active session, for when renewing the one held fails. */
-export async function freshVaultToken(api: ApiRequester, sessionId: string): Promise<{ session: SessionView; vault: VaultTokenGrant }> {
-  return api.request('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/vault-token`);
+export function freshVaultToken(api: ApiRequester, sessionId: string): Promise<VaultTokenResponse> {
+  return api.request('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/vault-token`, vaultTokenResponse);
 }

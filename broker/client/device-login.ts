@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import * as oidc from 'openid-client';
 import { BrokerError } from '../errors.js';
-import { MAX_ID_TOKEN_CHARS } from '../limits.js';
+import { MAX_ID_TOKEN_CHARS } from '../limits/aws.js';
 
 export interface DevicePrompt {
   verificationUri: string;

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { durationSchema } from '../duration.js';
 import { BrokerError, type ErrorDetail } from '../errors.js';
 import { BROKER_TOKEN_AUDIENCE } from '../identity/broker-tokens.js';
-import { VAULT_ROLE_NAME_RE } from '../vault/limits.js';
+import { VAULT_ROLE_NAME_RE } from '../limits/vault.js';
 
 const JWS_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
 

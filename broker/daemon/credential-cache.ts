@@ -1,6 +1,7 @@
-import type { ProcessCredentials, SessionView } from '../client/api.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ProcessCredentials, ReissueCredentialsResponse, SessionView } from '../wire/service-api.js';
+import type { CacheStats, EntryStatus } from './protocol.js';
 import { SingleFlight } from './single-flight.js';
 import { canHandOut, isUsable, refreshAt, type HeldCredentials } from './refresh-policy.js';
 import { changedWhileWaiting, noActiveSession, sessionEnded, sessionGone, Superseded, TaskCache, type TaskCacheOptions, type TaskEntry } from './task-cache.js';
@@ -13,10 +14,8 @@ import { changedWhileWaiting, noActiveSession, sessionEnded, sessionGone, Supers
  * credentials keep being served until they expire while the daemon retries with back-off.
  */
 
-export interface IssuedCredentials {
-  session: SessionView;
-  credentials: ProcessCredentials;
-}
+/** What the service answers to a re-issue (`POST /v1/sessions/:id/credentials`). */
+export type IssuedCredentials = ReissueCredentialsResponse;
 
 /** Where fresh credentials come from: the broker service, through the developer's login. */
 export interface CredentialUpstream {
@@ -35,7 +34,7 @@ interface Held extends HeldCredentials {
   doc: ProcessCredentials;
 }
 
-type Health = 'ok' | 'retrying';
+type Health = EntryStatus['health'];
 
 interface Entry extends TaskEntry {
   session: SessionView;
@@ -44,26 +43,6 @@ interface Entry extends TaskEntry {
   inflight?: Promise<Held>;
   timer?: NodeJS.Timeout;
   health: Health;
-}
-
-export interface CacheStats {
-  credentialRequests: number;
-  servedFromMemory: number;
-  waitedForUpstream: number;
-  /** Of those that waited, how many joined an upstream request another caller had started (single flight). */
-  sharedUpstream: number;
-  upstreamIssues: number;
-}
-
-export interface EntryStatus {
-  template: string;
-  sessionId: string;
-  credentialsExpireAt: string | null;
-  nextRefreshAt: string | null;
-  health: Health;
-  /** An upstream request for this task is under way. */
-  refreshing: boolean;
-  lastError: string | null;
 }
 
 export class CredentialCache extends TaskCache<Entry> {

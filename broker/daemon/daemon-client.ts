@@ -1,57 +1,84 @@
-import { BrokerError } from '../errors.js';
+import type { z } from 'zod';
+import { BrokerError, isErrorCode } from '../errors.js';
+import { jsonPointer } from '../wire/json-pointer.js';
 import { daemonCall, DIR_REFUSED, isNoDaemon, socketPath } from './socket.cjs';
-import type { DaemonRequest } from './protocol.js';
+import { daemonResponse, resultSchemas, type DaemonOp, type DaemonRequest, type DaemonResult } from './protocol.js';
 
 /** Bounded: Go SDK v2 kills credential_process after a minute, and people should not wait longer. */
 export const DAEMON_TIMEOUT_MS = 50_000;
 
 /**
  * A request to the per-user daemon from the CLI, starting the daemon first when none is running
- * (`autostart: false` for commands that only inform a running one). Daemon-side failures come back
- * as the same BrokerError.
+ * (`autostart: false` for commands that only inform a running one). The answer is checked against
+ * the op's result schema (protocol.ts); daemon-side failures come back as the same BrokerError.
  */
-export async function callDaemon<T>(request: DaemonRequest, opts: { autostart?: boolean; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<T> {
+export async function callDaemon<R extends DaemonRequest>(request: R, opts: { autostart?: boolean; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonResult<R['op']>> {
   const env = opts.env ?? process.env;
   const sock = socketPath(env);
   const timeout = opts.timeoutMs ?? DAEMON_TIMEOUT_MS;
   // One budget for starting the daemon and asking it, so a first call also stays under the bound.
   const deadline = Date.now() + timeout;
-  let response;
+  let response: unknown;
   try {
-    response = await daemonCall<T>(sock, request, timeout);
+    response = await daemonCall(sock, request, timeout);
   } catch (e) {
     if (!isNoDaemon(e)) throw unreachable(e, sock);
     if (opts.autostart === false) throw new BrokerError('upstream_unavailable', 'the broker daemon is not running', { hint: 'start it: broker daemon start' });
     const { startDaemonInBackground } = await import('./autostart.js');
     await startDaemonInBackground(env);
     try {
-      response = await daemonCall<T>(sock, request, Math.max(1_000, deadline - Date.now()));
+      response = await daemonCall(sock, request, Math.max(1_000, deadline - Date.now()));
     } catch (e2) {
       throw unreachable(e2, sock);
     }
   }
-  if (!response.ok) {
-    const { code, message, hint, details } = response.error;
-    throw new BrokerError(code, message, { ...(hint ? { hint } : {}), ...(details ? { details } : {}) });
-  }
-  return response.result;
+  return resultOf(request, response);
 }
 
 /** Like callDaemon, but only if a daemon is running: undefined (and nothing started) otherwise. */
-export async function callRunningDaemon<T>(request: DaemonRequest, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ result: T } | undefined> {
+export async function callRunningDaemon<R extends DaemonRequest>(request: R, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ result: DaemonResult<R['op']> } | undefined> {
   const sock = socketPath(opts.env ?? process.env);
-  let response;
+  let response: unknown;
   try {
-    response = await daemonCall<T>(sock, request, opts.timeoutMs ?? DAEMON_TIMEOUT_MS);
+    response = await daemonCall(sock, request, opts.timeoutMs ?? DAEMON_TIMEOUT_MS);
   } catch (e) {
     if (isNoDaemon(e)) return undefined;
     throw unreachable(e, sock);
   }
-  if (!response.ok) {
-    const { code, message, hint, details } = response.error;
-    throw new BrokerError(code, message, { ...(hint ? { hint } : {}), ...(details ? { details } : {}) });
+  return { result: resultOf(request, response) };
+}
+
+/** The answer to `request`, checked: its result by the op's schema, or its error as a BrokerError. */
+export function resultOf<R extends DaemonRequest>(request: R, response: unknown): DaemonResult<R['op']> {
+  const envelope = daemonResponse.safeParse(response);
+  if (!envelope.success) throw unexpectedAnswer(request.op, envelope.error);
+  if (!envelope.data.ok) {
+    const { code, message, hint, details } = envelope.data.error;
+    // A code this CLI does not know (a newer daemon): internal, with the daemon's message.
+    throw new BrokerError(isErrorCode(code) ? code : 'internal', message, { ...(hint ? { hint } : {}), ...(details ? { details } : {}) });
   }
-  return { result: response.result };
+  const parsed = resultSchema<R['op']>(request.op).safeParse(envelope.data.result);
+  if (!parsed.success) throw unexpectedAnswer(request.op, parsed.error);
+  return parsed.data;
+}
+
+/**
+ * The op's result schema, typed by its op. DaemonResult<Op> is by definition the output of
+ * `resultSchemas[Op]`; TypeScript cannot follow that through a generic index, so the lookup states
+ * it. The data is still checked by exactly that schema.
+ */
+function resultSchema<Op extends DaemonOp>(op: Op): z.ZodType<DaemonResult<Op>> {
+  return resultSchemas[op] as unknown as z.ZodType<DaemonResult<Op>>;
+}
+
+/** Where the answer differs from the protocol and how; never what it holds (it may hold credentials). */
+function unexpectedAnswer(op: string, error: z.ZodError): BrokerError {
+  const first = error.issues[0];
+  const pointer = first ? jsonPointer(first.path) : '';
+  const what = first ? `${pointer ? `at ${pointer}: ` : ''}${first.message}` : 'it does not match';
+  return new BrokerError('upstream_error', `the broker daemon sent an unexpected answer to ${op} (${what})`, {
+    hint: 'the broker CLI and daemon may be different versions: broker daemon stop, then retry',
+  });
 }
 
 function unreachable(e: unknown, sock: string): BrokerError {

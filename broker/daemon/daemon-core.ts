@@ -1,68 +1,24 @@
-import { z } from 'zod';
-import { freshVaultToken, type EndedSessionResponse, type SessionView, type StartedSession, type TemplateSummary, type VaultTokenGrant } from '../client/api.js';
+import { freshVaultToken } from '../client/api.js';
 import { readCliConfig } from '../client/cli-config.js';
 import { loadLogin } from '../client/login-record.js';
+import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { CredentialCache, type EntryStatus } from './credential-cache.js';
+import {
+  endSessionResponse, startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse,
+  type StartSessionRequest, type VaultTokenGrant,
+} from '../wire/service-api.js';
+import { CredentialCache } from './credential-cache.js';
 import { memoryProtection } from './memory-protection.js';
-import { PROTOCOL_VERSION, type DaemonRequest, type PingResult, type StartRequest } from './protocol.js';
+import {
+  PROTOCOL_VERSION, type DaemonOp, type DaemonRequest, type DaemonResult, type DaemonStatus, type EndedTasks, type PingResult,
+  type StartedTask, type StartRequest, type VaultTokenAnswer,
+} from './protocol.js';
 import { ServiceClient } from './service-client.js';
-import { bodyIssueDetails } from '../server/json-pointer.js';
-import { renewVaultToken } from '../vault/renew.js';
-import { VaultTokenCache, type VaultTokenStatus } from './vault-token-cache.js';
+import { VaultTokenCache } from './vault-token-cache.js';
 
-const templateName = z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be a template name ([a-z0-9-], at most 40 chars)');
-const startRequest = z.strictObject({
-  template: templateName,
-  params: z.record(z.string().max(64), z.string().max(1024)),
-  reason: z.string().max(512),
-  agent: z.string().min(1).max(256),
-  ttl: z.string().max(32).optional(),
-});
-const requestSchema = z.discriminatedUnion('op', [
-  z.strictObject({ op: z.literal('ping') }),
-  z.strictObject({ op: z.literal('credentials'), task: templateName }),
-  z.strictObject({ op: z.literal('vault-token'), task: templateName.optional() }),
-  z.strictObject({ op: z.literal('start'), request: startRequest }),
-  z.strictObject({ op: z.literal('ensure'), request: startRequest, paramsGiven: z.boolean() }),
-  z.strictObject({ op: z.literal('status') }),
-  z.strictObject({ op: z.literal('end'), template: templateName.optional(), all: z.boolean().optional() }),
-  z.strictObject({ op: z.literal('templates') }),
-  z.strictObject({ op: z.literal('whoami') }),
-  z.strictObject({ op: z.literal('reload-login') }),
-  z.strictObject({ op: z.literal('stop') }),
-]);
-
-export function parseRequest(raw: unknown): DaemonRequest {
-  const r = requestSchema.safeParse(raw);
-  if (!r.success) {
-    throw new BrokerError('invalid_request', 'malformed request to the broker daemon', {
-      details: bodyIssueDetails(r.error),
-      hint: 'the broker CLI and daemon may be different versions: broker daemon stop, then retry',
-    });
-  }
-  return r.data as DaemonRequest;
-}
-
-/** What `broker task`/`exec` learn: never a secret (exec asks for the Vault token on its own). */
-export interface StartedTask {
-  session: SessionView;
-  reused: boolean;
-  accessKeyId?: string;
-  credentialsExpire?: string;
-  vaultAccessor?: string;
-  vaultTokenExpires?: string;
-}
-export interface VaultTokenAnswer { template: string; token: string; accessor: string; address: string; namespace: string | null; expiresAt: string }
-export interface EndedTasks { ended: { id: string; template: string; vaultTokensPending: { accessor: string; error?: string }[] }[] }
-export interface DaemonStatus {
-  serverUrl: string | null;
-  developer: string | null;
-  sessions: (SessionView & { credentials: EntryStatus | null; vaultToken: VaultTokenStatus | null })[];
-  /** Set when the service could not be asked: `sessions` then lists only what the daemon holds. */
-  serviceError?: string;
-}
+/** A result for `op`, checked at compile time against the op's result schema (protocol.ts). */
+const answer = <Op extends DaemonOp>(_op: Op, result: DaemonResult<Op>): DaemonResult<Op> => result;
 
 /**
  * What the daemon does, independent of its socket: the login (read from the keychain at start and
@@ -124,19 +80,19 @@ export class DaemonCore {
     return this.client;
   }
 
-  async handle(req: DaemonRequest): Promise<unknown> {
+  async handle(req: DaemonRequest): Promise<DaemonResult<DaemonOp>> {
     switch (req.op) {
-      case 'ping': return this.ping();
-      case 'credentials': return this.cache.get(req.task);
-      case 'vault-token': return this.vaultToken(req.task);
-      case 'start': return this.start(req.request);
-      case 'ensure': return this.ensure(req.request, req.paramsGiven);
-      case 'status': return this.status();
-      case 'end': return this.end(req.template, req.all === true);
-      case 'templates': return (await this.service().request<{ templates: TemplateSummary[] }>('GET', '/v1/templates')).templates;
-      case 'whoami': return { ...(await this.service().request<{ id: string; email: string; groups: string[] }>('GET', '/v1/whoami')), server: this.service().serverUrl };
-      case 'reload-login': await this.loadLogin(); return this.ping();
-      case 'stop': return { stopping: true };
+      case 'ping': return answer('ping', this.ping());
+      case 'credentials': return answer('credentials', await this.cache.get(req.task));
+      case 'vault-token': return answer('vault-token', await this.vaultToken(req.task));
+      case 'start': return answer('start', await this.start(req.request));
+      case 'ensure': return answer('ensure', await this.ensure(req.request, req.paramsGiven));
+      case 'status': return answer('status', await this.status());
+      case 'end': return answer('end', await this.end(req.template, req.all === true));
+      case 'templates': return answer('templates', (await this.service().request('GET', '/v1/templates', templatesResponse)).templates);
+      case 'whoami': return answer('whoami', { ...(await this.service().request('GET', '/v1/whoami', whoamiResponse)), server: this.service().serverUrl });
+      case 'reload-login': await this.loadLogin(); return answer('reload-login', this.ping());
+      case 'stop': return answer('stop', { stopping: true });
     }
   }
 
@@ -149,9 +105,8 @@ export class DaemonCore {
   }
 
   private async start(r: StartRequest): Promise<StartedTask> {
-    const issued = await this.service().request<StartedSession>('POST', '/v1/sessions', {
-      template: r.template, params: r.params, reason: r.reason, agent: r.agent, ...(r.ttl ? { ttl: r.ttl } : {}),
-    });
+    const body: StartSessionRequest = { template: r.template, params: r.params, reason: r.reason, agent: r.agent, ...(r.ttl ? { ttl: r.ttl } : {}) };
+    const issued = await this.service().request('POST', '/v1/sessions', startSessionResponse, body);
     // Held for credential_process and vault-token: the first use after `broker task` needs no network.
     if (issued.credentials) this.cache.put({ session: issued.session, credentials: issued.credentials });
     if (issued.vault) this.vault.put(issued.session, issued.vault);
@@ -188,7 +143,7 @@ export class DaemonCore {
     }
     let session = existing;
     if (existing.agent !== r.agent) {
-      session = (await this.service().request<{ session: SessionView }>('PATCH', `/v1/sessions/${encodeURIComponent(existing.id)}`, { agent: r.agent })).session;
+      session = (await this.service().request('PATCH', `/v1/sessions/${encodeURIComponent(existing.id)}`, updateSessionResponse, { agent: r.agent })).session;
       // What is held names the old agent (broker:agent tag, Vault token metadata): get ones that name
       // this agent. A Vault token already handed out stays valid until the session ends.
       this.cache.drop(r.template);
@@ -226,7 +181,7 @@ export class DaemonCore {
       // Dropped first: even if the service call fails, nothing more is handed out for it from here.
       this.cache.drop(s.template);
       this.vault.drop(s.template);
-      const r = await this.service().request<Partial<EndedSessionResponse>>('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`);
+      const r = await this.service().request('DELETE', `/v1/sessions/${encodeURIComponent(s.id)}`, endSessionResponse);
       const pending = (r.vaultTokens ?? []).filter((t) => !t.revoked).map((t) => ({ accessor: t.accessor, ...(t.error ? { error: t.error } : {}) }));
       this.log.info({ template: s.template, session: s.id, vaultTokensPending: pending.length }, 'task session ended');
       ended.push({ id: s.id, template: s.template, vaultTokensPending: pending });

@@ -2,10 +2,10 @@ import { chmodSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { BrokerError, isBrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { DaemonCore, parseRequest } from './daemon-core.js';
+import { DaemonCore } from './daemon-core.js';
 import { breakStaleLock, LOCK_WAIT_MS, pidExists, STALE_LOCK_MS, tryInstanceLock, type InstanceLock, type LockHolder } from './instance-lock.js';
 import { daemonCall, isNoDaemon, logPath, pidPath, socketPath } from './socket.cjs';
-import { MAX_REQUEST_BYTES, type DaemonRequest, type DaemonResponse, type PingResult } from './protocol.js';
+import { MAX_REQUEST_BYTES, parseRequest, pingResult, type DaemonRequest, type DaemonResponse } from './protocol.js';
 import { ensureRuntimeDir } from './runtime-dir.js';
 
 /** How long one probe waits for a ping answer. */
@@ -139,8 +139,10 @@ type Probe = { kind: 'answers'; pid: number } | { kind: 'none' } | { kind: 'sile
 /** Who is at the socket: a daemon that answers, one that failed to start, one that is silent, or nobody. */
 async function probeSocket(sock: string): Promise<Probe> {
   try {
-    const r = await daemonCall<PingResult>(sock, { op: 'ping' }, PROBE_MS);
-    return r.ok ? { kind: 'answers', pid: r.result.pid } : { kind: 'failing' };
+    const r = await daemonCall(sock, { op: 'ping' }, PROBE_MS);
+    // Only the pid is used: any daemon that answers `ok` is one, whatever else its version reports.
+    const ping = r.ok ? pingResult.pick({ pid: true }).safeParse(r.result) : undefined;
+    return ping?.success ? { kind: 'answers', pid: ping.data.pid } : { kind: 'failing' };
   } catch (e) {
     return isNoDaemon(e) ? { kind: 'none' } : { kind: 'silent' };
   }

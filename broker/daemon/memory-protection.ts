@@ -15,13 +15,13 @@
  * any other platform) `broker daemon status` says the memory is not protected.
  */
 
+import type { MemoryProtection } from './protocol.js';
+
 /** prctl(2) options (linux/prctl.h). */
 const PR_GET_DUMPABLE = 3;
 const PR_SET_DUMPABLE = 4;
 
-export type MemoryProtection =
-  | { protected: true; how: string }
-  | { protected: false; reason: string };
+export type { MemoryProtection } from './protocol.js';
 
 let state: MemoryProtection = { protected: false, reason: 'not attempted (the daemon was not started by broker daemon run)' };
 

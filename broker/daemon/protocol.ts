@@ -1,38 +1,180 @@
 /**
- * The daemon's wire protocol on its Unix socket: one JSON request per line, one JSON response per
- * line. Shared by the daemon and every client; types only, so it costs the fast path nothing.
+ * The daemon's wire protocol on its Unix socket, written once: one JSON request per line, one JSON
+ * response per line (`{ok: true, result}` or `{ok: false, error}`), zod schemas for every request
+ * and for the result of every op. The daemon parses requests with them (parseRequest); clients
+ * validate what they receive with them (daemon-client.ts). Types are inferred from the schemas.
+ *
+ * The one exception, on purpose: the credential_process fast path (cli/credential-process.cts and
+ * socket.cts) loads no ES module and no zod — it runs for every AWS CLI command, and
+ * bench/credential-process measures it. It imports this module's *types* only (erased), and checks
+ * the credentials document by hand; test/wire-contract.test.ts feeds the same documents to that
+ * check and to `processCredentials` and requires the same verdict.
+ *
+ * Results are tolerant like the service API's (wire/service-api.ts): unknown fields are dropped, so
+ * a newer daemon can add some without breaking an older CLI.
  */
-import type { ErrorCode, ErrorDetail } from '../errors.js';
-import type { MemoryProtection } from './memory-protection.js';
+import { z } from 'zod';
+import { BrokerError, type ErrorCode, type ErrorDetail } from '../errors.js';
+import { MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
+import { bodyIssueDetails } from '../wire/json-pointer.js';
+import { errorBody, processCredentials, sessionView, templateSummary, timestamp, whoamiResponse } from '../wire/service-api.js';
 
 export const PROTOCOL_VERSION = 1;
 /** A request line larger than this is refused (no op needs more than a few hundred bytes). */
 export const MAX_REQUEST_BYTES = 64 * 1024;
 
-export interface StartRequest {
-  template: string;
-  params: Record<string, string>;
-  reason: string;
-  agent: string;
-  ttl?: string | undefined;
+// ---- requests ---------------------------------------------------------------------------------
+
+const templateName = z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`);
+
+/**
+ * What `broker task`/`exec` ask to start. Shape and bounds only: the service applies the rules of
+ * parameter names, agent names and durations, and says where a value is wrong.
+ */
+export const startRequest = z.strictObject({
+  template: templateName,
+  params: z.record(z.string().max(64), z.string().max(MAX_PARAM_VALUE_CHARS)),
+  reason: z.string().max(MAX_REASON_CHARS),
+  agent: z.string().min(1).max(MAX_AGENT_NAME_CHARS),
+  ttl: z.string().max(32).optional(),
+});
+export type StartRequest = z.infer<typeof startRequest>;
+
+export const daemonRequest = z.discriminatedUnion('op', [
+  z.strictObject({ op: z.literal('ping') }),
+  z.strictObject({ op: z.literal('credentials'), task: templateName }),
+  /** The task's Vault token (`broker vault-token`, `broker exec` for templates with a vault section). */
+  z.strictObject({ op: z.literal('vault-token'), task: templateName.optional() }),
+  z.strictObject({ op: z.literal('start'), request: startRequest }),
+  /** Reuse the template's active session (its params must match, when given) or start one; `broker exec`. */
+  z.strictObject({ op: z.literal('ensure'), request: startRequest, paramsGiven: z.boolean() }),
+  z.strictObject({ op: z.literal('status') }),
+  z.strictObject({ op: z.literal('end'), template: templateName.optional(), all: z.boolean().optional() }),
+  z.strictObject({ op: z.literal('templates') }),
+  z.strictObject({ op: z.literal('whoami') }),
+  /** `broker login`/`logout` changed the keychain: read it again (or drop the login). */
+  z.strictObject({ op: z.literal('reload-login') }),
+  z.strictObject({ op: z.literal('stop') }),
+]);
+export type DaemonRequest = z.infer<typeof daemonRequest>;
+export type DaemonOp = DaemonRequest['op'];
+
+/** A request line as the daemon received it, checked; invalid_request naming every problem by JSON pointer. */
+export function parseRequest(raw: unknown): DaemonRequest {
+  const r = daemonRequest.safeParse(raw);
+  if (!r.success) {
+    throw new BrokerError('invalid_request', 'malformed request to the broker daemon', {
+      details: bodyIssueDetails(r.error),
+      hint: 'the broker CLI and daemon may be different versions: broker daemon stop, then retry',
+    });
+  }
+  return r.data;
 }
 
-export type DaemonRequest =
-  | { op: 'ping' }
-  | { op: 'credentials'; task: string }
-  /** The task's Vault token (`broker vault-token`, `broker exec` for templates with a vault section). */
-  | { op: 'vault-token'; task?: string | undefined }
-  | { op: 'start'; request: StartRequest }
-  /** Reuse the template's active session (its params must match, when given) or start one; `broker exec`. */
-  | { op: 'ensure'; request: StartRequest; paramsGiven: boolean }
-  | { op: 'status' }
-  | { op: 'end'; template?: string; all?: boolean }
-  | { op: 'templates' }
-  | { op: 'whoami' }
-  /** `broker login`/`logout` changed the keychain: read it again (or drop the login). */
-  | { op: 'reload-login' }
-  | { op: 'stop' };
+// ---- results, per op --------------------------------------------------------------------------
 
+const time = timestamp;
+
+/** How requests for credentials were answered since the daemon started. */
+export const cacheStats = z.object({
+  credentialRequests: z.number(),
+  servedFromMemory: z.number(),
+  waitedForUpstream: z.number(),
+  /** Of those that waited, how many joined an upstream request another caller had started (single flight). */
+  sharedUpstream: z.number(),
+  upstreamIssues: z.number(),
+});
+export type CacheStats = z.infer<typeof cacheStats>;
+
+/** The AWS credentials held for one task (never the secrets themselves). */
+export const entryStatus = z.object({
+  template: z.string(),
+  sessionId: z.string(),
+  credentialsExpireAt: time.nullable(),
+  nextRefreshAt: time.nullable(),
+  health: z.enum(['ok', 'retrying']),
+  /** An upstream request for this task is under way. */
+  refreshing: z.boolean(),
+  lastError: z.string().nullable(),
+});
+export type EntryStatus = z.infer<typeof entryStatus>;
+
+/** The Vault token held for one task (its accessor, never the token). */
+export const vaultTokenStatus = z.object({ template: z.string(), accessor: z.string().nullable(), expiresAt: time.nullable(), lastError: z.string().nullable() });
+export type VaultTokenStatus = z.infer<typeof vaultTokenStatus>;
+
+/** Whether other processes of the user are kept out of the daemon's memory (memory-protection.ts). */
+export const memoryProtectionState = z.discriminatedUnion('protected', [
+  z.object({ protected: z.literal(true), how: z.string() }),
+  z.object({ protected: z.literal(false), reason: z.string() }),
+]);
+export type MemoryProtection = z.infer<typeof memoryProtectionState>;
+
+/** `ping` and `reload-login`: who the daemon is, for whom, and what it holds. */
+export const pingResult = z.object({
+  pid: z.number().int(),
+  version: z.number().int(),
+  serverUrl: z.string().nullable(),
+  developer: z.string().nullable(),
+  startedAt: time,
+  memory: memoryProtectionState,
+  stats: cacheStats,
+  tasks: z.array(entryStatus),
+});
+export type PingResult = z.infer<typeof pingResult>;
+
+/** `start` and `ensure`: what `broker task`/`exec` learn; never a secret (exec asks for the Vault token on its own). */
+export const startedTask = z.object({
+  session: sessionView,
+  reused: z.boolean(),
+  accessKeyId: z.string().optional(),
+  credentialsExpire: time.optional(),
+  vaultAccessor: z.string().optional(),
+  vaultTokenExpires: time.optional(),
+});
+export type StartedTask = z.infer<typeof startedTask>;
+
+/** `vault-token`: the task's token (a secret: `broker vault-token` prints it, `broker exec` puts it in the child's environment). */
+export const vaultTokenAnswer = z.object({
+  template: z.string(), token: z.string().min(1), accessor: z.string(), address: z.string(), namespace: z.string().nullable(), expiresAt: time,
+});
+export type VaultTokenAnswer = z.infer<typeof vaultTokenAnswer>;
+
+/** `end`: the sessions ended, and their Vault tokens the service could not revoke yet (it retries). */
+export const endedTasks = z.object({
+  ended: z.array(z.object({ id: z.string(), template: z.string(), vaultTokensPending: z.array(z.object({ accessor: z.string(), error: z.string().optional() })) })),
+});
+export type EndedTasks = z.infer<typeof endedTasks>;
+
+/** `status`: the developer's active sessions (from the service) with what the daemon holds for each. */
+export const daemonStatus = z.object({
+  serverUrl: z.string().nullable(),
+  developer: z.string().nullable(),
+  sessions: z.array(sessionView.extend({ credentials: entryStatus.nullable(), vaultToken: vaultTokenStatus.nullable() })),
+  /** Set when the service could not be asked: `sessions` then lists only what the daemon holds. */
+  serviceError: z.string().optional(),
+});
+export type DaemonStatus = z.infer<typeof daemonStatus>;
+
+/** The result schema of every op: what callDaemon validates an answer against. */
+export const resultSchemas = {
+  ping: pingResult,
+  credentials: processCredentials,
+  'vault-token': vaultTokenAnswer,
+  start: startedTask,
+  ensure: startedTask,
+  status: daemonStatus,
+  end: endedTasks,
+  templates: z.array(templateSummary),
+  whoami: whoamiResponse.extend({ server: z.string() }),
+  'reload-login': pingResult,
+  stop: z.object({ stopping: z.literal(true) }),
+} as const satisfies { [Op in DaemonOp]: z.ZodType };
+export type DaemonResult<Op extends DaemonOp> = z.output<(typeof resultSchemas)[Op]>;
+
+// ---- responses --------------------------------------------------------------------------------
+
+/** A daemon-side failure as sent: the BrokerError's code, message, hint and details. */
 export interface WireError {
   code: ErrorCode;
   message: string;
@@ -42,19 +184,11 @@ export interface WireError {
 
 export type DaemonResponse<T = unknown> = { ok: true; result: T } | { ok: false; error: WireError };
 
-export interface PingResult {
-  pid: number;
-  version: number;
-  serverUrl: string | null;
-  developer: string | null;
-  startedAt: string;
-  /** Whether other processes of the user are kept out of the daemon's memory (memory-protection.ts). */
-  memory: MemoryProtection;
-  /** How requests for credentials were answered since the daemon started. */
-  stats: { credentialRequests: number; servedFromMemory: number; waitedForUpstream: number; sharedUpstream: number; upstreamIssues: number };
-  /** The credentials held in memory, per task (never the secrets themselves). */
-  tasks: {
-    template: string; sessionId: string; credentialsExpireAt: string | null; nextRefreshAt: string | null;
-    health: 'ok' | 'retrying'; refreshing: boolean; lastError: string | null;
-  }[];
-}
+/**
+ * A response line as received. The error's `code` is any string (errorBody), deliberately: a newer
+ * daemon may know codes this CLI does not (daemon-client.ts treats them as `internal`).
+ */
+export const daemonResponse = z.discriminatedUnion('ok', [
+  z.object({ ok: z.literal(true), result: z.unknown() }),
+  z.object({ ok: z.literal(false), error: errorBody }),
+]);

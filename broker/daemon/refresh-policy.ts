@@ -2,8 +2,11 @@
  * When the daemon refreshes task credentials and which ones it may still hand out. Pure functions of
  * times in milliseconds, so the rules can be checked on their own.
  *
- * The clients' own refresh windows (FACTS.md): boto3 refreshes when 15 min are left (advisory) and
- * must at 10 min; the JS SDK v3 at 5 min; Go SDK v2 when expired. boto3 calls credential_process on
+ * The clients' own refresh windows: boto3 refreshes when 15 min are left (advisory) and must at 10
+ * min (botocore `credentials.py`, `_DEFAULT_ADVISORY_REFRESH_TIMEOUT` and
+ * `_DEFAULT_MANDATORY_REFRESH_TIMEOUT`); the JS SDK v3 at 5 min (`@aws-sdk/credential-provider-node`,
+ * `credentialsTreatedAsExpired`); Go SDK v2 when expired (`aws.CredentialsCache`, no expiry window by
+ * default). boto3 calls credential_process on
  * every request while under 15 min, so the daemon aims to hand out credentials with at least 15 min
  * left, refreshing a little before that, and at the latest when a third of the lifetime remains.
  *

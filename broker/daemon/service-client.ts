@@ -1,8 +1,10 @@
-import { BrokerApi, ServiceAnswer, activeSessions, type ApiRequester, type ProcessCredentials, type SessionView } from '../client/api.js';
+import type { z } from 'zod';
+import { BrokerApi, ServiceAnswer, activeSessions, type ApiRequester } from '../client/api.js';
 import { dpopProof, importDpopKey, type DpopKey } from '../client/dpop-key.js';
 import type { LoginRecord } from '../client/login-record.js';
 import { BrokerError, isBrokerError } from '../errors.js';
-import type { CredentialUpstream, IssuedCredentials } from './credential-cache.js';
+import { authRefreshResponse, reissueCredentialsResponse, type ReissueCredentialsResponse, type SessionView } from '../wire/service-api.js';
+import type { CredentialUpstream } from './credential-cache.js';
 
 /** Renew the access token this long before it expires, so no request goes out with a dying one. */
 const ACCESS_TOKEN_MARGIN_MS = 60_000;
@@ -37,8 +39,8 @@ export class ServiceClient implements CredentialUpstream, ApiRequester {
     if (!force && this.access && this.access.expiresAt - ACCESS_TOKEN_MARGIN_MS > this.now()) return this.access.token;
     this.renewing ??= (async () => {
       const url = `${this.serverUrl}/v1/auth/refresh`;
-      const r = await new BrokerApi(this.serverUrl).request<{ access_token: string; expires_in: number }>(
-        'POST', '/v1/auth/refresh', { refresh_token: this.login.refreshToken }, { dpop: await dpopProof(this.key, 'POST', url) },
+      const r = await new BrokerApi(this.serverUrl).request(
+        'POST', '/v1/auth/refresh', authRefreshResponse, { refresh_token: this.login.refreshToken }, { dpop: await dpopProof(this.key, 'POST', url) },
       );
       this.access = { token: r.access_token, expiresAt: this.now() + r.expires_in * 1000 };
       return r.access_token;
@@ -47,13 +49,13 @@ export class ServiceClient implements CredentialUpstream, ApiRequester {
   }
 
   /** A request with a valid access token; one retry with a new one if the service says it is not. */
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  async request<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>> {
     try {
-      return await new BrokerApi(this.serverUrl, await this.accessToken()).request<T>(method, path, body);
+      return await new BrokerApi(this.serverUrl, await this.accessToken()).request(method, path, schema, body);
     } catch (e) {
       if (!isBrokerError(e) || e.code !== 'unauthenticated' || !this.access) throw e;
       this.access = undefined;
-      return new BrokerApi(this.serverUrl, await this.accessToken(true)).request<T>(method, path, body);
+      return new BrokerApi(this.serverUrl, await this.accessToken(true)).request(method, path, schema, body);
     }
   }
 
@@ -65,9 +67,9 @@ export class ServiceClient implements CredentialUpstream, ApiRequester {
     return activeSessions(this);
   }
 
-  async issue(sessionId: string): Promise<IssuedCredentials> {
+  async issue(sessionId: string): Promise<ReissueCredentialsResponse> {
     try {
-      return await this.request<{ session: SessionView; credentials: ProcessCredentials }>('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/credentials`);
+      return await this.request('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/credentials`, reissueCredentialsResponse);
     } catch (e) {
       throw viaService(e, 'AWS STS');
     }

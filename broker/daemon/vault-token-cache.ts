@@ -1,7 +1,8 @@
-import type { SessionView, VaultTokenGrant } from '../client/api.js';
+import type { RenewedVaultToken, RenewVaultTokenOptions } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { RenewedVaultToken, RenewVaultTokenOptions } from '../vault/renew.js';
+import type { SessionView, VaultTokenGrant } from '../wire/service-api.js';
+import type { VaultTokenStatus } from './protocol.js';
 import { SingleFlight } from './single-flight.js';
 import { EXPIRY_SAFETY_MS } from './refresh-policy.js';
 import { changedWhileWaiting, noActiveSession, sessionEnded, sessionGone, Superseded, TaskCache, type TaskCacheOptions, type TaskEntry } from './task-cache.js';
@@ -38,7 +39,6 @@ interface Entry extends TaskEntry {
   inflight?: Promise<Held>;
 }
 
-export interface VaultTokenStatus { template: string; accessor: string | null; expiresAt: string | null; lastError: string | null }
 
 /** A renewal that adds less than this is not worth keeping the token: fetch a fresh one. */
 const MIN_USEFUL_TTL_MS = 60_000;

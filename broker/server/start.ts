@@ -1,6 +1,7 @@
 import { serve } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
+import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
@@ -10,7 +11,7 @@ import { createLogger, type Logger } from '../log.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
-import { SqliteStore } from '../store/sqlite-store.js';
+import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { loadTemplatesOrThrow } from '../templates/load.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import { VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
@@ -90,11 +91,12 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
   const sessions = new TaskSessionService({
-    store, templates, sts, stsTimeoutMs: config.aws.requestTimeoutMs, vault: vault?.sessionTokens, log, maxActiveSessions: config.limits.maxActiveSessions, now,
+    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
+    maxActiveSessions: config.limits.maxActiveSessions, now,
   });
   const sweeper = new SessionSweeper({ sessions, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
-    tokens, idTokens, sessions, store, log, issuePerMinute: config.limits.issuePerMinute, now,
+    tokens, idTokens, sessions, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     publicUrl: () => url,
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
@@ -107,15 +109,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const port = (server.address() as AddressInfo).port;
   if (config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0) url = `http://${config.listen.host}:${port}`;
   const close = () => new Promise<void>((resolveStop) => {
-    server.close(() => { store.close(); resolveStop(); });
+    server.close(() => { void store.close().finally(resolveStop); });
     (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
   });
   // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
   if (vault) {
     try {
-      await checkVaultAtStart({
-        auth: vault.auth, tokens: vault.tokens, defaultRole: config.vault!.tokenRole, templates: templates.values(), log, allowUnsafeTokenRole: config.vault!.allowUnsafeTokenRole,
-      });
+      const grants = [...templates.values()].flatMap((t) => (t.vault ? [{ template: t.name, role: t.vault.tokenRole ?? config.vault!.tokenRole, policies: t.vault.policies }] : []));
+      await checkVaultAtStart({ auth: vault.auth, tokens: vault.tokens, grants, log, allowUnsafeTokenRole: config.vault!.allowUnsafeTokenRole });
     } catch (e) {
       await close();
       throw e;

@@ -4,16 +4,18 @@
  * ends, keeping failed revocations for the sweeper to retry until Vault confirms or the token is
  * past the latest it can live. The token itself is never stored, logged or audited; its accessor is.
  */
+import type { z } from 'zod';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
-import type { SqliteStore, TaskSession, VaultTokenRecord } from '../store/sqlite-store.js';
+import type { Store, TaskSession, VaultTokenRecord } from '../store/store.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import { outcomeUnknown } from '../vault/http.js';
-import { VAULT_DEFAULT_MAX_TTL_SECONDS } from '../vault/limits.js';
-import { buildVaultTokenRequest, type VaultTokenRequest } from '../vault/token-request.js';
+import { VAULT_DEFAULT_MAX_TTL_SECONDS } from '../limits/vault.js';
+import { buildVaultTokenRequest, type VaultTokenRequest } from '../templates/vault-token-request.js';
 import { TokenRoleGuard } from '../vault/token-role-safety.js';
 import type { VaultTokens } from '../vault/tokens.js';
+import type { revocationResult } from '../wire/service-api.js';
 
 /**
  * How long past a token's `deadBy` a failing revocation is still retried: room for the broker's and
@@ -40,17 +42,11 @@ export interface IssuedVaultToken {
   namespace: string | undefined;
 }
 
-export interface RevocationResult {
-  accessor: string;
-  revoked: boolean;
-  /** Why it failed (Vault's message; no secret). The sweeper retries. */
-  error?: string;
-  /** Not revoked, and no longer retried: the token is past the latest Vault can keep it alive. */
-  lapsed?: true;
-}
+/** What became of one token's revocation, as `DELETE /v1/sessions/:id` reports it (wire/service-api.ts). */
+export type RevocationResult = z.infer<typeof revocationResult>;
 
 export interface SessionVaultTokensDeps {
-  store: SqliteStore;
+  store: Pick<Store, 'sessions' | 'vaultTokens' | 'auditLog'>;
   tokens: VaultTokens;
   /** The service config's `vault.tokenRole`; a template's `vault.tokenRole` overrides it. */
   defaultRole: string;
@@ -96,7 +92,7 @@ export class SessionVaultTokens {
     try {
       role = await this.roles.check(req.role, t.name);
     } catch (e) {
-      this.auditFailedCreate(e, req, base, true);
+      await this.auditFailedCreate(e, req, base, true);
       throw e;
     }
     // Again, now: the role read may have taken a moment, and the explicit max TTL counts from here.
@@ -106,7 +102,7 @@ export class SessionVaultTokens {
     try {
       created = await this.deps.tokens.create(req, t.name);
     } catch (e) {
-      this.auditFailedCreate(e, req, base);
+      await this.auditFailedCreate(e, req, base);
       throw e;
     }
     const receivedAt = this.deps.now();
@@ -119,7 +115,7 @@ export class SessionVaultTokens {
     const deadBy = receivedAt + 1000 * (created.renewable ? Math.max(req.explicitMaxTtlSeconds, roleBound) : req.explicitMaxTtlSeconds);
     let open: boolean;
     try {
-      open = this.deps.store.recordVaultToken({ accessor: created.accessor, sessionId: s.id, createdAt: issuedAt, expiresAt: maxExpiresAt, deadBy }, {
+      open = await this.deps.store.vaultTokens.record({ accessor: created.accessor, sessionId: s.id, createdAt: issuedAt, expiresAt: maxExpiresAt, deadBy }, {
         ...base, decision: 'issued', vaultAccessor: created.accessor, expiration: new Date(maxExpiresAt).toISOString(),
         detail: {
           role: req.role, policies: created.policies, ttlSeconds: created.ttlSeconds, explicitMaxTtlSeconds: req.explicitMaxTtlSeconds,
@@ -135,8 +131,8 @@ export class SessionVaultTokens {
     }
     if (!open) {
       // The row is recorded under the ended session: if revoking fails now, the sweeper retries.
-      const ended = this.deps.store.getSession(s.id) ?? s;
-      const record = this.deps.store.vaultTokens(s.id, { unrevokedOnly: true }).find((r) => r.accessor === created.accessor);
+      const ended = (await this.deps.store.sessions.get(s.id)) ?? s;
+      const record = (await this.deps.store.vaultTokens.ofSession(s.id, { unrevokedOnly: true })).find((r) => r.accessor === created.accessor);
       // No record left: the sweeper got to it first.
       const revoked = record ? (await this.revokeOne(record, ended, 'session ended while the token was being created')).result.revoked : true;
       throw new BrokerError('conflict', `task session ${s.id} ${ended.endedAt === null ? 'expired' : 'ended'} while its Vault token was being created; `
@@ -154,7 +150,7 @@ export class SessionVaultTokens {
   /** Revokes every unrevoked token of the session (it has ended or is being abandoned). */
   async revokeSession(s: TaskSession, reason: string): Promise<RevocationResult[]> {
     const results: RevocationResult[] = [];
-    for (const record of this.deps.store.vaultTokens(s.id, { unrevokedOnly: true })) results.push((await this.revokeOne(record, s, reason)).result);
+    for (const record of await this.deps.store.vaultTokens.ofSession(s.id, { unrevokedOnly: true })) results.push((await this.revokeOne(record, s, reason)).result);
     return results;
   }
 
@@ -166,12 +162,12 @@ export class SessionVaultTokens {
   async revokePending(): Promise<RevocationResult[]> {
     const results: RevocationResult[] = [];
     const now = this.deps.now();
-    for (const record of this.deps.store.vaultTokensPastDeadBy(now - LAPSE_MARGIN_MS, VAULT_DEFAULT_MAX_TTL_SECONDS * 1000)) {
-      const s = this.deps.store.getSession(record.sessionId);
-      if (s) results.push(this.lapse(record, s));
+    for (const record of await this.deps.store.vaultTokens.pastDeadBy(now - LAPSE_MARGIN_MS, VAULT_DEFAULT_MAX_TTL_SECONDS * 1000)) {
+      const s = await this.deps.store.sessions.get(record.sessionId);
+      if (s) results.push(await this.lapse(record, s));
     }
-    for (const record of this.deps.store.vaultTokensToRevoke()) {
-      const s = this.deps.store.getSession(record.sessionId);
+    for (const record of await this.deps.store.vaultTokens.toRevoke()) {
+      const s = await this.deps.store.sessions.get(record.sessionId);
       if (!s) continue;
       const { result, unreachable } = await this.revokeOne(record, s, s.endReason ?? 'expired');
       results.push(result);
@@ -197,7 +193,7 @@ export class SessionVaultTokens {
       this.deps.log[level]({ sessionId: s.id, accessor: record.accessor, attempts, err: error }, 'could not revoke a Vault token; the sweeper retries');
       try {
         // The first failure is audited; later ones are counted on the token's row and logged.
-        this.deps.store.recordVaultRevokeFailure(record.accessor, error, record.revokeAttempts === 0
+        await this.deps.store.vaultTokens.recordRevokeFailure(record.accessor, error, record.revokeAttempts === 0
           ? { ...base, decision: 'failed', reason: `${reason}; revocation failed: ${(e as Error).message}` } : undefined);
       } catch (auditError) {
         this.deps.log.error({ accessor: record.accessor, err: (auditError as Error).message }, 'could not record a failed revocation');
@@ -208,7 +204,7 @@ export class SessionVaultTokens {
     // revoking was for: recorded as revoked, with what Vault said.
     const detail = { ...(record.revokeAttempts ? { failedAttemptsBefore: record.revokeAttempts } : {}), ...(found ? {} : { alreadyGoneInVault: true }) };
     try {
-      this.deps.store.markVaultTokenRevoked(record.accessor, { ...base, decision: 'revoked', ...(Object.keys(detail).length ? { detail } : {}) });
+      await this.deps.store.vaultTokens.markRevoked(record.accessor, { ...base, decision: 'revoked', ...(Object.keys(detail).length ? { detail } : {}) });
     } catch (e) {
       // Revoked in Vault, not yet recorded: the next sweep revokes again (idempotent) and records it.
       this.deps.log.error({ accessor: record.accessor, err: (e as Error).message }, 'revoked a Vault token but could not record it');
@@ -219,12 +215,12 @@ export class SessionVaultTokens {
   }
 
   /** Gives up on a token that could not be revoked and is past the latest it can live. */
-  private lapse(record: VaultTokenRecord, s: TaskSession): RevocationResult {
+  private async lapse(record: VaultTokenRecord, s: TaskSession): Promise<RevocationResult> {
     const deadBy = record.deadBy ?? record.createdAt + VAULT_DEFAULT_MAX_TTL_SECONDS * 1000;
     const reason = `${s.endReason ?? 'expired'}; not revoked after ${record.revokeAttempts} attempt(s), and past ${new Date(deadBy).toISOString()}, `
       + 'the latest Vault can keep it alive: it has expired in Vault; no more retries';
     try {
-      const changed = this.deps.store.markVaultTokenLapsed(record.accessor, {
+      const changed = await this.deps.store.vaultTokens.markLapsed(record.accessor, {
         event: 'vault.revoke', decision: 'expired', developer: s.developer, template: s.template, sessionId: s.id, vaultAccessor: record.accessor,
         reason, expiration: new Date(deadBy).toISOString(), detail: { failedAttempts: record.revokeAttempts, lastError: record.lastError },
       });
@@ -243,7 +239,7 @@ export class SessionVaultTokens {
    * never left Vault), so nobody can renew it: it dies at its explicit max TTL, counted from at the
    * latest now. A refused role check (`roleCheckRefused`) asked Vault for nothing but the role.
    */
-  private auditFailedCreate(e: unknown, req: VaultTokenRequest, base: Omit<AuditEvent, 'decision'>, roleCheckRefused = false): void {
+  private async auditFailedCreate(e: unknown, req: VaultTokenRequest, base: Omit<AuditEvent, 'decision'>, roleCheckRefused = false): Promise<void> {
     const detail: Record<string, unknown> = { role: req.role, policies: req.body.policies, ...(roleCheckRefused ? { roleCheckRefused } : {}) };
     let reason = (e as Error).message;
     let expiration: string | undefined;
@@ -256,7 +252,7 @@ export class SessionVaultTokens {
         'a Vault token create got no answer: Vault may have created a token the broker never received (see docs/vault.md)');
     }
     try {
-      this.deps.store.audit({ ...base, decision: 'failed', reason, ...(expiration ? { expiration } : {}), detail });
+      await this.deps.store.auditLog.append({ ...base, decision: 'failed', reason, ...(expiration ? { expiration } : {}), detail });
     } catch { /* the Vault failure is what the caller needs to see */ }
   }
 

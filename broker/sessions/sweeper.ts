@@ -59,8 +59,8 @@ export class SessionSweeper {
   private async run(): Promise<SweepResult> {
     const result: SweepResult = { expired: 0, incomplete: 0, revoked: 0, failed: 0, lapsed: 0 };
     try {
-      result.expired = this.deps.sessions.endExpired().length;
-      result.incomplete = this.deps.sessions.endIncompleteStarts(START_GRACE_MS).length;
+      result.expired = (await this.deps.sessions.endExpired()).length;
+      result.incomplete = (await this.deps.sessions.endIncompleteStarts(START_GRACE_MS)).length;
       for (const r of await this.deps.sessions.revokePending()) {
         if (r.revoked) result.revoked++;
         else if (r.lapsed) result.lapsed++;

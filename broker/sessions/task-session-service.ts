@@ -1,15 +1,17 @@
-import type { STSClient } from '@aws-sdk/client-sts';
-import { assumeRole, type AwsCredentials } from '../aws/sts-issuer.js';
 import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
-import type { SqliteStore, TaskSession } from '../store/sqlite-store.js';
+import type { NewTaskSession, Store, TaskSession } from '../store/store.js';
 import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../templates/durations.js';
-import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams } from '../templates/render.js';
+import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams, type AssumeRoleRequest } from '../templates/render.js';
 import type { TaskTemplate } from '../templates/schema.js';
+import type { SessionView } from '../wire/service-api.js';
+import type { AwsCredentialIssuer, AwsCredentials } from './aws-credential-issuer.js';
+import { KeyedLock } from './keyed-lock.js';
 import { vaultNotConfigured, type IssuedVaultToken, type RevocationResult, type SessionVaultTokens } from './session-vault-tokens.js';
 
+export type { AwsCredentials } from './aws-credential-issuer.js';
 export type { IssuedVaultToken, RevocationResult } from './session-vault-tokens.js';
 
 export interface StartTaskRequest {
@@ -21,19 +23,8 @@ export interface StartTaskRequest {
   ttlSeconds?: number | undefined;
 }
 
-export interface TaskSessionView {
-  id: string;
-  template: string;
-  params: Record<string, string>;
-  reason: string;
-  agent: string;
-  roleSessionName: string;
-  region: string | null;
-  /** Where the session's Vault tokens are valid (for renewal), or null when it grants none. */
-  vault: { address: string; namespace: string | null; policies: string[] } | null;
-  createdAt: string;
-  expiresAt: string;
-}
+/** A session as the API shows it (wire/service-api.ts `sessionView`): never a secret in it. */
+export type TaskSessionView = SessionView;
 
 /** What a task session grants: AWS credentials, a Vault token, or both (as its template says). */
 export interface IssuedCredentials {
@@ -49,11 +40,10 @@ export interface EndedSession {
 }
 
 export interface TaskSessionServiceDeps {
-  store: SqliteStore;
+  store: Pick<Store, 'sessions' | 'auditLog'>;
   templates: Map<string, TaskTemplate>;
-  sts: STSClient;
-  /** Bound on one AssumeRole, the SDK's retries included (aws.requestTimeoutMs). */
-  stsTimeoutMs: number;
+  /** AWS credentials for a session's AssumeRole request (STS today: aws/sts-issuer.ts). */
+  issuer: AwsCredentialIssuer;
   /** Absent when the service has no `vault:` configuration. */
   vault?: SessionVaultTokens | undefined;
   log: Logger;
@@ -79,6 +69,12 @@ export class TaskSessionService {
   private readonly abandoned = new Map<string, { session: TaskSession; reason: string }>();
   /** Sessions whose start is under way in this process: never taken for an incomplete one. */
   private readonly starting = new Set<string>();
+  /**
+   * One start per developer at a time, from the checks to the session's record: the checks (one
+   * session per template, the active-session limit) and the record must not interleave with
+   * another start's. In this process; several service replicas need the store to enforce it.
+   */
+  private readonly startLock = new KeyedLock();
 
   constructor(private readonly deps: TaskSessionServiceDeps) {
     this.now = deps.now ?? Date.now;
@@ -95,14 +91,14 @@ export class TaskSessionService {
     };
   }
 
-  /** Records a denial, then throws it. A denial is safe to return even if the audit write fails. */
-  private deny(error: BrokerError, e: Omit<AuditEvent, 'decision' | 'reason'>): never {
+  /** Records a denial and returns it, to throw. A denial is safe to return even if the audit write fails. */
+  private async denied(error: BrokerError, e: Omit<AuditEvent, 'decision' | 'reason'>): Promise<BrokerError> {
     try {
-      this.deps.store.audit({ ...e, decision: 'denied', reason: error.message });
+      await this.deps.store.auditLog.append({ ...e, decision: 'denied', reason: error.message });
     } catch (auditError) {
       this.deps.log.error({ err: (auditError as Error).message, event: e.event }, 'audit write failed while denying');
     }
-    throw error;
+    return error;
   }
 
   startableTemplates(p: Principal): TaskTemplate[] {
@@ -110,57 +106,8 @@ export class TaskSessionService {
   }
 
   async start(p: Principal, req: StartTaskRequest): Promise<IssuedCredentials> {
-    this.settleAbandoned();
-    const base = { event: 'session.start' as const, developer: p.id, template: req.template };
-    const t = this.deps.templates.get(req.template);
-    if (!t) {
-      this.deny(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list the ones you may start with: broker templates' }), base);
-    }
-    if (!isAllowed(t, { email: p.email, groups: p.groups })) {
-      this.deny(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
-    }
-    if (t.vault && !this.deps.vault) this.deny(vaultNotConfigured(t.name), base);
-    let params: Record<string, string>;
-    try {
-      params = validateParams(t, req.params);
-    } catch (e) {
-      this.deny(e as BrokerError, base);
-    }
-    const active = this.deps.store.activeSessions(p.id).filter((s) => !this.abandoned.has(s.id));
-    const same = active.find((s) => s.template === t.name);
-    if (same) {
-      this.deny(new BrokerError('conflict', `a "${t.name}" task session is already active (${same.id}, ends ${new Date(same.expiresAt).toISOString()})`, {
-        hint: `reuse it, or end it first: broker end ${t.name}`,
-      }), base);
-    }
-    if (active.length >= this.deps.maxActiveSessions) {
-      this.deny(new BrokerError('conflict', `${active.length} task sessions are already active; the limit is ${this.deps.maxActiveSessions}`, {
-        hint: 'end some with: broker end --all',
-      }), base);
-    }
-
-    const now = this.now();
-    const ttl = sessionSeconds(t, req.ttlSeconds);
-    const id = newSessionId();
-    const session: Omit<TaskSession, 'endedAt' | 'endReason'> = {
-      id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
-      roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000,
-    };
-    // Build (and so validate) the AWS and Vault requests before anything is recorded as allowed.
-    let request: ReturnType<typeof buildAssumeRoleRequest> | undefined;
-    try {
-      // The same `now` as the session's: a millisecond passing here must not shave a second off.
-      if (t.aws) request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt, now));
-      if (t.vault) this.deps.vault!.request(t, session);
-    } catch (e) {
-      this.deny(e as BrokerError, base);
-    }
-    this.deps.store.createSession(session, {
-      ...base, decision: 'allowed', sessionId: id, reason: req.reason,
-      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t) },
-    });
-    const created = this.deps.store.getSession(id)!;
-    this.starting.add(id);
+    await this.settleAbandoned();
+    const { created, t, request } = await this.startLock.run(p.id, () => this.recordStart(p, req));
     try {
       // The Vault token first: it can be revoked if what follows fails. STS credentials cannot be
       // recalled, so they come last, when nothing after them can fail.
@@ -173,17 +120,77 @@ export class TaskSessionService {
       await this.abandon(created, `first issue failed: ${(e as Error).message}`);
       throw e;
     } finally {
+      this.starting.delete(created.id);
+    }
+  }
+
+  /** The checks of a start, then its record (`session.start allowed`); every refusal is audited. */
+  private async recordStart(p: Principal, req: StartTaskRequest): Promise<{ created: TaskSession; t: TaskTemplate; request: AssumeRoleRequest | undefined }> {
+    const base = { event: 'session.start' as const, developer: p.id, template: req.template };
+    const t = this.deps.templates.get(req.template);
+    if (!t) {
+      throw await this.denied(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list the ones you may start with: broker templates' }), base);
+    }
+    if (!isAllowed(t, { email: p.email, groups: p.groups })) {
+      throw await this.denied(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
+    }
+    if (t.vault && !this.deps.vault) throw await this.denied(vaultNotConfigured(t.name), base);
+    let params: Record<string, string>;
+    try {
+      params = validateParams(t, req.params);
+    } catch (e) {
+      throw await this.denied(e as BrokerError, base);
+    }
+    const active = (await this.deps.store.sessions.active(p.id)).filter((s) => !this.abandoned.has(s.id));
+    const same = active.find((s) => s.template === t.name);
+    if (same) {
+      throw await this.denied(new BrokerError('conflict', `a "${t.name}" task session is already active (${same.id}, ends ${new Date(same.expiresAt).toISOString()})`, {
+        hint: `reuse it, or end it first: broker end ${t.name}`,
+      }), base);
+    }
+    if (active.length >= this.deps.maxActiveSessions) {
+      throw await this.denied(new BrokerError('conflict', `${active.length} task sessions are already active; the limit is ${this.deps.maxActiveSessions}`, {
+        hint: 'end some with: broker end --all',
+      }), base);
+    }
+
+    const now = this.now();
+    const ttl = sessionSeconds(t, req.ttlSeconds);
+    const id = newSessionId();
+    const session: NewTaskSession = {
+      id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
+      roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000,
+    };
+    // Build (and so validate) the AWS and Vault requests before anything is recorded as allowed.
+    let request: AssumeRoleRequest | undefined;
+    try {
+      // The same `now` as the session's: a millisecond passing here must not shave a second off.
+      if (t.aws) request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: id, agent: req.agent, params }, this.credentialSeconds(t, session.expiresAt, now));
+      if (t.vault) this.deps.vault!.request(t, session);
+    } catch (e) {
+      throw await this.denied(e as BrokerError, base);
+    }
+    await this.deps.store.sessions.create(session, {
+      ...base, decision: 'allowed', sessionId: id, reason: req.reason,
+      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t) },
+    });
+    // From here the sweeper leaves it alone however long the first issue takes (endIncompleteStarts).
+    this.starting.add(id);
+    try {
+      return { created: (await this.deps.store.sessions.get(id))!, t, request };
+    } catch (e) {
       this.starting.delete(id);
+      throw e;
     }
   }
 
   async reissue(p: Principal, sessionId: string): Promise<IssuedCredentials & { credentials: AwsCredentials }> {
-    const s = this.ownedSession(p, sessionId, 'credentials.reissue');
+    const s = await this.ownedSession(p, sessionId, 'credentials.reissue');
     const t = this.deps.templates.get(s.template);
     const base = { event: 'credentials.reissue' as const, developer: p.id, template: s.template, sessionId };
-    if (!t) this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
     if (!t.aws) {
-      this.deny(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no AWS credentials`, {
+      throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no AWS credentials`, {
         ...(t.vault ? { hint: `it grants a Vault token: POST /v1/sessions/${sessionId}/vault-token` } : {}),
       }), base);
     }
@@ -197,23 +204,23 @@ export class TaskSessionService {
    * has. Earlier tokens of the session stay valid until it ends (an agent may hold one).
    */
   async reissueVaultToken(p: Principal, sessionId: string): Promise<IssuedCredentials & { vault: IssuedVaultToken }> {
-    const s = this.ownedSession(p, sessionId, 'vault.reissue');
+    const s = await this.ownedSession(p, sessionId, 'vault.reissue');
     const t = this.deps.templates.get(s.template);
     const base = { event: 'vault.reissue' as const, developer: p.id, template: s.template, sessionId };
-    if (!t) this.deny(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
     if (!t.vault) {
-      this.deny(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no Vault token`, {
+      throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no Vault token`, {
         ...(t.aws ? { hint: `it grants AWS credentials: POST /v1/sessions/${sessionId}/credentials` } : {}),
       }), base);
     }
     const vault = this.deps.vault;
-    if (!vault) this.deny(vaultNotConfigured(t.name), base);
+    if (!vault) throw await this.denied(vaultNotConfigured(t.name), base);
     return { session: this.view(s), vault: await vault.issue(t, s, 'vault.reissue') };
   }
 
-  list(p: Principal): TaskSessionView[] {
-    this.settleAbandoned();
-    return this.deps.store.activeSessions(p.id).filter((s) => !this.abandoned.has(s.id)).map((s) => this.view(s));
+  async list(p: Principal): Promise<TaskSessionView[]> {
+    await this.settleAbandoned();
+    return (await this.deps.store.sessions.active(p.id)).filter((s) => !this.abandoned.has(s.id)).map((s) => this.view(s));
   }
 
   /**
@@ -222,8 +229,8 @@ export class TaskSessionService {
    * sweeper retries, and it dies at its explicit max TTL (the end of the session) in any case.
    */
   async end(p: Principal, sessionId: string, reason = 'ended by developer'): Promise<EndedSession> {
-    const s = this.ownedSession(p, sessionId, 'session.end');
-    this.deps.store.endSession(s.id, reason, {
+    const s = await this.ownedSession(p, sessionId, 'session.end');
+    await this.deps.store.sessions.end(s.id, reason, {
       event: 'session.end', decision: 'ended', developer: p.id, template: s.template, sessionId: s.id, reason,
       roleSessionName: s.roleSessionName,
     });
@@ -232,11 +239,11 @@ export class TaskSessionService {
   }
 
   /** Ends the sessions whose time is up (`session.end`, reason `expired`); for the sweeper. */
-  endExpired(): TaskSession[] {
-    this.settleAbandoned();
+  async endExpired(): Promise<TaskSession[]> {
+    await this.settleAbandoned();
     const ended: TaskSession[] = [];
-    for (const s of this.deps.store.expiredOpenSessions()) {
-      const changed = this.deps.store.endSession(s.id, 'expired', {
+    for (const s of await this.deps.store.sessions.expiredOpen()) {
+      const changed = await this.deps.store.sessions.end(s.id, 'expired', {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason: 'expired',
         roleSessionName: s.roleSessionName,
       });
@@ -252,12 +259,12 @@ export class TaskSessionService {
    * process is never touched however long it takes; the grace covers one in another process sharing
    * the store. Their Vault tokens, if any, are revoked by revokePending.
    */
-  endIncompleteStarts(graceMs: number): TaskSession[] {
+  async endIncompleteStarts(graceMs: number): Promise<TaskSession[]> {
     const reason = 'its start never completed (no first issue was recorded)';
     const ended: TaskSession[] = [];
-    for (const s of this.deps.store.incompleteStarts(this.now() - graceMs)) {
+    for (const s of await this.deps.store.sessions.incompleteStarts(this.now() - graceMs)) {
       if (this.starting.has(s.id)) continue;
-      const changed = this.deps.store.endSession(s.id, reason, {
+      const changed = await this.deps.store.sessions.end(s.id, reason, {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
         roleSessionName: s.roleSessionName,
       });
@@ -273,10 +280,10 @@ export class TaskSessionService {
   }
 
   /** Records which agent works under the session; later credentials carry it as broker:agent. */
-  setAgent(p: Principal, sessionId: string, agent: string): TaskSessionView {
-    const s = this.ownedSession(p, sessionId, 'session.update');
+  async setAgent(p: Principal, sessionId: string, agent: string): Promise<TaskSessionView> {
+    const s = await this.ownedSession(p, sessionId, 'session.update');
     if (s.agent === agent) return this.view(s);
-    this.deps.store.setAgent(s.id, agent, {
+    await this.deps.store.sessions.setAgent(s.id, agent, {
       event: 'session.update', decision: 'updated', developer: p.id, template: s.template, sessionId: s.id,
       roleSessionName: s.roleSessionName, detail: { agent, previousAgent: s.agent },
     });
@@ -293,33 +300,31 @@ export class TaskSessionService {
   }
 
   /** An active session of this developer, or a recorded denial (404 for others' sessions: no oracle). */
-  private ownedSession(p: Principal, sessionId: string, event: AuditEvent['event']): TaskSession {
-    this.settleAbandoned();
-    const s = this.deps.store.getSession(sessionId);
+  private async ownedSession(p: Principal, sessionId: string, event: AuditEvent['event']): Promise<TaskSession> {
+    await this.settleAbandoned();
+    const s = await this.deps.store.sessions.get(sessionId);
     const base = { event, developer: p.id, sessionId, template: s?.template };
     if (!s || s.developer !== p.id) {
-      this.deny(new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' }), base);
+      throw await this.denied(new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' }), base);
     }
     const abandoned = this.abandoned.get(s.id);
     if (s.endedAt !== null || abandoned) {
-      this.deny(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? abandoned?.reason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
+      throw await this.denied(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? abandoned?.reason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
     }
     if (s.expiresAt <= this.now()) {
-      this.deny(new BrokerError('conflict', `task session ${sessionId} expired at ${new Date(s.expiresAt).toISOString()}`, { hint: `start a new one: broker task ${s.template}` }), base);
+      throw await this.denied(new BrokerError('conflict', `task session ${sessionId} expired at ${new Date(s.expiresAt).toISOString()}`, { hint: `start a new one: broker task ${s.template}` }), base);
     }
     return s;
   }
 
-  private async issue(
-    t: TaskTemplate, s: TaskSession, request: ReturnType<typeof buildAssumeRoleRequest>, event: 'credentials.issue' | 'credentials.reissue',
-  ): Promise<AwsCredentials> {
+  private async issue(t: TaskTemplate, s: TaskSession, request: AssumeRoleRequest, event: 'credentials.issue' | 'credentials.reissue'): Promise<AwsCredentials> {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
     let credentials: AwsCredentials;
     try {
-      credentials = await assumeRole(this.deps.sts, request, this.deps.stsTimeoutMs);
+      credentials = await this.deps.issuer.issue(request);
     } catch (e) {
       try {
-        this.deps.store.audit({ ...base, decision: 'failed', reason: (e as Error).message });
+        await this.deps.store.auditLog.append({ ...base, decision: 'failed', reason: (e as Error).message });
       } catch { /* the STS failure is what the caller needs to see */ }
       throw e;
     }
@@ -328,7 +333,7 @@ export class TaskSessionService {
     const outlives = outlivesSessionSeconds(request.DurationSeconds, s.expiresAt, this.now());
     // Committed before the credentials leave this function; throws audit_unavailable otherwise.
     try {
-      this.deps.store.audit({
+      await this.deps.store.auditLog.append({
         ...base, decision: 'issued', accessKeyId: credentials.accessKeyId, expiration: credentials.expiration.toISOString(),
         detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn, ...(outlives > 0 ? { outlivesSessionSeconds: outlives } : {}) },
       });
@@ -342,10 +347,10 @@ export class TaskSessionService {
   }
 
   /** Ends the sessions abandon() could not end, once the store takes writes again. */
-  private settleAbandoned(): void {
+  private async settleAbandoned(): Promise<void> {
     for (const [id, { session: s, reason }] of this.abandoned) {
       try {
-        this.deps.store.endSession(id, reason, {
+        await this.deps.store.sessions.end(id, reason, {
           event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: id, reason,
         });
       } catch {
@@ -358,7 +363,7 @@ export class TaskSessionService {
   /** Ends a session whose first grants failed, and revokes the Vault token it may have got. */
   private async abandon(s: TaskSession, reason: string): Promise<void> {
     try {
-      this.deps.store.endSession(s.id, reason, {
+      await this.deps.store.sessions.end(s.id, reason, {
         event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
       });
     } catch (e) {

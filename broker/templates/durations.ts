@@ -3,7 +3,7 @@
  * `ttl`, every AssumeRole) and by `broker policy explain`, so an explanation never differs from what
  * the service does.
  *
- *   session     = min(requested ttl, template maxDuration)            (requested: 900..43200 s)
+ *   session     = min(requested ttl, template maxDuration)   (requested: 900..43200 s, limits/names.ts)
  *   credentials = min(template credentialLifetime, time left in the session), at least 900 s
  *
  * So the first credentials of a session last min(requested, maxDuration, credentialLifetime).
@@ -12,24 +12,9 @@
  * to 15 minutes (docs/templates.md, "Durations"). The role's MaxSessionDuration may cap it further;
  * `broker policy check --aws` compares it with the template.
  */
-import { formatDuration, parseDuration } from '../duration.js';
-import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits.js';
+import { formatDuration } from '../duration.js';
+import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits/aws.js';
 import type { TaskTemplate } from './schema.js';
-
-/** Why a requested session length is refused, said the same way by the API and the CLI. */
-export const SESSION_TTL_RANGE_MESSAGE =
-  `must be a duration between ${MIN_DURATION_SECONDS}s and ${MAX_DURATION_SECONDS}s, e.g. 30m or 2h`;
-
-/**
- * A requested task-session length (`ttl` of POST /v1/sessions, `--ttl` of `broker task` and
- * `broker policy explain`), in seconds; undefined when it is not a duration within AssumeRole's
- * DurationSeconds bounds (a task session shorter than one credential makes no sense).
- */
-export function parseSessionTtl(v: string | number): number | undefined {
-  const s = parseDuration(v);
-  if (s === undefined || s < MIN_DURATION_SECONDS || s > MAX_DURATION_SECONDS) return undefined;
-  return s;
-}
 
 /** The session's length: what was asked for, capped by the template's maxDuration. */
 export function sessionSeconds(t: TaskTemplate, requestedTtl: number | undefined): number {

@@ -3,12 +3,13 @@
  * so the service and `broker policy explain` build the same request.
  */
 import { randomBytes } from 'node:crypto';
-import type { AssumeRoleCommandInput, Tag } from '@aws-sdk/client-sts';
 import { BrokerError, type ErrorDetail } from '../errors.js';
 import {
   MAX_DURATION_SECONDS, MAX_SESSION_POLICY_CHARS, MIN_DURATION_SECONDS, POLICY_CHARSET_RE, RESERVED_TAG_PREFIX,
   SOURCE_IDENTITY_RE, TAG_VALUE_RE,
-} from '../limits.js';
+} from '../limits/aws.js';
+import { AGENT_NAME_RE, AGENT_NAME_RULE } from '../limits/names.js';
+import { jsonPointer } from '../wire/json-pointer.js';
 import type { PolicyDocument, TaskTemplate, TemplateParameter } from './schema.js';
 
 export { isAllowed } from './access.js';
@@ -76,9 +77,7 @@ export function sessionPolicyChars(policyJson: string, policyArns: readonly stri
   return policyArns.reduce((n, arn) => n + arn.length, policyJson.length);
 }
 
-function pointer(name: string): string {
-  return `/params/${name.replace(/~/g, '~0').replace(/\//g, '~1')}`;
-}
+const pointer = (name: string) => jsonPointer(['params', name]);
 
 /**
  * Why one value of a parameter is refused, or undefined if it is accepted. Length first (so an
@@ -147,9 +146,20 @@ export interface AssumeRoleContext {
   params: Record<string, string>;
 }
 
-export type AssumeRoleRequest = AssumeRoleCommandInput & {
-  RoleArn: string; RoleSessionName: string; SourceIdentity: string; Tags: Tag[]; Policy: string; DurationSeconds: number;
-};
+/**
+ * The AssumeRole request, with STS's own parameter names (STS API Reference, AssumeRole), so it is
+ * sent as built and `broker policy explain` shows exactly what AWS is asked.
+ */
+export interface AssumeRoleRequest {
+  RoleArn: string;
+  RoleSessionName: string;
+  SourceIdentity: string;
+  Tags: { Key: string; Value: string }[];
+  TransitiveTagKeys?: string[];
+  Policy: string;
+  PolicyArns?: { arn: string }[];
+  DurationSeconds: number;
+}
 
 function shown(s: string): string {
   return JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);
@@ -166,9 +176,9 @@ export function buildAssumeRoleRequest(t: TaskTemplate, ctx: AssumeRoleContext, 
       hint: 'STS needs 2-64 chars of letters, digits and _+=.@- not starting with aws:; an admin can map a shorter IdP claim as the identity',
     });
   }
-  if (!TAG_VALUE_RE.test(ctx.agent)) {
+  if (!AGENT_NAME_RE.test(ctx.agent)) {
     throw new BrokerError('invalid_request', 'invalid agent name', {
-      details: [{ path: '/agent', message: 'must be at most 256 letters, digits, spaces and _.:/=+-@ (STS tag value)', hint: 'e.g. claude-code' }],
+      details: [{ path: '/agent', message: `must be ${AGENT_NAME_RULE}`, hint: 'e.g. claude-code' }],
     });
   }
   if (!TAG_VALUE_RE.test(ctx.sessionId)) throw new TypeError('session id must fit the STS tag value charset');

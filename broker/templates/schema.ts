@@ -5,15 +5,8 @@
  */
 import { z } from 'zod';
 import { durationSchema } from '../duration.js';
-
-/** A template name becomes a tag value (`broker:task`) and an AWS CLI profile name (`broker-<name>`). */
-export const TEMPLATE_NAME_RE = /^[a-z0-9-]{1,40}$/;
-/** Parameter names appear in placeholders (`${param.NAME}`), CLI flags and JSON pointers. */
-export const PARAM_NAME_RE = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;
-/** Each parameter value is bounded, so a template's worst-case policy size is known at load. */
-export const MAX_PARAM_LENGTH = 256;
-/** AWS region names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1, us-isob-east-1 … */
-const REGION_RE = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
+import { REGION_RE } from '../limits/aws.js';
+import { MAX_PARAM_LENGTH, PARAM_NAME_RE, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
 
 const stringOrList = z.union([z.string(), z.array(z.string()).min(1)], {
   error: 'expected a string or a non-empty list of strings',
@@ -75,7 +68,7 @@ const vaultSchema = z.strictObject({
 });
 
 export const templateSchema = z.strictObject({
-  name: z.string().regex(TEMPLATE_NAME_RE, 'must be 1-40 chars of a-z, 0-9 and -'),
+  name: z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`),
   description: z.string().min(1).max(256),
   allowed: z.strictObject({
     groups: z.array(z.string().min(1)).default([]),

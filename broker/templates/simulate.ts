@@ -10,7 +10,7 @@
  */
 import type * as IamSimulate from '@cloud-copilot/iam-simulate';
 import { BrokerError } from '../errors.js';
-import { ROLE_ARN_RE } from '../limits.js';
+import { ROLE_ARN_RE } from '../limits/aws.js';
 import { checkActionName } from './iam-actions.js';
 import type { AssumeRoleRequest } from './render.js';
 

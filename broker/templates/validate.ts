@@ -9,12 +9,12 @@ import { formatDuration } from '../duration.js';
 import {
   MAX_DURATION_SECONDS, MAX_POLICY_ARNS, MAX_SESSION_POLICY_CHARS, MAX_SESSION_TAGS, MAX_TRANSITIVE_TAG_KEYS,
   MIN_DURATION_SECONDS, POLICY_ARN_RE, POLICY_CHARSET_RE, RESERVED_TAG_PREFIX, ROLE_ARN_RE, TAG_KEY_RE, TAG_VALUE_RE,
-} from '../limits.js';
+} from '../limits/aws.js';
 import {
   BROKER_VAULT_METADATA_KEYS, DEFAULT_POLICY, DEFAULT_VAULT_TTL_SECONDS, MAX_VAULT_METADATA_PAIRS,
   MAX_VAULT_METADATA_VALUE_CHARS, MIN_VAULT_TTL_SECONDS, ROOT_POLICY, VAULT_METADATA_KEY_RE, VAULT_POLICY_NAME_RE,
   VAULT_ROLE_NAME_RE,
-} from '../vault/limits.js';
+} from '../limits/vault.js';
 import { checkActionName } from './iam-actions.js';
 import { probeParameter, probeRisk } from './param-probes.js';
 import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';

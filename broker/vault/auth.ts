@@ -17,7 +17,7 @@ import { resolve } from 'node:path';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { vaultStatus, type VaultAuthBlock, type VaultHttp } from './http.js';
-import { ROOT_POLICY } from './limits.js';
+import { ROOT_POLICY } from '../limits/vault.js';
 
 export type SecretSource = { file: string } | { env: string };
 

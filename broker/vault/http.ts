@@ -1,9 +1,10 @@
 /**
  * A thin Vault/OpenBao HTTP client on Node's own `fetch`, chosen over node-vault 0.12 on purpose:
  *
- * - node-vault's `tokenCreate*` and `jwtLogin` replace the client's own token with the new one, and
- *   its `tokenCreate*` drop fields outside their schema (FACTS.md): one shared client would end up
- *   acting with a task's token. Here every call names the token it uses; nothing is implicit.
+ * - node-vault's `tokenCreate*` and `jwtLogin` replace the client's own token with the new one
+ *   (commands marked `tokenSource` in its `src/commands.js`; `client.token = …` in `src/index.js`),
+ *   and its `tokenCreate*` drop fields outside their schema (`extendOptions` sends only the schema's
+ *   keys): one shared client would end up acting with a task's token. Here every call names the token it uses; nothing is implicit.
  * - node-vault logs request bodies (`debug(options.json)`, with DEBUG=node-vault), which for AppRole
  *   and JWT logins hold the broker's credentials, and its axios errors carry the request config,
  *   headers (`X-Vault-Token`) included, into whatever logs the error.

@@ -8,13 +8,20 @@
  */
 import { isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { TaskTemplate } from '../templates/schema.js';
 import type { VaultAuth } from './auth.js';
 import { tokenRoleFix, tokenRoleProblems, unsafeTokenRoleAtStart } from './token-role-safety.js';
 import type { VaultTokens } from './tokens.js';
 
+/** What a template's Vault grant asks of Vault (the service maps its templates to these). */
+export interface VaultGrantToCheck {
+  template: string;
+  /** The token role its tokens are created against (the template's, else the service's default). */
+  role: string;
+  policies: readonly string[];
+}
+
 export async function checkVaultAtStart(o: {
-  auth: VaultAuth; tokens: VaultTokens; defaultRole: string; templates: Iterable<TaskTemplate>; log: Logger;
+  auth: VaultAuth; tokens: VaultTokens; grants: readonly VaultGrantToCheck[]; log: Logger;
   /** vault.allowUnsafeTokenRole (a loopback development Vault only): warn instead of refusing. */
   allowUnsafeTokenRole: boolean;
 }): Promise<void> {
@@ -32,14 +39,8 @@ export async function checkVaultAtStart(o: {
     return;
   }
 
-  // Read twice below: an iterator (templates.values()) would be empty the second time.
-  const all = [...o.templates];
   const roles = new Map<string, string[]>();
-  for (const t of all) {
-    if (!t.vault) continue;
-    const role = t.vault.tokenRole ?? o.defaultRole;
-    roles.set(role, [...(roles.get(role) ?? []), t.name]);
-  }
+  for (const g of o.grants) roles.set(g.role, [...(roles.get(g.role) ?? []), g.template]);
   for (const [name, templates] of roles) {
     let role;
     try {
@@ -60,11 +61,11 @@ export async function checkVaultAtStart(o: {
         `UNSAFE: the token role "${name}" is unsafe for task tokens (${problems.join(', and ')}); issuing anyway because vault.allowUnsafeTokenRole is true: development only`);
     }
     if (role.allowedPolicies.length) {
-      for (const t of all) {
-        if (!t.vault || (t.vault.tokenRole ?? o.defaultRole) !== name) continue;
-        const outside = t.vault.policies.filter((p) => !role.allowedPolicies.includes(p));
+      for (const g of o.grants) {
+        if (g.role !== name) continue;
+        const outside = g.policies.filter((p) => !role.allowedPolicies.includes(p));
         if (outside.length) {
-          log.warn({ role: name, template: t.name, policies: outside }, `template "${t.name}" asks for policies outside the allowed_policies of role "${name}"; starting it fails until one of them changes`);
+          log.warn({ role: name, template: g.template, policies: outside }, `template "${g.template}" asks for policies outside the allowed_policies of role "${name}"; starting it fails until one of them changes`);
         }
       }
     }

@@ -14,7 +14,7 @@
  * Safe: orphan, and a token_explicit_max_ttl in (0, 12h], 12h being the longest task session.
  */
 import { BrokerError, isBrokerError } from '../errors.js';
-import { MAX_DURATION_SECONDS } from '../limits.js';
+import { MAX_DURATION_SECONDS } from '../limits/aws.js';
 import type { Logger } from '../log.js';
 import { vaultStatus } from './http.js';
 import type { TokenRoleInfo, VaultTokens } from './tokens.js';

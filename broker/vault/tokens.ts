@@ -7,7 +7,25 @@
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { VaultAuth } from './auth.js';
 import { VaultApiError, vaultStatus, type VaultHttp } from './http.js';
-import type { VaultTokenRequest } from './token-request.js';
+
+/** The body of `POST auth/token/create/:role_name` (OpenBao/Vault token auth API). */
+export interface VaultTokenCreateBody {
+  policies: string[];
+  meta: Record<string, string>;
+  /** Vault duration strings, in seconds: `"1800s"`. */
+  ttl: string;
+  explicit_max_ttl: string;
+  num_uses: number;
+  renewable: boolean;
+  display_name: string;
+  no_default_policy: boolean;
+}
+
+/** A token create against a token role (templates/vault-token-request.ts builds one from a template). */
+export interface TokenCreateRequest {
+  role: string;
+  body: VaultTokenCreateBody;
+}
 
 /** A task token as Vault created it. `token` is the secret; everything else may be logged. */
 export interface CreatedVaultToken {
@@ -56,7 +74,7 @@ export class VaultTokens {
     }
   }
 
-  async create(req: VaultTokenRequest, template: string): Promise<CreatedVaultToken> {
+  async create(req: TokenCreateRequest, template: string): Promise<CreatedVaultToken> {
     const path = `auth/token/create/${encodeURIComponent(req.role)}`;
     let r;
     try {

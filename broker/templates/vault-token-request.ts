@@ -3,7 +3,8 @@
  * Pure: no Vault call, so the service and `broker policy explain` build the same request.
  */
 import { BrokerError } from '../errors.js';
-import type { TaskTemplate } from '../templates/schema.js';
+import type { VaultTokenCreateBody } from '../vault/tokens.js';
+import type { TaskTemplate } from './schema.js';
 
 export interface VaultTokenContext {
   /** The developer's identity (`meta.developer`). */
@@ -13,19 +14,6 @@ export interface VaultTokenContext {
   /** When the task session ends (ms since the epoch). */
   sessionExpiresAt: number;
   now: number;
-}
-
-/** The body of `POST auth/token/create/:role_name` (OpenBao/Vault token auth API). */
-export interface VaultTokenCreateBody {
-  policies: string[];
-  meta: Record<string, string>;
-  /** Vault duration strings, in seconds: `"1800s"`. */
-  ttl: string;
-  explicit_max_ttl: string;
-  num_uses: number;
-  renewable: boolean;
-  display_name: string;
-  no_default_policy: boolean;
 }
 
 export interface VaultTokenRequest {

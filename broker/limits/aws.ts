@@ -13,9 +13,16 @@ export const SESSION_NAME_RE = /^[\w+=,.@-]{2,64}$/;
 export const SESSION_NAME_CHAR_RE = /[\w+=,.@-]/;
 export const SOURCE_IDENTITY_RE = /^[\w+=,.@-]{2,64}$/;
 
-/** Tag keys 1..128 and values 0..256 of [\p{L}\p{Z}\p{N}_.:/=+\-@]; at most 50 tags; `aws:` reserved. */
-export const TAG_KEY_RE = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{1,128}$/u;
-export const TAG_VALUE_RE = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{0,256}$/u;
+/**
+ * Session tag keys are 1..128 and values 0..256 characters of letters, digits, spaces and
+ * `_.:/=+-@` (STS `Tag`: `[\p{L}\p{Z}\p{N}_.:/=+\-@]+`); at most 50 tags; the `aws:` prefix is reserved.
+ * The character class as regex source (for a `u` regex), so every rule built on it is this one.
+ */
+export const TAG_CHARS = '\\p{L}\\p{Z}\\p{N}_.:/=+\\-@';
+export const TAG_KEY_RE = new RegExp(`^[${TAG_CHARS}]{1,128}$`, 'u');
+export const TAG_VALUE_RE = new RegExp(`^[${TAG_CHARS}]{0,256}$`, 'u');
+/** One character outside the tag charset (to replace, when a name is fitted to it). */
+export const NOT_TAG_CHAR_RE = new RegExp(`[^${TAG_CHARS}]`, 'gu');
 export const MAX_SESSION_TAGS = 50;
 export const MAX_TRANSITIVE_TAG_KEYS = 50;
 export const RESERVED_TAG_PREFIX = /^aws:/i;
@@ -25,6 +32,12 @@ export const MAX_SESSION_POLICY_CHARS = 2048;
 export const MAX_POLICY_ARNS = 10;
 /** Policy charset: U+0009, U+000A, U+000D, U+0020..U+00FF. */
 export const POLICY_CHARSET_RE = /^[\u0009\u000A\u000D\u0020-\u00FF]*$/;
+
+/**
+ * AWS Region names: `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`, `us-isob-east-1` …
+ * (AWS General Reference, "AWS Regions": a partition-specific prefix, a geography, a number).
+ */
+export const REGION_RE = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
 
 export const ROLE_ARN_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@\-/]{1,512}$/;
 export const POLICY_ARN_RE = /^arn:aws[a-z-]*:iam::(\d{12}|aws):policy\/[\w+=,.@\-/]{1,512}$/;

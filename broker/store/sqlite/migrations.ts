@@ -1,0 +1,80 @@
+import type { DatabaseSync } from 'node:sqlite';
+
+/**
+ * The SQLite schema, created if missing, and the columns added since each table first shipped, so
+ * a store written by an older broker opens unchanged and gains them (ALTER TABLE ADD COLUMN adds no
+ * rows, so the audit log's append-only triggers are not involved).
+ */
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS task_sessions (
+  id TEXT PRIMARY KEY,
+  developer TEXT NOT NULL,
+  template TEXT NOT NULL,
+  params TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  role_session_name TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS task_sessions_developer ON task_sessions (developer, ended_at, expires_at);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  event TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  developer TEXT,
+  template TEXT,
+  session_id TEXT,
+  reason TEXT,
+  access_key_id TEXT,
+  role_session_name TEXT,
+  expiration TEXT,
+  detail TEXT,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  vault_accessor TEXT
+);
+-- The audit log is append-only: the database itself refuses edits, not just our code.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+-- Vault tokens by accessor (a handle to look up and revoke a token, not the token), so every token
+-- of a session can be revoked when it ends, and a failed revocation is retried until it succeeds.
+CREATE TABLE IF NOT EXISTS vault_tokens (
+  accessor TEXT PRIMARY KEY,
+  session_id TEXT NOT NULL REFERENCES task_sessions (id),
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  revoke_attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  last_attempt_at INTEGER,
+  dead_by INTEGER,
+  lapsed_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS vault_tokens_session ON vault_tokens (session_id, revoked_at);
+-- The records of one session (what was issued under it), for the sweep of starts that never completed.
+CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, event, decision);
+`;
+
+/** Columns added after their table first shipped: `table`, then `name TYPE`. */
+const COLUMNS_ADDED: readonly [table: string, column: string][] = [
+  // Stores created before Vault support.
+  ['audit', 'vault_accessor TEXT'],
+  // Stores created before failed revocations were retried in order and given up past dead-by.
+  ['vault_tokens', 'last_attempt_at INTEGER'],
+  ['vault_tokens', 'dead_by INTEGER'],
+  ['vault_tokens', 'lapsed_at INTEGER'],
+];
+
+export function migrate(db: DatabaseSync): void {
+  db.exec(SCHEMA);
+  for (const [table, column] of COLUMNS_ADDED) {
+    const have = new Set((db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name));
+    if (!have.has(column.split(' ')[0]!)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
+  }
+}

@@ -1,0 +1,91 @@
+import type { StatementSync } from 'node:sqlite';
+import type { AuditEvent } from '../audit-event.js';
+import type { NewTaskSession, SessionRepository, TaskSession } from '../store.js';
+import type { SqliteAuditLog } from './audit-log.js';
+import type { SqliteDatabase } from './database.js';
+
+interface SessionRow {
+  id: string; developer: string; template: string; params: string; reason: string; agent: string;
+  role_session_name: string; created_at: number; expires_at: number; ended_at: number | null; end_reason: string | null;
+}
+
+function toSession(r: SessionRow): TaskSession {
+  return {
+    id: r.id, developer: r.developer, template: r.template, params: JSON.parse(r.params) as Record<string, string>,
+    reason: r.reason, agent: r.agent, roleSessionName: r.role_session_name, createdAt: r.created_at,
+    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason,
+  };
+}
+
+const rows = (stmt: StatementSync, ...args: (string | number)[]) => (stmt.all(...args) as unknown as SessionRow[]).map(toSession);
+
+/** Task sessions in SQLite (`task_sessions`); each change with its audit record, in one transaction. */
+export class SqliteSessionRepository implements SessionRepository {
+  private readonly stmts;
+
+  constructor(private readonly sql: SqliteDatabase, private readonly audit: SqliteAuditLog) {
+    const q = (s: string) => sql.prepare(s);
+    this.stmts = {
+      insert: q(`INSERT INTO task_sessions (id, developer, template, params, reason, agent, role_session_name,
+        created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)`),
+      get: q('SELECT * FROM task_sessions WHERE id = ?'),
+      active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
+      allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
+      end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
+      setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
+      expiredOpen: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at <= ? ORDER BY expires_at'),
+      // Open sessions created before a cutoff whose start never completed: the last grant of a start
+      // is the AWS one when it has one (task-session-service.ts issues Vault first), so complete
+      // means a `credentials.issue` issued record, or for a Vault-only start a `vault.issue` one.
+      incompleteStarts: q(`SELECT s.* FROM task_sessions s
+        WHERE s.ended_at IS NULL AND s.expires_at > ? AND s.created_at <= ?
+        AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.session_id = s.id AND a.event = 'credentials.issue' AND a.decision = 'issued')
+        AND (EXISTS (SELECT 1 FROM audit a, json_each(a.detail, '$.grants') g
+                     WHERE a.session_id = s.id AND a.event = 'session.start' AND a.decision = 'allowed' AND g.value = 'aws')
+             OR NOT EXISTS (SELECT 1 FROM audit a WHERE a.session_id = s.id AND a.event = 'vault.issue' AND a.decision = 'issued'))
+        ORDER BY s.created_at LIMIT ?`),
+    };
+  }
+
+  async create(s: NewTaskSession, e: AuditEvent): Promise<void> {
+    this.sql.write(`${e.event} ${e.decision}`, () => {
+      this.stmts.insert.run(s.id, s.developer, s.template, JSON.stringify(s.params), s.reason, s.agent,
+        s.roleSessionName, s.createdAt, s.expiresAt);
+      this.audit.appendInTransaction(e);
+    });
+  }
+
+  async get(id: string): Promise<TaskSession | undefined> {
+    const r = this.stmts.get.get(id) as SessionRow | undefined;
+    return r ? toSession(r) : undefined;
+  }
+
+  async active(developer?: string): Promise<TaskSession[]> {
+    const now = this.sql.now();
+    return developer === undefined ? rows(this.stmts.allActive, now) : rows(this.stmts.active, developer, now);
+  }
+
+  async end(id: string, reason: string, e: AuditEvent): Promise<boolean> {
+    return this.sql.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.end.run(this.sql.now(), reason, id).changes > 0;
+      if (changed) this.audit.appendInTransaction(e);
+      return changed;
+    });
+  }
+
+  async setAgent(id: string, agent: string, e: AuditEvent): Promise<boolean> {
+    return this.sql.write(`${e.event} ${e.decision}`, () => {
+      const changed = this.stmts.setAgent.run(agent, id).changes > 0;
+      if (changed) this.audit.appendInTransaction(e);
+      return changed;
+    });
+  }
+
+  async expiredOpen(): Promise<TaskSession[]> {
+    return rows(this.stmts.expiredOpen, this.sql.now());
+  }
+
+  async incompleteStarts(createdBefore: number, limit = 500): Promise<TaskSession[]> {
+    return rows(this.stmts.incompleteStarts, this.sql.now(), createdBefore, limit);
+  }
+}

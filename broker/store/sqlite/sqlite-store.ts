@@ -1,0 +1,38 @@
+import { BrokerError } from '../../errors.js';
+import type { Store } from '../store.js';
+import { SqliteAuditLog } from './audit-log.js';
+import { SqliteDatabase } from './database.js';
+import { migrate } from './migrations.js';
+import { SqliteSessionRepository } from './sessions.js';
+import { SqliteVaultTokenRepository } from './vault-tokens.js';
+
+/**
+ * The store in one embedded SQLite file: its repositories share one connection and one
+ * transaction helper, so "create a session + its audit record" and the like commit together or not
+ * at all. One service process per file (SQLite's own locking makes a second one wait, not corrupt).
+ */
+export class SqliteStore implements Store {
+  readonly auditLog: SqliteAuditLog;
+  readonly sessions: SqliteSessionRepository;
+  readonly vaultTokens: SqliteVaultTokenRepository;
+  private readonly sql: SqliteDatabase;
+
+  constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
+    try {
+      this.sql = new SqliteDatabase(path, { busyTimeoutMs: options.busyTimeoutMs, now: options.now ?? Date.now });
+      migrate(this.sql.db);
+    } catch (e) {
+      throw new BrokerError('audit_unavailable', `cannot open the store at ${path}: ${(e as Error).message}`, {
+        cause: e,
+        hint: 'check that the directory exists and is writable by the broker',
+      });
+    }
+    this.auditLog = new SqliteAuditLog(this.sql);
+    this.sessions = new SqliteSessionRepository(this.sql, this.auditLog);
+    this.vaultTokens = new SqliteVaultTokenRepository(this.sql, this.auditLog);
+  }
+
+  async close(): Promise<void> {
+    this.sql.close();
+  }
+}

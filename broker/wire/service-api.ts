@@ -1,0 +1,209 @@
+/**
+ * The broker service's HTTP API, written once: zod schemas for every request body (parsed by the
+ * service, broker/server/app.ts) and every response body (built by the service, typed by these
+ * schemas; validated by the client where it receives them, broker/client/api.ts). Types are
+ * inferred from the schemas, never written twice.
+ *
+ * Requests are strict (an unknown field is an error at its RFC 6901 pointer: the caller learns which
+ * one to remove). Responses are deliberately tolerant in one way: `z.object` drops fields this client
+ * does not know, so a newer service can add fields without breaking an older CLI. Fields that older
+ * services did not send are optional, each saying since when.
+ */
+import { z } from 'zod';
+import type { ErrorDetail } from '../errors.js';
+import { MAX_ID_TOKEN_CHARS } from '../limits/aws.js';
+import {
+  AGENT_NAME_RE, AGENT_NAME_RULE, DEFAULT_AGENT_NAME, MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, PARAM_NAME_RE,
+  parseSessionTtl, SESSION_TTL_RANGE_MESSAGE, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE,
+} from '../limits/names.js';
+
+/**
+ * The time format of every timestamp in the API: RFC 3339 in UTC (§5.6 `date-time` with `Z`), as
+ * `Date.prototype.toISOString` writes it. Also the `Expiration` of the credential_process document,
+ * which cli/credential-process.cts checks with a literal copy of this pattern (test/wire-contract.test.ts).
+ */
+export const RFC3339_UTC_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z$/;
+export const timestamp = z.string().regex(RFC3339_UTC_RE, 'must be an RFC 3339 UTC time');
+const nonEmpty = z.string().min(1);
+const count = z.number().int().nonnegative();
+
+/** Our own bound on a refresh token (an ES256 JWT of a few hundred bytes). */
+export const MAX_REFRESH_TOKEN_CHARS = 8_000;
+
+// ---- request bodies ---------------------------------------------------------------------------
+
+/** Printable text without control characters (they would garble logs and terminals). */
+const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+
+// Becomes the broker:agent session tag, so it must fit STS's tag value charset and length.
+const agentName = z.string().min(1).max(MAX_AGENT_NAME_CHARS).regex(AGENT_NAME_RE, `must use only ${AGENT_NAME_RULE}`);
+
+/** `POST /v1/sessions`: start a task session. */
+export const startSessionRequest = z.strictObject({
+  template: z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`),
+  params: z.record(z.string().regex(PARAM_NAME_RE, 'invalid parameter name'), z.string().max(MAX_PARAM_VALUE_CHARS)).default({}),
+  reason: printable(MAX_REASON_CHARS).default(''),
+  // The one rule shared with `broker policy explain` (limits/names.ts).
+  ttl: z.union([z.string(), z.number()]).optional().transform((v, ctx) => {
+    if (v === undefined) return undefined;
+    const s = parseSessionTtl(v);
+    if (s === undefined) {
+      ctx.addIssue({ code: 'custom', message: SESSION_TTL_RANGE_MESSAGE });
+      return z.NEVER;
+    }
+    return s;
+  }),
+  agent: agentName.default(DEFAULT_AGENT_NAME),
+});
+/** What a client sends (ttl as written, e.g. `2h`); the service parses it to seconds. */
+export type StartSessionRequest = z.input<typeof startSessionRequest>;
+
+/** `PATCH /v1/sessions/:id`: the agent working under the session. */
+export const updateSessionRequest = z.strictObject({ agent: agentName });
+
+/** `POST /v1/auth/token`: an IdP ID token for broker tokens (with a DPoP proof in the `DPoP` header for a refresh token). */
+export const idTokenRequest = z.strictObject({ id_token: z.string().min(1).max(MAX_ID_TOKEN_CHARS) });
+
+/** `POST /v1/auth/refresh`: a refresh token (with a DPoP proof by the key it is bound to) for an access token. */
+export const refreshRequest = z.strictObject({ refresh_token: z.string().min(1).max(MAX_REFRESH_TOKEN_CHARS) });
+
+// ---- response bodies --------------------------------------------------------------------------
+
+/** One problem of a request: where (a JSON pointer, or a CLI flag) and what. */
+export const errorDetail = z.object({ path: z.string().optional(), message: z.string(), hint: z.string().optional() }) satisfies z.ZodType<ErrorDetail>;
+
+/**
+ * Every error answer: `{code, message, hint?, details?}` (BrokerError.toJSON). `code` is any string
+ * here, deliberately: a newer service may have codes this CLI does not know (it treats them as
+ * `upstream_error`, keeping the message).
+ */
+export const errorBody = z.object({ code: z.string(), message: z.string(), hint: z.string().optional(), details: z.array(errorDetail).optional() });
+export type ErrorBody = z.infer<typeof errorBody>;
+
+/** `GET /healthz`. */
+export const healthResponse = z.object({ ok: z.literal(true) });
+
+/** `GET /v1/login-config`: what `broker login` needs for the device flow with the IdP. */
+export const loginConfigResponse = z.object({ issuer: z.string(), clientId: z.string(), scopes: z.string(), allowInsecureHttp: z.boolean() });
+export type LoginConfig = z.infer<typeof loginConfigResponse>;
+
+/** `POST /v1/auth/token` (RFC 6749 §5.1 field names). `refresh_token` only when a DPoP proof bound it to a key. */
+export const authTokenResponse = z.object({
+  access_token: nonEmpty, refresh_token: nonEmpty.optional(), token_type: z.literal('Bearer'), expires_in: z.number().int().positive(),
+  developer: z.string(), groups: z.array(z.string()),
+});
+
+/** `POST /v1/auth/refresh`: a new access token (the refresh token is not rotated). */
+export const authRefreshResponse = z.object({ access_token: nonEmpty, token_type: z.literal('Bearer'), expires_in: z.number().int().positive(), developer: z.string() });
+
+/** `GET /v1/whoami`: the developer as the service sees them (identity/principal.ts). */
+export const whoamiResponse = z.object({ id: z.string(), email: z.string(), groups: z.array(z.string()) });
+export type Whoami = z.infer<typeof whoamiResponse>;
+
+/** One template the developer may start, as `broker templates` shows it. */
+export const templateSummary = z.object({
+  name: z.string(),
+  description: z.string(),
+  region: z.string().nullable(),
+  /** What a session of it grants; absent from services older than Vault support (AWS only). */
+  grants: z.array(z.enum(['aws', 'vault'])).optional(),
+  parameters: z.record(z.string(), z.object({ description: z.string(), pattern: z.string(), maxLength: z.number().int() })),
+  maxSessionSeconds: z.number().int(),
+  credentialLifetimeSeconds: z.number().int(),
+});
+export type TemplateSummary = z.infer<typeof templateSummary>;
+/** `GET /v1/templates`. */
+export const templatesResponse = z.object({ templates: z.array(templateSummary) });
+
+/** A task session (never a secret in it). */
+export const sessionView = z.object({
+  id: z.string(),
+  template: z.string(),
+  params: z.record(z.string(), z.string()),
+  reason: z.string(),
+  agent: z.string(),
+  roleSessionName: z.string(),
+  /** The template's AWS region, or null when it grants no AWS credentials. */
+  region: z.string().nullable(),
+  /**
+   * Where the session's Vault tokens are valid (for renewal), or null when it grants none. Absent
+   * from services older than Vault support.
+   */
+  vault: z.object({ address: z.string(), namespace: z.string().nullable(), policies: z.array(z.string()) }).nullable().optional(),
+  createdAt: timestamp,
+  expiresAt: timestamp,
+});
+export type SessionView = z.infer<typeof sessionView>;
+/** `GET /v1/sessions`: the developer's active sessions. */
+export const sessionsResponse = z.object({ sessions: z.array(sessionView) });
+
+/**
+ * AWS credentials as the credential_process document (AWS SDKs and Tools Reference Guide, "Process
+ * credential provider": `Version` 1, the three keys, `Expiration` so clients refresh; botocore also
+ * reads `AccountId`). The service sends them in this form and the daemon hands them on as they are.
+ */
+export const processCredentials = z.object({
+  Version: z.literal(1),
+  AccessKeyId: nonEmpty,
+  SecretAccessKey: nonEmpty,
+  SessionToken: nonEmpty,
+  Expiration: timestamp,
+  AccountId: z.string().optional(),
+});
+export type ProcessCredentials = z.infer<typeof processCredentials>;
+
+/**
+ * The `vault` object of `POST /v1/sessions` (when the template grants a Vault token) and of
+ * `POST /v1/sessions/:id/vault-token`. `token` is a secret: kept in memory; renewed in place
+ * (client/vault-renew.ts), a fresh one asked for when that fails.
+ */
+export const vaultTokenGrant = z.object({
+  token: nonEmpty,
+  /** Identifies the token in Vault's audit log and the broker's; safe to log. */
+  accessor: nonEmpty,
+  /** As Vault granted them (`token_policies`). */
+  policies: z.array(z.string()),
+  ttlSeconds: count,
+  /** When the token expires unless renewed. */
+  expiresAt: timestamp,
+  /** Its explicit max TTL, never after the session's end. */
+  maxExpiresAt: timestamp,
+  renewable: z.boolean(),
+  /** 0: unlimited; every request with the token (renewal included) uses one. */
+  numUses: count,
+  address: z.string(),
+  namespace: z.string().optional(),
+});
+export type VaultTokenGrant = z.infer<typeof vaultTokenGrant>;
+
+/** `POST /v1/sessions` (201): the session and what its template grants. */
+export const startSessionResponse = z.object({ session: sessionView, credentials: processCredentials.optional(), vault: vaultTokenGrant.optional() });
+export type StartSessionResponse = z.infer<typeof startSessionResponse>;
+
+/** `POST /v1/sessions/:id/credentials`: fresh AWS credentials under an active session. */
+export const reissueCredentialsResponse = z.object({ session: sessionView, credentials: processCredentials });
+export type ReissueCredentialsResponse = z.infer<typeof reissueCredentialsResponse>;
+
+/** `POST /v1/sessions/:id/vault-token`: a fresh Vault token under an active session. */
+export const vaultTokenResponse = z.object({ session: sessionView, vault: vaultTokenGrant });
+export type VaultTokenResponse = z.infer<typeof vaultTokenResponse>;
+
+/** `PATCH /v1/sessions/:id`. */
+export const updateSessionResponse = z.object({ session: sessionView });
+
+/** What became of one Vault token of an ended session. */
+export const revocationResult = z.object({
+  accessor: z.string(),
+  revoked: z.boolean(),
+  /** Why it failed (Vault's message; no secret). The service retries. */
+  error: z.string().optional(),
+  /** Not revoked, and no longer retried: the token is past the latest Vault can keep it alive. */
+  lapsed: z.literal(true).optional(),
+});
+
+/** `DELETE /v1/sessions/:id`: the ended session; `vaultTokens` absent from services older than Vault support. */
+export const endSessionResponse = z.object({ ended: sessionView, vaultTokens: z.array(revocationResult).optional() });
+export type EndSessionResponse = z.infer<typeof endSessionResponse>;
+
+/** A response body as the service builds it: what the client's schema accepts. */
+export type Body<S extends z.ZodType> = z.input<S>;
