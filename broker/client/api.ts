@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
+import { brokerUrlProblem, shownUrl } from '../limits/urls.js';
 import { jsonPointer } from '../wire/json-pointer.js';
 import { errorBody, sessionsResponse, vaultTokenResponse, type SessionView, type VaultTokenResponse } from '../wire/service-api.js';
 
@@ -27,6 +28,10 @@ export class BrokerApi {
   constructor(readonly baseUrl: string, private readonly accessToken?: string) {}
 
   async request<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown, headers: Record<string, string> = {}): Promise<z.output<S>> {
+    // Every source of the URL checks it (broker/client/cli-config.ts); this is the backstop, since
+    // every request carries a token or returns one.
+    const problem = brokerUrlProblem(this.baseUrl);
+    if (problem) throw new BrokerError('invalid_config', `the broker service URL ${shownUrl(this.baseUrl) ?? ''} ${problem.problem}`, { hint: problem.fix });
     let res: Response;
     try {
       res = await fetch(`${this.baseUrl}${path}`, {

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
-import type { ServerConfig } from '../config/server-config.js';
+import { listenUrl, type ServerConfig } from '../config/server-config.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
@@ -107,7 +107,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     s.once('error', reject);
   });
   const port = (server.address() as AddressInfo).port;
-  if (config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0) url = `http://${config.listen.host}:${port}`;
+  if (config.listen.port === 0 && config.publicUrl === listenUrl(config.listen.host, 0)) url = listenUrl(config.listen.host, port);
   const close = () => new Promise<void>((resolveStop) => {
     server.close(() => { void store.close().finally(resolveStop); });
     (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
