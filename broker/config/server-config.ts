@@ -123,6 +123,19 @@ export const serverConfigSchema = z.strictObject({
   listen: z.strictObject({
     host: z.string().default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(8787),
+    /**
+     * How long a client may take to send a request's headers, and the whole request (node:http
+     * `headersTimeout`, `requestTimeout`; the time the service then takes to answer does not
+     * count). Node's defaults (60 s, 5 min) let a client hold a connection for minutes with a byte
+     * now and then (slowloris); a broker request is at most 64 KiB and its headers fit in a packet.
+     */
+    headersTimeoutMs: z.number().int().min(500).max(60_000).default(10_000),
+    requestTimeoutMs: z.number().int().min(500).max(300_000).default(30_000),
+    /** Idle time before a kept-alive connection is closed; behind a load balancer, above its idle timeout. */
+    keepAliveTimeoutMs: z.number().int().min(1000).max(600_000).default(5_000),
+  }).refine((l) => l.headersTimeoutMs <= l.requestTimeoutMs, {
+    // node:http refuses a headers timeout longer than the request timeout (server.headersTimeout).
+    path: ['headersTimeoutMs'], message: 'must not exceed listen.requestTimeoutMs (the headers are part of the request)',
   }).prefault({}),
   /**
    * Base URL clients use; also the `iss` of broker tokens and the `htu` DPoP proofs are checked
