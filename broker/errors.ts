@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   forbidden: 403,
   not_found: 404,
   conflict: 409,
+  payload_too_large: 413,
   rate_limited: 429,
   // local environment (CLI side)
   not_logged_in: 401,

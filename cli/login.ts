@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BrokerApi } from '../broker/client/api.js';
-import { readCliConfig, writeCliConfig } from '../broker/client/cli-config.js';
+import { checkedServerUrl, readCliConfig, writeCliConfig } from '../broker/client/cli-config.js';
 import { deviceLogin, readIdTokenFile } from '../broker/client/device-login.js';
 import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { loadLogin, saveLogin } from '../broker/client/login-record.js';
@@ -17,12 +17,9 @@ export function register(program: Command): void {
     .option('--id-token-file <path|->', 'use an existing OIDC ID token (e.g. from CI) instead of the device flow; - reads stdin')
     .option('--json', 'print the result as JSON')
     .action(action(async (opts: { server?: string; idTokenFile?: string; json?: boolean }) => {
-      const serverUrl = (opts.server ?? readCliConfig()?.serverUrl)?.replace(/\/$/, '');
+      const serverUrl = opts.server !== undefined ? checkedServerUrl(opts.server, '--server') : readCliConfig()?.serverUrl;
       if (!serverUrl) {
         throw new BrokerError('invalid_request', 'no broker service URL', { hint: 'run: broker login --server https://broker.example.com' });
-      }
-      if (!/^https?:\/\/[^/\s]+(\/\S*)?$/.test(serverUrl)) {
-        throw new BrokerError('invalid_request', `--server "${serverUrl}" is not an http(s) URL`, { hint: 'e.g. --server https://broker.example.com' });
       }
       // Before anything else: without a keychain there is nowhere to keep the login, and the broker
       // never falls back to a file. (A read of our own entry; keychain_unavailable if none.)

@@ -289,7 +289,8 @@ describe('broker service API', () => {
       assert.equal(agent.status, 400);
       assert.deepEqual(agent.body.details.map((d: { path: string }) => d.path), ['/agent']);
       const huge = await call('POST', '/v1/sessions', { token: tokens.alice, raw: JSON.stringify({ template: 'x'.repeat(100_000) }) });
-      assert.equal(huge.status, 400);
+      assert.equal(huge.status, 413, 'a body over 64 KiB: 413 payload_too_large (test/transport.test.ts)');
+      assert.equal(huge.body.code, 'payload_too_large');
       for (const r of [bad, extra, notObject, slashKey, ttl, agent, huge]) assert.ok(!/at .*\.js:\d+/.test(r.text), 'no stack trace');
     });
     it('issues, re-issues, refuses a second session (409), and stops re-issue once ended', async () => {

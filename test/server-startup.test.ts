@@ -74,7 +74,9 @@ describe('broker server: configuration errors', () => {
     // On loopback: only with the flag.
     assert.match(refusal(oidc('http://127.0.0.1:9000')), /is plain http; .*set oidc\.allowInsecureHttp: true/);
     assert.match(refusal(oidc('ftp://idp.example.com')), /must be an https URL/);
-    for (const ok of [oidc('https://idp.example.com'), oidc('http://127.0.0.1:9000', true), oidc('http://localhost:9000/realms/dev', true), oidc('http://[::1]:9000', true)]) {
+    // localhost is not loopback (it can resolve elsewhere; broker/limits/urls.ts): the address is asked for.
+    assert.match(refusal(oidc('http://localhost:9000/realms/dev', true)), /write the loopback address instead of localhost: http:\/\/127\.0\.0\.1:9000\/realms\/dev/);
+    for (const ok of [oidc('https://idp.example.com'), oidc('http://127.0.0.1:9000', true), oidc('http://127.0.0.1:9000/realms/dev', true), oidc('http://[::1]:9000', true)]) {
       assert.equal(parseServerConfig(ok, dir).oidc.issuer, ok.oidc.issuer);
     }
     // And as an operator meets it: file, field and fix, exit 1.

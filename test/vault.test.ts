@@ -1085,7 +1085,7 @@ describe('vault service configuration', () => {
 
   it('accepts allowRootToken only for a Vault on loopback (a local dev server)', () => {
     const dev = { tokenRole: 'broker-tasks', token: { env: 'T' }, allowRootToken: true };
-    for (const address of ['http://127.0.0.1:8200', 'http://localhost:8200', 'http://[::1]:8200', 'https://127.0.0.2:8200']) {
+    for (const address of ['http://127.0.0.1:8200', 'http://[::1]:8200', 'https://127.0.0.2:8200']) {
       assert.deepEqual(problems({ ...dev, address }), [], address);
     }
     for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200', 'https://127.0.0.1.nip.io:8200']) {
@@ -1093,17 +1093,21 @@ describe('vault service configuration', () => {
         `broker.yaml:vault.allowRootToken: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
       ], address);
     }
+    // localhost can resolve to another machine: not loopback (broker/limits/urls.ts).
+    assert.deepEqual(problems({ ...dev, address: 'https://localhost:8200' }), [
+      'broker.yaml:vault.allowRootToken: is only accepted for a Vault on loopback (a local dev server), and vault.address is localhost:8200 (localhost does not count: write 127.0.0.1); give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken',
+    ]);
     assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowRootToken: false }), []);
   });
 
   it('accepts allowUnsafeTokenRole only for a Vault on loopback (a local dev server)', () => {
     const dev = { tokenRole: 'broker-tasks', token: { env: 'T' }, allowUnsafeTokenRole: true };
-    for (const address of ['http://127.0.0.1:8200', 'http://localhost:8200', 'http://[::1]:8200']) {
+    for (const address of ['http://127.0.0.1:8200', 'http://[::1]:8200']) {
       assert.deepEqual(problems({ ...dev, address }), [], address);
     }
-    for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200']) {
+    for (const address of ['https://vault.example.com:8200', 'https://10.0.0.5:8200', 'https://localhost:8200']) {
       assert.deepEqual(problems({ ...dev, address }), [
-        `broker.yaml:vault.allowUnsafeTokenRole: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
+        `broker.yaml:vault.allowUnsafeTokenRole: is only accepted for a Vault on loopback (a local dev server), and vault.address is ${new URL(address).host}${address.includes('localhost') ? ' (localhost does not count: write 127.0.0.1)' : ''}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
       ], address);
     }
     assert.deepEqual(problems({ ...dev, address: 'https://vault.example.com:8200', allowUnsafeTokenRole: false }), []);

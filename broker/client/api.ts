@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
+import { brokerUrlProblem, shownUrl } from '../limits/urls.js';
 import { jsonPointer } from '../wire/json-pointer.js';
 import { errorBody, sessionsResponse, vaultTokenResponse, type SessionView, type VaultTokenResponse } from '../wire/service-api.js';
 
@@ -27,6 +28,10 @@ export class BrokerApi {
   constructor(readonly baseUrl: string, private readonly accessToken?: string) {}
 
   async request<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown, headers: Record<string, string> = {}): Promise<z.output<S>> {
+    // Every source of the URL checks it (broker/client/cli-config.ts); this is the backstop, since
+    // every request carries a token or returns one.
+    const problem = brokerUrlProblem(this.baseUrl);
+    if (problem) throw new BrokerError('invalid_config', `the broker service URL ${shownUrl(this.baseUrl) ?? ''} ${problem.problem}`, { hint: problem.fix });
     let res: Response;
     try {
       res = await fetch(`${this.baseUrl}${path}`, {
@@ -38,11 +43,20 @@ export class BrokerApi {
         },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+        // Never followed: fetch re-sends the body of a 307/308 (a refresh token, an ID token) and
+        // keeps custom headers (the DPoP proof) on any redirect, to wherever Location says, over
+        // plain http too (the Fetch standard, "HTTP-redirect fetch"). `manual` rather than `error`:
+        // Node's fetch then hands over the 3xx itself, so the error can name where it pointed.
+        redirect: 'manual',
       });
     } catch (e) {
       throw new BrokerError('upstream_unavailable', `cannot reach the broker service at ${this.baseUrl}`, {
         cause: e, hint: 'check the URL (broker login --server …) and that the service is running',
       });
+    }
+    if (res.status >= 300 && res.status < 400) {
+      await res.body?.cancel().catch(() => { /* nothing of it is read */ });
+      throw redirected(res, `${this.baseUrl}${path}`);
     }
     let data: unknown;
     try {
@@ -55,6 +69,26 @@ export class BrokerApi {
     if (!parsed.success) throw unexpectedAnswer(`${method} ${path}`, parsed.error);
     return parsed.data;
   }
+}
+
+/**
+ * A 3xx from the broker service. Only the origin of its Location is shown: a path or query may
+ * carry anything (a redirect can be made to echo the request).
+ */
+function redirected(res: Response, requestUrl: string): BrokerError {
+  let where: string | undefined;
+  const location = res.headers.get('location');
+  try {
+    const loc = location ? new URL(location, requestUrl) : undefined;
+    if (loc) where = loc.origin === 'null' ? loc.protocol : loc.origin;
+  } catch { /* no usable Location */ }
+  return new BrokerError('upstream_error', where
+    ? `the broker service answered with a redirect to ${where}; refusing to follow it with credentials`
+    : `the broker service answered HTTP ${res.status} (a redirect); refusing to follow it with credentials`, {
+    // No ServiceAnswer cause: this is not the service reporting a failure of its own upstream.
+    hint: 'use the URL the service is really at (https, its own host and path), e.g. broker login --server https://broker.example.com; '
+      + 'or ask its operator why it redirects',
+  });
 }
 
 /** The service's error answer as the same BrokerError (its code, message, hint and details). */

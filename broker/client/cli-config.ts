@@ -3,6 +3,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { BrokerError } from '../errors.js';
+import { brokerUrlProblem, shownUrl } from '../limits/urls.js';
 
 /**
  * The CLI's own settings file (`~/.config/agent-credential-broker/config.json`): where the broker
@@ -10,7 +11,11 @@ import { BrokerError } from '../errors.js';
  * goes here; the login lives in the OS keychain.
  */
 const settingsSchema = z.strictObject({
-  serverUrl: z.url().optional(),
+  /** https, or plain http to loopback (broker/limits/urls.ts); `broker login --server` writes it. */
+  serverUrl: z.string().superRefine((url, ctx) => {
+    const p = brokerUrlProblem(url);
+    if (p) ctx.addIssue({ code: 'custom', message: `${shownUrl(url) ?? 'the value'} ${p.problem}; ${p.fix}, or run: broker login --server <https URL>` });
+  }).optional(),
   exec: z.strictObject({
     /** Extra variable name patterns (`*` wildcard) removed from `broker exec` children, e.g. GITHUB_TOKEN. */
     scrub: z.array(z.string().regex(/^[A-Za-z0-9_*]+$/, 'a variable name pattern: letters, digits, _ and *')).default([]),
@@ -50,12 +55,28 @@ export function readCliSettings(): CliSettings {
   return r.data;
 }
 
-/** Where the broker service is: $BROKER_URL, else the settings file. */
+/**
+ * Where the broker service is: $BROKER_URL, else the settings file; either way https, or plain http
+ * to loopback (broker/limits/urls.ts). Every command and the daemon read the URL here.
+ */
 export function readCliConfig(): CliConfig | undefined {
   const env = process.env.BROKER_URL;
-  if (env) return { serverUrl: env.replace(/\/$/, '') };
+  if (env) return { serverUrl: checkedServerUrl(env, 'BROKER_URL') };
   const url = readCliSettings().serverUrl;
   return url ? { serverUrl: url.replace(/\/$/, '') } : undefined;
+}
+
+/**
+ * A broker service URL given on the command line (`--server`) or in `BROKER_URL`, without its
+ * trailing slash; a clear error naming where it came from otherwise. Never echoes a user name,
+ * password or query the value may hold.
+ */
+export function checkedServerUrl(raw: string, from: '--server' | 'BROKER_URL'): string {
+  const p = brokerUrlProblem(raw);
+  if (!p) return raw.replace(/\/$/, '');
+  const shown = shownUrl(raw);
+  const fix = from === 'BROKER_URL' ? `${p.fix} (or unset BROKER_URL to use the URL broker login saved)` : p.fix;
+  throw new BrokerError(from === '--server' ? 'invalid_request' : 'invalid_config', `${from}${shown ? ` ${shown}` : ''} ${p.problem}`, { hint: fix });
 }
 
 export function requireCliConfig(): CliConfig {

@@ -2,6 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import * as oidc from 'openid-client';
 import { BrokerError } from '../errors.js';
 import { MAX_ID_TOKEN_CHARS } from '../limits/aws.js';
+import { isLoopbackHttpUrl, LOOPBACK_RULE } from '../limits/urls.js';
 
 export interface DevicePrompt {
   verificationUri: string;
@@ -94,16 +95,13 @@ function issuerUrl(issuer: string, allowInsecureHttp: boolean): URL {
   if (url.protocol === 'https:') return url;
   // The token endpoint answers with tokens in clear text, so OAuth requires TLS (RFC 6749 §3.2) and
   // OIDC Discovery an https issuer (§3); plain http is only for an IdP on this machine (the test IdP).
-  if (url.protocol === 'http:' && allowInsecureHttp && isLoopback(url.hostname)) return url;
+  // Loopback as broker/limits/urls.ts decides it, the rule the service applies to oidc.issuer.
+  if (allowInsecureHttp && isLoopbackHttpUrl(url)) return url;
   throw new BrokerError('invalid_config', `the IdP issuer ${issuer} is not an https URL`, {
     hint: url.protocol === 'http:' && allowInsecureHttp
-      ? 'allowInsecureHttp only permits an IdP on a loopback address (127.0.0.1, ::1, localhost)'
+      ? `allowInsecureHttp only permits an IdP on a loopback address (${LOOPBACK_RULE})`
       : 'use the IdP\'s https issuer URL (oidc.issuer in the broker service config)',
   });
-}
-
-function isLoopback(hostname: string): boolean {
-  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
 }
 
 function expired(expiresIn: number): BrokerError {

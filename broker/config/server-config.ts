@@ -1,10 +1,12 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { durationSchema } from '../duration.js';
 import { BrokerError, type ErrorDetail } from '../errors.js';
 import { BROKER_TOKEN_AUDIENCE } from '../identity/broker-tokens.js';
+import { brokerUrlProblem, isLoopbackHost, localhostFix, LOOPBACK_RULE } from '../limits/urls.js';
 import { VAULT_ROLE_NAME_RE } from '../limits/vault.js';
 
 const JWS_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
@@ -19,13 +21,12 @@ const secretSourceSchema = signingKeySchema;
 /** An auth method's mount path, e.g. `approle` or `jwt` or `team-a/jwt`. */
 const mountSchema = z.string().regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'must be a mount path such as jwt or approle (no leading or trailing /)');
 
-const LOOPBACK_HOST_RE = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/;
-
 /**
  * The IdP's issuer must be https: the broker fetches the keys that decide who anyone is from it
  * (OIDC Discovery §3 requires an https issuer; RFC 6749 §3.1 TLS for the endpoints), and the CLI's
  * device flow gets tokens from it. Plain http only for an IdP on this machine, and only when asked
- * for: the same rule the CLI applies to the issuer it is given (broker/client/device-login.ts).
+ * for: the same rule the CLI applies to the issuer it is given (broker/client/device-login.ts), with
+ * loopback as broker/limits/urls.ts decides it.
  */
 function issuerProblem(issuer: string, allowInsecureHttp: boolean): string | undefined {
   let u: URL;
@@ -36,11 +37,17 @@ function issuerProblem(issuer: string, allowInsecureHttp: boolean): string | und
   }
   if (u.protocol === 'https:') return undefined;
   if (u.protocol !== 'http:') return `must be an https URL (got ${u.protocol}), e.g. https://login.example.com`;
-  if (!LOOPBACK_HOST_RE.test(u.hostname)) {
-    return `plain http to an IdP that is not on loopback (${u.hostname}) would let anyone on the path swap the keys that verify identities; use the IdP's https issuer URL (allowInsecureHttp permits only a loopback IdP: 127.0.0.1, ::1, localhost)`;
+  if (!isLoopbackHost(u.hostname)) {
+    if (u.hostname === 'localhost') return `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`;
+    return `plain http to an IdP that is not on loopback (${u.hostname}) would let anyone on the path swap the keys that verify identities; use the IdP's https issuer URL (allowInsecureHttp permits only a loopback IdP: ${LOOPBACK_RULE})`;
   }
   if (!allowInsecureHttp) return 'is plain http; use the IdP\'s https issuer URL, or, for a development IdP on this machine, set oidc.allowInsecureHttp: true';
   return undefined;
+}
+
+/** For a host named localhost, that it does not count as loopback (broker/limits/urls.ts says why). */
+function notLocalhost(u: URL): string {
+  return u.hostname === 'localhost' ? ' (localhost does not count: write 127.0.0.1)' : '';
 }
 
 /**
@@ -81,23 +88,28 @@ const vaultSchema = z.strictObject({
   }
   try {
     const u = new URL(v.address);
-    if (u.protocol === 'http:' && !LOOPBACK_HOST_RE.test(u.hostname) && !v.allowInsecureHttp) {
-      ctx.addIssue({ code: 'custom', path: ['address'], message: 'plain http to a Vault that is not on loopback would send tokens in clear; use https (or set allowInsecureHttp: true)' });
+    if (u.protocol === 'http:' && !isLoopbackHost(u.hostname) && !v.allowInsecureHttp) {
+      ctx.addIssue({
+        code: 'custom', path: ['address'],
+        message: u.hostname === 'localhost'
+          ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
+          : 'plain http to a Vault that is not on loopback would send tokens in clear; use https (or set allowInsecureHttp: true)',
+      });
     }
     // A root token is for a local dev server (`bao server -dev`); a broker pointed at any other Vault
     // with one could mint tokens with every policy, so the escape hatch only exists on loopback.
-    if (v.allowRootToken && !LOOPBACK_HOST_RE.test(u.hostname)) {
+    if (v.allowRootToken && !isLoopbackHost(u.hostname)) {
       ctx.addIssue({
         code: 'custom', path: ['allowRootToken'],
-        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
+        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}${notLocalhost(u)}; give the broker a login with only deploy/vault/broker-policy.hcl (jwt or approle) and remove allowRootToken`,
       });
     }
     // The same for an unsafe token role: on a shared Vault its tokens are ones an agent can renew
     // past the end of its task.
-    if (v.allowUnsafeTokenRole && !LOOPBACK_HOST_RE.test(u.hostname)) {
+    if (v.allowUnsafeTokenRole && !isLoopbackHost(u.hostname)) {
       ctx.addIssue({
         code: 'custom', path: ['allowUnsafeTokenRole'],
-        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
+        message: `is only accepted for a Vault on loopback (a local dev server), and vault.address is ${u.host}${notLocalhost(u)}; make the token role safe (bao write auth/token/roles/<role> orphan=true token_explicit_max_ttl=12h) and remove allowUnsafeTokenRole`,
       });
     }
   } catch { /* z.url() reported it */ }
@@ -111,9 +123,28 @@ export const serverConfigSchema = z.strictObject({
   listen: z.strictObject({
     host: z.string().default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(8787),
+    /**
+     * How long a client may take to send a request's headers, and the whole request (node:http
+     * `headersTimeout`, `requestTimeout`; the time the service then takes to answer does not
+     * count). Node's defaults (60 s, 5 min) let a client hold a connection for minutes with a byte
+     * now and then (slowloris); a broker request is at most 64 KiB and its headers fit in a packet.
+     */
+    headersTimeoutMs: z.number().int().min(500).max(60_000).default(10_000),
+    requestTimeoutMs: z.number().int().min(500).max(300_000).default(30_000),
+    /** Idle time before a kept-alive connection is closed; behind a load balancer, above its idle timeout. */
+    keepAliveTimeoutMs: z.number().int().min(1000).max(600_000).default(5_000),
+  }).refine((l) => l.headersTimeoutMs <= l.requestTimeoutMs, {
+    // node:http refuses a headers timeout longer than the request timeout (server.headersTimeout).
+    path: ['headersTimeoutMs'], message: 'must not exceed listen.requestTimeoutMs (the headers are part of the request)',
   }).prefault({}),
-  /** Base URL clients use; also the `iss` of broker tokens. Defaults to http://host:port. */
-  publicUrl: z.url().optional(),
+  /**
+   * Base URL clients use; also the `iss` of broker tokens and the `htu` DPoP proofs are checked
+   * against. https, or plain http to loopback (broker/limits/urls.ts). Defaults to http://host:port.
+   */
+  publicUrl: z.url().superRefine((url, ctx) => {
+    const p = brokerUrlProblem(url);
+    if (p) ctx.addIssue({ code: 'custom', message: `${p.problem}; ${p.fix}` });
+  }).optional(),
   policiesDir: z.string().default('policies'),
   store: z.strictObject({
     sqlite: z.string().default('broker.db'),
@@ -169,7 +200,23 @@ export const serverConfigSchema = z.strictObject({
     maxActiveSessions: z.number().int().min(1).default(20),
   }).prefault({}),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
+}).superRefine((c, ctx) => {
+  // Without publicUrl, clients are told http://host:port: plain http, so only when that is loopback.
+  // A service listening on every interface is reached through something else (a TLS-terminating
+  // proxy or load balancer), whose https URL is the one clients must use.
+  if (c.publicUrl !== undefined) return;
+  const implied = listenUrl(c.listen.host, c.listen.port);
+  if (brokerUrlProblem(implied) === undefined) return;
+  ctx.addIssue({
+    code: 'custom', path: ['publicUrl'],
+    message: `is not set, so clients would be told ${implied} (from listen), plain http off this machine; set publicUrl to the https URL clients reach the service at, with TLS terminated in front of it (e.g. publicUrl: https://broker.example.com), or listen on 127.0.0.1`,
+  });
 });
+
+/** The URL of a listening address: `http://127.0.0.1:8787`, `http://[::1]:8787`. */
+export function listenUrl(host: string, port: number): string {
+  return `http://${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+}
 
 export type ServerConfig = z.infer<typeof serverConfigSchema> & { baseDir: string; publicUrl: string };
 
@@ -189,7 +236,7 @@ export function parseServerConfig(raw: unknown, baseDir: string, source = 'confi
     });
   }
   const c = parsed.data;
-  const publicUrl = (c.publicUrl ?? `http://${c.listen.host}:${c.listen.port}`).replace(/\/$/, '');
+  const publicUrl = (c.publicUrl ?? listenUrl(c.listen.host, c.listen.port)).replace(/\/$/, '');
   return {
     ...c,
     baseDir,

@@ -56,7 +56,10 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
     } catch { /* not up yet */ }
     if (answer?.ok) return;
     // It answered that it could not start (no keychain, …): that is the error to show.
-    if (answer) throw new BrokerError(answer.error.code, answer.error.message, { ...(answer.error.hint ? { hint: answer.error.hint } : {}) });
+    if (answer) {
+      const { code, message, hint, details } = answer.error;
+      throw new BrokerError(code, message, { ...(hint ? { hint } : {}), ...(details ? { details } : {}) });
+    }
     // Exit 0 means another daemon won the race: keep knocking.
     if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset);
     if (Date.now() > deadline) {
@@ -80,6 +83,13 @@ function startFailure(log: string, offset: number): BrokerError {
   const at = lines.findIndex((l) => l.startsWith('broker: '));
   if (at < 0) return new BrokerError('internal', 'the broker daemon failed to start', { hint: `see its log: ${log}` });
   const message = lines[at]!.slice('broker: '.length);
-  const hint = lines.slice(at + 1).find((l) => l.trim().startsWith('hint: '))?.trim().slice('hint: '.length);
-  return new BrokerError('internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}) });
+  // Then, as cli/output.ts writes them: one indented line per detail (file:field: problem), the hint.
+  const indented = [];
+  for (const l of lines.slice(at + 1)) {
+    if (!l.startsWith('  ')) break;
+    indented.push(l.trim());
+  }
+  const hint = indented.find((l) => l.startsWith('hint: '))?.slice('hint: '.length);
+  const details = indented.filter((l) => !l.startsWith('hint: ')).map((l) => ({ message: l }));
+  return new BrokerError('internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}), ...(details.length ? { details } : {}) });
 }

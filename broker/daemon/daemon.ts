@@ -243,7 +243,7 @@ function serve(conn: Socket, core: DaemonCore, ready: Promise<void>, failures: F
 /** The start-up failure (no keychain, …) as the answer to the requests that waited for it. */
 function couldNotStart(e: unknown): BrokerError {
   if (!isBrokerError(e)) return new BrokerError('internal', 'the broker daemon could not start', { cause: e, hint: 'see its log: broker daemon status' });
-  return new BrokerError(e.code, `the broker daemon could not start: ${e.message}`, { cause: e, ...(e.hint ? { hint: e.hint } : {}) });
+  return new BrokerError(e.code, `the broker daemon could not start: ${e.message}`, { cause: e, ...(e.hint ? { hint: e.hint } : {}), ...(e.details ? { details: e.details } : {}) });
 }
 
 function failure(e: unknown): DaemonResponse {

@@ -11,7 +11,7 @@ import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionSe
 import type { AuditLog } from '../store/store.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  idTokenRequest, refreshRequest, startSessionRequest, updateSessionRequest,
+  idTokenRequest, MAX_REQUEST_BODY_BYTES, refreshRequest, startSessionRequest, updateSessionRequest,
   type authRefreshResponse, type authTokenResponse, type Body, type endSessionResponse, type errorBody, type healthResponse,
   type LoginConfig, type processCredentials, type reissueCredentialsResponse, type sessionsResponse, type startSessionResponse, type templatesResponse,
   type updateSessionResponse, type vaultTokenGrant, type vaultTokenResponse, type whoamiResponse,
@@ -106,9 +106,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
   });
   app.notFound((c) => c.json({ code: 'not_found', message: `no route ${c.req.method} ${c.req.path}` } satisfies Body<typeof errorBody>, 404));
 
+  // A declared Content-Length over the limit is refused before any byte is read; a chunked body
+  // (no length) as soon as it grows past it. 413 Content Too Large: RFC 9110 §15.5.14.
   app.use('*', bodyLimit({
-    maxSize: 64 * 1024,
-    onError: () => { throw new BrokerError('invalid_request', 'request body larger than 64 KiB'); },
+    maxSize: MAX_REQUEST_BODY_BYTES,
+    onError: () => { throw new BrokerError('payload_too_large', `request body larger than the limit of ${MAX_REQUEST_BODY_BYTES} bytes`); },
   }));
 
   app.get('/healthz', (c) => c.json({ ok: true } as const satisfies Body<typeof healthResponse>));

@@ -1,9 +1,10 @@
 import { serve } from '@hono/node-server';
+import type { ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
-import type { ServerConfig } from '../config/server-config.js';
+import { listenUrl, type ServerConfig } from '../config/server-config.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
@@ -55,6 +56,27 @@ function vaultAuthMethod(v: NonNullable<ServerConfig['vault']>): VaultAuthMethod
   throw new TypeError('vault config without an auth method (the schema requires one)');
 }
 
+/**
+ * node:http's limits on what a client may hold open (slowloris: headers or a body a byte at a
+ * time). Expired requests get Node's own 408 and the connection is closed. Node checks the
+ * timeouts every `connectionsCheckingInterval` (30 s by default, which would let a 10 s headers
+ * timeout run to 40 s): here at least four times per headers timeout, at most once a second.
+ */
+export function httpServerOptions(l: ServerConfig['listen']): ServerOptions {
+  return {
+    headersTimeout: l.headersTimeoutMs,
+    requestTimeout: l.requestTimeoutMs,
+    keepAliveTimeout: l.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1000, Math.floor(l.headersTimeoutMs / 4)),
+    // Written down rather than left to Node's default (16 KiB, changed by --max-http-header-size):
+    // room for a bearer token naming hundreds of groups plus a DPoP proof; more is a 431.
+    maxHeaderSize: MAX_HEADER_BYTES,
+  };
+}
+
+/** All request headers together, request line included. */
+export const MAX_HEADER_BYTES = 16 * 1024;
+
 export interface StartOptions {
   log?: Logger;
   /** The service's clock (tests move it to expire sessions); defaults to Date.now. */
@@ -103,11 +125,11 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   });
 
   const server = await new Promise<ReturnType<typeof serve>>((resolveServe, reject) => {
-    const s = serve({ fetch: app.fetch, hostname: config.listen.host, port: config.listen.port }, () => resolveServe(s));
+    const s = serve({ fetch: app.fetch, hostname: config.listen.host, port: config.listen.port, serverOptions: httpServerOptions(config.listen) }, () => resolveServe(s));
     s.once('error', reject);
   });
   const port = (server.address() as AddressInfo).port;
-  if (config.publicUrl.endsWith(`:${config.listen.port}`) && config.listen.port === 0) url = `http://${config.listen.host}:${port}`;
+  if (config.listen.port === 0 && config.publicUrl === listenUrl(config.listen.host, 0)) url = listenUrl(config.listen.host, port);
   const close = () => new Promise<void>((resolveStop) => {
     server.close(() => { void store.close().finally(resolveStop); });
     (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();

@@ -32,6 +32,12 @@ export const MAX_REFRESH_TOKEN_CHARS = 8_000;
 
 // ---- request bodies ---------------------------------------------------------------------------
 
+/**
+ * The largest request body the service reads (our own bound): the largest body, an ID token of up
+ * to 20,000 chars, fits three times over. Larger ones are refused with 413 `payload_too_large`.
+ */
+export const MAX_REQUEST_BODY_BYTES = 64 * 1024;
+
 /** Printable text without control characters (they would garble logs and terminals). */
 const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
 
@@ -73,9 +79,10 @@ export const refreshRequest = z.strictObject({ refresh_token: z.string().min(1).
 export const errorDetail = z.object({ path: z.string().optional(), message: z.string(), hint: z.string().optional() }) satisfies z.ZodType<ErrorDetail>;
 
 /**
- * Every error answer: `{code, message, hint?, details?}` (BrokerError.toJSON). `code` is any string
- * here, deliberately: a newer service may have codes this CLI does not know (it treats them as
- * `upstream_error`, keeping the message).
+ * Every error answer: `{code, message, hint?, details?}` (BrokerError.toJSON), with the code's
+ * HTTP status (broker/errors.ts ERROR_CODES: e.g. 400 `invalid_request`, 413 `payload_too_large` for
+ * a body over MAX_REQUEST_BODY_BYTES). `code` is any string here, deliberately: a newer service may
+ * have codes this CLI does not know (it treats them as `upstream_error`, keeping the message).
  */
 export const errorBody = z.object({ code: z.string(), message: z.string(), hint: z.string().optional(), details: z.array(errorDetail).optional() });
 export type ErrorBody = z.infer<typeof errorBody>;
