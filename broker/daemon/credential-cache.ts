@@ -38,7 +38,6 @@ interface Held extends HeldCredentials {
 type Health = 'ok' | 'retrying';
 
 interface Entry extends TaskEntry {
-  session: SessionView;
   sessionEndsAt: number;
   creds?: Held;
   inflight?: Promise<Held>;

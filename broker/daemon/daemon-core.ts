@@ -59,8 +59,11 @@ export interface EndedTasks { ended: { id: string; template: string; vaultTokens
 export interface DaemonStatus {
   serverUrl: string | null;
   developer: string | null;
-  sessions: (SessionView & { credentials: EntryStatus | null; vaultToken: VaultTokenStatus | null })[];
-  /** Set when the service could not be asked: `sessions` then lists only what the daemon holds. */
+  sessions: (SessionView & { credentials: EntryStatus | null; vaultToken: VaultTokenStatus | null; heldOnly?: true })[];
+  /**
+   * Set when the service could not be asked: `sessions` then lists the sessions the daemon holds
+   * credentials or a Vault token for, as it last learned them, each marked `heldOnly`.
+   */
   serviceError?: string;
 }
 
@@ -75,7 +78,7 @@ export class DaemonCore {
   readonly vault: VaultTokenCache;
   private readonly startedAt = new Date().toISOString();
 
-  constructor(private readonly log: Logger, now: () => number = Date.now) {
+  constructor(private readonly log: Logger, private readonly now: () => number = Date.now) {
     this.cache = new CredentialCache({
       log,
       now,
@@ -209,7 +212,12 @@ export class DaemonCore {
       return { ...base, sessions: sessions.map((s) => ({ ...s, credentials: held.get(s.id) ?? null, vaultToken: tokens.get(s.template) ?? null })) };
     } catch (e) {
       if (e instanceof BrokerError && (e.code === 'not_logged_in' || e.code === 'unauthenticated')) throw e;
-      return { ...base, sessions: [], serviceError: (e as Error).message };
+      const now = this.now();
+      const heldFor = new Map([...this.cache.heldSessions(), ...this.vault.heldSessions()]
+        .filter((s) => Date.parse(s.expiresAt) > now).map((s) => [s.id, s]));
+      const sessions = [...heldFor.values()].sort((a, b) => a.template.localeCompare(b.template))
+        .map((s) => ({ ...s, credentials: held.get(s.id) ?? null, vaultToken: tokens.get(s.template) ?? null, heldOnly: true as const }));
+      return { ...base, sessions, serviceError: (e as Error).message };
     }
   }
 
