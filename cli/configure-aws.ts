@@ -6,7 +6,7 @@ import type { TemplateSummary } from '../broker/client/api.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
 import { TEMPLATE_NAME_RE } from '../broker/templates/schema.js';
-import { action, info, printJson } from './output.js';
+import { action, out, printJson } from './output.js';
 
 interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
 
@@ -73,11 +73,11 @@ function parseTemplateList(value: string): string[] {
 
 function report(r: ConfigureAwsResult): void {
   if (r.dryRun && r.diff) process.stdout.write(r.diff);
-  for (const n of r.added) info(`${r.dryRun ? 'would add' : 'added'} profile ${n}`);
-  for (const n of r.updated) info(`${r.dryRun ? 'would update' : 'updated'} profile ${n}`);
-  for (const n of r.unchanged) info(`profile ${n} is up to date`);
-  if (r.backup) info(`backup of the previous file: ${r.backup}`);
-  if (!r.diff) info(`${r.configFile}: nothing to change`);
-  else if (r.dryRun) info(`${r.configFile}: dry run, nothing written`);
-  else info(`${r.configFile}: written; use a profile with e.g. AWS_PROFILE=${[...r.added, ...r.updated, ...r.unchanged][0]}`);
+  for (const n of r.added) out(`${r.dryRun ? 'would add' : 'added'} profile ${n}`);
+  for (const n of r.updated) out(`${r.dryRun ? 'would update' : 'updated'} profile ${n}`);
+  for (const n of r.unchanged) out(`profile ${n} is up to date`);
+  if (r.backup) out(`backup of the previous file: ${r.backup}`);
+  if (!r.diff) out(`${r.configFile}: nothing to change`);
+  else if (r.dryRun) out(`${r.configFile}: dry run, nothing written`);
+  else out(`${r.configFile}: written; use a profile with e.g. AWS_PROFILE=${[...r.added, ...r.updated, ...r.unchanged][0]}`);
 }

@@ -6,7 +6,7 @@ import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { loadLogin, saveLogin } from '../broker/client/login-record.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
 import { BrokerError } from '../broker/errors.js';
-import { action, info, printJson } from './output.js';
+import { action, info, out, printJson } from './output.js';
 
 interface LoginConfig { issuer: string; clientId: string; scopes: string; allowInsecureHttp: boolean }
 
@@ -57,6 +57,6 @@ export function register(program: Command): void {
       if (opts.server) writeCliConfig({ serverUrl });
       await notifyDaemon();
       if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });
-      else info(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
+      else out(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
     }));
 }

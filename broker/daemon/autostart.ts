@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
+import { errorCodeForExit } from '../exit-codes.cjs';
 import { NO_CORE_SH } from '../clean-start.js';
 import { DAEMON_CLEAN_MARK, daemonEnvironment } from './daemon-env.js';
 import { LOCK_WAIT_MS } from './instance-lock.js';
@@ -58,7 +59,7 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
     // It answered that it could not start (no keychain, …): that is the error to show.
     if (answer) throw new BrokerError(answer.error.code, answer.error.message, { ...(answer.error.hint ? { hint: answer.error.hint } : {}) });
     // Exit 0 means another daemon won the race: keep knocking.
-    if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset);
+    if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset, exitCode);
     if (Date.now() > deadline) {
       throw new BrokerError('upstream_unavailable', `the broker daemon did not start within ${START_TIMEOUT_MS / 1000}s`, { hint: `see its log: ${log}` });
     }
@@ -66,8 +67,11 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
   }
 }
 
-/** The daemon reports a failed start as `broker: message` lines on stderr, which went to the log. */
-function startFailure(log: string, offset: number): BrokerError {
+/**
+ * The daemon reports a failed start as `broker: message` lines on stderr, which went to the log,
+ * and exits with the status of the error's code (README "Exit codes"): the code is taken back from it.
+ */
+function startFailure(log: string, offset: number, status: number): BrokerError {
   let text = '';
   try {
     const fd = openSync(log, 'r');
@@ -81,5 +85,5 @@ function startFailure(log: string, offset: number): BrokerError {
   if (at < 0) return new BrokerError('internal', 'the broker daemon failed to start', { hint: `see its log: ${log}` });
   const message = lines[at]!.slice('broker: '.length);
   const hint = lines.slice(at + 1).find((l) => l.trim().startsWith('hint: '))?.trim().slice('hint: '.length);
-  return new BrokerError('internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}) });
+  return new BrokerError(errorCodeForExit(status) ?? 'internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}) });
 }
