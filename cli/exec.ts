@@ -137,7 +137,8 @@ function commandWords(self: Command, words: string[]): string[] {
 /**
  * A command that could not be started: one line, and 127 when it does not exist (ENOENT: not on
  * PATH, no such file, or its #! interpreter missing, as sh reports it), else 126 (it exists but
- * cannot be run: EACCES for no execute permission or a directory, ENOEXEC, …).
+ * cannot be run: EACCES for no execute permission or a directory, E2BIG, …). A file in no
+ * executable format is handed to sh (libuv does as execvp(3) does), whose status is then the command's.
  */
 function cannotStart(cmd: string, e: NodeJS.ErrnoException): number {
   const notFound = e.code === 'ENOENT';
@@ -193,13 +194,13 @@ function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<
     try {
       child = spawn(cmd, args, { stdio: 'inherit', env });
     } catch (e) {
-      // Node throws (rather than emitting 'error') for failures other than EACCES, ENOENT, EAGAIN,
-      // EMFILE and ENFILE: ENOEXEC, E2BIG, …
+      // Node throws, rather than emitting 'error', for failures other than EACCES, ENOENT, EAGAIN,
+      // EMFILE and ENFILE (E2BIG: an argument list too long for execve).
       cleanup();
       resolve(cannotStart(cmd, e as NodeJS.ErrnoException));
       return;
     }
-    child.once('error', (e: NodeJS.ErrnoException) => {
+    child.on('error', (e: NodeJS.ErrnoException) => {
       // Only a failed spawn concerns us here; a child that started reports through 'exit'.
       if (child?.pid !== undefined) return;
       cleanup();
