@@ -1,3 +1,7 @@
+import { EXIT_CODES } from './exit-codes.cjs';
+
+export { EXEC_EXIT, EXIT_CODES, EXIT_NO, EXIT_OK } from './exit-codes.cjs';
+
 /**
  * The one error type of the project. `code` is a closed union, so a `switch` on it narrows, HTTP
  * status and CLI exit code derive from it, and callers never parse message text.
@@ -30,6 +34,11 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+/** Every error code has an exit status, and the exit table names no other code (exit-codes.cts). */
+type SameKeys<A, B> = [Exclude<keyof A, keyof B>, Exclude<keyof B, keyof A>] extends [never, never] ? true : false;
+const exitTableCoversErrorCodes: SameKeys<typeof ERROR_CODES, typeof EXIT_CODES> = true;
+void exitTableCoversErrorCodes;
+
 export interface ErrorDetail {
   /** JSON pointer (API bodies) or `file:field.path` (templates, config). */
   path?: string;
@@ -57,6 +66,11 @@ export class BrokerError extends Error {
 
   get status(): number {
     return ERROR_CODES[this.code];
+  }
+
+  /** The CLI's exit status for this error (exit-codes.cts; README "Exit codes"). */
+  get exitCode(): number {
+    return EXIT_CODES[this.code];
   }
 
   toJSON(): { code: ErrorCode; message: string; hint?: string; details?: ErrorDetail[] } {

@@ -5,7 +5,7 @@ import { configureAws, defaultAwsConfigFile, type ConfigureAwsResult } from '../
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
 import { TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../broker/limits/names.js';
-import { action, info, printJson } from './output.js';
+import { action, info, out, printJson } from './output.js';
 
 interface Options { configFile?: string; dryRun?: boolean; json?: boolean; templates?: string; region?: string }
 
@@ -70,13 +70,18 @@ function parseTemplateList(value: string): string[] {
   return names;
 }
 
+/**
+ * What was done, on stdout. A dry run's result is its diff, alone on stdout (it can be piped or
+ * saved as a patch); what it would do is said on stderr then.
+ */
 function report(r: ConfigureAwsResult): void {
   if (r.dryRun && r.diff) process.stdout.write(r.diff);
-  for (const n of r.added) info(`${r.dryRun ? 'would add' : 'added'} profile ${n}`);
-  for (const n of r.updated) info(`${r.dryRun ? 'would update' : 'updated'} profile ${n}`);
-  for (const n of r.unchanged) info(`profile ${n} is up to date`);
-  if (r.backup) info(`backup of the previous file: ${r.backup}`);
-  if (!r.diff) info(`${r.configFile}: nothing to change`);
-  else if (r.dryRun) info(`${r.configFile}: dry run, nothing written`);
-  else info(`${r.configFile}: written; use a profile with e.g. AWS_PROFILE=${[...r.added, ...r.updated, ...r.unchanged][0]}`);
+  const say = r.dryRun ? info : out;
+  for (const n of r.added) say(`${r.dryRun ? 'would add' : 'added'} profile ${n}`);
+  for (const n of r.updated) say(`${r.dryRun ? 'would update' : 'updated'} profile ${n}`);
+  for (const n of r.unchanged) say(`profile ${n} is up to date`);
+  if (r.backup) say(`backup of the previous file: ${r.backup}`);
+  if (!r.diff) say(`${r.configFile}: nothing to change`);
+  else if (r.dryRun) say(`${r.configFile}: dry run, nothing written`);
+  else say(`${r.configFile}: written; use a profile with e.g. AWS_PROFILE=${[...r.added, ...r.updated, ...r.unchanged][0]}`);
 }

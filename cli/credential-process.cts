@@ -3,14 +3,17 @@
  * stdout carries exactly one complete JSON document (Version 1, Expiration always set, so clients
  * refresh) or nothing at all; every failure is one line on stderr and a non-zero exit (AWS SDKs and
  * Tools Reference Guide, "Process credential provider"; the CLI User Guide's "Sourcing credentials
- * with an external process" asks for nothing secret on stderr).
+ * with an external process" asks for nothing secret on stderr): the exit status of the error's
+ * code, as for every command (exit-codes.cts; README "Exit codes"), 2 for a usage error. AWS
+ * clients only look at non-zero; scripts and people can tell the cases apart.
  *
  * The AWS CLI runs this for every command (aws-cli#5585), so it only asks the per-user daemon, which
- * answers from memory. The import graph is two tiny modules and builtins: no commander, zod, YAML,
+ * answers from memory. The import graph is three tiny modules and builtins: no commander, zod, YAML,
  * AWS SDK or keychain binding (bench/credential-process measures it). The daemon is started, and the
  * heavier modules loaded, only when none is running.
  */
-import { daemonCall, isNoDaemon, socketPath } from '../broker/daemon/socket.cjs';
+import { daemonCall, DIR_REFUSED, isNoDaemon, socketPath } from '../broker/daemon/socket.cjs';
+import { EXIT_CODES, exitCodeFor } from '../broker/exit-codes.cjs';
 import type { DaemonResponse } from '../broker/daemon/protocol.js';
 import type { ProcessCredentials } from '../broker/wire/service-api.js';
 
@@ -73,10 +76,23 @@ async function ask(task: string): Promise<DaemonResponse> {
   }
 }
 
-function fail(message: string): void {
+function fail(message: string, exitCode: number): void {
   // One line: clients show stderr as is, and some log it (so never anything secret in it).
   process.stderr.write(`broker credential-process: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
-  process.exitCode = 1;
+  process.exitCode = exitCode;
+}
+
+/**
+ * The exit status of a failure that is not the daemon's answer: a BrokerError of the slow path has
+ * its code; a directory that fails the check is invalid_config (as daemon-client.ts says it); a
+ * socket error or timeout means the daemon could not be asked.
+ */
+function exitCodeOf(e: unknown): number {
+  if (e instanceof UsageError) return EXIT_CODES.invalid_request;
+  const code = (e as { code?: unknown } | null)?.code;
+  if (code === DIR_REFUSED) return EXIT_CODES.invalid_config;
+  if (typeof code === 'string' && Object.hasOwn(EXIT_CODES, code)) return exitCodeFor(code);
+  return EXIT_CODES.upstream_unavailable;
 }
 
 export async function main(args: string[]): Promise<void> {
@@ -84,17 +100,17 @@ export async function main(args: string[]): Promise<void> {
     const task = parseArgs(args);
     const r = await ask(task);
     if (!r.ok) {
-      fail(`${r.error.message}${r.error.hint ? ` (${r.error.hint})` : ''}`);
+      fail(`${r.error.message}${r.error.hint ? ` (${r.error.hint})` : ''}`, exitCodeFor(r.error.code));
       return;
     }
     const doc = credentialsDocument(r.result);
     if (!doc) {
-      fail('the broker daemon returned incomplete credentials (restart it: broker daemon stop)');
+      fail('the broker daemon returned incomplete credentials (restart it: broker daemon stop)', EXIT_CODES.upstream_error);
       return;
     }
     process.stdout.write(`${JSON.stringify(doc)}\n`);
   } catch (e) {
     const err = e as Error & { hint?: string };
-    fail(e instanceof UsageError ? err.message : `${err.message}${err.hint ? ` (${err.hint})` : ''}`);
+    fail(e instanceof UsageError ? err.message : `${err.message}${err.hint ? ` (${err.hint})` : ''}`, exitCodeOf(e));
   }
 }

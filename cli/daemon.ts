@@ -9,7 +9,8 @@ import type { PingResult } from '../broker/daemon/protocol.js';
 import { logPath, socketPath } from '../broker/daemon/socket.cjs';
 import { installUnit, uninstallUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { formatDuration } from '../broker/duration.js';
-import { action, info, printJson } from './output.js';
+import { EXIT_NO } from '../broker/errors.js';
+import { action, info, out, printJson } from './output.js';
 
 export function register(program: Command): void {
   const daemon = program
@@ -37,12 +38,12 @@ export function register(program: Command): void {
     .action(action(async () => {
       const before = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       if (before) {
-        info(`broker daemon: already running (pid ${before.result.pid})`);
+        out(`broker daemon: already running (pid ${before.result.pid})`);
         return;
       }
       await startDaemonInBackground();
       const after = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
-      info(`broker daemon: started (pid ${after?.result.pid ?? '?'}, socket ${socketPath()})`);
+      out(`broker daemon: started (pid ${after?.result.pid ?? '?'}, socket ${socketPath()})`);
     }));
 
   daemon
@@ -51,7 +52,7 @@ export function register(program: Command): void {
     .action(action(async () => {
       const r = await callRunningDaemon({ op: 'ping' }, { timeoutMs: 5_000 });
       if (!r) {
-        info('broker daemon: not running');
+        out('broker daemon: not running');
         return;
       }
       await callRunningDaemon({ op: 'stop' }, { timeoutMs: 10_000 });
@@ -60,7 +61,7 @@ export function register(program: Command): void {
       while (Date.now() < deadline && await callRunningDaemon({ op: 'ping' }, { timeoutMs: 1_000 }).catch(() => undefined)) {
         await new Promise((res) => setTimeout(res, 50));
       }
-      info(`broker daemon: stopped (pid ${r.result.pid})`);
+      out(`broker daemon: stopped (pid ${r.result.pid})`);
     }));
 
   daemon
@@ -72,8 +73,8 @@ export function register(program: Command): void {
       const where = { socket: socketPath(), log: logPath() };
       if (opts.json) printJson(r ? { running: true, ...where, ...r.result } : { running: false, ...where });
       if (!r) {
-        if (!opts.json) info(`broker daemon: not running (socket ${where.socket}); commands start it when needed`);
-        process.exitCode = 1;
+        if (!opts.json) out(`broker daemon: not running (socket ${where.socket}); commands start it when needed`);
+        process.exitCode = EXIT_NO;
         return;
       }
       if (opts.json) return;
@@ -106,13 +107,13 @@ export function register(program: Command): void {
       const steps = installUnit(plan, opts.enable);
       if (opts.json) printJson({ kind: plan.kind, file: plan.file, steps });
       else {
-        info(`wrote ${plan.file}`);
-        for (const s of steps) info(`${s.ok ? 'ran' : 'FAILED'}: ${s.command}${s.ok || !s.output ? '' : ` (${s.output})`}`);
+        out(`wrote ${plan.file}`);
+        for (const s of steps) out(`${s.ok ? 'ran' : 'FAILED'}: ${s.command}${s.ok || !s.output ? '' : ` (${s.output})`}`);
         if (!opts.enable) info(`enable it with: ${plan.enable.map((c) => c.join(' ')).join(' && ')}`);
       }
       if (steps.some((s) => !s.ok)) {
         info(`the unit is written; enable it by hand: ${plan.enable.map((c) => c.join(' ')).join(' && ')}`);
-        process.exitCode = 1;
+        process.exitCode = EXIT_NO;
       }
     }));
 
@@ -125,8 +126,8 @@ export function register(program: Command): void {
       const r = uninstallUnit(plan);
       if (opts.json) printJson({ kind: plan.kind, file: plan.file, ...r });
       else {
-        for (const s of r.steps) info(`${s.ok ? 'ran' : 'failed (ignored)'}: ${s.command}`);
-        info(r.removed ? `removed ${plan.file}` : `${plan.file} was not installed`);
+        for (const s of r.steps) out(`${s.ok ? 'ran' : 'failed (ignored)'}: ${s.command}`);
+        out(r.removed ? `removed ${plan.file}` : `${plan.file} was not installed`);
       }
     }));
 }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError } from '../broker/errors.js';
-import { action, info, printJson } from './output.js';
+import { action, info, out, printJson } from './output.js';
 
 export function register(program: Command): void {
   program
@@ -15,9 +15,9 @@ export function register(program: Command): void {
       if (template && opts.all) throw new BrokerError('invalid_request', 'give a template or --all, not both');
       const r = await callDaemon({ op: 'end', ...(template ? { template } : { all: true }) });
       if (opts.json) printJson(r);
-      else if (r.ended.length === 0) info('No active task sessions.');
+      else if (r.ended.length === 0) out('No active task sessions.');
       for (const s of opts.json ? [] : r.ended) {
-        info(`Ended ${s.template} (${s.id})`);
+        out(`Ended ${s.template} (${s.id})`);
         // The session is over either way; a token Vault could not revoke now is retried by the
         // service, and it expires with the session.
         const p = s.vaultTokensPending;

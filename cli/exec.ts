@@ -5,10 +5,10 @@ import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.
 import { startClean } from '../broker/clean-start.js';
 import { readCliSettings } from '../broker/client/cli-config.js';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import { BrokerError } from '../broker/errors.js';
+import { BrokerError, EXEC_EXIT } from '../broker/errors.js';
 import { AGENT_NAME_RE, AGENT_NAME_RULE, agentNameFrom } from '../broker/limits/names.js';
 import { brokerCommand } from './configure-aws.js';
-import { action, collectParam, info } from './output.js';
+import { action, collectParam, failuresExitWith, info, reportError } from './output.js';
 import { CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, scrubEnvironment } from './exec-env.js';
 
 interface Options {
@@ -25,11 +25,12 @@ interface Options {
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
 
 export function register(program: Command): void {
-  program
+  const exec = program
     .command('exec')
-    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task (VAULT_ADDR/VAULT_TOKEN for a Vault grant), inherited static credentials are removed')
+    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task (VAULT_ADDR/VAULT_TOKEN for a Vault grant), inherited static credentials are removed; exits with the command\'s status, 125 when exec itself fails, 126 when the command cannot be run, 127 when it is not found')
+    .usage('<template> [options] [--] <command> [args…]')
     .argument('<template>', 'task template; its active session is reused, or one is started')
-    .argument('<command...>', 'the command and its arguments, after --')
+    .argument('<command...>', 'the command and its arguments: from the first word that is not an option of exec (or after --), every word is the command\'s')
     .option('-p, --param <name=value>', 'template parameter, when a session has to be started (repeatable)', collectParam, {})
     .option('--ttl <duration>', 'task session length when one is started, e.g. 2h')
     .option('--reason <text>', 'why: recorded in the audit log', '')
@@ -37,10 +38,12 @@ export function register(program: Command): void {
     .option('--env', 'also put the credentials themselves in the environment (they are NOT refreshed there; prefer the profile)')
     .option('--scrub <pattern>', 'also remove environment variables matching this name pattern, * as wildcard (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
     .option('-v, --verbose', 'say which environment variables were removed and set (names only, never values)')
-    .action(action(async (template: string, command: string[], opts: Options) => {
-      // Everything after `--` is the command's, options included (commander stops parsing there).
-      const [cmd, ...args] = command;
-      if (!cmd) throw new BrokerError('invalid_request', 'no command to run', { hint: `broker exec ${template} -- <command> [args…]` });
+    // Commander stops at the template (so nothing of the command is taken for exec's options);
+    // exec's options between the template and the command are read below.
+    .passThroughOptions()
+    .action(action(async (template: string, words: string[], opts: Options, self: Command) => {
+      const [cmd, ...args] = commandWords(self, words);
+      if (!cmd) throw new BrokerError('invalid_request', 'no command to run', { hint: `broker exec ${template} [options] [--] <command> [args…]` });
       const agent = opts.agent ?? agentNameFrom(cmd);
       if (!AGENT_NAME_RE.test(agent)) {
         throw new BrokerError('invalid_request', `--agent "${agent.slice(0, 60)}" cannot be a session tag`, { hint: AGENT_NAME_RULE });
@@ -105,6 +108,42 @@ export function register(program: Command): void {
       }
       process.exitCode = await runChild(cmd, args, env);
     }));
+  // 1–124 (and 128+n) are the command's: every failure of exec itself is 125, whatever its error code.
+  failuresExitWith(exec, EXEC_EXIT.failed);
+}
+
+/**
+ * The command and its arguments, from what follows the template: exec's own options there are
+ * parsed (by commander, into the command's option values) up to the first word that is not one of
+ * them, or up to `--`; from there every word is the command's, untouched (`claude -p "fix"`, `aws
+ * --profile p …`, a `-v` of the command's own). A word that looks like an option but is none of
+ * exec's, before the command, is refused: it is more likely a mistyped option than a command.
+ */
+function commandWords(self: Command, words: string[]): string[] {
+  const { operands, unknown } = self.parseOptions(words);
+  const first = unknown[0];
+  if (first === '-h' || first === '--help') self.help();
+  if (first !== undefined) {
+    throw new BrokerError('invalid_request', `unknown option "${first.slice(0, 60)}" before the command`, {
+      hint: 'put the command after --: broker exec <template> [options] -- <command> [args…]',
+    });
+  }
+  return operands;
+}
+
+/**
+ * A command that could not be started: one line, and 127 when it does not exist (ENOENT: not on
+ * PATH, no such file, or its #! interpreter missing, as sh reports it), else 126 (it exists but
+ * cannot be run: EACCES for no execute permission or a directory, E2BIG, …). A file in no
+ * executable format is handed to sh (libuv does as execvp(3) does), whose status is then the command's.
+ */
+function cannotStart(cmd: string, e: NodeJS.ErrnoException): number {
+  const notFound = e.code === 'ENOENT';
+  const why = notFound ? 'command not found' : e.code === 'EACCES' ? 'permission denied (not executable, or a directory)' : e.code ?? e.message;
+  reportError(new BrokerError(notFound ? 'not_found' : 'invalid_request', `cannot run ${cmd}: ${why}`, {
+    hint: notFound ? 'check the command name and PATH' : undefined,
+  }));
+  return notFound ? EXEC_EXIT.notFound : EXEC_EXIT.cannotRun;
 }
 
 /** The task's profile must exist for AWS_PROFILE to work: add it (idempotent, with a backup) if missing. */
@@ -122,7 +161,7 @@ async function ensureProfile(template: string, region: string): Promise<void> {
  * on it). Then we exit 128+n, as a shell reports such a death, and say so on stderr.
  */
 function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  return new Promise((resolve, reject) => {
+  return new Promise((resolve) => {
     const interactive = process.stdin.isTTY === true;
     // Handlers go in before the child exists: on a loaded machine the child can start, print and be
     // signalled (through us) before spawn() returns, and a signal that found no handler then would
@@ -144,12 +183,20 @@ function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<
       process.on(sig, h);
     }
     const cleanup = () => { for (const [sig, h] of handlers) process.off(sig, h); };
-    child = spawn(cmd, args, { stdio: 'inherit', env });
-    child.once('error', (e: NodeJS.ErrnoException) => {
+    try {
+      child = spawn(cmd, args, { stdio: 'inherit', env });
+    } catch (e) {
+      // Node throws, rather than emitting 'error', for failures other than EACCES, ENOENT, EAGAIN,
+      // EMFILE and ENFILE (E2BIG: an argument list too long for execve).
       cleanup();
-      reject(new BrokerError('invalid_request', `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'command not found' : e.code ?? e.message}`, {
-        hint: e.code === 'ENOENT' ? 'check the command name and PATH' : undefined,
-      }));
+      resolve(cannotStart(cmd, e as NodeJS.ErrnoException));
+      return;
+    }
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      // Only a failed spawn concerns us here; a child that started reports through 'exit'.
+      if (child?.pid !== undefined) return;
+      cleanup();
+      resolve(cannotStart(cmd, e));
     });
     child.once('exit', (code, signal) => {
       cleanup();

@@ -7,7 +7,7 @@ import { loadLogin, saveLogin } from '../broker/client/login-record.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
 import { BrokerError } from '../broker/errors.js';
 import { authTokenResponse, loginConfigResponse } from '../broker/wire/service-api.js';
-import { action, info, printJson } from './output.js';
+import { action, info, out, printJson } from './output.js';
 
 export function register(program: Command): void {
   program
@@ -53,6 +53,6 @@ export function register(program: Command): void {
       if (opts.server) writeCliConfig({ serverUrl });
       await notifyDaemon();
       if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });
-      else info(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
+      else out(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
     }));
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { requireCliConfig } from '../broker/client/cli-config.js';
 import { deleteLogin } from '../broker/client/login-record.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
-import { action, info } from './output.js';
+import { action, out } from './output.js';
 
 export function register(program: Command): void {
   program
@@ -12,6 +12,6 @@ export function register(program: Command): void {
       const { serverUrl } = requireCliConfig();
       const removed = await deleteLogin(serverUrl);
       await notifyDaemon();
-      info(removed ? `Logged out of ${serverUrl}` : `Not logged in to ${serverUrl}`);
+      out(removed ? `Logged out of ${serverUrl}` : `Not logged in to ${serverUrl}`);
     }));
 }

@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { makeIamClient, makeStsClient } from '../broker/aws/clients.js';
 import { checkRoleTrust, resolveBrokerPrincipal, type TrustFinding } from '../broker/aws/trust-check.js';
-import { BrokerError } from '../broker/errors.js';
+import { BrokerError, EXIT_NO } from '../broker/errors.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
-import { action, info, printJson } from './output.js';
+import { action, out, printJson } from './output.js';
 
 interface Options { aws?: boolean; dir: string; region?: string; endpointUrl?: string; json?: boolean }
 
@@ -33,7 +33,8 @@ export function register(policy: Command): void {
         const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
         if (opts.json) printJson({ brokerPrincipalArn, findings });
         else report(brokerPrincipalArn, findings, all.filter((t) => !t.aws).map((t) => t.name));
-        if (findings.some((f) => !f.ok)) process.exitCode = 1;
+        // Roles that need changes are the answer, not a failure of the command: exit 1.
+        if (findings.some((f) => !f.ok)) process.exitCode = EXIT_NO;
       } finally {
         sts.destroy();
         iam.destroy();
@@ -42,16 +43,16 @@ export function register(policy: Command): void {
 }
 
 function report(brokerPrincipalArn: string, findings: TrustFinding[], withoutAws: string[]): void {
-  info(`broker principal: ${brokerPrincipalArn}`);
+  out(`broker principal: ${brokerPrincipalArn}`);
   for (const f of findings) {
-    info(`${f.ok ? 'ok  ' : 'FAIL'} ${f.template}  ${f.roleArn}`);
+    out(`${f.ok ? 'ok  ' : 'FAIL'} ${f.template}  ${f.roleArn}`);
     for (const p of f.problems) {
-      info(`     [${p.check}] ${p.message}`);
-      info(`       fix: ${p.hint}`);
+      out(`     [${p.check}] ${p.message}`);
+      out(`       fix: ${p.hint}`);
     }
-    for (const n of f.notes) info(`     note: ${n}`);
+    for (const n of f.notes) out(`     note: ${n}`);
   }
-  if (withoutAws.length) info(`no aws section (not checked): ${withoutAws.join(', ')}`);
+  if (withoutAws.length) out(`no aws section (not checked): ${withoutAws.join(', ')}`);
   const bad = findings.filter((f) => !f.ok).length;
-  info(bad ? `${bad} of ${findings.length} template role(s) need changes` : `all ${findings.length} template role(s) trust the broker`);
+  out(bad ? `${bad} of ${findings.length} template role(s) need changes` : `all ${findings.length} template role(s) trust the broker`);
 }

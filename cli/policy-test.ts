@@ -1,19 +1,16 @@
-import { CommanderError, InvalidArgumentError, type Command } from 'commander';
-import { BrokerError, isBrokerError } from '../broker/errors.js';
+import type { Command } from 'commander';
+import { BrokerError, EXIT_NO, EXIT_OK } from '../broker/errors.js';
 import { buildAssumeRoleRequest, newSessionId, SESSION_ID_RE } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
 import { evaluateSessionPolicy, type SessionPolicyDecision } from '../broker/templates/simulate.js';
-import { collectParam, printJson, reportError } from './output.js';
+import { action, collectParam, printJson } from './output.js';
 import { asCliError, findTemplate } from './policy-lookup.js';
 
-/**
- * Exit codes: 0 allowed, 1 denied, 2 the question could not be answered (unknown or broken
- * template, a bad parameter, action, resource or option, no evaluator). A script can tell "denied"
- * from "asked wrongly".
+/*
+ * Exit codes: 0 allowed, 1 denied; when the question cannot be answered (unknown or broken
+ * template, a bad parameter, action, resource or option, no evaluator), the error's code, which is
+ * never 0 or 1 (README "Exit codes"): a script can tell "denied" from "asked wrongly".
  */
-export const EXIT_ALLOWED = 0;
-export const EXIT_DENIED = 1;
-export const EXIT_USAGE = 2;
 
 /** Said with every answer: what this offline evaluation does not see. */
 export const SCOPE_NOTE = 'this evaluates the session policy alone: AWS also intersects it with the role\'s identity policies, its permission boundary, SCPs, RCPs and the resource\'s own policy, which this offline check does not see; "allowed" means only that the session policy does not stop the request';
@@ -33,32 +30,23 @@ interface Options {
 export function register(policy: Command): void {
   policy
     .command('test')
-    .description("evaluate a template's rendered session policy, offline, for one action on one resource: prints allowed or denied and the statement that decided; exit 0 allowed, 1 denied, 2 bad input")
+    .description("evaluate a template's rendered session policy, offline, for one action on one resource: prints allowed or denied and the statement that decided; exit 0 allowed, 1 denied, 2 or more when it cannot answer (see README \"Exit codes\")")
     .argument('<template>', 'task template name')
     .requiredOption('--as <email>', 'the developer, whose identity fills ${developer} (whether they may start the task: broker policy explain)')
-    .option('--param <name=value>', 'a template parameter (repeatable)', asOptionError(collectParam), {})
+    .option('--param <name=value>', 'a template parameter (repeatable)', collectParam, {})
     .requiredOption('--action <service:Action>', 'one IAM action, e.g. s3:GetObject (no wildcards)')
     .requiredOption('--resource <arn>', 'one resource ARN, e.g. arn:aws:s3:::bucket/key, or * for an action that takes no resource')
-    .option('--context <key=value>', 'a request condition key, e.g. s3:prefix=builds/ (repeatable; the same key twice makes a list)', asOptionError(collectContext), {})
+    .option('--context <key=value>', 'a request condition key, e.g. s3:prefix=builds/ (repeatable; the same key twice makes a list)', collectContext, {})
     .option('--session <id>', 'the task session id for ${session} (10 chars of a-z and 2-7; default: a random sample)')
     .option('--agent <name>', 'agent name for the broker:agent tag', 'unspecified')
     .option('--dir <dir>', 'directory of task templates', 'policies')
     .option('--json', 'print the decision as JSON on stdout')
-    // Commander's own usage errors (a missing --action) exit 2 too, never 1, which means "denied".
-    .exitOverride((err) => {
-      throw err.exitCode === 0 ? err : new CommanderError(EXIT_USAGE, err.code, err.message);
-    })
-    .action(async (name: string, opts: Options) => {
-      try {
-        const answer = await test(name, opts);
-        if (opts.json) printJson(answer);
-        else process.stdout.write(text(answer));
-        process.exitCode = answer.decision === 'allowed' ? EXIT_ALLOWED : EXIT_DENIED;
-      } catch (e) {
-        reportError(e);
-        process.exitCode = EXIT_USAGE;
-      }
-    });
+    .action(action(async (name: string, opts: Options) => {
+      const answer = await test(name, opts);
+      if (opts.json) printJson(answer);
+      else process.stdout.write(text(answer));
+      process.exitCode = answer.decision === 'allowed' ? EXIT_OK : EXIT_NO;
+    }));
 }
 
 interface Answer extends SessionPolicyDecision {
@@ -115,18 +103,6 @@ function collectContext(value: string, previous: Record<string, string | string[
   const v = value.slice(eq + 1);
   const had = previous[key];
   return { ...previous, [key]: had === undefined ? v : [...(Array.isArray(had) ? had : [had]), v] };
-}
-
-/** An option parser's BrokerError as commander's own, so it exits like every usage error (2). */
-function asOptionError<T>(parse: (value: string, previous: T) => T): (value: string, previous: T) => T {
-  return (value, previous) => {
-    try {
-      return parse(value, previous);
-    } catch (e) {
-      if (isBrokerError(e)) throw new InvalidArgumentError(`${e.message}${e.hint ? ` (${e.hint})` : ''}`);
-      throw e;
-    }
-  };
 }
 
 function text(a: Answer): string {

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { loadTemplates } from '../broker/templates/load.js';
-import { action, info, printJson } from './output.js';
+import { EXIT_NO } from '../broker/errors.js';
+import { action, out, printJson } from './output.js';
 
 export function register(policy: Command): void {
   policy
@@ -14,12 +15,13 @@ export function register(policy: Command): void {
       if (opts.json) {
         printJson({ ok: problems.length === 0, templates: names, problems });
       } else {
-        for (const p of problems) info(`${p.file}:${p.path ? `${p.path}:` : ''} ${p.message}${p.hint ? ` (${p.hint})` : ''}`);
+        for (const p of problems) out(`${p.file}:${p.path ? `${p.path}:` : ''} ${p.message}${p.hint ? ` (${p.hint})` : ''}`);
         const files = new Set(problems.map((p) => p.file)).size;
-        info(problems.length
+        out(problems.length
           ? `${problems.length} problem(s) in ${files} file(s); ${names.length} template(s) valid${names.length ? `: ${names.join(', ')}` : ''}`
           : `${names.length} template(s) valid: ${names.join(', ')}`);
       }
-      if (problems.length) process.exitCode = 1;
+      // Problems found are the answer, not a failure of the command: exit 1 (README "Exit codes").
+      if (problems.length) process.exitCode = EXIT_NO;
     }));
 }

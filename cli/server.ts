@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { loadServerConfig } from '../broker/config/server-config.js';
+import { BrokerError } from '../broker/errors.js';
 import { generateSigningJwk } from '../broker/identity/broker-tokens.js';
 import { startServer } from '../broker/server/start.js';
 import { action, info } from './output.js';
@@ -7,9 +8,16 @@ import { action, info } from './output.js';
 export function register(program: Command): void {
   const server = program
     .command('server')
-    .description('run the central broker service')
-    .requiredOption('--config <file>', 'service configuration (YAML); see README "Configuration"')
-    .action(action(async (opts: { config: string }) => {
+    .description('run the central broker service (needs --config)')
+    // Not a requiredOption: commander checks those of every ancestor too, so `server keygen`
+    // could not run without one.
+    .option('--config <file>', 'service configuration (YAML), required to run the service; see README "Configuration"')
+    .action(action(async (opts: { config?: string }) => {
+      if (!opts.config) {
+        throw new BrokerError('invalid_request', 'broker server needs --config <file>', {
+          hint: 'broker server --config broker.yaml (see README "Configuration"); a new signing key: broker server keygen',
+        });
+      }
       const config = loadServerConfig(opts.config);
       const running = await startServer(config);
       const stop = () => { void running.stop().then(() => process.exit(0)); };

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { callDaemon } from '../broker/daemon/daemon-client.js';
-import { action, collectParam, info, printJson } from './output.js';
+import { action, collectParam, info, out, printJson } from './output.js';
 import { timeLeft } from './time-left.js';
 
 export function register(program: Command): void {
@@ -26,11 +26,12 @@ export function register(program: Command): void {
         });
         return;
       }
-      info(`Task session ${r.session.id} started: ${template}${r.accessKeyId ? ` as ${r.session.roleSessionName}` : ''}`);
-      info(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes what it grants until then`);
-      if (r.accessKeyId) info(`  AWS: AWS_PROFILE=broker-${template}`);
+      // The same facts as --json, readable, on stdout; what to do next is a hint (stderr).
+      out(`Task session ${r.session.id} started: ${template}${r.accessKeyId ? ` as ${r.session.roleSessionName}` : ''}`);
+      out(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes what it grants until then`);
+      if (r.accessKeyId) out(`  AWS: AWS_PROFILE=broker-${template} (AccessKeyId ${r.accessKeyId}, expires ${r.credentialsExpire})`);
       // The token itself is never printed here; only its accessor.
-      if (r.vaultAccessor) info(`  Vault: token accessor ${r.vaultAccessor}; the token: broker vault-token --task ${template}`);
-      info(`  or run the agent under it: broker exec ${template} -- <agent>`);
+      if (r.vaultAccessor) out(`  Vault: token accessor ${r.vaultAccessor} (expires ${r.vaultTokenExpires}); the token: broker vault-token --task ${template}`);
+      info(`run the agent under it: broker exec ${template} -- <agent>`);
     }));
 }

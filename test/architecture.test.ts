@@ -125,11 +125,11 @@ describe('architecture: dependency directions', () => {
     assert.deepEqual(show(IMPORTS.filter((i) => inside(i.from, 'broker') && inside(i.to, 'cli'))), []);
   });
 
-  it('the credential_process fast path loads Node builtins and its own two modules only (types aside)', () => {
+  it('the credential_process fast path loads Node builtins and its own three modules only (types aside)', () => {
     // No ES module and no package (zod, commander, the AWS SDK …): it runs for every AWS CLI command.
     // The slow path (no daemon running: start one) is an import() the fast path never reaches;
     // test/daemon.test.ts records, at run time, exactly which builtins really load.
-    const fast = ['cli/credential-process.cts', 'broker/daemon/socket.cts'];
+    const fast = ['cli/credential-process.cts', 'broker/daemon/socket.cts', 'broker/exit-codes.cts'];
     const bad = IMPORTS.filter((i) => fast.includes(i.from) && !i.typeOnly && !i.dynamic && !i.specifier.startsWith('node:') && !fast.includes(i.to ?? ''));
     assert.deepEqual(show(bad), []);
   });

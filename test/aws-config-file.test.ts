@@ -315,6 +315,8 @@ describe('the written profile, read by real AWS clients', () => {
     const dry = await broker(['configure', 'aws', '--templates', 'a,b', '--region', 'eu-west-1', '--config-file', file, '--dry-run'], {});
     assert.equal(dry.code, 0, dry.stderr);
     assert.match(dry.stdout, /^--- \/dev\/null/);
+    assert.doesNotMatch(dry.stdout, /would add|dry run/, 'the diff alone on stdout: it can be piped');
+    assert.match(dry.stderr, /^would add profile broker-a\nwould add profile broker-b\n.*: dry run, nothing written\n$/);
     assert.equal(existsSync(file), false);
 
     const r = await broker(['configure', 'aws', '--templates', 'a,b', '--region', 'eu-west-1', '--config-file', file, '--json'], {});

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { daemonCall, socketPath } from '../broker/daemon/socket.cjs';
 import type { PingResult } from '../broker/daemon/protocol.js';
+import { EXIT_CODES } from '../broker/errors.js';
 import { broker, deviceLogin, makeTestHome, type TestHome } from './peers/cli.js';
 import { fakeClock, type FakeClock } from './peers/faketime.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
@@ -162,7 +163,7 @@ describe('the daemon over time (fake clock)', () => {
       + `from AWS STS: STS .+; the cached ones expired at ${new Date(expires).toISOString().replace(/\./g, '\\.')} `
       + '\\(the daemon keeps retrying: try again later, or see its last attempt with: broker daemon status\\)\\n$');
     const dead = await cp('deploy-lambda');
-    assert.equal(dead.code, 1);
+    assert.equal(dead.code, EXIT_CODES.upstream_error, 'STS behind the proxy answers 502: upstream_error');
     assert.equal(dead.stdout, '');
     assert.equal(dead.stderr.trim().split('\n').length, 1);
     assert.match(dead.stderr, deadLine);
@@ -177,7 +178,7 @@ describe('the daemon over time (fake clock)', () => {
     const loopStart = performance.now();
     for (let i = 0; i < 8; i++) {
       const r = await cp('deploy-lambda');
-      assert.equal(r.code, 1);
+      assert.equal(r.code, EXIT_CODES.upstream_error);
       assert.match(r.stderr, deadLine);
     }
     const elapsed = performance.now() - loopStart;
@@ -206,17 +207,39 @@ describe('the daemon over time (fake clock)', () => {
     assert.match(log(), /requests succeed again/);
   });
 
-  it('the broker service down: cached credentials are served; after expiry the error names the service', async () => {
+  it('the broker service down: cached credentials are served, `broker status` lists what the daemon holds; after expiry the error names the service', async () => {
     const before = await cp('deploy-lambda');
     assert.equal(before.code, 0, before.stderr);
+    const { sessions: [session] } = JSON.parse((await broker(['status', '--json'], env)).stdout) as { sessions: { id: string; template: string }[] };
+    assert.equal(session?.template, 'deploy-lambda');
     await stack.svc.stop();
+
+    // The service cannot be asked: the sessions the daemon holds credentials for, as it last heard
+    // of them, with the warning on stderr; --json marks them held-only.
+    const status = await broker(['status'], env);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stderr, /^warning: cannot reach the broker service \(cannot reach the broker service at http:\/\/127\.0\.0\.1:\d+\); showing the sessions the daemon holds credentials or Vault tokens for\n$/);
+    assert.match(status.stdout, /^TEMPLATE +SESSION +LEFT +AGENT +CREDENTIALS +PARAMS\n/);
+    assert.match(status.stdout, new RegExp(`^deploy-lambda +${session.id} +\\S+ +unspecified +\\S+ +function=checkout-api$`, 'm'));
+    const held = JSON.parse((await broker(['status', '--json'], env)).stdout) as {
+      serviceError: string; sessions: { id: string; heldOnly?: boolean; credentials: { credentialsExpireAt: string; health: string } | null }[];
+    };
+    assert.match(held.serviceError, /cannot reach the broker service/);
+    assert.deepEqual(held.sessions.map((s) => [s.id, s.heldOnly]), [[session.id, true]]);
+    assert.equal(held.sessions[0]!.credentials?.credentialsExpireAt, new Date(before.creds!.Expiration).toISOString());
+    assert.equal(held.sessions[0]!.credentials?.health, 'ok');
+    // What needs the service fails: with --json, as the JSON document, and the exit status of the code.
+    const templates = await broker(['templates', '--json'], env);
+    assert.equal(templates.code, EXIT_CODES.upstream_unavailable, templates.stderr);
+    assert.equal((JSON.parse(templates.stdout) as { error: { code: string } }).error.code, 'upstream_unavailable');
+
     clock.advance(45 * 60);
     const during = await cp('deploy-lambda');
     assert.equal(during.code, 0, during.stderr);
     assert.equal(during.creds!.AccessKeyId, before.creds!.AccessKeyId);
     clock.advance(20 * 60);
     const dead = await cp('deploy-lambda');
-    assert.equal(dead.code, 1);
+    assert.equal(dead.code, EXIT_CODES.upstream_unavailable);
     assert.equal(dead.stdout, '');
     assert.match(dead.stderr, /^broker credential-process: no valid credentials for "deploy-lambda": cannot reach the broker service at http:\/\/127\.0\.0\.1:\d+; the cached ones expired at \S+Z \(the daemon keeps retrying: try again later, or see its last attempt with: broker daemon status\)\n$/);
   });

@@ -58,7 +58,8 @@ function reads(pid) {
 const started = broker('daemon', 'start');
 const status = JSON.parse(broker('daemon', 'status', '--json').stdout || '{}');
 const control = spawn(node, ['-e', 'setInterval(() => {}, 1e9)'], { stdio: 'ignore' });
-const report = { started: started.status + ' ' + started.stderr.trim(), status };
+// What it did on stdout; anything on stderr (a warning) follows it.
+const report = { started: started.status + ' ' + (started.stdout + started.stderr).trim(), status };
 setTimeout(() => {
   report.daemon = status.pid ? reads(status.pid) : null;
   report.control = reads(control.pid);

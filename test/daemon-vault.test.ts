@@ -10,6 +10,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { EXIT_CODES } from '../broker/errors.js';
 import { broker, deviceLogin, makeTestHome, run, type TestHome } from './peers/cli.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { createRole } from './peers/moto.js';
@@ -123,7 +124,7 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     assert.equal(get.code, 0, get.stderr);
     assert.equal(get.stdout, (await vaultToken('db-migrate')).token);
     const store = await run(helper, ['store'], { env: { ...process.env, ...env }, input: 'hvs.something' });
-    assert.equal(store.code, 1);
+    assert.equal(store.code, EXIT_CODES.invalid_request);
     assert.match(store.stderr, /does not store Vault tokens/);
     assert.equal((await run(helper, ['erase'], { env: { ...process.env, ...env } })).code, 0);
   });
@@ -160,10 +161,10 @@ describe('Vault tokens through the daemon, exec and the token helper', () => {
     assert.notEqual(after.code, 0);
     assert.match(after.stderr, /permission denied/);
     const cp = await broker(['credential-process', '--task', 'migrate-and-deploy'], env);
-    assert.equal(cp.code, 1);
+    assert.equal(cp.code, EXIT_CODES.not_found);
     assert.match(cp.stderr, /no active "migrate-and-deploy" task session/);
     const vt = await broker(['vault-token', '--task', 'migrate-and-deploy'], env);
-    assert.equal(vt.code, 1);
+    assert.equal(vt.code, EXIT_CODES.not_found);
     assert.equal(vt.stdout, '');
   });
 

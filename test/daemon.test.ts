@@ -16,6 +16,7 @@ import { pathToFileURL } from 'node:url';
 import { STALE_LOCK_MS } from '../broker/daemon/instance-lock.js';
 import { installUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { runtimeDir } from '../broker/daemon/socket.cjs';
+import { EXEC_EXIT, EXIT_CODES } from '../broker/errors.js';
 import { broker, deviceLogin, makeTestHome, run, type RunResult, type TestHome } from './peers/cli.js';
 import { startKeyring, type TestKeyring } from './peers/keyring.js';
 import { BROKER_BIN, REPO_ROOT, VENV_BIN } from './peers/paths.js';
@@ -137,7 +138,7 @@ describe('the broker daemon', () => {
     const idToken = join(m.home, 'id.jwt');
     writeFileSync(idToken, await stack.idp.loginAs('alice@example.com'));
     const r = await broker(['login', '--server', stack.svc.url, '--id-token-file', idToken], noBus);
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.keychain_unavailable);
     assert.match(r.stderr, /no OS keychain available/);
     assert.match(r.stderr, /never falls back to a plaintext file/);
     assert.equal(r.stderr.trim().split('\n').filter((l) => !l.startsWith('  ')).length, 1, 'one error, with its hint');
@@ -210,7 +211,7 @@ describe('the broker daemon', () => {
     assert.equal(stats.upstreamIssues - st.stats!.upstreamIssues, 1);
   });
 
-  it('credential_process loads nothing but its two small modules and node:net/node:path/node:fs', async () => {
+  it('credential_process loads nothing but its three small modules and node:net/node:path/node:fs', async () => {
     // A --require hook that records every module resolved (require and import alike).
     const dir = mkdtempSync(join(tmpdir(), 'broker-imports-'));
     const hook = join(dir, 'record-imports.cjs');
@@ -230,6 +231,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       pathToFileURL(BROKER_BIN).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'cli', 'credential-process.cjs')).href,
       pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'daemon', 'socket.cjs')).href,
+      pathToFileURL(join(REPO_ROOT, 'dist', 'broker', 'exit-codes.cjs')).href,
       // node:fs for the check of the daemon's directory (lstat): a builtin every Node process has loaded.
       'node:net', 'node:path', 'node:fs',
     ]);
@@ -237,7 +239,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       // Answered with credentials, and answered with an error: both are the fast path.
       for (const task of ['deploy-lambda', 'no-such-task']) {
         const { r, urls } = await loaded(['credential-process', '--task', task]);
-        assert.equal(r.code, task === 'deploy-lambda' ? 0 : 1, r.stderr);
+        assert.equal(r.code, task === 'deploy-lambda' ? 0 : EXIT_CODES.not_found, r.stderr);
         assert.ok(urls.some((u) => u.endsWith('/dist/broker/daemon/socket.cjs')), `the hook saw the fast path's own modules: ${urls.join(', ')}`);
         assert.deepEqual(urls.filter((u) => !fastPath.has(u)), [], 'nothing else loaded');
         for (const heavy of ['zod', 'yaml', '@aws-sdk', 'commander', 'keyring', 'pino']) {
@@ -426,15 +428,74 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
 
     it('refuses other parameters than the active session has, and does not run the command', async () => {
       const r = await broker(['exec', 'deploy-lambda', '--param', 'function=other-fn', '--', 'sh', '-c', 'echo ran'], env);
-      assert.equal(r.code, 1);
+      assert.equal(r.code, EXEC_EXIT.failed, 'exec itself failed (a conflict): 125');
       assert.equal(r.stdout, '');
       assert.match(r.stderr, /with other parameters is active \(function=checkout-api\)/);
     });
 
-    it('says clearly when the command does not exist', async () => {
-      const r = await broker(['exec', 'deploy-lambda', '--', 'no-such-command-xyz'], env);
-      assert.equal(r.code, 1);
-      assert.match(r.stderr, /cannot run no-such-command-xyz: command not found/);
+    it('exits with the command\'s status; 127 when it is not found, 126 when it cannot be run (the env convention)', async () => {
+      const child = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c', 'exit 42'], env);
+      assert.equal(child.code, 42, child.stderr);
+      const missing = await broker(['exec', 'deploy-lambda', '--', 'no-such-command-xyz'], env);
+      assert.equal(missing.code, EXEC_EXIT.notFound);
+      assert.match(missing.stderr, /cannot run no-such-command-xyz: command not found/);
+      const dir = mkdtempSync(join(tmpdir(), 'broker-exec-'));
+      try {
+        const notExecutable = join(dir, 'script.sh');
+        writeFileSync(notExecutable, 'echo ran\n', { mode: 0o644 });
+        for (const [what, cmd] of [['a file without execute permission', notExecutable], ['a directory', dir]] as const) {
+          const r = await broker(['exec', 'deploy-lambda', '--', cmd], env);
+          assert.equal(r.code, EXEC_EXIT.cannotRun, `${what}: ${r.stderr}`);
+          assert.equal(r.stdout, '');
+          assert.match(r.stderr, /cannot run \S+: permission denied/);
+        }
+        // Before the child starts, every failure of exec itself is 125: a template that does not
+        // exist, a usage error (a missing command) as much as a conflict (above).
+        const unknown = await broker(['exec', 'no-such-template', '--', 'sh', '-c', 'echo ran'], env);
+        assert.equal(unknown.code, EXEC_EXIT.failed, unknown.stderr);
+        assert.equal(unknown.stdout, '');
+        assert.equal((await broker(['exec', 'deploy-lambda'], env)).code, EXEC_EXIT.failed);
+        assert.equal((await broker(['exec', 'deploy-lambda', '--param', 'nonsense', 'sh'], env)).code, EXEC_EXIT.failed);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('passes the command\'s own options through untouched, with or without --', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'broker-argv-'));
+      const argv = join(dir, 'argv.cjs');
+      writeFileSync(argv, 'console.log(JSON.stringify(process.argv.slice(2)))\n');
+      const node = process.execPath;
+      // One agent name throughout, so the session is not re-tagged for every shape.
+      const shapes: [string[], string[]][] = [
+        [['deploy-lambda', '--agent', 'argv', node, argv, '-p', 'fix the bug', '--model', 'x'], ['-p', 'fix the bug', '--model', 'x']],
+        [['deploy-lambda', '--agent', 'argv', '--', node, argv, '-p', 'fix'], ['-p', 'fix']],
+        [['--agent', 'argv', 'deploy-lambda', node, argv, '--profile', 'p', 's3', 'ls'], ['--profile', 'p', 's3', 'ls']],
+        // exec's own -v before the command, the command's -v after it
+        [['deploy-lambda', '-v', '--agent', 'argv', node, argv, '-v'], ['-v']],
+        // words that are exec's options, once the command has started, are the command's
+        [['deploy-lambda', '--agent', 'argv', node, argv, '--param', 'a=b', '--agent', 'y', '--', '--env'], ['--param', 'a=b', '--agent', 'y', '--', '--env']],
+        [['deploy-lambda', '--agent', 'argv', '--', node, argv, '--scrub', 'X', '-h'], ['--scrub', 'X', '-h']],
+      ];
+      try {
+        for (const [args, expected] of shapes) {
+          const r = await broker(['exec', ...args], env);
+          assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+          assert.deepEqual(JSON.parse(r.stdout), expected, args.join(' '));
+          // exec's -v was taken by exec (and only where it came before the command)
+          assert.equal(/^removed: /m.test(r.stderr), args.indexOf('-v') === 1, args.join(' '));
+        }
+        const sh = await broker(['exec', 'deploy-lambda', '--agent', 'argv', '--', 'sh', '-c', 'echo --param'], env);
+        assert.equal(sh.code, 0, sh.stderr);
+        assert.equal(sh.stdout, '--param\n');
+        // An option exec does not know, before the command, is refused rather than run as a command.
+        const typo = await broker(['exec', 'deploy-lambda', '--parm', 'a=b', node, argv], env);
+        assert.equal(typo.code, EXEC_EXIT.failed);
+        assert.equal(typo.stdout, '');
+        assert.match(typo.stderr, /unknown option "--parm" before the command/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 
@@ -446,7 +507,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
     assert.equal(st.pid, pid, 'the same daemon');
     assert.equal(st.developer, null, 'it dropped the login');
     const refused = await cp();
-    assert.equal(refused.code, 1);
+    assert.equal(refused.code, EXIT_CODES.not_logged_in);
     assert.match(refused.stderr, /^broker credential-process: not logged in to http:\/\/127\.0\.0\.1:\d+ \(run: broker login\)\n$/);
 
     // Someone else logs in on this machine (an ID token from CI, say): the daemon now acts for them.
@@ -460,7 +521,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       assert.equal(st.pid, pid);
       assert.equal(st.developer, 'carol@example.com', 'the new login was picked up');
       const notHers = await cp();
-      assert.equal(notHers.code, 1);
+      assert.equal(notHers.code, EXIT_CODES.not_found);
       assert.match(notHers.stderr, /no active "deploy-lambda" task session/, "alice's session is not carol's");
 
       writeFileSync(idToken, await stack.idp.loginAs('alice@example.com'), { mode: 0o600 });
@@ -481,7 +542,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
     const end = await broker(['end', 'deploy-lambda'], env);
     assert.equal(end.code, 0, end.stderr);
     const r = await cp();
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.not_found);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.trim().split('\n').length, 1);
     assert.match(r.stderr, /^broker credential-process: no active "deploy-lambda" task session \(start one: broker task deploy-lambda\)\n$/);
@@ -523,11 +584,11 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
 
     assert.equal((await broker(['daemon', 'stop'], env)).code, 0);
     const r = await cp('read-cloudwatch-logs');
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.keychain_unavailable, r.stderr);
     assert.equal(r.stdout, '');
     assert.match(r.stderr, /^broker credential-process: the broker daemon could not start: no OS keychain available: .*\n$/);
     const run2 = await broker(['daemon', 'run'], env);
-    assert.equal(run2.code, 1);
+    assert.equal(run2.code, EXIT_CODES.keychain_unavailable);
     assert.match(run2.stderr, /no OS keychain available/);
   });
 });
@@ -543,7 +604,7 @@ describe('the daemon directory', () => {
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o755);
     const open = await broker(['daemon', 'run'], { ...m.env, ...keyring.env });
-    assert.equal(open.code, 1);
+    assert.equal(open.code, EXIT_CODES.invalid_config);
     assert.match(open.stderr, /refusing to start: .* is open to group or others \(mode 0755\)/);
     assert.match(open.stderr, /chmod 700/);
     assert.ok(!existsSync(join(dir, 'daemon.sock')));
@@ -556,7 +617,7 @@ describe('the daemon directory', () => {
     chownSync(dir, 65534, 65534);
     try {
       const foreign = await broker(['daemon', 'run'], { ...m.env, ...keyring.env });
-      assert.equal(foreign.code, 1);
+      assert.equal(foreign.code, EXIT_CODES.invalid_config);
       assert.match(foreign.stderr, /belongs to uid 65534, not to you/);
       assert.ok(!existsSync(join(dir, 'daemon.sock')));
     } finally {
@@ -580,11 +641,11 @@ describe('the daemon directory', () => {
     await new Promise<void>((r) => impostor.listen(join(elsewhere, 'daemon.sock'), r));
     const refused = async (problem: RegExp, where: string) => {
       const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
-      assert.equal(cp.code, 1, cp.stderr);
+      assert.equal(cp.code, EXIT_CODES.invalid_config, cp.stderr);
       assert.equal(cp.stdout, '');
       assert.match(cp.stderr, new RegExp(`^broker credential-process: refusing to connect to the broker daemon: ${problem.source}.*\\n$`));
       const status = await broker(['status'], e);
-      assert.equal(status.code, 1);
+      assert.equal(status.code, EXIT_CODES.invalid_config);
       assert.match(status.stderr, new RegExp(`refusing to connect to the broker daemon: ${problem.source}`));
       assert.equal(connections, 0, 'nothing was sent to the socket');
       assert.ok(!existsSync(join(where, 'daemon.pid')), 'no daemon was started there');
@@ -630,7 +691,7 @@ describe('the daemon directory', () => {
       assert.equal(status.code, 0);
       assert.match(status.stdout, /not logged in/);
       const cp = await broker(['credential-process', '--task', 'deploy-lambda'], e);
-      assert.equal(cp.code, 1);
+      assert.equal(cp.code, EXIT_CODES.not_logged_in);
       assert.match(cp.stderr, /^broker credential-process: no broker service configured|not logged in/);
     } finally {
       await m.stop();
@@ -666,7 +727,7 @@ describe('the daemon directory', () => {
     const hung = await fakeDaemon(join(dir, 'daemon.sock'), { silent: true });
     try {
       const r = await run(process.execPath, [BROKER_BIN, 'daemon', 'run'], { env: { ...process.env, ...m.env, ...keyring.env }, timeoutMs: 40_000 });
-      assert.equal(r.code, 1);
+      assert.equal(r.code, EXIT_CODES.conflict);
       assert.match(r.stderr, new RegExp(`another broker daemon \\(pid ${process.pid}\\) is listening on \\S+daemon\\.sock but has not answered for 10s`));
       assert.match(r.stderr, /hint: it may be waiting for the OS keychain to be unlocked; see its log: \S+daemon\.log/);
       assert.doesNotMatch(r.stderr, /kill/);

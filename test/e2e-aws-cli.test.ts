@@ -10,6 +10,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { EXIT_CODES } from '../broker/errors.js';
 import { startBrokerService, type BrokerService } from './peers/broker-service.js';
 import { broker, deviceLogin, makeTestHome, run, type TestHome } from './peers/cli.js';
 import { startIdp } from './peers/idp.js';
@@ -61,8 +62,10 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     // 1. broker login: device flow; approve the printed user code on the IdP's own pages.
     const login = await deviceLogin(svc.url, env, idp, 'alice@example.com');
     assert.equal(login.code, 0, login.stderr);
-    assert.match(login.stderr, /Logged in to .* as alice@example\.com/);
-    assert.equal(login.stdout, '');
+    // The result on stdout; the prompt (URL and code) for the person on stderr.
+    assert.match(login.stdout, /^Logged in to .* as alice@example\.com/);
+    assert.match(login.stderr, /To log in, open /);
+    assert.doesNotMatch(login.stderr, /Logged in/);
 
     // 2. broker task deploy-lambda
     const task = await broker(['task', 'deploy-lambda', '--param', 'function=checkout-api', '--reason', 'fix timeout', '--agent', 'claude-code', '--json'], env);
@@ -73,6 +76,8 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
     // 3. broker configure aws, into the temp HOME's ~/.aws/config
     const conf = await broker(['configure', 'aws'], env);
     assert.equal(conf.code, 0, conf.stderr);
+    assert.match(conf.stdout, /^added profile broker-deploy-lambda$/m);
+    assert.equal(conf.stderr, '', 'what it did is its result: stdout');
     const awsConfig = readFileSync(env.AWS_CONFIG_FILE!, 'utf8');
     assert.match(awsConfig, /\[profile broker-deploy-lambda\]/);
     assert.match(awsConfig, /credential_process = .*credential-process --task deploy-lambda/);
@@ -125,8 +130,10 @@ describe('end to end: device-flow login → task → configure aws → aws sts g
 
     const end = await broker(['end', 'deploy-lambda'], env);
     assert.equal(end.code, 0, end.stderr);
+    assert.equal(end.stdout, `Ended deploy-lambda (${started.session.id})\n`);
+    assert.equal(end.stderr, '');
     const after = await broker(['credential-process', '--task', 'deploy-lambda'], env);
-    assert.notEqual(after.code, 0);
+    assert.equal(after.code, EXIT_CODES.not_found);
     assert.equal(after.stdout, '', 'nothing on stdout on failure');
     assert.match(after.stderr, /no active "deploy-lambda" task session/);
     assert.equal(after.stderr.trim().split('\n').length, 1, 'one line on stderr');
@@ -165,8 +172,8 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
     writeFileSync(file, `${await idp.loginAs('carol@example.com')}\n`, { mode: 0o600 });
     const r = await cli(['login', '--server', svc.url, '--id-token-file', file]);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, '');
-    assert.match(r.stderr, new RegExp(`^Logged in to ${svc.url.replace(/\./g, '\\.')} as carol@example\\.com \\(groups: developers, admins\\)\\n$`));
+    assert.equal(r.stderr, '');
+    assert.match(r.stdout, new RegExp(`^Logged in to ${svc.url.replace(/\./g, '\\.')} as carol@example\\.com \\(groups: developers, admins\\)\\n$`));
     assert.doesNotMatch(r.stderr, /To log in, open/, 'no device flow');
     const stored = JSON.parse(keyring.read(account())!) as { developer: string; refreshToken: string };
     assert.equal(stored.developer, 'carol@example.com');
@@ -204,14 +211,14 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
 
   it('broker configure aws --templates refuses names credential_process would refuse, writing nothing', async () => {
     const r = await cli(['configure', 'aws', '--templates', 'deploy-lambda,Deploy_Lambda,../x']);
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_request);
     assert.match(r.stderr, /--templates names 2 invalid template name\(s\)/);
     assert.match(r.stderr, /--templates: "Deploy_Lambda" is not a template name/);
     assert.match(r.stderr, /--templates: "\.\.\/x" is not a template name/);
     assert.ok(!existsSync(env.AWS_CONFIG_FILE!), 'no AWS config written');
     // The same rule as credential-process's own.
     const cp = await cli(['credential-process', '--task', 'Deploy_Lambda']);
-    assert.equal(cp.code, 1);
+    assert.equal(cp.code, EXIT_CODES.invalid_request, 'a usage error');
     assert.match(cp.stderr, /is not a template name/);
     const ok = await cli(['configure', 'aws', '--templates', 'deploy-lambda', '--dry-run']);
     assert.equal(ok.code, 0, ok.stderr);
@@ -221,12 +228,34 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
   it('interactive login is refused when CI is set, before any device flow, and the login stays as it was', async () => {
     const before = keyring.read(account());
     const r = await cli(['login', '--server', svc.url], { CI: 'true' });
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_request);
     assert.equal(r.stdout, '');
     assert.match(r.stderr, /interactive login is disabled when CI is set/);
     assert.match(r.stderr, /--id-token-file/);
     assert.doesNotMatch(r.stderr, /To log in, open/);
     assert.equal(keyring.read(account()), before);
+  });
+
+  it('broker task prints the session it started on stdout, the next step on stderr; with --json a refusal is the JSON document', async () => {
+    const t = await cli(['task', 'deploy-lambda', '--param', 'function=checkout-api']);
+    assert.equal(t.code, 0, t.stderr);
+    const id = /^Task session ([a-z2-7]{10}) started: deploy-lambda as carol@example\.com\.deploy-lambda\.\1\n/.exec(t.stdout)?.[1];
+    assert.ok(id, t.stdout);
+    assert.match(t.stdout, /^ {2}AWS: AWS_PROFILE=broker-deploy-lambda \(AccessKeyId ASIA\w+, expires \S+Z\)$/m);
+    assert.equal(t.stderr, 'run the agent under it: broker exec deploy-lambda -- <agent>\n');
+    assert.doesNotMatch(t.stdout, /SecretAccessKey|SessionToken/);
+    const st = JSON.parse((await cli(['status', '--json'])).stdout) as { sessions: { id: string }[] };
+    assert.ok(st.sessions.some((s) => s.id === id), 'the id printed is the session started');
+    assert.equal((await cli(['end', 'deploy-lambda'])).code, 0);
+
+    // The service refuses the parameter (its pattern): an error on stdout as JSON, nothing else
+    // there, the person's report on stderr, and the exit status of invalid_request.
+    const bad = await cli(['task', 'deploy-lambda', '--param', 'function=a b', '--json']);
+    assert.equal(bad.code, EXIT_CODES.invalid_request, bad.stderr);
+    const { error } = JSON.parse(bad.stdout) as { error: { code: string; message: string; details?: { path: string; message: string }[] } };
+    assert.equal(error.code, 'invalid_request');
+    assert.ok(error.details?.some((d) => d.path === '/params/function' && /pattern/.test(d.message)), JSON.stringify(error));
+    assert.match(bad.stderr, /^broker: /);
   });
 
   it('broker end --all ends every active task session', async () => {
@@ -241,11 +270,11 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
     assert.deepEqual((JSON.parse(r.stdout) as { ended: { template: string }[] }).ended.map((e) => e.template).sort(), ['deploy-lambda', 'read-cloudwatch-logs']);
     assert.deepEqual(await status(), []);
     const cp = await cli(['credential-process', '--task', 'deploy-lambda']);
-    assert.equal(cp.code, 1);
+    assert.equal(cp.code, EXIT_CODES.not_found);
     assert.equal(cp.stdout, '');
     const again = await cli(['end', '--all']);
     assert.equal(again.code, 0, again.stderr);
-    assert.match(again.stderr, /No active task sessions\./);
+    assert.equal(again.stdout, 'No active task sessions.\n');
   });
 
   it('broker logout forgets the login: keychain entry gone, the daemon drops its credentials', async () => {
@@ -254,17 +283,22 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
     assert.equal((await cli(['credential-process', '--task', 'deploy-lambda'])).code, 0, 'served before logout');
     const r = await cli(['logout']);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stderr, `Logged out of ${svc.url}\n`);
+    assert.equal(r.stdout, `Logged out of ${svc.url}\n`);
     assert.equal(keyring.read(account()), null, 'the keychain entry is gone');
     const cp = await cli(['credential-process', '--task', 'deploy-lambda']);
-    assert.equal(cp.code, 1, 'the daemon no longer serves what it held');
+    assert.equal(cp.code, EXIT_CODES.not_logged_in, 'the daemon no longer serves what it held');
     assert.equal(cp.stdout, '');
     assert.match(cp.stderr, /not logged in/);
     const who = await cli(['whoami']);
-    assert.equal(who.code, 1);
+    assert.equal(who.code, EXIT_CODES.not_logged_in);
     assert.match(who.stderr, /not logged in to .*\n {2}hint: run: broker login/);
+    for (const args of [['whoami', '--json'], ['status', '--json']]) {
+      const r = await cli(args);
+      assert.equal(r.code, EXIT_CODES.not_logged_in, args.join(' '));
+      assert.deepEqual(JSON.parse(r.stdout), { error: { code: 'not_logged_in', message: `not logged in to ${svc.url}`, hint: 'run: broker login' } });
+    }
     const twice = await cli(['logout']);
     assert.equal(twice.code, 0, twice.stderr);
-    assert.equal(twice.stderr, `Not logged in to ${svc.url}\n`);
+    assert.equal(twice.stdout, `Not logged in to ${svc.url}\n`);
   });
 });

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
+import { EXIT_CODES } from '../broker/errors.js';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
@@ -612,8 +613,11 @@ describe('broker service API', () => {
         } else {
           assert.equal(api.status, 400, `${label}: ${api.text}`);
           assert.deepEqual(api.body.details.map((d: { path: string }) => d.path), ['/ttl']);
-          assert.equal(explained.code, 1, `${label}: the API refuses it, explain must too: ${explained.stdout}`);
-          assert.equal(explained.stdout, '');
+          assert.equal(explained.code, EXIT_CODES.invalid_request, `${label}: the API refuses it, explain must too: ${explained.stdout}`);
+          // --json: the error is the document on stdout, with the API's reason.
+          const { error } = JSON.parse(explained.stdout) as { error: { code: string; details: { path: string; message: string }[] } };
+          assert.equal(error.code, api.body.code, label);
+          assert.deepEqual(error.details, [{ path: '--ttl', message: api.body.details[0].message }], `${label}: the same reason`);
           assert.ok(explained.stderr.includes(`--ttl: ${api.body.details[0].message}`), `${label}: the same reason:\n${explained.stderr}`);
         }
       }

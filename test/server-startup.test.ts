@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseServerConfig } from '../broker/config/server-config.js';
-import { BrokerError } from '../broker/errors.js';
+import { BrokerError, EXIT_CODES } from '../broker/errors.js';
 import { BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { startBrokerService, type BrokerService } from './peers/broker-service.js';
 import { broker } from './peers/cli.js';
@@ -25,7 +25,7 @@ describe('broker server: configuration errors', () => {
   const dir = mkdtempSync(join(tmpdir(), 'broker-cfg-'));
   const write = (name: string, text: string) => { const f = join(dir, name); writeFileSync(f, text); return f; };
 
-  it('names the file and every bad field, exits 1, and prints no stack trace', async () => {
+  it('names the file and every bad field, exits with invalid_config\'s status, and prints no stack trace', async () => {
     const file = write('bad.yaml', [
       'listen: { port: 99999 }',
       'oidc: { issuer: not-a-url, audience: broker-cli, algorithms: [none], cliClientId: broker-cli }',
@@ -33,7 +33,7 @@ describe('broker server: configuration errors', () => {
       'surprise: true',
     ].join('\n'));
     const r = await broker(['server', '--config', file], {});
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_config);
     assert.equal(r.stdout, '');
     for (const field of ['listen.port', 'oidc.issuer', 'oidc.algorithms.0', '(root)']) {
       assert.ok(r.stderr.includes(`${file}:${field}`), `names ${field}:\n${r.stderr}`);
@@ -42,12 +42,32 @@ describe('broker server: configuration errors', () => {
     assert.doesNotMatch(r.stderr, /\n\s+at .*:\d+:\d+/, 'no stack trace');
   });
 
+  it('`broker server keygen` needs no --config: a private EC P-256 JWK with a kid on stdout, the warning on stderr', async () => {
+    const r = await broker(['server', 'keygen'], {});
+    assert.equal(r.code, 0, r.stderr);
+    const jwk = JSON.parse(r.stdout) as Record<string, string>;
+    assert.equal(jwk.kty, 'EC');
+    assert.equal(jwk.crv, 'P-256');
+    assert.equal(jwk.alg, 'ES256');
+    assert.match(jwk.d ?? '', /^[\w-]{43}$/, 'the private scalar');
+    assert.match(jwk.kid ?? '', /^broker-\d{4}-\d\d-\d\d-[0-9a-f]{8}$/);
+    assert.equal(r.stdout.trim().split('\n').length, 1, 'the key alone on stdout');
+    assert.match(r.stderr, /^This is private key material: pipe it into your secret store; do not commit it\.\n$/);
+    const named = await broker(['server', 'keygen', '--kid', 'k-2027'], {});
+    assert.equal((JSON.parse(named.stdout) as { kid: string }).kid, 'k-2027');
+    // The service itself still needs its configuration, and says so.
+    const bare = await broker(['server'], {});
+    assert.equal(bare.code, EXIT_CODES.invalid_request);
+    assert.equal(bare.stdout, '');
+    assert.match(bare.stderr, /^broker: broker server needs --config <file>\n {2}hint: broker server --config broker\.yaml/);
+  });
+
   it('refuses a missing file and YAML that does not parse, clearly', async () => {
     const missing = await broker(['server', '--config', join(dir, 'nope.yaml')], {});
-    assert.equal(missing.code, 1);
+    assert.equal(missing.code, EXIT_CODES.invalid_config);
     assert.match(missing.stderr, /cannot read config file .*nope\.yaml: ENOENT/);
     const garbled = await broker(['server', '--config', write('garbled.yaml', 'oidc: [unclosed\n')], {});
-    assert.equal(garbled.code, 1);
+    assert.equal(garbled.code, EXIT_CODES.invalid_config);
     assert.match(garbled.stderr, /garbled\.yaml: not valid YAML/);
   });
 
@@ -79,10 +99,10 @@ describe('broker server: configuration errors', () => {
     for (const ok of [oidc('https://idp.example.com'), oidc('http://127.0.0.1:9000', true), oidc('http://127.0.0.1:9000/realms/dev', true), oidc('http://[::1]:9000', true)]) {
       assert.equal(parseServerConfig(ok, dir).oidc.issuer, ok.oidc.issuer);
     }
-    // And as an operator meets it: file, field and fix, exit 1.
+    // And as an operator meets it: file, field and fix, and invalid_config's exit status.
     const file = write('http-issuer.yaml', 'oidc: { issuer: "http://idp.example.com", audience: broker-cli, algorithms: [RS256], cliClientId: broker-cli, allowInsecureHttp: true }\ntokens: { signingKeys: ephemeral }\n');
     const r = await broker(['server', '--config', file], {});
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_config);
     assert.ok(r.stderr.includes(`${file}:oidc.issuer: plain http to an IdP that is not on loopback`), r.stderr);
   });
 
@@ -96,7 +116,7 @@ describe('broker server: configuration errors', () => {
       `policiesDir: ${JSON.stringify(join(process.cwd(), 'policies'))}`,
     ].join('\n'));
     const r = await broker(['server', '--config', file], {});
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_config);
     assert.match(r.stderr, /tokens\.signingKeys\.0: a signing key must be a private EC P-256 JWK with a "kid"/);
     assert.ok(!r.stderr.includes('c2VjcmV0'), 'the key material is not echoed');
   });

@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { EXIT_CODES } from '../broker/errors.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest } from '../broker/templates/render.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
@@ -231,23 +232,24 @@ describe('broker policy test (compiled CLI)', () => {
     assert.equal(x.sessionId, SESSION);
     assert.match(x.scope, /session policy alone/);
   });
-  it('bad input is a clear error with exit 2, never 1 (denied)', async () => {
-    const cases: [string[], RegExp][] = [
-      [[...base, '--param', 'prefix=x', '--action', 's3:GetObjet', '--resource', s3('x')], /Amazon S3 has no action "GetObjet"\n {2}hint: did you mean "s3:GetObject"\?/],
-      [[...base, '--param', 'prefix=x', '--action', 's3:Get*', '--resource', s3('x')], /has a wildcard; a request is one action/],
-      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', s3('artifacts/*')], /has a wildcard; a request names one resource/],
-      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', '*'], /s3:GetObject acts on resources: name one instead of \*/],
-      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', lambda('x')], /s3:GetObject does not act on "arn:aws:lambda/],
-      [[...base, '--param', 'prefix=*', '--action', 's3:GetObject', '--resource', s3('x')], /--param prefix: does not match the pattern/],
-      [[...base, '--param', 'prefix', '--action', 's3:GetObject', '--resource', s3('x')], /--param "prefix" is not of the form name=value/],
-      [[...base, '--param', 'prefix=x', '--resource', s3('x')], /required option '--action/],
-      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', s3('x'), '--context', 'prefix'], /--context "prefix" is not of the form service:key=value/],
-      [[...base.slice(0, 2), 'nope', ...base.slice(3), '--action', 's3:GetObject', '--resource', s3('x')], /no task template "nope"/],
-      [[...base.slice(0, 2), 'db-migrate', ...base.slice(3), '--action', 's3:GetObject', '--resource', s3('x')], /grants no AWS credentials: there is no session policy to test/],
+  it('bad input is a clear error with the exit status of its code, never 0 or 1 (denied)', async () => {
+    const usage = EXIT_CODES.invalid_request;
+    const cases: [string[], RegExp, number][] = [
+      [[...base, '--param', 'prefix=x', '--action', 's3:GetObjet', '--resource', s3('x')], /Amazon S3 has no action "GetObjet"\n {2}hint: did you mean "s3:GetObject"\?/, usage],
+      [[...base, '--param', 'prefix=x', '--action', 's3:Get*', '--resource', s3('x')], /has a wildcard; a request is one action/, usage],
+      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', s3('artifacts/*')], /has a wildcard; a request names one resource/, usage],
+      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', '*'], /s3:GetObject acts on resources: name one instead of \*/, usage],
+      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', lambda('x')], /s3:GetObject does not act on "arn:aws:lambda/, usage],
+      [[...base, '--param', 'prefix=*', '--action', 's3:GetObject', '--resource', s3('x')], /--param prefix: does not match the pattern/, usage],
+      [[...base, '--param', 'prefix', '--action', 's3:GetObject', '--resource', s3('x')], /--param "prefix" is not of the form name=value/, usage],
+      [[...base, '--param', 'prefix=x', '--resource', s3('x')], /required option '--action/, usage],
+      [[...base, '--param', 'prefix=x', '--action', 's3:GetObject', '--resource', s3('x'), '--context', 'prefix'], /--context "prefix" is not of the form service:key=value/, usage],
+      [[...base.slice(0, 2), 'nope', ...base.slice(3), '--action', 's3:GetObject', '--resource', s3('x')], /no task template "nope"/, EXIT_CODES.not_found],
+      [[...base.slice(0, 2), 'db-migrate', ...base.slice(3), '--action', 's3:GetObject', '--resource', s3('x')], /grants no AWS credentials: there is no session policy to test/, usage],
     ];
-    for (const [args, message] of cases) {
+    for (const [args, message, code] of cases) {
       const r = await broker(args, {});
-      assert.equal(r.code, 2, `${args.join(' ')}\n${r.stderr}`);
+      assert.equal(r.code, code, `${args.join(' ')}\n${r.stderr}`);
       assert.match(r.stderr, message);
       assert.equal(r.stdout, '');
       assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { BrokerError } from '../broker/errors.js';
+import { BrokerError, EXIT_CODES, EXIT_NO } from '../broker/errors.js';
 import { SESSION_NAME_RE, SOURCE_IDENTITY_RE } from '../broker/limits/aws.js';
 import { loadTemplates, loadTemplatesOrThrow } from '../broker/templates/load.js';
 import {
@@ -523,20 +523,20 @@ describe('broker policy (compiled CLI)', () => {
   it('validate exits 0 on the shipped templates', async () => {
     const r = await broker(['policy', 'validate', POLICIES_DIR], {});
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, '');
-    assert.match(r.stderr, /4 template\(s\) valid: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
+    assert.equal(r.stderr, '');
+    assert.match(r.stdout, /4 template\(s\) valid: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
   });
   it('validate exits 1 and prints file:path: message (hint) per problem', async () => {
     const r = await broker(['policy', 'validate', BROKEN_DIR], {});
-    assert.equal(r.code, 1);
-    assert.equal(r.stdout, '', 'problems go to stderr');
-    assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stderr);
-    assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stderr);
-    assert.ok(r.stderr.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stderr);
-    assert.match(r.stderr, /\d+ problem\(s\) in 31 file\(s\)/);
-    assert.ok(!/at .*\.js:\d+/.test(r.stderr), 'no stack trace');
+    assert.equal(r.code, EXIT_NO, 'problems found are the answer (1), not a failure of the command');
+    assert.equal(r.stderr, '', 'the problems are the result: stdout');
+    assert.ok(r.stdout.includes(`${join(BROKEN_DIR, 'unknown-action.yaml')}:aws.policy.Statement[1].Action[0]: AWS Lambda has no action "UpdateFunctionCod" (did you mean "lambda:UpdateFunctionCode"?)`), r.stdout);
+    assert.ok(r.stdout.includes(`${join(BROKEN_DIR, 'vault-bad-policies.yaml')}:vault.policies[0]: the root policy is never put on a task token`), r.stdout);
+    assert.ok(r.stdout.includes(`${join(BROKEN_DIR, 'vault-ttl-too-long.yaml')}:vault.explicitMaxTtl: (3h) is longer than session.maxDuration (1h)`), r.stdout);
+    assert.match(r.stdout, /\d+ problem\(s\) in 31 file\(s\)/);
+    assert.ok(!/at .*\.js:\d+/.test(r.stdout), 'no stack trace');
     const json = await broker(['policy', 'validate', BROKEN_DIR, '--json'], {});
-    assert.equal(json.code, 1);
+    assert.equal(json.code, EXIT_NO);
     const out = JSON.parse(json.stdout);
     assert.equal(out.ok, false);
     assert.deepEqual(out.templates, ['duplicate-name']);
@@ -581,13 +581,22 @@ describe('broker policy (compiled CLI)', () => {
   });
   it('explain fails clearly on a bad parameter or an unknown template', async () => {
     const bad = await broker([...explainArgs.slice(0, -1), 'function=a b', '--as', 'alice@example.com'], {});
-    assert.equal(bad.code, 1);
+    assert.equal(bad.code, EXIT_CODES.invalid_request);
     assert.match(bad.stderr, /--param function: does not match the pattern/);
     const unknown = await broker(['policy', 'explain', 'nope', '--dir', POLICIES_DIR, '--as', 'alice@example.com'], {});
-    assert.equal(unknown.code, 1);
+    assert.equal(unknown.code, EXIT_CODES.not_found);
     assert.match(unknown.stderr, /no task template "nope".*\n.*valid templates there: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts/);
     const broken = await broker(['policy', 'explain', 'bad-arns', '--dir', BROKEN_DIR, '--as', 'alice@example.com'], {});
-    assert.equal(broken.code, 1);
+    assert.equal(broken.code, EXIT_CODES.invalid_template);
     assert.match(broken.stderr, /task template "bad-arns" has 3 problem\(s\)/);
+    // With --json the error is the document on stdout, the exit status the same.
+    const json = await broker(['policy', 'explain', 'nope', '--dir', POLICIES_DIR, '--as', 'alice@example.com', '--json'], {});
+    assert.equal(json.code, EXIT_CODES.not_found);
+    const { error } = JSON.parse(json.stdout) as { error: { code: string; message: string; hint: string } };
+    assert.deepEqual(error, { code: 'not_found', message: `no task template "nope" in ${POLICIES_DIR}`, hint: 'valid templates there: db-migrate, deploy-lambda, read-cloudwatch-logs, s3-artifacts' });
+    assert.match(json.stderr, /^broker: no task template "nope"/, 'the person still gets the report on stderr');
+    const usage = await broker(['policy', 'explain', 'deploy-lambda', '--dir', POLICIES_DIR, '--json'], {});
+    assert.equal(usage.code, EXIT_CODES.invalid_request, 'commander\'s own usage errors too');
+    assert.deepEqual(JSON.parse(usage.stdout), { error: { code: 'invalid_request', message: "required option '--as <email>' not specified", hint: 'see: broker policy explain --help' } });
   });
 });

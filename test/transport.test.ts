@@ -17,7 +17,7 @@ import { BrokerApi } from '../broker/client/api.js';
 import { generateDpopKey } from '../broker/client/dpop-key.js';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { ServiceClient } from '../broker/daemon/service-client.js';
-import { BrokerError } from '../broker/errors.js';
+import { BrokerError, EXIT_CODES } from '../broker/errors.js';
 import { brokerUrlProblem, isLoopbackHost } from '../broker/limits/urls.js';
 import { createLogger } from '../broker/log.js';
 import { MAX_HEADER_BYTES, startServer, type RunningServer } from '../broker/server/start.js';
@@ -79,38 +79,38 @@ describe('the broker URL in the CLI: --server, BROKER_URL, the settings file', (
   // Hosts in .invalid (RFC 2606 §2): were a check missing, nothing off this machine could answer.
   it('broker login --server refuses plain http off loopback, naming the flag and the fix, and saves nothing', async () => {
     const r = await broker(['login', '--server', 'http://broker.invalid'], m.env);
-    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.code, EXIT_CODES.invalid_request, r.stderr);
     assert.equal(r.stdout, '');
     assert.match(r.stderr, /^broker: --server http:\/\/broker\.invalid is plain http to broker\.invalid, which is not this machine's loopback\n {2}hint: use the service's https URL/);
     assert.equal(existsSync(settingsFile()), false, 'no settings file written');
 
     const local = await broker(['login', '--server', 'http://localhost:8787'], m.env);
-    assert.equal(local.code, 1);
+    assert.equal(local.code, EXIT_CODES.invalid_request);
     assert.match(local.stderr, /--server http:\/\/localhost:8787 is plain http to localhost.*\n.*hint: write the loopback address instead of localhost: http:\/\/127\.0\.0\.1:8787/);
 
     // A password in the URL is refused without being echoed.
     const pw = await broker(['login', '--server', 'https://me:hunter2-secret@broker.invalid'], m.env);
-    assert.equal(pw.code, 1);
+    assert.equal(pw.code, EXIT_CODES.invalid_request);
     assert.match(pw.stderr, /--server https:\/\/broker\.invalid holds a user name or password/);
     assert.doesNotMatch(pw.stderr, /hunter2/);
 
     // Loopback passes the rule: the login then fails only because nothing listens there.
     const loop = await broker(['login', '--server', 'http://127.0.0.1:9'], m.env);
-    assert.equal(loop.code, 1);
+    assert.equal(loop.code, EXIT_CODES.upstream_unavailable);
     assert.match(loop.stderr, /cannot reach the broker service at http:\/\/127\.0\.0\.1:9/);
   });
 
   it('BROKER_URL is held to the same rule by the CLI and by the daemon, which refuses to start', async () => {
     const env = { ...m.env, BROKER_URL: 'http://broker.invalid:8787' };
     const login = await broker(['login'], env);
-    assert.equal(login.code, 1);
+    assert.equal(login.code, EXIT_CODES.invalid_config);
     assert.match(login.stderr, /^broker: BROKER_URL http:\/\/broker\.invalid:8787 is plain http to broker\.invalid.*\n.*hint: .*unset BROKER_URL/);
     // Commands other than login reach the service through the daemon, which reads the URL at start.
     const templates = await broker(['templates'], env);
-    assert.equal(templates.code, 1);
+    assert.equal(templates.code, EXIT_CODES.invalid_config);
     assert.match(templates.stderr, /the broker daemon could not start: BROKER_URL http:\/\/broker\.invalid:8787 is plain http/);
     const run = await broker(['daemon', 'run'], env, { timeoutMs: 15_000 });
-    assert.equal(run.code, 1);
+    assert.equal(run.code, EXIT_CODES.invalid_config);
     assert.match(run.stderr, /BROKER_URL http:\/\/broker\.invalid:8787 is plain http/);
   });
 
@@ -118,11 +118,11 @@ describe('the broker URL in the CLI: --server, BROKER_URL, the settings file', (
     mkdirSync(join(m.home, '.config', 'agent-credential-broker'), { recursive: true, mode: 0o700 });
     writeFileSync(settingsFile(), JSON.stringify({ serverUrl: 'http://broker.invalid:8787' }));
     const r = await broker(['login'], m.env);
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_config);
     assert.ok(r.stderr.includes(`${settingsFile()}:serverUrl: http://broker.invalid:8787 is plain http to broker.invalid, which is not this machine's loopback; use the service's https URL`), r.stderr);
     assert.match(r.stderr, /or run: broker login --server <https URL>/);
     const templates = await broker(['templates'], m.env);
-    assert.equal(templates.code, 1);
+    assert.equal(templates.code, EXIT_CODES.invalid_config);
     assert.ok(templates.stderr.includes(`${settingsFile()}:serverUrl`), templates.stderr);
   });
 });
@@ -147,7 +147,7 @@ describe('publicUrl in the service config', () => {
     const file = join(dir, 'broker.yaml');
     writeFileSync(file, stringify({ ...BASE, listen: { host: '127.0.0.1', port: 0 }, publicUrl: 'http://broker.example.com', policiesDir: POLICIES_DIR, store: { sqlite: join(dir, 'b.db') } }));
     const r = await broker(['server', '--config', file], {}, { timeoutMs: 20_000 });
-    assert.equal(r.code, 1);
+    assert.equal(r.code, EXIT_CODES.invalid_config);
     assert.ok(r.stderr.includes(`${file}:publicUrl: is plain http to broker.example.com`), r.stderr);
     assert.equal(existsSync(join(dir, 'b.db')), false, 'nothing was started');
   });

@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { GetRoleCommand, IAMClient, UpdateAssumeRolePolicyCommand } from '@aws-sdk/client-iam';
 import { runSimulation } from '@cloud-copilot/iam-simulate';
 import { makeIamClient, makeStsClient } from '../broker/aws/clients.js';
+import { EXIT_CODES, EXIT_NO } from '../broker/errors.js';
 import { checkRoleTrust, evaluateTrustPolicy, resolveBrokerPrincipal, trustPrincipalFor, type TrustFinding } from '../broker/aws/trust-check.js';
 import { broker, run } from './peers/cli.js';
 import { awsTestEnv, createRole, startMoto, type Moto } from './peers/moto.js';
@@ -267,13 +268,13 @@ describe('checkRoleTrust against moto', () => {
 
     test('exits 1 and reports the missing sts:TagSession, as text and as JSON', async () => {
       const text = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url], env());
-      assert.equal(text.code, 1, text.stderr);
-      assert.equal(text.stdout, '');
-      assert.match(text.stderr, /ok {3}t-good/);
-      assert.match(text.stderr, /FAIL t-notag[\s\S]*\[tag-session\][\s\S]*sts:TagSession/);
+      assert.equal(text.code, EXIT_NO, text.stderr);
+      assert.equal(text.stderr, '', 'the findings are the result: stdout');
+      assert.match(text.stdout, /ok {3}t-good/);
+      assert.match(text.stdout, /FAIL t-notag[\s\S]*\[tag-session\][\s\S]*sts:TagSession/);
 
       const json = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url, '--json'], env());
-      assert.equal(json.code, 1, json.stderr);
+      assert.equal(json.code, EXIT_NO, json.stderr);
       const out = JSON.parse(json.stdout) as { brokerPrincipalArn: string; findings: TrustFinding[] };
       assert.equal(out.brokerPrincipalArn, brokerArn);
       assert.deepEqual(out.findings.map((f) => [f.template, f.ok, f.problems.map((p) => p.check)]).sort(), [
@@ -287,12 +288,12 @@ describe('checkRoleTrust against moto', () => {
       writeFileSync(join(good, 't-good.yaml'), `name: t-good\ndescription: x\nallowed: { groups: [developers] }\nsession: { maxDuration: 8h, credentialLifetime: 1h }\naws:\n  roleArn: ${arn('broker-good')}\n  region: us-east-1\n  policy: { Version: "2012-10-17", Statement: [{ Effect: Allow, Action: "s3:GetObject", Resource: "arn:aws:s3:::b/*" }] }\n`);
       const r = await broker(['policy', 'check', '--aws', '--dir', good, '--endpoint-url', moto.url], env());
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stderr, /all 1 template role\(s\) trust the broker/);
+      assert.match(r.stdout, /all 1 template role\(s\) trust the broker/);
     });
 
     test('without --aws it says what --aws does and fails', async () => {
       const r = await broker(['policy', 'check', '--dir', dir], env());
-      assert.equal(r.code, 1);
+      assert.equal(r.code, EXIT_CODES.invalid_request);
       assert.match(r.stderr, /needs a target: --aws[\s\S]*hint: broker policy check --aws/);
     });
   });

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { BrokerError } from '../errors.js';
+import { errorCodeForExit } from '../exit-codes.cjs';
 import { NO_CORE_SH } from '../clean-start.js';
 import { DAEMON_CLEAN_MARK, daemonEnvironment } from './daemon-env.js';
 import { LOCK_WAIT_MS } from './instance-lock.js';
@@ -61,7 +62,7 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
       throw new BrokerError(code, message, { ...(hint ? { hint } : {}), ...(details ? { details } : {}) });
     }
     // Exit 0 means another daemon won the race: keep knocking.
-    if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset);
+    if (exitCode !== null && exitCode !== 0) throw startFailure(log, offset, exitCode);
     if (Date.now() > deadline) {
       throw new BrokerError('upstream_unavailable', `the broker daemon did not start within ${START_TIMEOUT_MS / 1000}s`, { hint: `see its log: ${log}` });
     }
@@ -69,8 +70,11 @@ export async function startDaemonInBackground(env: NodeJS.ProcessEnv = process.e
   }
 }
 
-/** The daemon reports a failed start as `broker: message` lines on stderr, which went to the log. */
-function startFailure(log: string, offset: number): BrokerError {
+/**
+ * The daemon reports a failed start as `broker: message` lines on stderr, which went to the log,
+ * and exits with the status of the error's code (README "Exit codes"): the code is taken back from it.
+ */
+function startFailure(log: string, offset: number, status: number): BrokerError {
   let text = '';
   try {
     const fd = openSync(log, 'r');
@@ -91,5 +95,5 @@ function startFailure(log: string, offset: number): BrokerError {
   }
   const hint = indented.find((l) => l.startsWith('hint: '))?.slice('hint: '.length);
   const details = indented.filter((l) => !l.startsWith('hint: ')).map((l) => ({ message: l }));
-  return new BrokerError('internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}), ...(details.length ? { details } : {}) });
+  return new BrokerError(errorCodeForExit(status) ?? 'internal', `the broker daemon could not start: ${message}`, { ...(hint ? { hint } : {}), ...(details.length ? { details } : {}) });
 }

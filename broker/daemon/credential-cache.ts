@@ -37,7 +37,6 @@ interface Held extends HeldCredentials {
 type Health = EntryStatus['health'];
 
 interface Entry extends TaskEntry {
-  session: SessionView;
   sessionEndsAt: number;
   creds?: Held;
   inflight?: Promise<Held>;

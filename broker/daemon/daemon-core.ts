@@ -31,7 +31,7 @@ export class DaemonCore {
   readonly vault: VaultTokenCache;
   private readonly startedAt = new Date().toISOString();
 
-  constructor(private readonly log: Logger, now: () => number = Date.now) {
+  constructor(private readonly log: Logger, private readonly now: () => number = Date.now) {
     this.cache = new CredentialCache({
       log,
       now,
@@ -164,7 +164,12 @@ export class DaemonCore {
       return { ...base, sessions: sessions.map((s) => ({ ...s, credentials: held.get(s.id) ?? null, vaultToken: tokens.get(s.template) ?? null })) };
     } catch (e) {
       if (e instanceof BrokerError && (e.code === 'not_logged_in' || e.code === 'unauthenticated')) throw e;
-      return { ...base, sessions: [], serviceError: (e as Error).message };
+      const now = this.now();
+      const heldFor = new Map([...this.cache.heldSessions(), ...this.vault.heldSessions()]
+        .filter((s) => Date.parse(s.expiresAt) > now).map((s) => [s.id, s]));
+      const sessions = [...heldFor.values()].sort((a, b) => a.template.localeCompare(b.template))
+        .map((s) => ({ ...s, credentials: held.get(s.id) ?? null, vaultToken: tokens.get(s.template) ?? null, heldOnly: true as const }));
+      return { ...base, sessions, serviceError: (e as Error).message };
     }
   }
 

@@ -150,8 +150,15 @@ export type EndedTasks = z.infer<typeof endedTasks>;
 export const daemonStatus = z.object({
   serverUrl: z.string().nullable(),
   developer: z.string().nullable(),
-  sessions: z.array(sessionView.extend({ credentials: entryStatus.nullable(), vaultToken: vaultTokenStatus.nullable() })),
-  /** Set when the service could not be asked: `sessions` then lists only what the daemon holds. */
+  sessions: z.array(sessionView.extend({
+    credentials: entryStatus.nullable(), vaultToken: vaultTokenStatus.nullable(),
+    /** The service could not be asked: the daemon holds credentials or a Vault token for this session, as it last learned it. */
+    heldOnly: z.literal(true).optional(),
+  })),
+  /**
+   * Set when the service could not be asked: `sessions` then lists the sessions the daemon holds
+   * credentials or a Vault token for, as it last learned them, each marked `heldOnly`.
+   */
   serviceError: z.string().optional(),
 });
 export type DaemonStatus = z.infer<typeof daemonStatus>;

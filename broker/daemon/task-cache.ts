@@ -1,3 +1,4 @@
+import type { SessionView } from '../wire/service-api.js';
 import { BrokerError } from '../errors.js';
 import { backoffDelay } from './refresh-policy.js';
 
@@ -11,6 +12,8 @@ import { backoffDelay } from './refresh-policy.js';
 
 export interface TaskEntry {
   template: string;
+  /** The task session, as the daemon last learned it from the service. */
+  session: SessionView;
   failures: number;
   /** When the next upstream attempt is due after a failure. */
   retryAt: number;
@@ -61,6 +64,11 @@ export abstract class TaskCache<E extends TaskEntry> {
   /** Is this still the entry for its template? Not if it was replaced or dropped meanwhile. */
   protected holds(e: E): boolean {
     return this.entries.get(e.template) === e;
+  }
+
+  /** The sessions something is held for, as last learned from the service (`broker status` in an outage). */
+  heldSessions(): SessionView[] {
+    return [...this.entries.values()].map((e) => e.session);
   }
 
   clear(): void {

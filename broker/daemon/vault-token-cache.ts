@@ -33,7 +33,6 @@ interface Held {
 }
 
 interface Entry extends TaskEntry {
-  session: SessionView;
   sessionEndsAt: number;
   held?: Held;
   inflight?: Promise<Held>;
