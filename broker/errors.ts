@@ -52,16 +52,19 @@ export class BrokerError extends Error {
   readonly details: ErrorDetail[] | undefined;
   /** What to do about it, shown to people after the message. */
   readonly hint: string | undefined;
+  /** For `rate_limited`: when to try again (the HTTP `Retry-After` header, RFC 9110 §10.2.3). */
+  readonly retryAfterSeconds: number | undefined;
 
   constructor(
     code: ErrorCode,
     message: string,
-    options: { cause?: unknown; details?: ErrorDetail[]; hint?: string } = {},
+    options: { cause?: unknown; details?: ErrorDetail[]; hint?: string; retryAfterSeconds?: number } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.details = options.details;
     this.hint = options.hint;
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 
   get status(): number {

@@ -3,7 +3,8 @@ import { BrokerApi } from '../broker/client/api.js';
 import { checkedServerUrl, readCliConfig, writeCliConfig } from '../broker/client/cli-config.js';
 import { deviceLogin, readIdTokenFile } from '../broker/client/device-login.js';
 import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
-import { loadLogin, saveLogin } from '../broker/client/login-record.js';
+import { loadDeviceKey, loadLogin, saveDeviceKey, saveLogin } from '../broker/client/login-record.js';
+import { revokeLogin } from '../broker/client/revoke-login.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
 import { BrokerError } from '../broker/errors.js';
 import { authTokenResponse, loginConfigResponse } from '../broker/wire/service-api.js';
@@ -22,9 +23,14 @@ export function register(program: Command): void {
         throw new BrokerError('invalid_request', 'no broker service URL', { hint: 'run: broker login --server https://broker.example.com' });
       }
       // Before anything else: without a keychain there is nowhere to keep the login, and the broker
-      // never falls back to a file. (A read of our own entry; keychain_unavailable if none.)
-      await loadLogin(serverUrl).catch((e: unknown) => {
+      // never falls back to a file. (A read of our own entry; keychain_unavailable if none.) The
+      // login this one replaces is revoked on the service once the new one is stored.
+      const previous = await loadLogin(serverUrl).then(async (record) => {
+        const key = record ? await loadDeviceKey(serverUrl) : null;
+        return record && key ? { record, key } : undefined;
+      }, (e: unknown) => {
         if (e instanceof BrokerError && e.code === 'keychain_unavailable') throw e;
+        return undefined; // a v1 or damaged entry: replaced below
       });
       const anonymous = new BrokerApi(serverUrl);
       let idToken: string;
@@ -48,8 +54,12 @@ export function register(program: Command): void {
       const r = await anonymous.request(
         'POST', '/v1/auth/token', authTokenResponse, { id_token: idToken }, { dpop: await dpopProof(key, 'POST', `${serverUrl}/v1/auth/token`) },
       );
-      if (!r.refresh_token) throw new BrokerError('upstream_error', 'the broker service did not issue a refresh token', { hint: 'the service may be an older version; ask its operator' });
-      await saveLogin({ v: 1, serverUrl, developer: r.developer, refreshToken: r.refresh_token, dpopKey: privateJwk });
+      if (!r.refresh_token || !r.login) throw new BrokerError('upstream_error', 'the broker service did not issue a refresh token', { hint: 'the service may be an older version; ask its operator' });
+      // Two keychain items: the device key first, so a login record is never there without its key.
+      await saveDeviceKey(serverUrl, privateJwk);
+      await saveLogin({ v: 2, serverUrl, developer: r.developer, refreshToken: r.refresh_token, login: r.login });
+      // Best effort: the replaced login would otherwise stay valid on the service until its end.
+      if (previous) await revokeLogin(serverUrl, previous.record.refreshToken, previous.key).catch(() => undefined);
       if (opts.server) writeCliConfig({ serverUrl });
       await notifyDaemon();
       if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });

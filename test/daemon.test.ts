@@ -113,11 +113,13 @@ describe('the broker daemon', () => {
     const r = await broker(['daemon', 'status', '--json'], env);
     return JSON.parse(r.stdout) as DaemonState;
   };
+  /** The login's two keychain items: the record (with the refresh token) and, apart, the device key. */
   const rememberLogin = () => {
-    const stored = JSON.parse(keyring.read(`login:${stack.svc.url}`)!) as { refreshToken: string; dpopKey: JsonWebKey };
+    const stored = JSON.parse(keyring.read(`login:${stack.svc.url}`)!) as Record<string, unknown> & { refreshToken: string };
+    const dpopKey = JSON.parse(keyring.read(`device-key:${stack.svc.url}`)!) as JsonWebKey;
     secrets.add(stored.refreshToken);
-    deviceKeys.push(stored.dpopKey);
-    return stored;
+    deviceKeys.push(dpopKey);
+    return { ...stored, dpopKey };
   };
   const issued = () => assumeRoleCalls(stack.proxy.requests).length;
 
@@ -150,6 +152,9 @@ describe('the broker daemon', () => {
     assert.equal(login.code, 0, login.stderr);
     const stored = rememberLogin();
     assert.equal(stored.dpopKey.kty, 'EC');
+    assert.equal(typeof stored.dpopKey.d, 'string', 'the device key item holds the private key');
+    assert.ok(!JSON.stringify(keyring.read(`login:${stack.svc.url}`)).includes(stored.dpopKey.d!), 'the login record does not');
+    assert.deepEqual(Object.keys(stored).filter((k) => k !== 'dpopKey').sort(), ['developer', 'login', 'refreshToken', 'serverUrl', 'v']);
     const config = JSON.parse(readFileSync(join(m.home, '.config', 'agent-credential-broker', 'config.json'), 'utf8')) as Record<string, unknown>;
     assert.deepEqual(Object.keys(config), ['serverUrl'], 'the settings file holds the URL only');
   });

@@ -38,8 +38,12 @@ function shapes(): Record<string, () => unknown> {
     // OAuth/OIDC: the service's token responses, the IdP's token response, request bodies, the keychain's login record.
     brokerTokenResponse: () => ({ access_token: secret('broker-access-token'), refresh_token: secret('broker-refresh-token'), token_type: 'Bearer', developer: shown('developer') }),
     idpTokenResponse: () => ({ access_token: secret('idp-access-token'), id_token: secret('idp-id-token'), refresh_token: secret('idp-refresh-token'), scope: shown('scope'), expires_in: 300 }),
-    loginRecord: () => ({ v: 1, serverUrl: shown('server'), developer: shown('developer'), refreshToken: secret('login-refresh-token'),
-      dpopKey: { kty: 'EC', crv: 'P-256', x: shown('jwk-x'), y: shown('jwk-y'), d: secret('dpop-private-d') } }),
+    loginRecord: () => ({ v: 2, serverUrl: shown('server'), developer: shown('developer'), refreshToken: secret('login-refresh-token'),
+      login: { id: shown('login-id'), generation: 3, expiresAt: '2026-01-01T00:00:00Z' } }),
+    deviceKeyItem: () => ({ kty: 'EC', crv: 'P-256', x: shown('jwk-x'), y: shown('jwk-y'), d: secret('dpop-private-d') }),
+    // The service's answer to a refresh (the rotated refresh token in it).
+    refreshResponse: () => ({ access_token: secret('refresh-access-token'), refresh_token: secret('rotated-refresh-token'), token_type: 'Bearer',
+      developer: shown('developer'), login: { id: shown('login-id-2'), generation: 4, expiresAt: '2026-01-01T00:00:00Z' } }),
     // Private keys: the service's signing keys (EC and RSA JWKs), a PEM.
     signingKeys: () => ({ signingKeys: [{ kty: 'EC', crv: 'P-256', kid: shown('kid'), x: 'x', y: 'y', d: secret('signing-d') }] }),
     rsaPrivateJwk: () => ({ kty: 'RSA', n: shown('rsa-n'), e: 'AQAB', d: secret('rsa-d'), p: secret('rsa-p'), q: secret('rsa-q'), dp: secret('rsa-dp'), dq: secret('rsa-dq'), qi: secret('rsa-qi') }),

@@ -3,7 +3,8 @@
  * (oidc-provider) minting and publishing keys, and moto behind a recording proxy as STS.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -26,17 +27,24 @@ import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { STSClient } from '@aws-sdk/client-sts';
 
-type Call = (method: string, path: string, opts?: { token?: string; body?: unknown; raw?: string; dpop?: string }) =>
+type Call = (method: string, path: string, opts?: { token?: string; body?: unknown; raw?: string; dpop?: string; address?: string }) =>
   Promise<{ status: number; body: any; text: string; headers: Headers }>;
 
-/** A client of one service over HTTP, as the CLI and daemon are. */
+/** A client address of its own (the services here trust one proxy hop: this test's X-Forwarded-For). */
+const someAddress = () => `10.${randomInt(256)}.${randomInt(256)}.${randomInt(1, 255)}`;
+
+/**
+ * A client of one service over HTTP, as the CLI and daemon are. Each call comes from an address of
+ * its own unless `address` says (X-Forwarded-For, which these services trust one hop of), so the
+ * per-address limit and the per-address audit windows of /v1/auth/* only meet where a test means them to.
+ */
 function client(url: () => string): Call {
   return async (method, path, opts = {}) => {
     const res = await fetch(`${url()}${path}`, {
       method,
       headers: {
         'content-type': 'application/json', ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
-        ...(opts.dpop ? { dpop: opts.dpop } : {}),
+        ...(opts.dpop ? { dpop: opts.dpop } : {}), 'x-forwarded-for': opts.address ?? someAddress(),
       },
       body: opts.raw ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)),
     });
@@ -48,21 +56,22 @@ function client(url: () => string): Call {
 /** An in-process service on its own SQLite file, on the shared IdP and STS; `oidc` overrides the IdP settings. */
 async function startApiServer(o: {
   issuer: string; sts: string; iam: string; oidc?: Record<string, unknown>; policiesDir?: string; issuePerMinute?: number; now?: () => number;
-  stsTimeoutMs?: number;
+  stsTimeoutMs?: number; auth?: Record<string, unknown>; tokens?: Record<string, unknown>; dbPath?: string; logFile?: string;
 }): Promise<{ server: RunningServer; dbPath: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'broker-api-'));
-  const dbPath = join(dir, 'broker.db');
+  const dbPath = o.dbPath ?? join(dir, 'broker.db');
   const config = parseServerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     policiesDir: o.policiesDir ?? POLICIES_DIR,
     store: { sqlite: dbPath, busyTimeoutMs: 300 },
     // RS256 only: the IdP also publishes an ES256 key, so a genuine ES256 token tests the allowlist.
     oidc: { issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', allowInsecureHttp: true, ...o.oidc },
-    tokens: { signingKeys: 'ephemeral' },
+    tokens: { signingKeys: 'ephemeral', ...o.tokens },
     aws: { region: 'us-east-1', stsEndpoint: o.sts, iamEndpoint: o.iam, checkTrustAtStartup: false, ...(o.stsTimeoutMs ? { requestTimeoutMs: o.stsTimeoutMs } : {}) },
-    limits: { issuePerMinute: o.issuePerMinute ?? 30 },
+    limits: { issuePerMinute: o.issuePerMinute ?? 30, auth: { trustedProxyHops: 1, ...o.auth } },
   }, dir);
-  const server = await startServer(config, { log: createLogger({ level: 'silent' }), ...(o.now ? { now: o.now } : {}) });
+  const log = o.logFile ? createLogger({ level: 'info', destination: openSync(o.logFile, 'a') }) : createLogger({ level: 'silent' });
+  const server = await startServer(config, { log, ...(o.now ? { now: o.now } : {}) });
   return { server, dbPath };
 }
 
@@ -172,6 +181,54 @@ describe('broker service API', () => {
       assert.ok(denied.length >= 8, `${denied.length} login denials`);
       assert.ok(denied.every((r) => !/eyJ/.test(JSON.stringify(r))), 'no JWT in the audit log');
     });
+    it('rejects a token older than oidc.maxIdTokenAge (10 min by default), though it has not expired', async () => {
+      const old = await idp.issueIdToken('alice@example.com', { iatSecondsFromNow: -11 * 60, expSecondsFromNow: 3600 });
+      await hostile('old', () => old, 'too old (iat)');
+      await accepted(await idp.issueIdToken('alice@example.com', { iatSecondsFromNow: -5 * 60, expSecondsFromNow: 3600 }));
+    });
+    it('rejects an access token posing as an ID token (typ at+jwt, RFC 9068 §4), signed by the IdP for our audience', async () => {
+      await hostile('at+jwt', () => idp.issueIdToken('alice@example.com', { typ: 'at+jwt' }), 'typ at+jwt (an access token)');
+      await hostile('application/at+jwt', () => idp.issueIdToken('alice@example.com', { typ: 'application/AT+JWT' }), 'typ at+jwt (an access token)');
+    });
+    it('with several audiences requires azp naming the CLI client, and a present azp must name it (OIDC Core 3.1.3.7)', async () => {
+      const audience = ['broker-cli', 'another-client'];
+      await hostile('several aud, no azp', () => idp.issueIdToken('alice@example.com', { audience }), 'claim azp missing (several audiences)');
+      await hostile('several aud, azp another', () => idp.issueIdToken('alice@example.com', { audience, claims: { azp: 'another-client' } }), 'claim azp invalid');
+      await hostile('one aud, azp another', () => idp.issueIdToken('alice@example.com', { claims: { azp: 'another-client' } }), 'claim azp invalid');
+      await accepted(await idp.issueIdToken('alice@example.com', { audience, claims: { azp: 'broker-cli' } }));
+      await accepted(await idp.issueIdToken('alice@example.com', { claims: { azp: 'broker-cli' } }));
+    });
+    it('accepts each ID token once, by its jti or else its digest, remembered in the store (a second service on it refuses too)', async () => {
+      const token = await idp.issueIdToken('alice@example.com');
+      await accepted(token);
+      await hostile('again', () => token, 'already used');
+      const noJti = await idp.issueIdToken('alice@example.com', { claims: { jti: undefined } });
+      assert.ok(!('jti' in peekClaims(noJti)));
+      await accepted(noJti);
+      await hostile('again, no jti', () => noJti, 'already used');
+      // A restart or a replica on the same store knows them.
+      const replica = await startApiServer({ issuer: idp.issuer, sts: proxy.url, iam: moto.url, dbPath });
+      try {
+        for (const t of [token, noJti]) {
+          const r = await client(() => replica.server.url)('POST', '/v1/auth/token', { body: { id_token: t } });
+          assert.equal(r.status, 401, r.text);
+        }
+      } finally {
+        await replica.server.stop();
+      }
+      const db = new DatabaseSync(dbPath);
+      const keys = (db.prepare('SELECT key FROM seen_id_tokens').all() as { key: string }[]).map((r) => r.key);
+      db.close();
+      assert.ok(keys.length >= 2 && keys.every((k) => /^[0-9a-f]{64}$/.test(k)), 'digests only, never a token');
+    });
+    it('a genuine ID token refused for its DPoP proof is not spent', async () => {
+      const token = await idp.loginAs('alice@example.com');
+      const { key } = await generateDpopKey();
+      const wrongUrl = await call('POST', '/v1/auth/token', { body: { id_token: token }, dpop: await dpopProof(key, 'POST', `${server.url}/v1/auth/refresh`) });
+      assert.equal(wrongUrl.status, 401, wrongUrl.text);
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: token }, dpop: await dpopProof(key, 'POST', `${server.url}/v1/auth/token`) });
+      assert.equal(r.status, 200, r.text);
+    });
     it('needs a bearer token; a refresh token is not an access token', async () => {
       const none = await call('GET', '/v1/sessions');
       assert.equal(none.status, 401);
@@ -194,7 +251,12 @@ describe('broker service API', () => {
       assert.equal(r.status, 200, r.text);
       refreshToken = r.body.refresh_token;
     });
-    const refresh = (dpop?: string) => call('POST', '/v1/auth/refresh', { body: { refresh_token: refreshToken }, ...(dpop ? { dpop } : {}) });
+    /** Refreshes with the current refresh token; a success rotates it (the next one is kept). */
+    const refresh = async (dpop?: string) => {
+      const r = await call('POST', '/v1/auth/refresh', { body: { refresh_token: refreshToken }, ...(dpop ? { dpop } : {}) });
+      if (r.status === 200) refreshToken = r.body.refresh_token;
+      return r;
+    };
     const refused = (r: Awaited<ReturnType<typeof call>>, label: string) => {
       assert.equal(r.status, 401, `${label}: ${r.text}`);
       assert.equal(r.body.code, 'unauthenticated');
@@ -246,6 +308,162 @@ describe('broker service API', () => {
       assert.ok(records.some((r) => r.decision === 'allowed') && records.some((r) => r.decision === 'denied'));
       assert.ok(!JSON.stringify(records).includes(refreshToken));
       assert.ok(!/eyJ/.test(JSON.stringify(records)), 'no JWT in the audit log');
+    });
+  });
+
+  describe('logins rotate their refresh token, and a spent one revokes the login (RFC 9700 §4.14.2)', () => {
+    const url = (path: string) => `${server.url}${path}`;
+    type Key = Awaited<ReturnType<typeof generateDpopKey>>['key'];
+    const proof = (key: Key, path: string) => dpopProof(key, 'POST', url(path));
+    const loginWithKey = async (email: string) => {
+      const { key } = await generateDpopKey();
+      const r = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs(email) }, dpop: await proof(key, '/v1/auth/token') });
+      assert.equal(r.status, 200, r.text);
+      return { key, body: r.body as { access_token: string; refresh_token: string; login: { id: string; generation: number; expiresAt: string } } };
+    };
+    const refreshWith = async (key: Key, token: string) => call('POST', '/v1/auth/refresh', { body: { refresh_token: token }, dpop: await proof(key, '/v1/auth/refresh') });
+    const logoutWith = async (key: Key, token: string) => call('POST', '/v1/auth/logout', { body: { refresh_token: token }, dpop: await proof(key, '/v1/auth/logout') });
+    const startLogs = (token: string) => call('POST', '/v1/sessions', { token, body: { template: 'read-cloudwatch-logs', params: logParams() } });
+
+    it('every refresh answers a new refresh token of the same login, whose end never moves', async () => {
+      const { key, body } = await loginWithKey('carol@example.com');
+      assert.equal(body.login.generation, 0);
+      const first = peekClaims(body.refresh_token);
+      assert.equal(first.groups, undefined, 'no groups in the refresh token: they stay with the login, on the service');
+      assert.equal(first.email, undefined);
+      let token = body.refresh_token;
+      const seen = new Set([token]);
+      for (let generation = 1; generation <= 3; generation++) {
+        const r = await refreshWith(key, token);
+        assert.equal(r.status, 200, r.text);
+        assert.ok(!seen.has(r.body.refresh_token), 'a new refresh token every time');
+        seen.add(r.body.refresh_token);
+        assert.deepEqual(r.body.login, { id: body.login.id, generation, expiresAt: body.login.expiresAt });
+        assert.equal(peekClaims(r.body.refresh_token).exp, first.exp, 'rotation never extends the login');
+        token = r.body.refresh_token;
+      }
+    });
+
+    it('a spent refresh token presented again revokes the whole login, audited as reuse; nothing of the login works after', async () => {
+      const { key, body } = await loginWithKey('alice@example.com');
+      const r1 = await refreshWith(key, body.refresh_token);
+      assert.equal(r1.status, 200, r1.text);
+      const r2 = await refreshWith(key, r1.body.refresh_token);
+      assert.equal(r2.status, 200, r2.text);
+      const access = r2.body.access_token as string;
+      assert.equal((await call('GET', '/v1/sessions', { token: access })).status, 200);
+      const seqBefore = (await auditOf(dbPath)).at(-1)!.seq;
+
+      // Someone replays the first token (a copy of the keychain): reuse.
+      const replay = await refreshWith(key, body.refresh_token);
+      assert.equal(replay.status, 401, replay.text);
+      assert.match(replay.body.message, /already used, so its login is now revoked/);
+      assert.match(replay.body.hint, /log in again: broker login/);
+      const revocations = (await auditOf(dbPath)).filter((x) => x.seq > seqBefore && x.event === 'login.revoke');
+      assert.deepEqual(revocations.map((x) => [x.decision, x.developer, x.reason, x.detail?.family, x.detail?.reuseDetected]),
+        [['revoked', 'alice@example.com', 'reuse of a spent refresh token', body.login.id, true]]);
+
+      // The current token is refused too: the service cannot tell the holders apart.
+      const current = await refreshWith(key, r2.body.refresh_token);
+      assert.equal(current.status, 401, current.text);
+      assert.match(current.body.message, /this login was revoked \(reuse of a spent refresh token\)/);
+      // And the access token it bought, from the next request on: no STS credentials under it.
+      const before = assumeRoleCalls(proxy.requests).length;
+      const started = await startLogs(access);
+      assert.equal(started.status, 401, started.text);
+      assert.equal(assumeRoleCalls(proxy.requests).length, before);
+      const store = new SqliteStore(dbPath);
+      assert.equal(await store.auditLog.verify(), null, 'hash chain intact');
+      await store.close();
+    });
+
+    it('checks the refresh token before the DPoP proof: a garbage token uses up no proof', async () => {
+      const { key, body } = await loginWithKey('alice@example.com');
+      const p = await proof(key, '/v1/auth/refresh');
+      const garbage = await call('POST', '/v1/auth/refresh', { body: { refresh_token: 'not.a.token' }, dpop: p });
+      assert.equal(garbage.status, 401, garbage.text);
+      const real = await call('POST', '/v1/auth/refresh', { body: { refresh_token: body.refresh_token }, dpop: p });
+      assert.equal(real.status, 200, `the proof is still unused: ${real.text}`);
+    });
+
+    it('logout revokes the login on the service: a refresh token read before it buys nothing after it, nor its access token', async () => {
+      const { key, body } = await loginWithKey('alice@example.com');
+      const copy = body.refresh_token; // read before the logout (a backup, a synced keychain)
+      const r1 = await refreshWith(key, copy);
+      assert.equal(r1.status, 200, r1.text);
+      const seqBefore = (await auditOf(dbPath)).at(-1)!.seq;
+      const out = await logoutWith(key, r1.body.refresh_token);
+      assert.equal(out.status, 200, out.text);
+      assert.deepEqual(out.body, { revoked: true, login: { id: body.login.id, expiresAt: body.login.expiresAt } });
+      const recorded = (await auditOf(dbPath)).filter((x) => x.seq > seqBefore && x.event === 'login.revoke');
+      assert.deepEqual(recorded.map((x) => [x.decision, x.developer, x.reason, x.detail?.family]), [['revoked', 'alice@example.com', 'logout', body.login.id]]);
+
+      for (const [label, token] of [['the copy', copy], ['the current token', r1.body.refresh_token]] as const) {
+        const r = await refreshWith(key, token);
+        assert.equal(r.status, 401, `${label}: ${r.text}`);
+        assert.ok(!('access_token' in r.body));
+      }
+      const before = assumeRoleCalls(proxy.requests).length;
+      assert.equal((await startLogs(r1.body.access_token)).status, 401, 'the access token bought before logout is refused');
+      assert.equal(assumeRoleCalls(proxy.requests).length, before, 'no STS credentials');
+      const again = await logoutWith(key, copy);
+      assert.equal(again.status, 200, 'any token of the login, spent too, may end it');
+      assert.equal(again.body.revoked, false, 'already revoked');
+    });
+
+    it('only the device key logs a login out', async () => {
+      const { key, body } = await loginWithKey('carol@example.com');
+      const other = await generateDpopKey();
+      const r = await logoutWith(other.key, body.refresh_token);
+      assert.equal(r.status, 401, r.text);
+      assert.equal((await refreshWith(key, body.refresh_token)).status, 200, 'the login lives on');
+    });
+  });
+
+  describe('template access is re-checked at every issue, with the login\'s groups', () => {
+    it('a template whose allowed groups changed issues nothing more under a session started before (403, audited)', async () => {
+      const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'broker-recheck-')), 'broker.db'));
+      const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+      const templates = loadTemplatesOrThrow(POLICIES_DIR);
+      const sessions = new TaskSessionService({ store, templates, issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5 });
+      const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+      try {
+        const { session } = await sessions.start(alice, { template: 'read-cloudwatch-logs', params: logParams(), reason: '', agent: 'aider' });
+        assert.ok((await sessions.reissue(alice, session.id)).credentials.accessKeyId);
+        // The operator narrows the template (a restart with edited templates): only admins now.
+        const t = templates.get('read-cloudwatch-logs')!;
+        templates.set(t.name, { ...t, allowed: { groups: ['admins'], emails: [] } });
+        const before = assumeRoleCalls(proxy.requests).length;
+        await assert.rejects(sessions.reissue(alice, session.id), (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'forbidden'
+          && /alice@example\.com may no longer use "read-cloudwatch-logs"/.test(e.message));
+        assert.equal(assumeRoleCalls(proxy.requests).length, before, 'nothing asked of STS');
+        const trail = (await store.auditLog.records()).filter((x) => x.sessionId === session.id).map((x) => `${x.event}:${x.decision}`);
+        assert.deepEqual(trail.slice(-1), ['credentials.reissue:denied']);
+      } finally {
+        await store.close();
+        sts.destroy();
+      }
+    });
+
+    it('the groups are the login\'s, kept on the service since login: changed there, the next access token and issue follow them', async () => {
+      const { key } = await generateDpopKey();
+      const login = await call('POST', '/v1/auth/token', { body: { id_token: await idp.loginAs('alice@example.com') }, dpop: await dpopProof(key, 'POST', `${server.url}/v1/auth/token`) });
+      assert.equal(login.status, 200, login.text);
+      const started = await call('POST', '/v1/sessions', { token: login.body.access_token, body: { template: 'deploy-lambda', params: { function: 'recheck' } } });
+      assert.equal(started.status, 201, started.text);
+      // What an admin's "remove from group" would change (no route for it yet): the login's record.
+      const db = new DatabaseSync(dbPath);
+      db.prepare('UPDATE refresh_token_families SET groups = ? WHERE id = ?').run(JSON.stringify(['contractors']), login.body.login.id);
+      db.close();
+      const r = await call('POST', '/v1/auth/refresh', { body: { refresh_token: login.body.refresh_token }, dpop: await dpopProof(key, 'POST', `${server.url}/v1/auth/refresh`) });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual((await call('GET', '/v1/whoami', { token: r.body.access_token })).body.groups, ['contractors']);
+      const re = await call('POST', `/v1/sessions/${started.body.session.id}/credentials`, { token: r.body.access_token });
+      assert.equal(re.status, 403, re.text);
+      assert.equal(re.body.code, 'forbidden');
+      const last = (await auditOf(dbPath)).filter((x) => x.sessionId === started.body.session.id).at(-1)!;
+      assert.deepEqual([last.event, last.decision, last.developer], ['credentials.reissue', 'denied', 'alice@example.com']);
+      assert.equal((await call('DELETE', `/v1/sessions/${started.body.session.id}`, { token: r.body.access_token })).status, 200);
     });
   });
 
@@ -621,6 +839,92 @@ describe('broker service API', () => {
           assert.ok(explained.stderr.includes(`--ttl: ${api.body.details[0].message}`), `${label}: the same reason:\n${explained.stderr}`);
         }
       }
+    });
+  });
+
+  describe('the unauthenticated edge: token buckets on /v1/auth/*, and refusals audited in aggregate', () => {
+    let edge: Awaited<ReturnType<typeof startApiServer>>;
+    let logFile: string;
+    let stopped = false;
+    const edgeCall = client(() => edge.server.url);
+    /** Every /v1/auth/* answer of this service that was a refusal, counted by the test. */
+    let refusals = 0;
+    const authCall: Call = async (method, path, opts) => {
+      const r = await edgeCall(method, path, opts);
+      if (r.status >= 400) refusals++;
+      return r;
+    };
+    const MAX_KEYS = 4;
+    before(async () => {
+      logFile = join(mkdtempSync(join(tmpdir(), 'broker-edge-')), 'server.log');
+      edge = await startApiServer({
+        issuer: idp.issuer, sts: proxy.url, iam: moto.url, logFile,
+        auth: { perAddress: { burst: 5, perMinute: 6 }, global: { burst: 60, perMinute: 60 }, auditWindow: '1h', auditMaxKeys: MAX_KEYS },
+      });
+    });
+    after(async () => { if (!stopped) await edge?.server.stop(); });
+    const auditRows = async () => (await auditOf(edge.dbPath)).filter((x) => x.detail?.aggregated === true);
+
+    it('per address: past its burst, 429 with Retry-After before the body is read or anything verified; other addresses go on', async () => {
+      for (let i = 0; i < 5; i++) assert.equal((await authCall('POST', '/v1/auth/token', { raw: '{not json', address: '10.9.9.1' })).status, 400);
+      const idToken = await idp.loginAs('alice@example.com');
+      const limited = await authCall('POST', '/v1/auth/token', { body: { id_token: idToken }, address: '10.9.9.1' });
+      assert.equal(limited.status, 429, limited.text);
+      assert.equal(limited.body.code, 'rate_limited');
+      assert.ok(Number(limited.headers.get('retry-after')) >= 1, 'Retry-After');
+      // Refused before anything was verified: the genuine ID token it carried is still unspent.
+      const elsewhere = await authCall('POST', '/v1/auth/token', { body: { id_token: idToken }, address: '10.9.9.2' });
+      assert.equal(elsewhere.status, 200, elsewhere.text);
+      // X-Forwarded-For entries left of the trusted hop are the client's own to write: no new bucket from them.
+      const spoofed = await authCall('POST', '/v1/auth/refresh', { raw: '{}', address: '203.0.113.7, 10.9.9.1' });
+      assert.equal(spoofed.status, 429, spoofed.text);
+    });
+
+    it('a single refusal is in the audit log at once: address, reason, count 1', async () => {
+      const r = await authCall('POST', '/v1/auth/refresh', { body: { refresh_token: 'not.a.token' }, address: '10.9.9.3' });
+      assert.equal(r.status, 401, r.text);
+      const rows = (await auditRows()).filter((x) => x.detail?.address === '10.9.9.3');
+      assert.equal(rows.length, 1, JSON.stringify(rows));
+      assert.equal(rows[0]!.event, 'token.refresh');
+      assert.equal(rows[0]!.decision, 'denied');
+      assert.match(rows[0]!.reason!, /^refresh token rejected: /);
+      assert.equal(rows[0]!.detail?.count, 1);
+    });
+
+    it('a flood of refusals from many addresses adds a bounded number of rows whose counts add up to every refusal; the detail is in the server log', async () => {
+      const rowsBefore = (await auditOf(edge.dbPath)).length;
+      const kinds = [
+        { path: '/v1/auth/token', raw: '{not json' },
+        { path: '/v1/auth/token', raw: JSON.stringify({ id_token: 'a.b.c' }) },
+        { path: '/v1/auth/refresh', raw: JSON.stringify({ refresh_token: 'x.y.z' }) },
+        { path: '/v1/auth/logout', raw: JSON.stringify({ refresh_token: 'x.y.z', extra: 1 }) },
+      ];
+      for (let i = 0; i < 120; i++) {
+        const k = kinds[i % kinds.length]!;
+        const r = await authCall('POST', k.path, { raw: k.raw, address: `10.8.${i % 30}.1` });
+        assert.ok([400, 401, 429].includes(r.status), r.text);
+      }
+      assert.ok(edge.server, 'still up');
+      // Stopping writes what is pending (as the window's end would).
+      await edge.server.stop();
+      stopped = true;
+      const all = await auditOf(edge.dbPath);
+      const aggregated = all.filter((x) => x.detail?.aggregated === true);
+      const total = aggregated.reduce((n, x) => n + Number(x.detail?.count), 0);
+      assert.equal(total, refusals, 'the counts add up to every refusal this service answered');
+      const added = all.length - rowsBefore;
+      const keys = new Set(aggregated.map((x) => JSON.stringify([x.event, x.reason, x.developer ?? x.detail?.address])));
+      const reasons = new Set(aggregated.map((x) => JSON.stringify([x.event, x.reason])));
+      assert.ok(keys.size <= MAX_KEYS + reasons.size, `${keys.size} keys: at most ${MAX_KEYS} plus one overflow key per reason`);
+      assert.ok(added <= 2 * (MAX_KEYS + reasons.size), `${added} rows for 120 refusals`);
+      assert.ok(aggregated.some((x) => x.detail?.address === '*'), 'addresses past the limit fold into *');
+      assert.ok(aggregated.some((x) => x.reason === 'rate limited (all addresses)'), 'the global bucket ran out too');
+      const store = new SqliteStore(edge.dbPath);
+      assert.equal(await store.auditLog.verify(), null, 'hash chain intact');
+      await store.close();
+      const logged = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"auth request refused"'));
+      assert.equal(logged.length, refusals, 'one server-log line per refusal');
+      assert.ok(!/eyJ/.test(JSON.stringify(aggregated)), 'no token in the audit log');
     });
   });
 });

@@ -106,6 +106,37 @@ describe('broker server: configuration errors', () => {
     assert.ok(r.stderr.includes(`${file}:oidc.issuer: plain http to an IdP that is not on loopback`), r.stderr);
   });
 
+  it('caps token lifetimes at load (access tokens at most 1h, logins at most 7d) and checks the auth limits, naming file, field and fix', async () => {
+    const base = { oidc: { issuer: 'https://idp.example.com', audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli' }, tokens: { signingKeys: 'ephemeral' } };
+    const problems = (extra: Record<string, unknown>) => {
+      const raw = { ...base, ...extra, tokens: { ...base.tokens, ...(extra.tokens as object | undefined) }, oidc: { ...base.oidc, ...(extra.oidc as object | undefined) } };
+      try {
+        parseServerConfig(raw, dir, 'broker.yaml');
+      } catch (e) {
+        assert.ok(e instanceof BrokerError && e.code === 'invalid_config', String(e));
+        return e.details!.map((d) => `${d.path}: ${d.message}`);
+      }
+      return [];
+    };
+    assert.deepEqual(problems({ tokens: { accessTokenTtl: '2h' } }), ['broker.yaml:tokens.accessTokenTtl: is 2h; it must be between 10s and 1h (set it to 1h or less, e.g. 10m)']);
+    assert.deepEqual(problems({ tokens: { refreshTokenTtl: '8d' } }), ['broker.yaml:tokens.refreshTokenTtl: is 8d; it must be between 5m and 7d (a login lasts at most 7d; set e.g. 12h)']);
+    assert.deepEqual(problems({ oidc: { maxIdTokenAge: '2d' } }), ['broker.yaml:oidc.maxIdTokenAge: is 2d; it must be between 1m and 1d (an ID token is for logging in now; e.g. 10m)']);
+    const auth = problems({ limits: { auth: { perAddress: { burst: 0 }, trustedProxyHops: 9, surprise: 1 } } });
+    assert.deepEqual(auth.map((p) => p.slice(0, p.indexOf(': '))).sort(),
+      ['broker.yaml:limits.auth', 'broker.yaml:limits.auth.perAddress.burst', 'broker.yaml:limits.auth.trustedProxyHops'], auth.join('\n'));
+    assert.match(auth.join('\n'), /surprise/);
+    // At the caps and the defaults: accepted.
+    const ok = parseServerConfig({ ...base, tokens: { ...base.tokens, accessTokenTtl: '1h', refreshTokenTtl: '7d' } }, dir);
+    assert.deepEqual([ok.tokens.accessTokenTtl, ok.tokens.refreshTokenTtl, ok.oidc.maxIdTokenAge], [3600, 7 * 86400, 600]);
+    assert.deepEqual(ok.limits.auth, { perAddress: { burst: 20, perMinute: 60 }, global: { burst: 200, perMinute: 6000 }, maxAddresses: 10_000, trustedProxyHops: 0, auditWindow: 60, auditMaxKeys: 256 });
+    // As an operator meets it.
+    const file = write('long-tokens.yaml', 'oidc: { issuer: "https://idp.example.com", audience: broker-cli, algorithms: [RS256], cliClientId: broker-cli }\ntokens: { signingKeys: ephemeral, accessTokenTtl: 12h, refreshTokenTtl: 30d }\n');
+    const r = await broker(['server', '--config', file], {});
+    assert.equal(r.code, EXIT_CODES.invalid_config);
+    assert.ok(r.stderr.includes(`${file}:tokens.accessTokenTtl: is 12h; it must be between 10s and 1h`), r.stderr);
+    assert.ok(r.stderr.includes(`${file}:tokens.refreshTokenTtl: is 30d; it must be between 5m and 7d`), r.stderr);
+  });
+
   it('refuses a signing key that is not a private EC P-256 JWK', async () => {
     const key = write('key.json', JSON.stringify({ kty: 'oct', k: 'c2VjcmV0', kid: 'k1' }));
     const file = write('key.yaml', [
@@ -163,8 +194,9 @@ describe('broker server: role trust check at start-up', () => {
 
 describe('broker signing keys rotate by kid', () => {
   const issuer = 'https://broker.example.com';
-  const ttl = { access: 600, refresh: 3600 };
+  const ttl = { access: 600 };
   const principal = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+  const family = { id: 'family-1', developer: principal.id, jkt: 'thumbprint-of-the-device-key', expiresAt: Date.now() + 3600_000 };
 
   it('a new key signs, the old one still verifies until it is removed', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'broker-keys-'));
@@ -174,24 +206,28 @@ describe('broker signing keys rotate by kid', () => {
     writeFileSync(join(dir, 'new.json'), JSON.stringify(newJwk));
 
     const before = new BrokerTokens(await loadSigningKeys([{ file: 'old.json' }], dir), issuer, ttl);
-    const jkt = 'thumbprint-of-the-device-key';
-    const issuedBefore = await before.issue(principal, jkt);
+    const accessBefore = await before.accessToken(principal, family.id);
+    const refreshBefore = await before.refreshToken(family, 'jti-1');
     const header = (t: string) => JSON.parse(Buffer.from(t.split('.')[0]!, 'base64url').toString()) as { kid: string; alg: string };
-    assert.equal(header(issuedBefore.accessToken).kid, 'old');
+    assert.equal(header(accessBefore).kid, 'old');
 
     // Rotation: the new key goes first (it signs); the old one stays to verify what it signed.
     const during = new BrokerTokens(await loadSigningKeys([{ file: 'new.json' }, { file: 'old.json' }], dir), issuer, ttl);
     assert.deepEqual(during.publicJwks().keys.map((k) => k.kid), ['new', 'old']);
     assert.ok(during.publicJwks().keys.every((k) => !('d' in k)), 'the JWKS publishes no private part');
-    assert.equal((await during.verifyAccess(issuedBefore.accessToken)).id, principal.id);
-    const refreshed = await during.refresh(issuedBefore.refreshToken!, jkt);
-    assert.equal(header(refreshed.accessToken).kid, 'new');
-    assert.equal(header(refreshed.accessToken).alg, 'ES256');
+    assert.equal((await during.verifyAccess(accessBefore)).principal.id, principal.id);
+    assert.deepEqual(await during.verifyRefresh(refreshBefore), {
+      developer: principal.id, familyId: family.id, jti: 'jti-1', jkt: family.jkt, expiresAt: Math.floor(family.expiresAt / 1000) * 1000,
+    });
+    const accessAfter = await during.accessToken(principal, family.id);
+    assert.equal(header(accessAfter).kid, 'new');
+    assert.equal(header(accessAfter).alg, 'ES256');
 
     // Once the old key is removed, what it signed no longer verifies.
     const afterRotation = new BrokerTokens(await loadSigningKeys([{ file: 'new.json' }], dir), issuer, ttl);
-    assert.equal((await afterRotation.verifyAccess(refreshed.accessToken)).id, principal.id);
-    await assert.rejects(afterRotation.verifyAccess(issuedBefore.accessToken), (e: { code?: string }) => e.code === 'unauthenticated');
+    assert.equal((await afterRotation.verifyAccess(accessAfter)).principal.id, principal.id);
+    await assert.rejects(afterRotation.verifyAccess(accessBefore), (e: { code?: string }) => e.code === 'unauthenticated');
+    await assert.rejects(afterRotation.verifyRefresh(refreshBefore), (e: { code?: string }) => e.code === 'unauthenticated');
   });
 
   it('refuses two keys with one kid', async () => {

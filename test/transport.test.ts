@@ -197,7 +197,13 @@ describe('no broker API call follows a redirect', () => {
 
   const login = async () => {
     const { privateJwk } = await generateDpopKey();
-    return ServiceClient.fromLogin({ v: 1, serverUrl: service.url, developer: 'alice@example.com', refreshToken: 'refresh-token-that-must-not-travel', dpopKey: privateJwk });
+    const record = {
+      v: 2 as const, serverUrl: service.url, developer: 'alice@example.com', refreshToken: 'refresh-token-that-must-not-travel',
+      login: { id: 'login-1', generation: 0, expiresAt: new Date(Date.now() + 3_600_000).toISOString() },
+    };
+    // The login as the keychain holds it (the client re-reads it before each refresh), in memory.
+    const keychain = { load: async () => record, loadDeviceKey: async () => privateJwk, save: async () => {} };
+    return ServiceClient.fromLogin(record, privateJwk, { keychain });
   };
 
   it('the daemon\'s refresh (POST /v1/auth/refresh with the refresh token) is not re-sent on 307, 308, 301, 302 or 303', async () => {

@@ -471,7 +471,10 @@ describe('Vault/OpenBao task tokens', () => {
         },
       },
     }) as VaultTokenRepository;
-    const s: Store = { auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, close: () => sqlite.close() };
+    const s: Store = {
+      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens,
+      close: () => sqlite.close(),
+    };
     const log = createLogger({ level: 'silent' });
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
@@ -796,7 +799,7 @@ describe('Vault/OpenBao task tokens', () => {
     assert.equal(look.body.data.meta.agent, 'aider');
     await call(jwtServer.url, 'DELETE', `/v1/sessions/${r.body.session.id}`, token);
 
-    const tokens = new BrokerTokens(await loadSigningKeys('ephemeral', d), publicUrl, { access: 600, refresh: 3600 });
+    const tokens = new BrokerTokens(await loadSigningKeys('ephemeral', d), publicUrl, { access: 600 });
     const loginJwt = await tokens.signVaultLoginJwt('vault-broker-test');
     await assert.rejects(tokens.verifyAccess(loginJwt), (e: unknown) => e instanceof BrokerError && e.code === 'unauthenticated');
     assert.throws(() => tokens.signVaultLoginJwt('agent-credential-broker'), TypeError);

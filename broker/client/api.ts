@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
 import { brokerUrlProblem, shownUrl } from '../limits/urls.js';
-import { jsonPointer } from '../wire/json-pointer.js';
+import { firstIssue } from '../wire/json-pointer.js';
 import { errorBody, sessionsResponse, vaultTokenResponse, type SessionView, type VaultTokenResponse } from '../wire/service-api.js';
 
 /**
@@ -109,10 +109,7 @@ function serviceError(status: number, data: unknown, request: string): BrokerErr
  * expected type or format), never what it holds, which may be a secret.
  */
 function unexpectedAnswer(request: string, error: z.ZodError): BrokerError {
-  const first = error.issues[0];
-  const pointer = first ? jsonPointer(first.path) : '';
-  const what = first ? `${pointer ? `at ${pointer}: ` : ''}${first.message}` : 'it does not match';
-  return new BrokerError('upstream_error', `the broker service sent an unexpected answer to ${request} (${what})`, {
+  return new BrokerError('upstream_error', `the broker service sent an unexpected answer to ${request} (${firstIssue(error)})`, {
     hint: 'the broker CLI and service may be different versions: update the CLI, or ask the service\'s operator',
   });
 }

@@ -3,8 +3,14 @@ import { exportJWK, generateKeyPair, importJWK, SignJWT, type CryptoKey, type JW
 
 /**
  * The device key of a broker login (RFC 9449 DPoP): generated at `broker login`, kept only in the OS
- * keychain next to the refresh token it is bound to, and used by the daemon to prove possession on
- * every refresh. ES256: small proofs and fast signing on every platform.
+ * keychain (its own item, apart from the refresh token, client/login-record.ts), and used by the
+ * daemon to prove possession on every refresh. ES256: small proofs and fast signing on every
+ * platform.
+ *
+ * Extractable once: WebCrypto can make a key that never leaves the process, but the Secret Service
+ * and the macOS Keychain store bytes, so the key must be exported once, at login, to be kept. From
+ * then on it is imported non-extractable: the daemon's CryptoKey refuses `exportKey`, and the JWK
+ * text it was read from is dropped (JavaScript cannot wipe a string; it is left to the collector).
  */
 const ALG = 'ES256';
 
@@ -22,7 +28,7 @@ export async function generateDpopKey(): Promise<{ key: DpopKey; privateJwk: JWK
 export async function importDpopKey(privateJwk: JWK): Promise<DpopKey> {
   if (privateJwk.kty !== 'EC' || privateJwk.crv !== 'P-256' || !privateJwk.d) throw new TypeError('not a private EC P-256 JWK');
   const { d: _d, ...pub } = privateJwk;
-  return { privateKey: (await importJWK(privateJwk, ALG)) as CryptoKey, publicJwk: pub };
+  return { privateKey: (await importJWK(privateJwk, ALG, { extractable: false })) as CryptoKey, publicJwk: pub };
 }
 
 /** One proof for one request (RFC 9449 §4.2): fresh `jti`, the method and the URL without query. */

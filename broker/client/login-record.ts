@@ -1,52 +1,87 @@
 import type { JWK } from 'jose';
 import { BrokerError } from '../errors.js';
 import { keychainDelete, keychainGet, keychainSet } from '../keychain.js';
+import type { LoginInfo } from '../wire/service-api.js';
 
 /**
- * A developer's broker login, as kept in the OS keychain: the refresh token and the device key it is
- * bound to (DPoP, RFC 9449), in ONE entry so the daemon reads the keychain once per start (on macOS
- * every entry read can raise a prompt; aws-vault#211/#745). Never written anywhere else.
+ * A developer's broker login, as kept in the OS keychain, in two items under the broker's service
+ * name, never written anywhere else:
+ * - `login:<server>`: the login record: whose, the current refresh token (rotated at every refresh,
+ *   so the daemon writes each new one back), and the login on the service (its id, generation and
+ *   fixed end);
+ * - `device-key:<server>`: the private JWK of the device key the refresh tokens are bound to (DPoP,
+ *   RFC 9449), apart from the token: the daemon reads it once at start and keeps it as a
+ *   non-extractable key; the record alone refreshes nothing.
+ * A v1 login (one item holding both, from brokers before rotation) is not read: its refresh token
+ * is one the service no longer honours, so the developer logs in again.
  */
 export interface LoginRecord {
-  v: 1;
+  v: 2;
   serverUrl: string;
   developer: string;
   refreshToken: string;
-  /** The private EC P-256 JWK of the device key. */
-  dpopKey: JWK;
+  login: LoginInfo;
 }
 
 export function keychainAccount(serverUrl: string): string {
   return `login:${serverUrl}`;
 }
 
+export function deviceKeyAccount(serverUrl: string): string {
+  return `device-key:${serverUrl}`;
+}
+
 export async function saveLogin(r: LoginRecord): Promise<void> {
   await keychainSet(keychainAccount(r.serverUrl), JSON.stringify(r));
 }
 
-/** The stored login for this service, or null when there is none (or it is unreadable: log in again). */
+export async function saveDeviceKey(serverUrl: string, privateJwk: JWK): Promise<void> {
+  await keychainSet(deviceKeyAccount(serverUrl), JSON.stringify(privateJwk));
+}
+
+/** The stored login for this service, or null when there is none; not_logged_in when it is unreadable or a v1 one. */
 export async function loadLogin(serverUrl: string): Promise<LoginRecord | null> {
   const raw = await keychainGet(keychainAccount(serverUrl));
   if (raw === null) return null;
-  let r: Partial<LoginRecord>;
+  let r: Omit<Partial<LoginRecord>, 'v'> & { v?: unknown };
   try {
-    r = JSON.parse(raw) as Partial<LoginRecord>;
+    r = JSON.parse(raw) as typeof r;
   } catch {
     throw corrupt(serverUrl);
   }
-  if (r.v !== 1 || r.serverUrl !== serverUrl || typeof r.developer !== 'string' || typeof r.refreshToken !== 'string'
-    || typeof r.dpopKey !== 'object' || r.dpopKey === null) {
+  if (r.v === 1) {
+    throw new BrokerError('not_logged_in', `the login to ${serverUrl} was made by an older broker and must be renewed`, {
+      hint: 'log in again: broker login (logins are now rotated and revocable; the old one is replaced)',
+    });
+  }
+  const l = r.login;
+  if (r.v !== 2 || r.serverUrl !== serverUrl || typeof r.developer !== 'string' || typeof r.refreshToken !== 'string'
+    || typeof l !== 'object' || l === null || typeof l.id !== 'string' || typeof l.generation !== 'number' || typeof l.expiresAt !== 'string') {
     throw corrupt(serverUrl);
   }
-  return r as LoginRecord;
+  return r as unknown as LoginRecord;
 }
 
-export function deleteLogin(serverUrl: string): Promise<boolean> {
-  return keychainDelete(keychainAccount(serverUrl));
+/** The device key's private JWK, or null when there is none. */
+export async function loadDeviceKey(serverUrl: string): Promise<JWK | null> {
+  const raw = await keychainGet(deviceKeyAccount(serverUrl));
+  if (raw === null) return null;
+  try {
+    const jwk = JSON.parse(raw) as unknown;
+    if (typeof jwk === 'object' && jwk !== null && !Array.isArray(jwk)) return jwk as JWK;
+  } catch { /* below */ }
+  throw corrupt(serverUrl);
+}
+
+/** Removes both items (and a v1 one, which shares the record's account); false when there was neither. */
+export async function deleteLogin(serverUrl: string): Promise<boolean> {
+  const record = await keychainDelete(keychainAccount(serverUrl));
+  const key = await keychainDelete(deviceKeyAccount(serverUrl));
+  return record || key;
 }
 
 function corrupt(serverUrl: string): BrokerError {
-  // Never quote the entry: it holds the refresh token.
+  // Never quote the entry: it holds the refresh token or the key.
   return new BrokerError('not_logged_in', `the keychain entry of the login to ${serverUrl} is not one this broker wrote`, {
     hint: 'log in again: broker login',
   });

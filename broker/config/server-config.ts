@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { durationSchema } from '../duration.js';
+import { durationSchema, formatDuration } from '../duration.js';
 import { BrokerError, type ErrorDetail } from '../errors.js';
 import { BROKER_TOKEN_AUDIENCE } from '../identity/broker-tokens.js';
 import { brokerUrlProblem, isLoopbackHost, localhostFix, LOOPBACK_RULE } from '../limits/urls.js';
@@ -20,6 +20,20 @@ const secretSourceSchema = signingKeySchema;
 
 /** An auth method's mount path, e.g. `approle` or `jwt` or `team-a/jwt`. */
 const mountSchema = z.string().regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/, 'must be a mount path such as jwt or approle (no leading or trailing /)');
+
+/** A token bucket of `limits.auth`: up to `burst` requests at once, refilled at `perMinute`. */
+const bucketSchema = (burst: number, perMinute: number) => z.strictObject({
+  burst: z.number().int().min(1).max(100_000).default(burst),
+  perMinute: z.number().int().min(1).max(1_000_000).default(perMinute),
+}).prefault({});
+
+/** Seconds as written in the config: whole days as `7d`, else `1h30m`. */
+const asWritten = (s: number) => (s > 0 && s % 86_400 === 0 ? `${s / 86_400}d` : formatDuration(s));
+
+/** A duration between `min` and `max` seconds, saying the bound and the fix when outside. */
+const boundedDuration = (fallback: number, min: number, max: number, why: string) => durationSchema.default(fallback).superRefine((s, ctx) => {
+  if (s < min || s > max) ctx.addIssue({ code: 'custom', message: `is ${asWritten(s)}; it must be between ${asWritten(min)} and ${asWritten(max)} (${why})` });
+});
 
 /**
  * The IdP's issuer must be https: the broker fetches the keys that decide who anyone is from it
@@ -163,13 +177,17 @@ export const serverConfigSchema = z.strictObject({
     /** Plain-http issuer allowed (loopback development IdPs only). */
     allowInsecureHttp: z.boolean().default(false),
     clockToleranceSeconds: z.number().int().min(0).max(300).default(30),
+    /** The oldest an ID token may be (since its `iat`) to log in with, however long it stays unexpired. */
+    maxIdTokenAge: boundedDuration(600, 60, 86_400, 'an ID token is for logging in now; e.g. 10m'),
   }).superRefine((o, ctx) => {
     const problem = issuerProblem(o.issuer, o.allowInsecureHttp);
     if (problem) ctx.addIssue({ code: 'custom', path: ['issuer'], message: problem });
   }),
   tokens: z.strictObject({
-    accessTokenTtl: durationSchema.default(600),
-    refreshTokenTtl: durationSchema.default(12 * 3600),
+    /** An access token is refused once its login is revoked, but STS credentials it bought live on: keep it short. */
+    accessTokenTtl: boundedDuration(600, 10, 3600, 'set it to 1h or less, e.g. 10m'),
+    /** A login's absolute lifetime: rotation never extends it (README, "Login lifecycle"). */
+    refreshTokenTtl: boundedDuration(12 * 3600, 300, 7 * 86_400, 'a login lasts at most 7d; set e.g. 12h'),
     /**
      * Private JWKs (with `kid`) the broker signs its tokens with; the first signs, all verify, so a
      * key can be rotated in by putting it first and rotated out once its tokens have expired.
@@ -198,6 +216,23 @@ export const serverConfigSchema = z.strictObject({
     issuePerMinute: z.number().int().min(1).default(30),
     /** Task sessions a developer may hold at once. */
     maxActiveSessions: z.number().int().min(1).default(20),
+    /** The unauthenticated routes (`/v1/auth/*`): token buckets checked before any body or signature. */
+    auth: z.strictObject({
+      perAddress: bucketSchema(20, 60),
+      global: bucketSchema(200, 6000),
+      /** Per-address buckets kept at most (least recently used dropped first). */
+      maxAddresses: z.number().int().min(100).max(1_000_000).default(10_000),
+      /**
+       * Reverse proxies in front of the service that append the client's address to
+       * X-Forwarded-For; 0 (default): the TCP peer is the client. Never more than there are, or
+       * clients choose their own address.
+       */
+      trustedProxyHops: z.number().int().min(0).max(5).default(0),
+      /** Refusals nobody authenticated owns are audited once per reason and address per window, with a count. */
+      auditWindow: boundedDuration(60, 1, 3600, 'e.g. 60s'),
+      /** Keys (reason × address) per window before they fold into one `*` key. */
+      auditMaxKeys: z.number().int().min(1).max(100_000).default(256),
+    }).prefault({}),
   }).prefault({}),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
 }).superRefine((c, ctx) => {

@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
-import { jsonPointer } from '../wire/json-pointer.js';
+import { firstIssue } from '../wire/json-pointer.js';
 import { daemonCall, DIR_REFUSED, isNoDaemon, socketPath } from './socket.cjs';
 import { daemonResponse, resultSchemas, type DaemonOp, type DaemonRequest, type DaemonResult } from './protocol.js';
 
@@ -73,10 +73,7 @@ function resultSchema<Op extends DaemonOp>(op: Op): z.ZodType<DaemonResult<Op>> 
 
 /** Where the answer differs from the protocol and how; never what it holds (it may hold credentials). */
 function unexpectedAnswer(op: string, error: z.ZodError): BrokerError {
-  const first = error.issues[0];
-  const pointer = first ? jsonPointer(first.path) : '';
-  const what = first ? `${pointer ? `at ${pointer}: ` : ''}${first.message}` : 'it does not match';
-  return new BrokerError('upstream_error', `the broker daemon sent an unexpected answer to ${op} (${what})`, {
+  return new BrokerError('upstream_error', `the broker daemon sent an unexpected answer to ${op} (${firstIssue(error)})`, {
     hint: 'the broker CLI and daemon may be different versions: broker daemon stop, then retry',
   });
 }

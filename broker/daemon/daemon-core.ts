@@ -1,8 +1,8 @@
 import { freshVaultToken } from '../client/api.js';
 import { readCliConfig } from '../client/cli-config.js';
-import { loadLogin } from '../client/login-record.js';
+import { loadDeviceKey, loadLogin } from '../client/login-record.js';
 import { renewVaultToken } from '../client/vault-renew.js';
-import { BrokerError } from '../errors.js';
+import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   endSessionResponse, startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse,
@@ -27,6 +27,8 @@ const answer = <Op extends DaemonOp>(_op: Op, result: DaemonResult<Op>): DaemonR
  */
 export class DaemonCore {
   private client: ServiceClient | undefined;
+  /** Why the keychain's login cannot be used, when it cannot. */
+  private loginProblem: BrokerError | undefined;
   readonly cache: CredentialCache;
   readonly vault: VaultTokenCache;
   private readonly startedAt = new Date().toISOString();
@@ -51,17 +53,42 @@ export class DaemonCore {
     });
   }
 
-  /** Reads the login from the keychain. Throws keychain_unavailable when there is no keychain. */
+  /**
+   * Reads the login (its record and device key, two keychain items) from the keychain. Throws
+   * keychain_unavailable when there is no keychain; a login it cannot use (a v1 one, a damaged one)
+   * is kept as the reason every request is refused, until the next `broker login`.
+   */
   async loadLogin(): Promise<void> {
     const before = this.client;
     const serverUrl = readCliConfig()?.serverUrl;
-    const record = serverUrl ? await loadLogin(serverUrl) : null;
-    this.client = record ? await ServiceClient.fromLogin(record) : undefined;
+    this.loginProblem = undefined;
+    let client: ServiceClient | undefined;
+    try {
+      const record = serverUrl ? await loadLogin(serverUrl) : null;
+      const key = record ? await loadDeviceKey(record.serverUrl) : null;
+      if (record && !key) throw new BrokerError('not_logged_in', `the login to ${record.serverUrl} in the keychain has no device key`, { hint: 'log in again: broker login' });
+      client = record && key ? await ServiceClient.fromLogin(record, key, { log: this.log, onLoginChanged: (now, was) => this.loginChanged(now, was) }) : undefined;
+    } catch (e) {
+      if (!isBrokerError(e) || e.code !== 'not_logged_in') throw e;
+      this.loginProblem = e;
+      this.log.warn({ serverUrl: serverUrl ?? null, err: e.message }, 'the login in the keychain cannot be used');
+    }
+    this.client = client;
     if (before?.serverUrl !== this.client?.serverUrl || before?.login.developer !== this.client?.login.developer || !this.client) {
       this.cache.clear();
       this.vault.clear();
     }
     this.log.info({ serverUrl: serverUrl ?? null, developer: this.client?.login.developer ?? null }, this.client ? 'login loaded from the keychain' : 'not logged in');
+  }
+
+  /** The client adopted another login from the keychain (or found none): what it held for another developer goes. */
+  private loginChanged(now: { developer: string } | null, was: { developer: string }): void {
+    if (now === null) this.client = undefined;
+    if (now?.developer !== was.developer) {
+      this.cache.clear();
+      this.vault.clear();
+    }
+    this.log.info({ developer: now?.developer ?? null }, now ? 'login replaced in the keychain by another session; adopted it' : 'login removed from the keychain by another session');
   }
 
   close(): void {
@@ -71,6 +98,7 @@ export class DaemonCore {
   }
 
   private service(): ServiceClient {
+    if (!this.client && this.loginProblem) throw this.loginProblem;
     if (!this.client) {
       const server = readCliConfig()?.serverUrl;
       throw new BrokerError('not_logged_in', server ? `not logged in to ${server}` : 'not logged in', {

@@ -69,12 +69,18 @@ export async function loadSigningKeys(source: SigningKeySource, baseDir: string)
   return keys;
 }
 
-export interface IssuedTokens { accessToken: string; refreshToken?: string; accessTokenExpiresIn: number }
+/** A verified access token: who, and the login (refresh-token family) it was bought under, if any. */
+export interface AccessClaims { principal: Principal; familyId: string | undefined }
+
+/** A verified refresh token: whose, which family, which token of it (`jti`), bound to which key. */
+export interface RefreshClaims { developer: string; familyId: string; jti: string; jkt: string; expiresAt: number }
 
 /**
- * The broker's own tokens: a short-lived access token for API calls and a longer refresh token that
- * only buys new access tokens. Stateless JWTs signed with the first configured key; verified against
- * all configured keys (rotation by `kid`).
+ * The broker's own tokens, ES256 JWTs signed with the first configured key and verified against all
+ * (rotation by `kid`): a short-lived access token for API calls, and a refresh token that only buys
+ * new access tokens. A refresh token names its login (`fam`, a refresh-token family in the store,
+ * identity/logins.ts) and is bound to the device key (`cnf.jkt`, RFC 9449 §6.1); it carries no
+ * groups or email: those stay in the family, server-side.
  */
 export class BrokerTokens {
   private readonly jwks: ReturnType<typeof createLocalJWKSet>;
@@ -86,7 +92,7 @@ export class BrokerTokens {
      * configured port 0 takes an ephemeral one), so tokens never name port 0 as their issuer.
      */
     private readonly issuerUrl: string | (() => string),
-    private readonly ttl: { access: number; refresh: number },
+    private readonly ttl: { access: number },
   ) {
     this.jwks = createLocalJWKSet(this.publicJwks());
   }
@@ -95,19 +101,23 @@ export class BrokerTokens {
     return typeof this.issuerUrl === 'string' ? this.issuerUrl : this.issuerUrl();
   }
 
+  get accessTokenTtl(): number {
+    return this.ttl.access;
+  }
+
   publicJwks(): { keys: JWK[] } {
     return { keys: this.keys.map((k) => k.publicJwk) };
   }
 
-  private sign(claims: JWTPayload, typ: string, ttl: number): Promise<string> {
+  private sign(claims: JWTPayload, typ: string, exp: string | number, jti: string = randomUUID()): Promise<string> {
     const key = this.keys[0]!;
     return new SignJWT(claims)
       .setProtectedHeader({ alg: ALG, kid: key.kid, typ })
       .setIssuer(this.issuer)
       .setAudience(AUDIENCE)
       .setIssuedAt()
-      .setExpirationTime(`${ttl}s`)
-      .setJti(randomUUID())
+      .setExpirationTime(exp)
+      .setJti(jti)
       .sign(key.privateKey);
   }
 
@@ -129,51 +139,47 @@ export class BrokerTokens {
       .sign(key.privateKey);
   }
 
+  /** An access token for `p`; under a login (`familyId`), it is refused once that login is revoked. */
+  accessToken(p: Principal, familyId?: string): Promise<string> {
+    return this.sign({ sub: p.id, email: p.email, groups: p.groups, ...(familyId ? { fam: familyId } : {}) }, ACCESS_TYP, `${this.ttl.access}s`);
+  }
+
   /**
-   * Access token always; refresh token only when the caller proved possession of a key (`jkt`, the
-   * RFC 7638 thumbprint from a DPoP proof): the refresh token is bound to it (`cnf.jkt`, RFC 9449
-   * §6.1), so it is worthless on a machine without that key.
+   * A refresh token of a family: `jti` as recorded in the store, bound to the family's device key,
+   * and expiring with the family (ms), whatever its generation: rotation never extends a login.
    */
-  async issue(p: Principal, jkt?: string): Promise<IssuedTokens> {
-    const claims = { sub: p.id, email: p.email, groups: p.groups };
+  refreshToken(family: { id: string; developer: string; jkt: string; expiresAt: number }, jti: string): Promise<string> {
+    return this.sign({ sub: family.developer, fam: family.id, cnf: { jkt: family.jkt } }, REFRESH_TYP, Math.floor(family.expiresAt / 1000), jti);
+  }
+
+  async verifyAccess(token: string): Promise<AccessClaims> {
+    const payload = await this.verify(token, ACCESS_TYP);
+    const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
     return {
-      accessToken: await this.sign(claims, ACCESS_TYP, this.ttl.access),
-      ...(jkt ? { refreshToken: await this.sign({ ...claims, cnf: { jkt } }, REFRESH_TYP, this.ttl.refresh) } : {}),
-      accessTokenExpiresIn: this.ttl.access,
+      // `email` holds the IdP-verified email or '' (id-token-verifier.ts); never the sub in its place.
+      principal: { id: payload.sub!, email: typeof payload.email === 'string' ? payload.email : '', groups },
+      familyId: typeof payload.fam === 'string' ? payload.fam : undefined,
     };
   }
 
-  /** A new access token for a refresh token presented with a DPoP proof by the key it is bound to. */
-  async refresh(refreshToken: string, proofJkt: string): Promise<{ principal: Principal; accessToken: string; accessTokenExpiresIn: number }> {
-    const { principal, jkt } = await this.verify(refreshToken, REFRESH_TYP);
-    if (!jkt || jkt !== proofJkt) {
+  /** Signature, issuer, audience, typ and expiry of a refresh token, and the claims a refresh needs. */
+  async verifyRefresh(token: string): Promise<RefreshClaims> {
+    const payload = await this.verify(token, REFRESH_TYP);
+    const cnf = payload.cnf as { jkt?: unknown } | undefined;
+    if (typeof payload.fam !== 'string' || typeof payload.jti !== 'string' || typeof cnf?.jkt !== 'string' || typeof payload.exp !== 'number') {
+      // A refresh token of a broker before logins were families (stateless): nothing to rotate.
       throw new BrokerError('unauthenticated', 'refresh token invalid or expired', {
-        cause: new Error(jkt ? 'DPoP key does not match the refresh token' : 'refresh token is not bound to a key'),
-        hint: 'run: broker login',
+        cause: new Error('refresh token without a family'), hint: 'run: broker login',
       });
     }
-    return {
-      principal,
-      accessToken: await this.sign({ sub: principal.id, email: principal.email, groups: principal.groups }, ACCESS_TYP, this.ttl.access),
-      accessTokenExpiresIn: this.ttl.access,
-    };
+    return { developer: payload.sub!, familyId: payload.fam, jti: payload.jti, jkt: cnf.jkt, expiresAt: payload.exp * 1000 };
   }
 
-  async verifyAccess(token: string): Promise<Principal> {
-    return (await this.verify(token, ACCESS_TYP)).principal;
-  }
-
-  private async verify(token: string, typ: string): Promise<{ principal: Principal; jkt: string | undefined }> {
+  private async verify(token: string, typ: string): Promise<JWTPayload> {
     try {
       const { payload } = await jwtVerify(token, this.jwks, { issuer: this.issuer, audience: AUDIENCE, algorithms: [ALG], typ });
-      const groups = Array.isArray(payload.groups) ? payload.groups.filter((g): g is string => typeof g === 'string') : [];
       if (typeof payload.sub !== 'string') throw new Error('sub missing');
-      const cnf = payload.cnf as { jkt?: unknown } | undefined;
-      return {
-        // `email` holds the IdP-verified email or '' (id-token-verifier.ts); never the sub in its place.
-        principal: { id: payload.sub, email: typeof payload.email === 'string' ? payload.email : '', groups },
-        jkt: typeof cnf?.jkt === 'string' ? cnf.jkt : undefined,
-      };
+      return payload;
     } catch (e) {
       throw new BrokerError('unauthenticated', typ === ACCESS_TYP ? 'access token invalid or expired' : 'refresh token invalid or expired', {
         cause: e,

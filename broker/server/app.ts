@@ -5,23 +5,31 @@ import { BrokerError, isBrokerError } from '../errors.js';
 import type { BrokerTokens } from '../identity/broker-tokens.js';
 import type { DpopVerifier } from '../identity/dpop-verifier.js';
 import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token-verifier.js';
+import { DenialRecorded, type BrokerLogins, type IssuedLogin } from '../identity/logins.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditLog } from '../store/store.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  idTokenRequest, MAX_REQUEST_BODY_BYTES, refreshRequest, startSessionRequest, updateSessionRequest,
+  idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, refreshRequest, startSessionRequest, updateSessionRequest,
   type authRefreshResponse, type authTokenResponse, type Body, type endSessionResponse, type errorBody, type healthResponse,
-  type LoginConfig, type processCredentials, type reissueCredentialsResponse, type sessionsResponse, type startSessionResponse, type templatesResponse,
-  type updateSessionResponse, type vaultTokenGrant, type vaultTokenResponse, type whoamiResponse,
+  type LoginConfig, type loginInfo, type logoutResponse, type processCredentials, type reissueCredentialsResponse, type sessionsResponse,
+  type startSessionResponse, type templatesResponse, type updateSessionResponse, type vaultTokenGrant, type vaultTokenResponse, type whoamiResponse,
 } from '../wire/service-api.js';
-import { RateLimiter } from './rate-limit.js';
+import { clientAddress } from './client-address.js';
+import type { Denial, DenialAudit } from './denial-audit.js';
+import { RateLimiter, type AuthRateLimiter } from './rate-limit.js';
 
 export interface AppDeps {
   tokens: BrokerTokens;
+  logins: BrokerLogins;
   idTokens: IdTokenVerifier;
   dpop: DpopVerifier;
+  /** The buckets of `/v1/auth/*`, and the aggregate audit of its refusals. */
+  authLimiter: AuthRateLimiter;
+  denials: DenialAudit;
+  trustedProxyHops: number;
   /** The URL clients reach the service at (DPoP proofs name it, RFC 9449 §4.2 `htu`); known once listening. */
   publicUrl: () => string;
   sessions: TaskSessionService;
@@ -32,7 +40,21 @@ export interface AppDeps {
   now?: () => number;
 }
 
-type Env = { Variables: { principal: Principal } };
+/** What a refused `/v1/auth/*` request is audited as, when its handler knows more than the error says. */
+type DenialNote = Pick<Denial, 'reason' | 'developer'>;
+type Env = { Variables: { principal: Principal; denial: DenialNote | undefined } };
+
+/** The audit event of each unauthenticated route. */
+function authEvent(path: string): Denial['event'] {
+  if (path.startsWith('/v1/auth/refresh')) return 'token.refresh';
+  if (path.startsWith('/v1/auth/logout')) return 'login.revoke';
+  return 'login';
+}
+
+/** The `login` object of a token response. */
+function loginBody(r: NonNullable<IssuedLogin['refresh']>): Body<typeof loginInfo> {
+  return { id: r.familyId, generation: r.generation, expiresAt: new Date(r.expiresAt).toISOString() };
+}
 
 /** A request body by its schema (wire/service-api.ts); a 400 names every problem by JSON pointer. */
 async function parseBody<T extends z.ZodType>(c: Context, schema: T): Promise<z.infer<T>> {
@@ -99,12 +121,39 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (isBrokerError(err)) {
       if (err.status >= 500) deps.log.warn({ code: err.code, msg: err.message, cause: (err.cause as Error)?.message }, 'request failed');
       if (err.code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer error="invalid_token"');
+      if (err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
       return c.json(err.toJSON() satisfies Body<typeof errorBody>, err.status as 400);
     }
     deps.log.error({ err: (err as Error).message, stack: (err as Error).stack }, 'unhandled error');
     return c.json({ code: 'internal', message: 'internal error' } satisfies Body<typeof errorBody>, 500);
   });
   app.notFound((c) => c.json({ code: 'not_found', message: `no route ${c.req.method} ${c.req.path}` } satisfies Body<typeof errorBody>, 404));
+
+  // The unauthenticated routes: the buckets first, before the body is read or any signature
+  // checked; then every refusal nobody authenticated owns is audited in aggregate (denial-audit.ts),
+  // its detail in the server log.
+  app.use('/v1/auth/*', async (c, next) => {
+    const address = clientAddress(c, deps.trustedProxyHops);
+    const event = authEvent(c.req.path);
+    const limit = deps.authLimiter.take(address);
+    if (!limit.ok) {
+      const reason = `rate limited (${limit.scope === 'address' ? 'per address' : 'all addresses'})`;
+      deps.log.info({ address, event, reason }, 'auth request refused');
+      await deps.denials.record({ event, reason, address });
+      throw new BrokerError('rate_limited', `too many sign-in requests; retry in ${limit.retryAfterSeconds}s`, { retryAfterSeconds: limit.retryAfterSeconds });
+    }
+    await next();
+    const e = c.error;
+    if (isBrokerError(e) && e.status < 500 && !(e.cause instanceof DenialRecorded)) {
+      const note = c.get('denial');
+      // Reasons from fixed sets (the handlers' notes, the errors' fixed messages), never request text.
+      const reason = note?.reason ?? (e.code === 'rate_limited' ? 'rate limited' : e.message);
+      deps.log.info({ address, event, reason, developer: note?.developer }, 'auth request refused');
+      await deps.denials.record({ event, reason, developer: note?.developer, address });
+    } else if (e && isBrokerError(e) && e.cause instanceof DenialRecorded) {
+      deps.log.info({ address, event, reason: e.cause.message }, 'auth request refused');
+    }
+  });
 
   // A declared Content-Length over the limit is refused before any byte is read; a chunked body
   // (no length) as soon as it grows past it. 413 Content Too Large: RFC 9110 §15.5.14.
@@ -118,64 +167,74 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/login-config', (c) => c.json(deps.loginConfig satisfies LoginConfig));
 
   const dpopJkt = (c: Context, path: string) => deps.dpop.verify(c.req.header('dpop'), { method: c.req.method, url: `${deps.publicUrl()}${path}` });
-
-  // Exchange an IdP ID token for broker tokens. With a DPoP proof (RFC 9449 §5) the response also
-  // carries a refresh token bound to the proof's key; without one, only a short access token.
-  app.post('/v1/auth/token', async (c) => {
-    const { id_token } = await parseBody(c, idTokenRequest);
-    let principal: Principal;
+  /** Runs `step`; if it refuses, notes how the refusal is to be audited (`reason`, and who when known). */
+  const noted = async <T>(c: Context<Env>, note: (e: BrokerError) => DenialNote, step: () => Promise<T>): Promise<T> => {
     try {
-      principal = await deps.idTokens.verify(id_token);
+      return await step();
     } catch (e) {
-      if (isBrokerError(e) && e.code === 'unauthenticated') {
-        const reason = idTokenFailureReason(e.cause);
-        await deps.auditLog.append({ event: 'login', decision: 'denied', reason: `ID token rejected: ${reason}` }).catch(() => { /* denial stands */ });
-        deps.log.info({ reason }, 'login denied');
-      }
+      if (isBrokerError(e) && e.status < 500) c.set('denial', note(e));
       throw e;
     }
-    const jkt = c.req.header('dpop') === undefined ? undefined : await dpopJkt(c, '/v1/auth/token');
-    const tokens = await deps.tokens.issue(principal, jkt);
-    await deps.auditLog.append({ event: 'login', decision: 'allowed', developer: principal.id, detail: { groups: principal.groups, keyBound: jkt !== undefined } });
+  };
+  const proofNote = (developer?: string) => (e: BrokerError): DenialNote => ({ reason: e.code === 'unauthenticated' ? `DPoP proof rejected: ${e.message}` : 'DPoP proofs: too many', developer });
+  const refreshNote = (e: BrokerError): DenialNote => ({ reason: `refresh token rejected: ${(e.cause as Error | undefined)?.message ?? e.message}` });
+
+  // Exchange an IdP ID token for broker tokens. With a DPoP proof (RFC 9449 §5) the response also
+  // carries a refresh token bound to the proof's key, and a login (refresh-token family) starts;
+  // without one, only a short access token.
+  app.post('/v1/auth/token', async (c) => {
+    const { id_token } = await parseBody(c, idTokenRequest);
+    const verified = await noted(c, (e) => ({ reason: `ID token rejected: ${idTokenFailureReason(e.cause)}` }), () => deps.idTokens.verify(id_token));
+    // The proof before the token is spent: a request refused for its proof leaves the ID token usable.
+    const jkt = c.req.header('dpop') === undefined ? undefined : await noted(c, proofNote(verified.principal.id), () => dpopJkt(c, '/v1/auth/token'));
+    const principal = await noted(c, (e) => ({ reason: `ID token rejected: ${idTokenFailureReason(e.cause)}` }), () => deps.idTokens.accept(verified));
+    const r = await deps.logins.login(principal, jkt);
+    c.header('cache-control', 'no-store');
     return c.json({
-      access_token: tokens.accessToken, ...(tokens.refreshToken ? { refresh_token: tokens.refreshToken } : {}), token_type: 'Bearer',
-      expires_in: tokens.accessTokenExpiresIn, developer: principal.id, groups: principal.groups,
+      access_token: r.accessToken, ...(r.refresh ? { refresh_token: r.refresh.token, login: loginBody(r.refresh) } : {}), token_type: 'Bearer',
+      expires_in: r.accessTokenExpiresIn, developer: principal.id, groups: principal.groups,
     } satisfies Body<typeof authTokenResponse>);
   });
 
-  // A refresh token is only honoured with a proof from the key it is bound to (RFC 9449 §5).
+  // A refresh token is only honoured with a proof from the key it is bound to (RFC 9449 §5), and
+  // only once: the answer carries the next one (RFC 9700 §4.14.2). The token is checked first
+  // (signature, typ, expiry), so garbage costs no proof verification and takes no proof jti.
   app.post('/v1/auth/refresh', async (c) => {
     const { refresh_token } = await parseBody(c, refreshRequest);
-    let r;
-    try {
-      r = await deps.tokens.refresh(refresh_token, await dpopJkt(c, '/v1/auth/refresh'));
-    } catch (e) {
-      if (isBrokerError(e) && e.code === 'unauthenticated') {
-        const reason = (e.cause as Error | undefined)?.message ?? e.message;
-        await deps.auditLog.append({ event: 'token.refresh', decision: 'denied', reason: `${e.message}: ${reason}` }).catch(() => { /* denial stands */ });
-        deps.log.info({ reason }, 'refresh denied');
-      }
-      throw e;
-    }
-    await deps.auditLog.append({ event: 'token.refresh', decision: 'allowed', developer: r.principal.id });
-    return c.json({ access_token: r.accessToken, token_type: 'Bearer', expires_in: r.accessTokenExpiresIn, developer: r.principal.id } satisfies Body<typeof authRefreshResponse>);
+    const claims = await noted(c, refreshNote, () => deps.logins.verifyRefreshToken(refresh_token));
+    const jkt = await noted(c, proofNote(claims.developer), () => dpopJkt(c, '/v1/auth/refresh'));
+    const r = await noted(c, (e) => ({ reason: `refresh refused: ${(e.cause as Error | undefined)?.message ?? e.message}`, developer: claims.developer }),
+      () => deps.logins.refresh(claims, jkt));
+    c.header('cache-control', 'no-store');
+    return c.json({
+      access_token: r.accessToken, refresh_token: r.refresh.token, token_type: 'Bearer', expires_in: r.accessTokenExpiresIn,
+      developer: r.principal.id, login: loginBody(r.refresh),
+    } satisfies Body<typeof authRefreshResponse>);
   });
 
-  // Everything under /v1 below needs a broker access token (RFC 6750 bearer).
+  // `broker logout`: any refresh token of the login, with a proof by its key, revokes the login (its
+  // refresh tokens buy nothing more; its access tokens are refused from the next request).
+  app.post('/v1/auth/logout', async (c) => {
+    const { refresh_token } = await parseBody(c, logoutRequest);
+    const claims = await noted(c, refreshNote, () => deps.logins.verifyRefreshToken(refresh_token));
+    const jkt = await noted(c, proofNote(claims.developer), () => dpopJkt(c, '/v1/auth/logout'));
+    const r = await noted(c, (e) => ({ reason: `logout refused: ${(e.cause as Error | undefined)?.message ?? e.message}`, developer: claims.developer }),
+      () => deps.logins.logout(claims, jkt));
+    return c.json({ revoked: r.revoked, login: { id: claims.familyId, expiresAt: new Date(r.expiresAt).toISOString() } } satisfies Body<typeof logoutResponse>);
+  });
+
+  // Everything under /v1 below needs a broker access token (RFC 6750 bearer) of a login still live.
   app.use('/v1/*', async (c, next) => {
     const h = c.req.header('authorization') ?? '';
     const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(h);
     if (!m) throw new BrokerError('unauthenticated', 'missing bearer token', { hint: 'run: broker login' });
-    c.set('principal', await deps.tokens.verifyAccess(m[1]!));
+    c.set('principal', await deps.logins.principalOf(await deps.tokens.verifyAccess(m[1]!)));
     await next();
   });
 
   const rateLimited = (c: Context<Env>) => {
     const retry = limiter.take(c.get('principal').id);
-    if (retry > 0) {
-      c.header('Retry-After', String(retry));
-      throw new BrokerError('rate_limited', `too many credential requests; retry in ${retry}s`);
-    }
+    if (retry > 0) throw new BrokerError('rate_limited', `too many credential requests; retry in ${retry}s`, { retryAfterSeconds: retry });
   };
 
   app.get('/v1/whoami', (c) => c.json(c.get('principal') satisfies Body<typeof whoamiResponse>));

@@ -8,6 +8,7 @@ import { listenUrl, type ServerConfig } from '../config/server-config.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
+import { BrokerLogins } from '../identity/logins.js';
 import { createLogger, type Logger } from '../log.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
@@ -20,6 +21,8 @@ import { VaultHttp } from '../vault/http.js';
 import { checkVaultAtStart } from '../vault/startup-check.js';
 import { VaultTokens } from '../vault/tokens.js';
 import { createApp } from './app.js';
+import { DenialAudit } from './denial-audit.js';
+import { AuthRateLimiter } from './rate-limit.js';
 
 export interface RunningServer {
   url: string;
@@ -90,12 +93,16 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const now = options.now ?? Date.now;
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
   let url = config.publicUrl;
-  const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl, refresh: config.tokens.refreshTokenTtl });
+  const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl });
+  const logins = new BrokerLogins({ tokens, families: store.refreshTokenFamilies, auditLog: store.auditLog, refreshTtlSeconds: config.tokens.refreshTokenTtl, now });
   const idTokens = new IdTokenVerifier({
     issuer: config.oidc.issuer, audience: config.oidc.audience, algorithms: config.oidc.algorithms,
     groupsClaim: config.oidc.groupsClaim, identityClaim: config.oidc.identityClaim,
-    clockToleranceSeconds: config.oidc.clockToleranceSeconds,
+    clockToleranceSeconds: config.oidc.clockToleranceSeconds, authorizedParty: config.oidc.cliClientId,
+    maxAgeSeconds: config.oidc.maxIdTokenAge, seen: store.seenIdTokens, now,
   });
+  const auth = config.limits.auth;
+  const denials = new DenialAudit({ auditLog: store.auditLog, log, windowMs: auth.auditWindow * 1000, maxKeys: auth.auditMaxKeys, now });
   const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
   let vault: { auth: VaultAuth; tokens: VaultTokens; sessionTokens: SessionVaultTokens } | undefined;
   if (config.vault) {
@@ -118,8 +125,10 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   });
   const sweeper = new SessionSweeper({ sessions, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
-    tokens, idTokens, sessions, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
+    tokens, logins, idTokens, sessions, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
+    authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
+    denials, trustedProxyHops: auth.trustedProxyHops,
     publicUrl: () => url,
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
   });
@@ -147,12 +156,27 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   log.info({ url, templates: [...templates.keys()], store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
   sweeper.start();
+  denials.start();
+  // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
+  const prune = setInterval(() => {
+    void (async () => {
+      try {
+        await store.seenIdTokens.prune(now());
+        await store.refreshTokenFamilies.prune(now() - 3600_000);
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'pruning expired logins failed; retrying at the next interval');
+      }
+    })();
+  }, config.sweeper.interval * 1000).unref();
 
   return {
     url,
     port,
     stop: async () => {
+      clearInterval(prune);
       await sweeper.stop();
+      // Counts of refused requests still pending are written before the store closes.
+      await denials.stop();
       await close();
     },
   };

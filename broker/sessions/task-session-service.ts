@@ -189,6 +189,7 @@ export class TaskSessionService {
     const t = this.deps.templates.get(s.template);
     const base = { event: 'credentials.reissue' as const, developer: p.id, template: s.template, sessionId };
     if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    await this.stillAllowed(p, t, base);
     if (!t.aws) {
       throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no AWS credentials`, {
         ...(t.vault ? { hint: `it grants a Vault token: POST /v1/sessions/${sessionId}/vault-token` } : {}),
@@ -208,6 +209,7 @@ export class TaskSessionService {
     const t = this.deps.templates.get(s.template);
     const base = { event: 'vault.reissue' as const, developer: p.id, template: s.template, sessionId };
     if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    await this.stillAllowed(p, t, base);
     if (!t.vault) {
       throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no Vault token`, {
         ...(t.aws ? { hint: `it grants AWS credentials: POST /v1/sessions/${sessionId}/credentials` } : {}),
@@ -297,6 +299,18 @@ export class TaskSessionService {
    */
   private credentialSeconds(t: TaskTemplate, sessionExpiresAt: number, now = this.now()): number {
     return credentialSeconds(t, sessionExpiresAt, now);
+  }
+
+  /**
+   * Access is checked at every issue, not only at the start: a template whose allowed groups or
+   * emails changed (a service restart with edited templates), or a developer whose login's groups no
+   * longer match, gets nothing more under a session started before.
+   */
+  private async stillAllowed(p: Principal, t: TaskTemplate, base: Omit<AuditEvent, 'decision' | 'reason'>): Promise<void> {
+    if (isAllowed(t, { email: p.email, groups: p.groups })) return;
+    throw await this.denied(new BrokerError('forbidden', `${p.id} may no longer use "${t.name}": not in its allowed groups or emails`, {
+      hint: `the session stays open until it ends; end it with: broker end ${t.name}`,
+    }), base);
   }
 
   /** An active session of this developer, or a recorded denial (404 for others' sessions: no oracle). */

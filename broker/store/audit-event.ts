@@ -2,6 +2,8 @@
 export type AuditEventName =
   | 'login'
   | 'token.refresh'
+  /** A login (refresh-token family) revoked: by `broker logout`, by reuse detection, by an admin. */
+  | 'login.revoke'
   | 'session.start'
   | 'session.update'
   | 'credentials.issue'

@@ -1,6 +1,8 @@
 /**
  * What the service keeps, as interfaces a storage backend implements: the task sessions, the Vault
- * tokens issued under them (by accessor), and the audit log every decision is recorded in. The
+ * tokens issued under them (by accessor), the logins (refresh-token families,
+ * refresh-token-families.ts), the ID tokens already exchanged (seen-id-tokens.ts), and the audit log
+ * every decision is recorded in. The
  * domain (broker/sessions/) and the HTTP transport (broker/server/) depend on these only; the
  * service's start-up picks the backend (SQLite today: broker/store/sqlite/).
  *
@@ -16,6 +18,8 @@
  * - Times are milliseconds since the epoch, read from the backend's `now` (the service's clock).
  */
 import type { AuditEvent, AuditRecord } from './audit-event.js';
+import type { RefreshTokenFamilies } from './refresh-token-families.js';
+import type { SeenIdTokens } from './seen-id-tokens.js';
 
 export interface TaskSession {
   id: string;
@@ -119,5 +123,7 @@ export interface Store {
   readonly auditLog: AuditLog;
   readonly sessions: SessionRepository;
   readonly vaultTokens: VaultTokenRepository;
+  readonly refreshTokenFamilies: RefreshTokenFamilies;
+  readonly seenIdTokens: SeenIdTokens;
   close(): Promise<void>;
 }

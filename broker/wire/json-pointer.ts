@@ -19,3 +19,14 @@ export function bodyIssueDetails(error: z.ZodError): ErrorDetail[] {
     ? i.keys.map((k) => ({ path: jsonPointer([...i.path, k]), message: 'unknown field' }))
     : [{ path: jsonPointer(i.path), message: i.message }]);
 }
+
+/**
+ * Where an answer first differs from its contract and how (zod's message names the expected type or
+ * format), never what it holds: a received document may carry credentials.
+ */
+export function firstIssue(error: z.ZodError): string {
+  const first = error.issues[0];
+  if (!first) return 'it does not match';
+  const pointer = jsonPointer(first.path);
+  return `${pointer ? `at ${pointer}: ` : ''}${first.message}`;
+}

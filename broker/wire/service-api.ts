@@ -70,8 +70,11 @@ export const updateSessionRequest = z.strictObject({ agent: agentName });
 /** `POST /v1/auth/token`: an IdP ID token for broker tokens (with a DPoP proof in the `DPoP` header for a refresh token). */
 export const idTokenRequest = z.strictObject({ id_token: z.string().min(1).max(MAX_ID_TOKEN_CHARS) });
 
-/** `POST /v1/auth/refresh`: a refresh token (with a DPoP proof by the key it is bound to) for an access token. */
+/** `POST /v1/auth/refresh`: a refresh token (with a DPoP proof by the key it is bound to) for an access token and the next refresh token. */
 export const refreshRequest = z.strictObject({ refresh_token: z.string().min(1).max(MAX_REFRESH_TOKEN_CHARS) });
+
+/** `POST /v1/auth/logout`: any refresh token of a login (with a DPoP proof by its key); the login is revoked (RFC 7009-like). */
+export const logoutRequest = z.strictObject({ refresh_token: z.string().min(1).max(MAX_REFRESH_TOKEN_CHARS) });
 
 // ---- response bodies --------------------------------------------------------------------------
 
@@ -94,14 +97,35 @@ export const healthResponse = z.object({ ok: z.literal(true) });
 export const loginConfigResponse = z.object({ issuer: z.string(), clientId: z.string(), scopes: z.string(), allowInsecureHttp: z.boolean() });
 export type LoginConfig = z.infer<typeof loginConfigResponse>;
 
-/** `POST /v1/auth/token` (RFC 6749 §5.1 field names). `refresh_token` only when a DPoP proof bound it to a key. */
+/**
+ * The login a refresh token belongs to (a refresh-token family on the service): its id, how many
+ * times its token has been rotated (`generation`: a client holding two copies keeps the higher), and
+ * its fixed end, which no refresh extends.
+ */
+export const loginInfo = z.object({ id: nonEmpty, generation: count, expiresAt: timestamp });
+export type LoginInfo = z.infer<typeof loginInfo>;
+
+/**
+ * `POST /v1/auth/token` (RFC 6749 §5.1 field names). `refresh_token` (and `login`) only when a DPoP
+ * proof bound it to a key; `login` absent from services older than refresh-token rotation.
+ */
 export const authTokenResponse = z.object({
   access_token: nonEmpty, refresh_token: nonEmpty.optional(), token_type: z.literal('Bearer'), expires_in: z.number().int().positive(),
-  developer: z.string(), groups: z.array(z.string()),
+  developer: z.string(), groups: z.array(z.string()), login: loginInfo.optional(),
 });
 
-/** `POST /v1/auth/refresh`: a new access token (the refresh token is not rotated). */
-export const authRefreshResponse = z.object({ access_token: nonEmpty, token_type: z.literal('Bearer'), expires_in: z.number().int().positive(), developer: z.string() });
+/**
+ * `POST /v1/auth/refresh`: a new access token and the next refresh token; the one presented is
+ * spent (RFC 9700 §4.14.2). `refresh_token` and `login` are absent from services older than
+ * rotation (their refresh tokens were reusable).
+ */
+export const authRefreshResponse = z.object({
+  access_token: nonEmpty, refresh_token: nonEmpty.optional(), token_type: z.literal('Bearer'), expires_in: z.number().int().positive(),
+  developer: z.string(), login: loginInfo.optional(),
+});
+
+/** `POST /v1/auth/logout`: the login is revoked (`revoked` false: it already was). */
+export const logoutResponse = z.object({ revoked: z.boolean(), login: z.object({ id: nonEmpty, expiresAt: timestamp }) });
 
 /** `GET /v1/whoami`: the developer as the service sees them (identity/principal.ts). */
 export const whoamiResponse = z.object({ id: z.string(), email: z.string(), groups: z.array(z.string()) });

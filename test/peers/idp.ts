@@ -11,7 +11,7 @@
  * The login and consent pages are our own minimal ones (the provider's devInteractions are off);
  * `approveDevice` drives the provider's device pages and these pages over HTTP as a browser would.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
@@ -69,6 +69,8 @@ export interface TestIdp {
 
 export type IdTokenOverrides = Partial<IdTokenSpec> & {
   alg?: IdTokenAlg;
+  /** The JOSE header's `typ` (default JWT): `at+jwt` makes a token shaped like an RFC 9068 access token. */
+  typ?: string;
   /** Same as `expSecondsFromNow` (negative: already expired). */
   expiresInSeconds?: number;
 };
@@ -120,7 +122,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
     jwks: { keys: jwks },
     adapter: memoryAdapter(),
     cookies: { keys: [randomBytes(32).toString('base64url')] },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
+    claims: { openid: ['sub', 'jti'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
     scopes: ['openid', 'email', 'profile', 'groups'],
     conformIdTokenClaims: false,
     async findAccount(_ctx: unknown, id: string) {
@@ -129,7 +131,9 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       return {
         accountId: id,
         async claims() {
-          return { sub: user.email, email: user.email, email_verified: user.emailVerified ?? true, name: user.name ?? user.email, groups: user.groups };
+          // A `jti` per ID token, as Okta, Entra ID (`uti`) and Keycloak send one: oidc-provider issues
+          // none, so two logins of one user in one second would otherwise get the very same token.
+          return { sub: user.email, email: user.email, email_verified: user.emailVerified ?? true, name: user.name ?? user.email, groups: user.groups, jti: randomUUID() };
         },
       };
     },
@@ -202,13 +206,13 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
 
   const issueIdToken = async (email: string, overrides: IdTokenOverrides = {}): Promise<string> => {
     const user = userByEmail(email);
-    const { alg = idTokenAlg, expiresInSeconds, ...spec } = overrides;
+    const { alg = idTokenAlg, expiresInSeconds, typ, ...spec } = overrides;
     if (expiresInSeconds !== undefined) spec.expSecondsFromNow = expiresInSeconds;
     const key: SigningKey = keys[alg].pair.privateKey;
     return signIdToken({
       issuer, audience: CLI_CLIENT_ID, email, groups: user?.groups ?? [], emailVerified: user?.emailVerified ?? true,
       ...(user?.name ? { name: user.name } : {}), ...spec,
-    }, key, { alg, kid: keys[alg].kid });
+    }, key, { alg, kid: keys[alg].kid, ...(typ ? { typ } : {}) });
   };
 
   return {

@@ -19,6 +19,8 @@ export interface TestKeyring {
   takeAway(): Promise<void>;
   /** The secret stored under the broker's service name for `account` (read as a client would). */
   read(account: string): string | null;
+  /** Stores `secret` under the broker's service name for `account` (as an older broker, or a restore, would). */
+  write(account: string, secret: string): void;
   stop(): Promise<void>;
 }
 
@@ -82,6 +84,13 @@ export async function startKeyring(): Promise<TestKeyring> {
       const r = spawnSync(process.execPath, ['-e', script, account], { cwd: REPO_ROOT, env: { ...process.env, ...env }, encoding: 'utf8' });
       if (r.status !== 0) throw new Error(`reading the test keyring failed: ${r.stderr}`);
       return JSON.parse(r.stdout) as string | null;
+    },
+    write(account, secret) {
+      const script = `import('@napi-rs/keyring').then(async ({ AsyncEntry }) => {
+        await new AsyncEntry(${JSON.stringify(KEYCHAIN_SERVICE)}, process.argv[1], { linux: { store: 'secret-service' } }).setPassword(process.argv[2]);
+      })`;
+      const r = spawnSync(process.execPath, ['-e', script, account, secret], { cwd: REPO_ROOT, env: { ...process.env, ...env }, encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`writing the test keyring failed: ${r.stderr}`);
     },
     stop: async () => {
       await takeAway();

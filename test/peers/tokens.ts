@@ -47,9 +47,9 @@ export function idTokenClaims(spec: IdTokenSpec): JWTPayload {
   };
 }
 
-/** Signs `spec` with `key` (the building block; the IdP peer signs its genuine-key tokens with it). */
-export async function signIdToken(spec: IdTokenSpec, key: SigningKey, header: { alg: IdTokenAlg; kid?: string }): Promise<string> {
-  return new SignJWT(idTokenClaims(spec)).setProtectedHeader({ ...header, typ: 'JWT' }).sign(key);
+/** Signs `spec` with `key` (the building block; the IdP peer signs its genuine-key tokens with it). `typ` defaults to JWT. */
+export async function signIdToken(spec: IdTokenSpec, key: SigningKey, header: { alg: IdTokenAlg; kid?: string; typ?: string }): Promise<string> {
+  return new SignJWT(idTokenClaims(spec)).setProtectedHeader({ ...header, typ: header.typ ?? 'JWT' }).sign(key);
 }
 
 /**

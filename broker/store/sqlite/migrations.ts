@@ -59,6 +59,36 @@ CREATE TABLE IF NOT EXISTS vault_tokens (
 CREATE INDEX IF NOT EXISTS vault_tokens_session ON vault_tokens (session_id, revoked_at);
 -- The records of one session (what was issued under it), for the sweep of starts that never completed.
 CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, event, decision);
+-- Logins as refresh-token families (store/refresh-token-families.ts): rotation with reuse detection.
+-- Tokens by jti only, never the tokens.
+CREATE TABLE IF NOT EXISTS refresh_token_families (
+  id TEXT PRIMARY KEY,
+  developer TEXT NOT NULL,
+  email TEXT NOT NULL,
+  groups TEXT NOT NULL,
+  jkt TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  revoke_reason TEXT,
+  generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS refresh_token_families_developer ON refresh_token_families (developer, revoked_at);
+CREATE INDEX IF NOT EXISTS refresh_token_families_expires ON refresh_token_families (expires_at);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+  jti TEXT PRIMARY KEY,
+  family_id TEXT NOT NULL REFERENCES refresh_token_families (id) ON DELETE CASCADE,
+  generation INTEGER NOT NULL,
+  issued_at INTEGER NOT NULL,
+  spent_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
+-- ID tokens accepted once (store/seen-id-tokens.ts), by digest, until they expire.
+CREATE TABLE IF NOT EXISTS seen_id_tokens (
+  key TEXT PRIMARY KEY,
+  until INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_id_tokens_until ON seen_id_tokens (until);
 `;
 
 /** Columns added after their table first shipped: `table`, then `name TYPE`. */

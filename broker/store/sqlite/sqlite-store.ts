@@ -3,6 +3,8 @@ import type { Store } from '../store.js';
 import { SqliteAuditLog } from './audit-log.js';
 import { SqliteDatabase } from './database.js';
 import { migrate } from './migrations.js';
+import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
+import { SqliteSeenIdTokens } from './seen-id-tokens.js';
 import { SqliteSessionRepository } from './sessions.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
 
@@ -15,6 +17,8 @@ export class SqliteStore implements Store {
   readonly auditLog: SqliteAuditLog;
   readonly sessions: SqliteSessionRepository;
   readonly vaultTokens: SqliteVaultTokenRepository;
+  readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
+  readonly seenIdTokens: SqliteSeenIdTokens;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -30,6 +34,8 @@ export class SqliteStore implements Store {
     this.auditLog = new SqliteAuditLog(this.sql);
     this.sessions = new SqliteSessionRepository(this.sql, this.auditLog);
     this.vaultTokens = new SqliteVaultTokenRepository(this.sql, this.auditLog);
+    this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
+    this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
   }
 
   async close(): Promise<void> {
