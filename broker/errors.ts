@@ -21,6 +21,8 @@ export const ERROR_CODES = {
   conflict: 409,
   payload_too_large: 413,
   rate_limited: 429,
+  // a task start waits for a human: the requester's fresh IdP login, or approvers (RFC 9470 challenge)
+  confirmation_required: 401,
   // local environment (CLI side)
   not_logged_in: 401,
   keychain_unavailable: 500,

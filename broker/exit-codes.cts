@@ -42,6 +42,8 @@ export const EXIT_CODES = {
   upstream_unavailable: 10,
   audit_unavailable: 11,
   keychain_unavailable: 12,
+  // a start request waits for a human (broker task --no-wait, or stopped waiting): not a failure of the command line
+  confirmation_required: 13,
   // sysexits.h EX_SOFTWARE: a bug
   internal: 70,
 } as const;

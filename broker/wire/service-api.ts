@@ -44,6 +44,9 @@ const printable = (max: number) => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'm
 // Becomes the broker:agent session tag, so it must fit STS's tag value charset and length.
 const agentName = z.string().min(1).max(MAX_AGENT_NAME_CHARS).regex(AGENT_NAME_RE, `must use only ${AGENT_NAME_RULE}`);
 
+/** Start request ids: `req_` and 26 chars of lower-case base32 (128 random bits). */
+export const REQUEST_ID_RE = /^req_[a-z2-7]{26}$/;
+
 /** `POST /v1/sessions`: start a task session. */
 export const startSessionRequest = z.strictObject({
   template: z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`),
@@ -60,9 +63,28 @@ export const startSessionRequest = z.strictObject({
     return s;
   }),
   agent: agentName.default(DEFAULT_AGENT_NAME),
+  /**
+   * The start request a human confirmed (or approvers approved) for exactly this template,
+   * parameters and ttl: the session starts now, its clock from this moment. Without it, a template
+   * that needs confirmation answers 401 `confirmation_required` with a new pending request.
+   */
+  confirmedRequest: z.string().regex(REQUEST_ID_RE, 'must be a start request id').optional(),
+  /** Start a template that needs approvers without them (its `confirm.breakGlass: true`); a reason is required, the requester still confirms. */
+  breakGlass: z.boolean().optional(),
 });
 /** What a client sends (ttl as written, e.g. `2h`); the service parses it to seconds. */
 export type StartSessionRequest = z.input<typeof startSessionRequest>;
+
+/**
+ * `POST /v1/requests/:id/confirmations`: confirm (the requester), approve or deny (an approver; the
+ * requester may deny their own) from a terminal. The service starts an OAuth device authorization
+ * (RFC 8628) at the IdP with `max_age` from the template, keeps the device code itself, and records
+ * the decision once the person named by the resulting ID token has logged in.
+ */
+export const startConfirmationRequest = z.strictObject({
+  decision: z.enum(['confirm', 'approve', 'deny']),
+  reason: printable(MAX_REASON_CHARS).default(''),
+});
 
 /** `PATCH /v1/sessions/:id`: the agent working under the session. */
 export const updateSessionRequest = z.strictObject({ agent: agentName });
@@ -235,6 +257,92 @@ export const revocationResult = z.object({
 /** `DELETE /v1/sessions/:id`: the ended session; `vaultTokens` absent from services older than Vault support. */
 export const endSessionResponse = z.object({ ended: sessionView, vaultTokens: z.array(revocationResult).optional() });
 export type EndSessionResponse = z.infer<typeof endSessionResponse>;
+
+// ---- start requests (human confirmation of a task start) ---------------------------------------
+
+/** What confirms a start: the requester's fresh IdP login (`self`), that and approvers, or nothing. */
+export const confirmMode = z.enum(['none', 'self', 'approvers']);
+export type ConfirmMode = z.infer<typeof confirmMode>;
+
+/** One human decision on a request, as recorded (never a token). */
+export const requestDecisionView = z.object({
+  by: z.string(),
+  decision: z.enum(['confirm', 'approve', 'deny']),
+  reason: z.string(),
+  /** When the person logged in at the IdP for it (`auth_time`). */
+  authTime: timestamp,
+  at: timestamp,
+  via: z.enum(['page', 'device']),
+});
+
+/**
+ * A start request: a task start waiting for humans. `status` pending → started (its session is
+ * `sessionId`), or denied, expired, cancelled. `url` is the page where it is confirmed or approved.
+ */
+export const startRequestView = z.object({
+  id: z.string(),
+  status: z.enum(['pending', 'confirmed', 'started', 'denied', 'expired', 'cancelled']),
+  requester: z.string(),
+  template: z.string(),
+  params: z.record(z.string(), z.string()),
+  reason: z.string(),
+  agent: z.string(),
+  /** The session length asked for, in seconds (null: the template's maximum). */
+  ttlSeconds: z.number().int().positive().nullable(),
+  breakGlass: z.boolean(),
+  confirm: z.object({
+    mode: confirmMode,
+    /** Seconds since the IdP login a decision may be (0: a login for this decision). */
+    maxAgeSeconds: count,
+    /** Approvals needed from people other than the requester (0 for `self`). */
+    approvals: count,
+  }),
+  /** What is still missing, for people: e.g. "your confirmation", "1 more approval (group sre)". */
+  waitingFor: z.array(z.string()),
+  decisions: z.array(requestDecisionView),
+  createdAt: timestamp,
+  expiresAt: timestamp,
+  /** The session it started, once `started`. */
+  sessionId: z.string().nullable(),
+  url: z.string(),
+});
+export type StartRequestView = z.infer<typeof startRequestView>;
+
+/**
+ * `POST /v1/sessions` for a template that needs a human: 401 with `WWW-Authenticate: Bearer
+ * error="insufficient_user_authentication", max_age=N` (RFC 9470 §3) for `self`, 202 for
+ * `approvers`; the body is the error body with code `confirmation_required` and the new request.
+ */
+export const confirmationRequiredBody = errorBody.extend({ code: z.literal('confirmation_required'), request: startRequestView });
+export type ConfirmationRequiredBody = z.infer<typeof confirmationRequiredBody>;
+
+/** `GET /v1/requests/:id`, `DELETE /v1/requests/:id` (cancel, the requester). */
+export const startRequestResponse = z.object({ request: startRequestView });
+/** `GET /v1/requests?for=me|approver`: the caller's own pending requests, or those they may approve. */
+export const startRequestsResponse = z.object({ requests: z.array(startRequestView) });
+
+/**
+ * `POST /v1/requests/:id/confirmations` (201): the device authorization to finish at the IdP
+ * (RFC 8628 §3.2 field names); poll `GET /v1/requests/:id/confirmations/:confirmation` every
+ * `interval` seconds.
+ */
+export const deviceConfirmationResponse = z.object({
+  confirmation: z.object({
+    id: z.string(),
+    user_code: z.string(),
+    verification_uri: z.string(),
+    verification_uri_complete: z.string().optional(),
+    expires_in: z.number().int().positive(),
+    interval: z.number().int().positive(),
+  }),
+  request: startRequestView,
+});
+
+/** `GET /v1/requests/:id/confirmations/:confirmation`: pending until the IdP login is done; then the request as it now stands. */
+export const confirmationStatusResponse = z.object({
+  status: z.enum(['pending', 'done', 'denied', 'expired']),
+  request: startRequestView,
+});
 
 /** A response body as the service builds it: what the client's schema accepts. */
 export type Body<S extends z.ZodType> = z.input<S>;
