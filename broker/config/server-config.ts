@@ -129,6 +129,43 @@ const vaultSchema = z.strictObject({
   } catch { /* z.url() reported it */ }
 });
 
+/** The events a webhook may receive (broker/notify). */
+export const NOTIFY_EVENTS = ['request.created', 'request.decided', 'request.expired', 'break_glass'] as const;
+
+/**
+ * A webhook receiver. Its URL is a secret of its own (a Slack incoming-webhook URL is the
+ * credential), so it is never logged beyond its host; https, or plain http to loopback only.
+ * Header values come from an environment variable or a file, never inline in the config.
+ */
+const webhookSchema = z.strictObject({
+  url: z.url().superRefine((raw, ctx) => {
+    let u: URL;
+    try { u = new URL(raw); } catch { return; }
+    if (u.protocol === 'https:') return;
+    if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
+    ctx.addIssue({
+      code: 'custom',
+      message: u.protocol === 'http:' && u.hostname === 'localhost'
+        ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
+        : `must be https (plain http only to ${LOOPBACK_RULE}); give the receiver's https URL`,
+    });
+  }),
+  format: z.enum(['generic', 'slack']).default('generic'),
+  events: z.array(z.enum(NOTIFY_EVENTS)).min(1).default([...NOTIFY_EVENTS]),
+  headers: z.record(
+    z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'must be an HTTP header name (letters, digits, -)'),
+    z.union([
+      z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
+      z.strictObject({ file: z.string().min(1) }),
+    ], { error: 'must be {env: NAME} or {file: path} (a header value is never written in the config)' }),
+  ).default({}),
+});
+
+export const notificationsSchema = z.strictObject({
+  webhooks: z.array(webhookSchema).max(20).default([]),
+}).prefault({});
+export type NotificationsConfig = z.infer<typeof notificationsSchema>;
+
 /**
  * The service configuration. Security-critical settings (issuer, audience, algorithms) have no
  * defaults: a broker that guessed them would accept tokens nobody meant it to.
@@ -234,6 +271,7 @@ export const serverConfigSchema = z.strictObject({
       auditMaxKeys: z.number().int().min(1).max(100_000).default(256),
     }).prefault({}),
   }).prefault({}),
+  notifications: notificationsSchema,
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
 }).superRefine((c, ctx) => {
   // Without publicUrl, clients are told http://host:port: plain http, so only when that is loopback.
