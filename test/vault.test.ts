@@ -472,7 +472,7 @@ describe('Vault/OpenBao task tokens', () => {
       },
     }) as VaultTokenRepository;
     const s: Store = {
-      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens,
+      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests,
       close: () => sqlite.close(),
     };
     const log = createLogger({ level: 'silent' });
