@@ -264,7 +264,14 @@ describe('start requests and human confirmation', () => {
 
     it('refuses an auth_time older than maxAge, before the request, or missing', async () => {
       const r = (await requests.ask(alice, { ...deploy, params: { function: 'old' } }))!;
-      await assert.rejects(requests.decide(r.id, await login(await tokenWith(400)), 'confirm', ''), /not fresh enough/);
+      // A login after the request was made, but 400 s before the decision (maxAge 300 s).
+      domainOffset = 400_000;
+      try {
+        await assert.rejects(requests.decide(r.id, await login(await tokenWith(0)), 'confirm', ''), /older than 300s/);
+      } finally {
+        domainOffset = 0;
+      }
+      await assert.rejects(requests.decide(r.id, await login(await tokenWith(400)), 'confirm', ''), /before the request was made/);
       await assert.rejects(requests.decide(r.id, await login(await tokenWith(undefined)), 'confirm', ''), /no auth_time/);
       const ok = await requests.decide(r.id, await login(await tokenWith(0)), 'confirm', '');
       assert.equal(ok.status, 'confirmed');
@@ -299,5 +306,27 @@ describe('start requests and human confirmation', () => {
       await assert.rejects(requests.decide(r.id, await login(await tokenWith(0), Date.now() + 10_000), 'confirm', ''), /maxAge 0|not fresh/);
       assert.equal((await requests.decide(r.id, await login(await tokenWith(0), Date.now() - 1000), 'confirm', '')).status, 'confirmed');
     });
+  });
+});
+
+describe('the confirm configuration', () => {
+  const base = { oidc: { issuer: 'https://idp.example.com', audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli' }, tokens: { signingKeys: 'ephemeral' } };
+  it('defaults to self, 5m, 15m and the broker-web page client', () => {
+    const c = parseServerConfig(base, tmpdir());
+    assert.deepEqual(c.confirm, { default: 'self', maxAge: 300, timeout: 900 });
+    assert.equal(c.oidc.webClientId, 'broker-web');
+  });
+  it('names the file, field and fix of a bad value', () => {
+    try {
+      parseServerConfig({ ...base, confirm: { default: 'sometimes', maxAge: '2d', timeout: '10s' } }, tmpdir(), 'broker.yaml');
+      assert.fail('accepted');
+    } catch (e) {
+      const lines = (e as { details: { path: string; message: string }[] }).details.map((d) => `${d.path}: ${d.message}`);
+      assert.deepEqual(lines, [
+        'broker.yaml:confirm.default: must be none, self or approvers',
+        'broker.yaml:confirm.maxAge: must be at most 1d (a confirmation proves a human now; e.g. 5m, or 0 for a fresh login)',
+        'broker.yaml:confirm.timeout: must be between 1m and 7d, e.g. 15m',
+      ]);
+    }
   });
 });
