@@ -8,7 +8,6 @@
  * One sweep at a time; a sweep that fails is logged and the next one tries again.
  */
 import type { Logger } from '../log.js';
-import type { StartRequests } from '../requests/start-requests.js';
 import type { TaskSessionService } from './task-session-service.js';
 
 /**
@@ -37,7 +36,8 @@ export class SessionSweeper {
   /** Failed revocations of the previous sweep: the same count again (Vault still down) is not logged again. */
   private lastFailed = 0;
 
-  constructor(private readonly deps: { sessions: TaskSessionService; requests?: StartRequests | undefined; intervalSeconds: number; log: Logger }) {}
+  constructor(private readonly deps: { sessions: TaskSessionService; /** Start requests to expire (broker/requests/; by shape, so sessions/ does not depend on requests/). */
+    requests?: { expire(): Promise<unknown[]> } | undefined; intervalSeconds: number; log: Logger }) {}
 
   /** Sweeps now (revocations left over from before a restart) and then every interval. */
   start(): void {
