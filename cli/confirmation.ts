@@ -64,7 +64,7 @@ function interruption(): { promise: Promise<'interrupted'>; fired: () => boolean
   return { promise, fired: () => fired, dispose: () => process.off('SIGINT', handler) };
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
  * One progress line on stderr: on a terminal rewritten in place (carriage return, then ECMA-48 EL
