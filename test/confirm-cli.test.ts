@@ -85,7 +85,11 @@ describe('broker task/exec with start requests (human confirmation)', () => {
     for (const shown of ['s3-artifacts', 'prefix=app/builds', 'ship build 7', 'claude-code', id, 'alice@example.com to confirm', `${stack.svc.url}/requests/${id}`]) {
       assert.ok(r.stderr.includes(shown), `stderr shows ${shown}:\n${r.stderr}`);
     }
+    const refreshes = async () => (await audit()).filter((a) => a.event === 'token.refresh').length;
+    const refreshed = await refreshes();
     const again = await broker(['task', 's3-artifacts', '--param', 'prefix=app/builds', '--reason', 'ship build 7', '--agent', 'claude-code', '--no-wait', '--json'], env);
+    // The 401 of a start that needs confirmation is no expired access token: the daemon does not refresh for it.
+    assert.equal(await refreshes(), refreshed, 'no token refresh for a confirmation_required 401');
     assert.equal(again.code, EXIT_CODES.confirmation_required, again.stderr);
     const view = (JSON.parse(again.stdout) as { request: RequestView }).request;
     assert.equal(view.id, id, 'the same start asked again answers the same pending request');
