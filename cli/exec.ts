@@ -8,6 +8,8 @@ import { callDaemon } from '../broker/daemon/daemon-client.js';
 import { BrokerError, EXEC_EXIT } from '../broker/errors.js';
 import { AGENT_NAME_RE, AGENT_NAME_RULE, agentNameFrom } from '../broker/limits/names.js';
 import { brokerCommand } from './configure-aws.js';
+import type { StartRequest } from '../broker/daemon/protocol.js';
+import { checkBreakGlass, shellWord, startConfirmed, startWords } from './confirmation.js';
 import { action, collectParam, failuresExitWith, info, reportError } from './output.js';
 import { CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, scrubEnvironment } from './exec-env.js';
 
@@ -19,6 +21,9 @@ interface Options {
   env?: boolean;
   scrub: string[];
   verbose?: boolean;
+  wait: boolean;
+  confirmHere?: boolean;
+  breakGlass?: boolean;
 }
 
 /** Signals passed on to the child. SIGINT/SIGQUIT from a terminal already reach it (same process group). */
@@ -37,6 +42,9 @@ export function register(program: Command): void {
     .option('--agent <name>', 'agent name for the broker:agent session tag (default: the command\'s name)')
     .option('--env', 'also put the credentials themselves in the environment (they are NOT refreshed there; prefer the profile)')
     .option('--scrub <pattern>', 'also remove environment variables matching this name pattern, * as wildcard (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
+    .option('--no-wait', 'when a new session needs a human confirmation: print the request id and exit 125 at once, without running the command')
+    .option('--confirm-here', 'when a new session needs a human confirmation: confirm from this terminal (a login at the IdP with a code)')
+    .option('--break-glass', 'a template that allows it: start without approvers (needs --reason; you still confirm)')
     .option('-v, --verbose', 'say which environment variables were removed and set (names only, never values)')
     // Commander stops at the template (so nothing of the command is taken for exec's options);
     // exec's options between the template and the command are read below.
@@ -59,10 +67,16 @@ export function register(program: Command): void {
       for (const p of start.problems) info(`broker exec: warning: ${p}`);
       const removedFirst = (start.note ?? '').split(',').filter((n) => /^[A-Za-z0-9_]+$/.test(n));
 
-      const started = await callDaemon({
-        op: 'ensure',
-        request: { template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}) },
-        paramsGiven: Object.keys(opts.param).length > 0,
+      checkBreakGlass(opts.breakGlass, opts.reason);
+      const request: StartRequest = {
+        template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}), ...(opts.breakGlass ? { breakGlass: true } : {}),
+      };
+      // An active session is reused without a confirmation; a new one may wait for a human. Ending
+      // with the request pending exits 125 like every other outcome where the command did not run
+      // (1–124 stay the command's own): the request id is on stdout, the rest on stderr.
+      const started = await startConfirmed(() => callDaemon({ op: 'ensure', request, paramsGiven: Object.keys(opts.param).length > 0 }), request, {
+        noWait: !opts.wait, confirmHere: opts.confirmHere, pendingExit: EXEC_EXIT.failed,
+        resume: ['broker', 'exec', template, ...startWords(request), '--', ...[cmd, ...args].map(shellWord)].join(' '),
       });
       if (opts.verbose) info(`${started.reused ? 'reusing' : 'started'} task session ${started.session.id} (${template}) for agent ${agent}`);
 
@@ -102,6 +116,9 @@ export function register(program: Command): void {
       }
       // For `broker vault-token` and the token helper inside the agent.
       put('BROKER_TASK', template);
+      // What the agent's own `broker task` calls are attributed to by default (their start requests
+      // name it for whoever confirms); a claim like any other name the agent gives.
+      put('BROKER_AGENT', agent);
       if (opts.verbose) {
         info(`removed: ${removed.join(', ') || '(none)'}`);
         info(`set: ${set.join(', ')}`);

@@ -52,6 +52,16 @@ export function reportError(e: unknown, opts: { json?: boolean; command?: Comman
 }
 
 /**
+ * Ends a command with an exit status and no error report: what was to say is said (e.g. a start
+ * request left pending, `broker task --no-wait`).
+ */
+export class QuietExit extends Error {
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+  }
+}
+
+/**
  * Wraps a command action so any failure becomes a clean report and the exit status of its error
  * code; with the command's --json set, the error is also the JSON document on stdout.
  */
@@ -62,6 +72,10 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void> | 
     } catch (e) {
       // `--help` inside an action (broker exec): commander's own exit, for main() to take.
       if (e instanceof CommanderError) throw e;
+      if (e instanceof QuietExit) {
+        process.exitCode = e.exitCode;
+        return;
+      }
       // Commander passes the command itself last.
       const command = args.at(-1) as Command;
       process.exitCode = reportError(e, { json: command.opts().json === true, command });

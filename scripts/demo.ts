@@ -1,16 +1,19 @@
 /**
  * `npm run demo`: the main job on an embedded default, with nothing but local peers. It starts moto
  * (STS/IAM), a local OpenID Provider (oidc-provider) and the broker service on SQLite, then walks
- * through what a developer does: device-flow login, start a deploy-lambda task, write the AWS CLI
- * profile, and let the real AWS CLI get the task's identity through credential_process.
+ * through what a developer does: device-flow login, start a deploy-lambda task (confirmed with a
+ * fresh IdP login from the terminal, which the demo approves as it approves the login), write the
+ * AWS CLI profile, and let the real AWS CLI get the task's identity through credential_process.
+ * Then an agent inside `broker exec` tries to start another task and gets a pending request, no
+ * credentials; the audit log shows both.
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBrokerService } from '../test/peers/broker-service.js';
 import { broker, deviceLogin, makeTestHome, run } from '../test/peers/cli.js';
 import { startIdp } from '../test/peers/idp.js';
 import { createRole, startMoto } from '../test/peers/moto.js';
-import { VENV_BIN } from '../test/peers/paths.js';
+import { BROKER_BIN, VENV_BIN } from '../test/peers/paths.js';
 
 const say = (s: string) => process.stdout.write(`\n\x1b[1m${s}\x1b[0m\n`);
 const show = (r: { stdout: string; stderr: string }) => process.stdout.write(`${r.stderr}${r.stdout}`);
@@ -23,7 +26,8 @@ async function main(): Promise<void> {
     Version: '2012-10-17',
     Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
   }), 43200);
-  const svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url });
+  // The shipped templates with their confirm rules: deploy-lambda and s3-artifacts need the developer's confirmation.
+  const svc = await startBrokerService({ issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url, extra: { confirm: { default: 'self' } } });
   // A throwaway developer machine: its own HOME, ~/.aws/config and daemon socket.
   const machine = makeTestHome('broker-demo-home-');
   const { home, env } = machine;
@@ -36,8 +40,16 @@ async function main(): Promise<void> {
     show(login);
     if (login.code !== 0) throw new Error('login failed');
 
-    say('$ broker task deploy-lambda --param function=checkout-api --reason "fix timeout" --agent claude-code');
-    const task = await broker(['task', 'deploy-lambda', '--param', 'function=checkout-api', '--reason', 'fix timeout', '--agent', 'claude-code'], env);
+    say('$ broker task deploy-lambda --param function=checkout-api --reason "fix timeout" --agent claude-code --confirm-here');
+    process.stdout.write('  (a task start needs a human: a fresh login at the IdP; the demo approves the code as alice@example.com)\n');
+    let approval: Promise<void> | undefined;
+    const task = await broker(['task', 'deploy-lambda', '--param', 'function=checkout-api', '--reason', 'fix timeout', '--agent', 'claude-code', '--confirm-here'], env, {
+      onStderr: (chunk) => {
+        const code = /enter code: ([A-Z0-9-]+)/.exec(chunk)?.[1];
+        if (code && !approval) approval = idp.approveDevice(code, 'alice@example.com');
+      },
+    });
+    await approval;
     show(task);
     if (task.code !== 0) throw new Error('task failed');
 
@@ -56,10 +68,17 @@ async function main(): Promise<void> {
     show(await broker(['exec', 'deploy-lambda', '--', join(VENV_BIN, 'aws'), 'sts', 'get-caller-identity', '--query', 'Arn', '--endpoint-url', moto.url],
       { ...env, AWS_ACCESS_KEY_ID: 'AKIASTANDINGKEY', AWS_SECRET_ACCESS_KEY: 'a-standing-key-the-agent-never-sees' }));
 
+    say('$ broker exec deploy-lambda -- sh agent.sh   (an injected agent tries to widen its task)');
+    const agent = join(home, 'agent.sh');
+    writeFileSync(agent, [
+      `broker() { "${process.execPath}" "${BROKER_BIN}" "$@"; }`,
+      'echo "+ broker task s3-artifacts --param prefix=all --no-wait"',
+      'broker task s3-artifacts --param prefix=all --no-wait >/dev/null 2>&1; echo "  exit $? (13: a start request waits for the human; no credentials)"',
+    ].join('\n'));
+    show(await broker(['exec', 'deploy-lambda', '--agent', 'claude-code', '--', 'sh', agent], env));
+
     say('$ broker status');
     show(await broker(['status'], env));
-    say('$ broker daemon status   (credentials come from the daemon\'s memory, refreshed ahead of expiry)');
-    show(await broker(['daemon', 'status'], env));
     say('$ broker end deploy-lambda');
     show(await broker(['end', 'deploy-lambda'], env));
     say('$ aws sts get-caller-identity --profile broker-deploy-lambda   (after the task ended: refused)');
@@ -68,11 +87,15 @@ async function main(): Promise<void> {
 
     say('The audit log (SQLite, append-only, hash-chained):');
     const db = new (await import('node:sqlite')).DatabaseSync(svc.dbPath, { readOnly: true });
-    for (const r of db.prepare('SELECT seq, event, decision, developer, template, session_id, access_key_id FROM audit ORDER BY seq').all()) {
-      process.stdout.write(`  ${Object.values(r).map((v) => v ?? '-').join('  ')}\n`);
+    for (const r of db.prepare('SELECT seq, event, decision, developer, template, session_id, access_key_id, detail FROM audit ORDER BY seq').all()) {
+      // Of the detail, what names a start request: its id, the agent, who decided.
+      const d = JSON.parse(String(r.detail ?? '{}')) as Record<string, unknown>;
+      const req = ['request', 'agent', 'by'].filter((k) => typeof d[k] === 'string').map((k) => `${k}=${String(d[k])}`).join(' ');
+      const cols = [r.seq, r.event, r.decision, r.developer, r.template, r.session_id, r.access_key_id].map((v) => v ?? '-');
+      process.stdout.write(`  ${cols.join('  ')}${req ? `  ${req}` : ''}\n`);
     }
     db.close();
-    say('Demo finished: the agent never saw a standing key, and every decision is in the audit log.');
+    say('Demo finished: the task started only after a fresh IdP login, the agent never saw a standing key nor got another task, and every decision is in the audit log.');
   } catch (e) {
     failed = true;
     process.stderr.write(`demo failed: ${(e as Error).message}\n--- service log ---\n${svc.log()}\n`);

@@ -69,6 +69,8 @@ async function startApiServer(o: {
     tokens: { signingKeys: 'ephemeral', ...o.tokens },
     aws: { region: 'us-east-1', stsEndpoint: o.sts, iamEndpoint: o.iam, checkTrustAtStartup: false, ...(o.stsTimeoutMs ? { requestTimeoutMs: o.stsTimeoutMs } : {}) },
     limits: { issuePerMinute: o.issuePerMinute ?? 30, auth: { trustedProxyHops: 1, ...o.auth } },
+    // Not about confirmation (test/start-requests.test.ts is).
+    confirm: { default: 'none' },
   }, dir);
   const log = o.logFile ? createLogger({ level: 'info', destination: openSync(o.logFile, 'a') }) : createLogger({ level: 'silent' });
   const server = await startServer(config, { log, ...(o.now ? { now: o.now } : {}) });

@@ -600,3 +600,37 @@ describe('broker policy (compiled CLI)', () => {
     assert.deepEqual(JSON.parse(usage.stdout), { error: { code: 'invalid_request', message: "required option '--as <email>' not specified", hint: 'see: broker policy explain --help' } });
   });
 });
+
+describe('the confirm section', () => {
+  const base = (confirm: string) => `name: c
+description: confirm rules
+allowed: { groups: [developers] }
+session: { maxDuration: 1h }
+aws:
+  roleArn: arn:aws:iam::123456789012:role/r
+  region: eu-west-1
+  policy: { Version: '2012-10-17', Statement: [{ Effect: Allow, Action: 's3:GetObject', Resource: 'arn:aws:s3:::b/*' }] }
+${confirm}`;
+  const problemsOf = (confirm: string) => loadTemplates(dirWith('c', base(confirm))).problems.map((p) => [p.path, p.message]);
+
+  it('shipped: read-cloudwatch-logs needs nobody, db-migrate an admin, the others the service default', () => {
+    assert.equal(get('read-cloudwatch-logs').confirm.mode, 'none');
+    assert.deepEqual(get('db-migrate').confirm, { mode: 'approvers', maxAgeSeconds: 300, timeoutSeconds: undefined, approvers: { groups: ['admins'], emails: [] }, approvals: 1, breakGlass: false });
+    assert.equal(get('deploy-lambda').confirm.mode, undefined);
+    assert.equal(get('s3-artifacts').confirm.mode, undefined);
+  });
+  it('is normalized: durations in seconds, emails lower-cased', () => {
+    const t = templateFrom('c', base('confirm: { mode: approvers, maxAge: 0, timeout: 30m, approvers: { emails: [Lead@Example.com] }, approvals: 2, breakGlass: true }'));
+    assert.deepEqual(t.confirm, { mode: 'approvers', maxAgeSeconds: 0, timeoutSeconds: 1800, approvers: { groups: [], emails: ['lead@example.com'] }, approvals: 2, breakGlass: true });
+  });
+  it('refuses approvers mode without approvers, approvals < 1, and approvers, approvals or breakGlass outside approvers mode', () => {
+    assert.deepEqual(problemsOf('confirm: { mode: approvers }'), [['confirm.approvers', 'is required for mode approvers: nobody could approve']]);
+    assert.match(String(problemsOf('confirm: { mode: approvers, approvers: { groups: [sre] }, approvals: 0 }')[0]), /confirm.approvals,is 0; it must be at least 1/);
+    assert.match(String(problemsOf('confirm: { mode: self, breakGlass: true }')[0]), /confirm.breakGlass,applies to mode approvers only/);
+    assert.match(String(problemsOf('confirm: { mode: self, approvers: { groups: [sre] } }')[0]), /confirm.approvers,applies to mode approvers only/);
+    assert.match(String(problemsOf('confirm: { mode: self, approvals: 2 }')[0]), /confirm.approvals,applies to mode approvers only/);
+    assert.match(String(problemsOf('confirm: { mode: sometimes }')[0]), /confirm.mode/);
+    assert.match(String(problemsOf('confirm: { mode: self, timeout: 10s }')[0]), /confirm.timeout,is 10s; it must be between 1m and 7d/);
+    assert.match(String(problemsOf('confirm: { mode: self, maxAge: 2d }')[0]), /confirm.maxAge/);
+  });
+});

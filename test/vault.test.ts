@@ -37,6 +37,7 @@ import { startIdp } from './peers/idp.js';
 import { createRole, startMoto } from './peers/moto.js';
 import { BAO, freePort, startOpenBao, writeKvSecret, type OpenBao } from './peers/openbao.js';
 import { FIXTURES_DIR, POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
+import { unconfirmedPolicies } from './peers/broker-service.js';
 import { filesContaining } from './peers/secret-scan.js';
 
 const DEPLOY = join(REPO_ROOT, 'deploy', 'vault');
@@ -222,6 +223,7 @@ describe('Vault/OpenBao task tokens', () => {
     aws: { region: 'us-east-1', stsEndpoint: moto.url, iamEndpoint: moto.url, checkTrustAtStartup: false },
     limits: { issuePerMinute: 200 },
     sweeper: { interval: 1 },
+    confirm: { default: 'none' },
     ...(vault ? { vault } : {}),
     ...extra,
   }, d);
@@ -282,7 +284,9 @@ describe('Vault/OpenBao task tokens', () => {
     policiesDir = join(dir, 'policies');
     mkdirSync(policiesDir);
     for (const [name, yaml] of Object.entries(TEMPLATES)) writeFileSync(join(policiesDir, `${name}.yaml`), yaml);
-    for (const name of ['db-migrate', 'deploy-lambda']) copyFileSync(join(POLICIES_DIR, `${name}.yaml`), join(policiesDir, `${name}.yaml`));
+    // Without their confirm sections: these tests start db-migrate directly (start-requests.test.ts is about confirmation).
+    const direct = unconfirmedPolicies(POLICIES_DIR);
+    for (const name of ['db-migrate', 'deploy-lambda']) copyFileSync(join(direct, `${name}.yaml`), join(policiesDir, `${name}.yaml`));
     copyFileSync(join(FIXTURES_DIR, 'migrate-and-deploy.yaml'), join(policiesDir, 'migrate-and-deploy.yaml'));
     dbPath = join(dir, 'broker.db');
     logFile = join(dir, 'server.log');
@@ -472,7 +476,7 @@ describe('Vault/OpenBao task tokens', () => {
       },
     }) as VaultTokenRepository;
     const s: Store = {
-      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens,
+      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests,
       close: () => sqlite.close(),
     };
     const log = createLogger({ level: 'silent' });

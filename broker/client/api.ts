@@ -2,7 +2,9 @@ import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
 import { brokerUrlProblem, shownUrl } from '../limits/urls.js';
 import { firstIssue } from '../wire/json-pointer.js';
-import { errorBody, sessionsResponse, vaultTokenResponse, type SessionView, type VaultTokenResponse } from '../wire/service-api.js';
+import {
+  confirmationRequiredBody, errorBody, sessionsResponse, vaultTokenResponse, type ConfirmationRequiredBody, type SessionView, type VaultTokenResponse,
+} from '../wire/service-api.js';
 
 /**
  * Bounded: Go SDK v2 kills credential_process after a minute (aws-sdk-go-v2
@@ -16,6 +18,22 @@ const REQUEST_TIMEOUT_MS = 15_000;
  */
 export class ServiceAnswer {
   constructor(readonly status: number) {}
+}
+
+/**
+ * The `cause` of a `confirmation_required` error: a start that waits for a human, with the pending
+ * request the service made. The service answers it with 401 and `WWW-Authenticate: Bearer
+ * error="insufficient_user_authentication"` (RFC 9470 §3) for the requester's own step-up, or 202
+ * when approvers are needed: either way no session, and nothing wrong with the access token (so
+ * nobody may take this 401 for an expired one and refresh: ServiceClient retries `unauthenticated`
+ * only).
+ */
+export class ConfirmationRequired {
+  constructor(readonly status: 401 | 202, readonly body: ConfirmationRequiredBody) {}
+}
+
+export function confirmationRequiredOf(e: unknown): ConfirmationRequired | undefined {
+  return e instanceof BrokerError && e.code === 'confirmation_required' && e.cause instanceof ConfirmationRequired ? e.cause : undefined;
 }
 
 /**
@@ -64,11 +82,22 @@ export class BrokerApi {
     } catch {
       throw new BrokerError('upstream_error', `the broker service answered ${res.status} without JSON`);
     }
+    if ((res.status === 401 || res.status === 202) && isConfirmationRequired(data)) {
+      const body = confirmationRequiredBody.safeParse(data);
+      if (!body.success) throw unexpectedAnswer(`${method} ${path} (HTTP ${res.status})`, body.error);
+      throw new BrokerError('confirmation_required', body.data.message, {
+        cause: new ConfirmationRequired(res.status, body.data), ...(body.data.hint ? { hint: body.data.hint } : {}),
+      });
+    }
     if (!res.ok) throw serviceError(res.status, data, `${method} ${path}`);
     const parsed = schema.safeParse(data);
     if (!parsed.success) throw unexpectedAnswer(`${method} ${path}`, parsed.error);
     return parsed.data;
   }
+}
+
+function isConfirmationRequired(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && (data as { code?: unknown }).code === 'confirmation_required';
 }
 
 /**

@@ -216,6 +216,10 @@ export const serverConfigSchema = z.strictObject({
     clockToleranceSeconds: z.number().int().min(0).max(300).default(30),
     /** The oldest an ID token may be (since its `iat`) to log in with, however long it stays unexpired. */
     maxIdTokenAge: boundedDuration(600, 60, 86_400, 'an ID token is for logging in now; e.g. 10m'),
+    /** The client of the service's own page (authorization code + PKCE, RFC 7636). */
+    webClientId: z.string().min(1).default('broker-web'),
+    /** A confidential page client's secret, in a file (never in the config); public client + PKCE without it. */
+    webClientSecretFile: z.string().min(1).optional(),
   }).superRefine((o, ctx) => {
     const problem = issuerProblem(o.issuer, o.allowInsecureHttp);
     if (problem) ctx.addIssue({ code: 'custom', path: ['issuer'], message: problem });
@@ -244,6 +248,16 @@ export const serverConfigSchema = z.strictObject({
     checkTrustAtStartup: z.boolean().default(true),
   }).prefault({}),
   vault: vaultSchema.optional(),
+  /**
+   * Human confirmation of task starts (README, "Confirmation"): the mode of templates that name
+   * none, how recent the IdP login of a decision must be (0: a login for that decision), and how
+   * long a start request waits for its humans.
+   */
+  confirm: z.strictObject({
+    default: z.enum(['none', 'self', 'approvers'], { error: 'must be none, self or approvers' }).default('self'),
+    maxAge: durationSchema.default(300).refine((s) => s <= 86_400, 'must be at most 1d (a confirmation proves a human now; e.g. 5m, or 0 for a fresh login)'),
+    timeout: durationSchema.default(900).refine((s) => s >= 60 && s <= 7 * 86_400, 'must be between 1m and 7d, e.g. 15m'),
+  }).prefault({}),
   /** Ends expired task sessions and retries revocations that failed (e.g. Vault was down). */
   sweeper: z.strictObject({
     interval: durationSchema.default(60).refine((s) => s >= 1 && s <= 3600, 'must be between 1s and 1h'),

@@ -1,18 +1,19 @@
-import { freshVaultToken } from '../client/api.js';
+import { confirmationRequiredOf, freshVaultToken } from '../client/api.js';
 import { readCliConfig } from '../client/cli-config.js';
 import { loadDeviceKey, loadLogin } from '../client/login-record.js';
 import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  endSessionResponse, startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse,
+  confirmationStatusResponse, deviceConfirmationResponse, endSessionResponse, startRequestResponse, startRequestsResponse, startSessionResponse,
+  templatesResponse, updateSessionResponse, whoamiResponse,
   type StartSessionRequest, type VaultTokenGrant,
 } from '../wire/service-api.js';
 import { CredentialCache } from './credential-cache.js';
 import { memoryProtection } from './memory-protection.js';
 import {
   PROTOCOL_VERSION, type DaemonOp, type DaemonRequest, type DaemonResult, type DaemonStatus, type EndedTasks, type PingResult,
-  type StartedTask, type StartRequest, type VaultTokenAnswer,
+  type StartAnswer, type StartedTask, type StartRequest, type VaultTokenAnswer,
 } from './protocol.js';
 import { ServiceClient } from './service-client.js';
 import { VaultTokenCache } from './vault-token-cache.js';
@@ -116,6 +117,14 @@ export class DaemonCore {
       case 'start': return answer('start', await this.start(req.request));
       case 'ensure': return answer('ensure', await this.ensure(req.request, req.paramsGiven));
       case 'status': return answer('status', await this.status());
+      case 'request': return answer('request', (await this.service().request('GET', `/v1/requests/${req.id}`, startRequestResponse)).request);
+      case 'requests': return answer('requests', (await this.service().request('GET', `/v1/requests?for=${req.for}`, startRequestsResponse)).requests);
+      case 'cancel-request': return answer('cancel-request', (await this.service().request('DELETE', `/v1/requests/${req.id}`, startRequestResponse)).request);
+      case 'confirm-device': return answer('confirm-device',
+        await this.service().request('POST', `/v1/requests/${req.id}/confirmations`, deviceConfirmationResponse, { decision: req.decision, reason: req.reason }));
+      // Not retried on a 401 (service-client.ts, requestOnce): that 401 is the decision's, not the token's.
+      case 'confirmation': return answer('confirmation',
+        await this.service().requestOnce('GET', `/v1/requests/${req.id}/confirmations/${encodeURIComponent(req.confirmation)}`, confirmationStatusResponse));
       case 'end': return answer('end', await this.end(req.template, req.all === true));
       case 'templates': return answer('templates', (await this.service().request('GET', '/v1/templates', templatesResponse)).templates);
       case 'whoami': return answer('whoami', { ...(await this.service().request('GET', '/v1/whoami', whoamiResponse)), server: this.service().serverUrl });
@@ -132,9 +141,24 @@ export class DaemonCore {
     };
   }
 
-  private async start(r: StartRequest): Promise<StartedTask> {
-    const body: StartSessionRequest = { template: r.template, params: r.params, reason: r.reason, agent: r.agent, ...(r.ttl ? { ttl: r.ttl } : {}) };
-    const issued = await this.service().request('POST', '/v1/sessions', startSessionResponse, body);
+  /**
+   * Starts a session, or answers the start request the service made when the template needs a
+   * human (confirmation_required: 401 step-up or 202 approvers), for the CLI to show and wait for.
+   */
+  private async start(r: StartRequest): Promise<StartAnswer> {
+    const body: StartSessionRequest = {
+      template: r.template, params: r.params, reason: r.reason, agent: r.agent, ...(r.ttl ? { ttl: r.ttl } : {}),
+      ...(r.confirmedRequest ? { confirmedRequest: r.confirmedRequest } : {}), ...(r.breakGlass ? { breakGlass: true } : {}),
+    };
+    let issued;
+    try {
+      issued = await this.service().request('POST', '/v1/sessions', startSessionResponse, body);
+    } catch (e) {
+      const pending = confirmationRequiredOf(e);
+      if (!pending) throw e;
+      this.log.info({ template: r.template, request: pending.body.request.id, status: pending.status }, 'task start waits for a human confirmation');
+      return { confirmationRequired: true, message: pending.body.message, status: pending.status, request: pending.body.request };
+    }
     // Held for credential_process and vault-token: the first use after `broker task` needs no network.
     if (issued.credentials) this.cache.put({ session: issued.session, credentials: issued.credentials });
     if (issued.vault) this.vault.put(issued.session, issued.vault);
@@ -159,8 +183,8 @@ export class DaemonCore {
     return { template, token: grant.token, accessor: grant.accessor, address: grant.address, namespace: grant.namespace ?? null, expiresAt: grant.expiresAt };
   }
 
-  /** `broker exec`: reuse the template's active session, or start one. */
-  private async ensure(r: StartRequest, paramsGiven: boolean): Promise<StartedTask> {
+  /** `broker exec`: reuse the template's active session (no confirmation needed), or start one. */
+  private async ensure(r: StartRequest, paramsGiven: boolean): Promise<StartAnswer> {
     const existing = await this.service().findSession(r.template);
     if (!existing) return this.start(r);
     if (paramsGiven && !sameParams(existing.params, r.params)) {

@@ -17,7 +17,10 @@ import { z } from 'zod';
 import { BrokerError, type ErrorCode, type ErrorDetail } from '../errors.js';
 import { MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
-import { errorBody, processCredentials, sessionView, templateSummary, timestamp, whoamiResponse } from '../wire/service-api.js';
+import {
+  confirmationStatusResponse, deviceConfirmationResponse, errorBody, processCredentials, REQUEST_ID_RE, sessionView, startRequestView,
+  templateSummary, timestamp, whoamiResponse,
+} from '../wire/service-api.js';
 
 export const PROTOCOL_VERSION = 1;
 /** A request line larger than this is refused (no op needs more than a few hundred bytes). */
@@ -37,8 +40,14 @@ export const startRequest = z.strictObject({
   reason: z.string().max(MAX_REASON_CHARS),
   agent: z.string().min(1).max(MAX_AGENT_NAME_CHARS),
   ttl: z.string().max(32).optional(),
+  /** The start request a human confirmed for exactly this template, parameters and ttl (the service checks). */
+  confirmedRequest: z.string().regex(REQUEST_ID_RE, 'must be a start request id').optional(),
+  /** A template with `confirm.breakGlass`: start without approvers (a reason is required; the requester still confirms). */
+  breakGlass: z.boolean().optional(),
 });
 export type StartRequest = z.infer<typeof startRequest>;
+
+const requestId = z.string().regex(REQUEST_ID_RE, 'must be a start request id (req_…)');
 
 export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('ping') }),
@@ -49,6 +58,15 @@ export const daemonRequest = z.discriminatedUnion('op', [
   /** Reuse the template's active session (its params must match, when given) or start one; `broker exec`. */
   z.strictObject({ op: z.literal('ensure'), request: startRequest, paramsGiven: z.boolean() }),
   z.strictObject({ op: z.literal('status') }),
+  /** A start request (its requester's or one the caller may approve), to show or to wait for. */
+  z.strictObject({ op: z.literal('request'), id: requestId }),
+  /** The caller's own recent requests (`me`), or the pending ones they may approve (`approver`). */
+  z.strictObject({ op: z.literal('requests'), for: z.enum(['me', 'approver']) }),
+  z.strictObject({ op: z.literal('cancel-request'), id: requestId }),
+  /** A decision from a terminal: the service starts a device authorization (RFC 8628) at the IdP for whoever decides. */
+  z.strictObject({ op: z.literal('confirm-device'), id: requestId, decision: z.enum(['confirm', 'approve', 'deny']), reason: z.string().max(MAX_REASON_CHARS) }),
+  /** One poll of that device confirmation (the service asks the IdP at most once per interval). */
+  z.strictObject({ op: z.literal('confirmation'), id: requestId, confirmation: z.string().regex(/^[A-Za-z0-9_-]{1,100}$/, 'must be a confirmation id') }),
   z.strictObject({ op: z.literal('end'), template: templateName.optional(), all: z.boolean().optional() }),
   z.strictObject({ op: z.literal('templates') }),
   z.strictObject({ op: z.literal('whoami') }),
@@ -134,6 +152,28 @@ export const startedTask = z.object({
 });
 export type StartedTask = z.infer<typeof startedTask>;
 
+/**
+ * `start` and `ensure` of a template that needs a human: no session, the service's pending start
+ * request (its 401 `insufficient_user_authentication` or 202, code `confirmation_required`), for the
+ * CLI to show and wait for. A result, not an error: nothing failed, a human has yet to decide.
+ */
+export const confirmationPending = z.object({
+  confirmationRequired: z.literal(true),
+  message: z.string(),
+  /** 401: the requester's own step-up (RFC 9470); 202: approvers are needed too. */
+  status: z.union([z.literal(401), z.literal(202)]),
+  request: startRequestView,
+});
+export type ConfirmationPending = z.infer<typeof confirmationPending>;
+
+/** What `start`/`ensure` answer: a session, or the request that waits for a human. */
+export const startAnswer = z.union([confirmationPending, startedTask]);
+export type StartAnswer = z.infer<typeof startAnswer>;
+
+export function isConfirmationPending(a: StartAnswer): a is ConfirmationPending {
+  return 'confirmationRequired' in a && a.confirmationRequired === true;
+}
+
 /** `vault-token`: the task's token (a secret: `broker vault-token` prints it, `broker exec` puts it in the child's environment). */
 export const vaultTokenAnswer = z.object({
   template: z.string(), token: z.string().min(1), accessor: z.string(), address: z.string(), namespace: z.string().nullable(), expiresAt: time,
@@ -168,9 +208,14 @@ export const resultSchemas = {
   ping: pingResult,
   credentials: processCredentials,
   'vault-token': vaultTokenAnswer,
-  start: startedTask,
-  ensure: startedTask,
+  start: startAnswer,
+  ensure: startAnswer,
   status: daemonStatus,
+  request: startRequestView,
+  requests: z.array(startRequestView),
+  'cancel-request': startRequestView,
+  'confirm-device': deviceConfirmationResponse,
+  confirmation: confirmationStatusResponse,
   end: endedTasks,
   templates: z.array(templateSummary),
   whoami: whoamiResponse.extend({ server: z.string() }),

@@ -156,6 +156,17 @@ export class ServiceClient implements CredentialUpstream, ApiRequester {
     }
   }
 
+  /**
+   * A request that is not retried on a 401: one whose 401 is about something else than the access
+   * token, and which may not be sent twice. The poll of a device confirmation is one: when the IdP
+   * login behind it is refused (not fresh enough), the service answers `unauthenticated` and has
+   * spent the confirmation, so a retry would only find it gone. The token is renewed ahead of its
+   * expiry (ACCESS_TOKEN_MARGIN_MS), so it is valid here.
+   */
+  async requestOnce<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>> {
+    return new BrokerApi(this.serverUrl, await this.accessToken()).request(method, path, schema, body);
+  }
+
   async findSession(template: string): Promise<SessionView | undefined> {
     return (await activeSessions(this)).find((s) => s.template === template);
   }

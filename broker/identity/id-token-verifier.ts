@@ -139,6 +139,9 @@ export class IdTokenVerifier {
     return {
       // Only a verified email can match a template's allowed.emails (access.ts ignores an empty one).
       principal: { id, email: emailVerified ? payload.email as string : '', groups },
+      // When the person last authenticated at the IdP (OIDC Core §2): what a confirmation's
+      // freshness rests on (broker/requests/). Absent, or not a number: unknown.
+      authTime: typeof payload.auth_time === 'number' && Number.isFinite(payload.auth_time) ? payload.auth_time * 1000 : undefined,
       once: { key: onceKey(payload, idToken), until: ((payload.exp as number) + this.opts.clockToleranceSeconds) * 1000 },
     };
   }
@@ -161,6 +164,8 @@ export class IdTokenVerifier {
 /** An ID token that passed every check but its single use (`IdTokenVerifier.accept`). */
 export interface VerifiedIdToken {
   principal: Principal;
+  /** `auth_time` in ms, when the token carries it. */
+  authTime?: number | undefined;
   once: { key: string; until: number };
 }
 

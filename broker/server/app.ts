@@ -10,9 +10,12 @@ import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditLog } from '../store/store.js';
+import type { DeviceConfirmations } from '../requests/device-confirmations.js';
+import type { StartRequest, StartRequests } from '../requests/start-requests.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, refreshRequest, startSessionRequest, updateSessionRequest,
+  idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, REQUEST_ID_RE, refreshRequest, startConfirmationRequest, startSessionRequest, updateSessionRequest,
+  type confirmationRequiredBody, type confirmationStatusResponse, type deviceConfirmationResponse, type startRequestResponse, type startRequestsResponse,
   type authRefreshResponse, type authTokenResponse, type Body, type endSessionResponse, type errorBody, type healthResponse,
   type LoginConfig, type loginInfo, type logoutResponse, type processCredentials, type reissueCredentialsResponse, type sessionsResponse,
   type startSessionResponse, type templatesResponse, type updateSessionResponse, type vaultTokenGrant, type vaultTokenResponse, type whoamiResponse,
@@ -37,6 +40,13 @@ export interface AppDeps {
   log: Logger;
   loginConfig: LoginConfig;
   issuePerMinute: number;
+  /**
+   * Start requests (README, "Confirmation"). Absent: every start is direct, as before start
+   * requests existed (unit tests of other routes); the service (start.ts) always has them.
+   */
+  requests?: StartRequests | undefined;
+  /** Device confirmations from a terminal (RFC 8628 at the IdP, run by the service). */
+  confirmations?: DeviceConfirmations | undefined;
   now?: () => number;
 }
 
@@ -250,12 +260,46 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.get('/v1/sessions', async (c) => c.json({ sessions: await deps.sessions.list(c.get('principal')) } satisfies Body<typeof sessionsResponse>));
 
+  const requests = () => {
+    if (!deps.requests) throw new BrokerError('not_found', 'this service has no start requests');
+    return deps.requests;
+  };
+  const requestId = (c: Context) => {
+    const id = c.req.param('id') ?? '';
+    if (!REQUEST_ID_RE.test(id)) throw new BrokerError('not_found', `no start request ${id.slice(0, 40)}`);
+    return id;
+  };
+  const view = (r: StartRequest) => requests().view(r);
+
   app.post('/v1/sessions', async (c) => {
     const body = await parseBody(c, startSessionRequest);
     rateLimited(c);
-    const r = await deps.sessions.start(c.get('principal'), {
-      template: body.template, params: body.params, reason: body.reason, agent: body.agent, ttlSeconds: body.ttl,
-    });
+    const p = c.get('principal');
+    const ask = { template: body.template, params: body.params, reason: body.reason, agent: body.agent, ttlSeconds: body.ttl };
+    let r: IssuedCredentials;
+    if (body.confirmedRequest !== undefined) {
+      r = await requests().startConfirmed(p, body.confirmedRequest, ask);
+    } else {
+      const pending = deps.requests ? await deps.requests.ask(p, { ...ask, breakGlass: body.breakGlass }) : undefined;
+      if (pending) {
+        const status = deps.requests!.challengeStatus(pending);
+        const v = view(pending);
+        const message = status === 401
+          ? `starting "${pending.template}" needs your confirmation with a fresh IdP login (request ${pending.id})`
+          : `starting "${pending.template}" needs approval (request ${pending.id}): ${v.waitingFor.join('; ')}`;
+        deps.log.info({ developer: p.id, template: pending.template, request: pending.id, status }, 'start request pending');
+        if (status === 401) {
+          // RFC 9470 §3: the step-up challenge; max_age is how recent the login must be (§4).
+          c.header('WWW-Authenticate', `Bearer error="insufficient_user_authentication", error_description="${message.replace(/["\\]/g, '')}", max_age=${pending.maxAgeSeconds}`);
+        }
+        c.header('cache-control', 'no-store');
+        return c.json({
+          code: 'confirmation_required', message, hint: `confirm at ${v.url}, or from a terminal: broker approve ${pending.id}`, request: v,
+        } satisfies Body<typeof confirmationRequiredBody>, status);
+      }
+      if (body.breakGlass) throw new BrokerError('invalid_request', `"${body.template}" needs no confirmation: breakGlass does not apply`);
+      r = await deps.sessions.start(p, ask);
+    }
     // The AccessKeyId and the Vault accessor identify what was issued; never the secrets.
     deps.log.info({
       developer: c.get('principal').id, template: body.template, session: r.session.id,
@@ -296,6 +340,47 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const pending = r.vaultTokens.filter((t) => !t.revoked).length;
     deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultTokensRevoked: r.vaultTokens.length - pending, vaultTokensPending: pending }, 'task session ended');
     return c.json({ ended: r.session, vaultTokens: r.vaultTokens } satisfies Body<typeof endSessionResponse>);
+  });
+
+  // ---- start requests --------------------------------------------------------------------------
+
+  app.get('/v1/requests', async (c) => {
+    const p = c.get('principal');
+    const forWhom = c.req.query('for') ?? 'me';
+    if (forWhom !== 'me' && forWhom !== 'approver') throw new BrokerError('invalid_request', 'for must be me or approver', { details: [{ path: 'for', message: 'must be me or approver' }] });
+    const list = forWhom === 'me' ? await requests().recentOf(p.id) : await requests().listForApprover(p);
+    return c.json({ requests: list.map(view) } satisfies Body<typeof startRequestsResponse>);
+  });
+
+  app.get('/v1/requests/:id', async (c) => {
+    const r = await requests().get(c.get('principal'), requestId(c));
+    return c.json({ request: view(r) } satisfies Body<typeof startRequestResponse>);
+  });
+
+  app.delete('/v1/requests/:id', async (c) => {
+    const r = await requests().cancel(c.get('principal'), requestId(c));
+    deps.log.info({ developer: c.get('principal').id, request: r.id }, 'start request cancelled');
+    return c.json({ request: view(r) } satisfies Body<typeof startRequestResponse>);
+  });
+
+  // A decision from a terminal: attributed to whoever logs in at the IdP, not to the bearer.
+  app.post('/v1/requests/:id/confirmations', async (c) => {
+    const body = await parseBody(c, startConfirmationRequest);
+    rateLimited(c);
+    if (!deps.confirmations) throw new BrokerError('not_found', 'this service has no device confirmations');
+    const r = await requests().get(c.get('principal'), requestId(c));
+    const confirmation = await deps.confirmations.start(r, body.decision, body.reason);
+    c.header('cache-control', 'no-store');
+    return c.json({ confirmation, request: view(r) } satisfies Body<typeof deviceConfirmationResponse>, 201);
+  });
+
+  app.get('/v1/requests/:id/confirmations/:cid', async (c) => {
+    if (!deps.confirmations) throw new BrokerError('not_found', 'this service has no device confirmations');
+    const id = requestId(c);
+    const status = await deps.confirmations.poll(id, c.req.param('cid'));
+    const r = await requests().find(id);
+    if (!r) throw new BrokerError('not_found', `no start request ${id}`);
+    return c.json({ status, request: view(r) } satisfies Body<typeof confirmationStatusResponse>);
   });
 
   return app;

@@ -10,6 +10,8 @@ import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { BrokerLogins } from '../identity/logins.js';
 import { createLogger, type Logger } from '../log.js';
+import { DeviceConfirmations } from '../requests/device-confirmations.js';
+import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -84,6 +86,8 @@ export interface StartOptions {
   log?: Logger;
   /** The service's clock (tests move it to expire sessions); defaults to Date.now. */
   now?: () => number;
+  /** Who hears of start requests (a notifier); none by default. */
+  requestEvents?: RequestEvents;
 }
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
@@ -123,9 +127,16 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
     maxActiveSessions: config.limits.maxActiveSessions, now,
   });
-  const sweeper = new SessionSweeper({ sessions, intervalSeconds: config.sweeper.interval, log });
+  const requests = new StartRequests({
+    store, templates, sessions, log, now, events: options.requestEvents, publicUrl: () => url,
+    defaults: { mode: config.confirm.default, maxAgeSeconds: config.confirm.maxAge, timeoutSeconds: config.confirm.timeout },
+  });
+  const confirmations = new DeviceConfirmations({
+    issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
+  });
+  const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
-    tokens, logins, idTokens, sessions, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
+    tokens, logins, idTokens, sessions, requests, confirmations, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops,

@@ -26,6 +26,8 @@ export interface SweepResult {
   failed: number;
   /** Failed revocations given up: the token is past the latest it can live. */
   lapsed: number;
+  /** Start requests expired (`request.expire`). */
+  requestsExpired: number;
 }
 
 export class SessionSweeper {
@@ -34,7 +36,8 @@ export class SessionSweeper {
   /** Failed revocations of the previous sweep: the same count again (Vault still down) is not logged again. */
   private lastFailed = 0;
 
-  constructor(private readonly deps: { sessions: TaskSessionService; intervalSeconds: number; log: Logger }) {}
+  constructor(private readonly deps: { sessions: TaskSessionService; /** Start requests to expire (broker/requests/; by shape, so sessions/ does not depend on requests/). */
+    requests?: { expire(): Promise<unknown[]> } | undefined; intervalSeconds: number; log: Logger }) {}
 
   /** Sweeps now (revocations left over from before a restart) and then every interval. */
   start(): void {
@@ -57,9 +60,10 @@ export class SessionSweeper {
   }
 
   private async run(): Promise<SweepResult> {
-    const result: SweepResult = { expired: 0, incomplete: 0, revoked: 0, failed: 0, lapsed: 0 };
+    const result: SweepResult = { expired: 0, incomplete: 0, revoked: 0, failed: 0, lapsed: 0, requestsExpired: 0 };
     try {
       result.expired = (await this.deps.sessions.endExpired()).length;
+      if (this.deps.requests) result.requestsExpired = (await this.deps.requests.expire()).length;
       result.incomplete = (await this.deps.sessions.endIncompleteStarts(START_GRACE_MS)).length;
       for (const r of await this.deps.sessions.revokePending()) {
         if (r.revoked) result.revoked++;
@@ -69,7 +73,7 @@ export class SessionSweeper {
     } catch (e) {
       this.deps.log.error({ err: (e as Error).message }, 'session sweep failed; retrying at the next interval');
     }
-    if (result.expired || result.incomplete || result.revoked || result.lapsed || result.failed !== this.lastFailed) this.deps.log.info(result, 'session sweep');
+    if (result.expired || result.requestsExpired || result.incomplete || result.revoked || result.lapsed || result.failed !== this.lastFailed) this.deps.log.info(result, 'session sweep');
     this.lastFailed = result.failed;
     return result;
   }

@@ -21,6 +21,8 @@ export interface StartTaskRequest {
   agent: string;
   /** Requested task-session length; capped by the template's maximum. */
   ttlSeconds?: number | undefined;
+  /** The start request humans confirmed for this start (broker/requests/): recorded in the `session.start` detail. */
+  confirmedRequest?: { id: string; confirmedBy: string[]; approvedBy: string[]; breakGlass: boolean } | undefined;
 }
 
 /** A session as the API shows it (wire/service-api.ts `sessionView`): never a secret in it. */
@@ -172,7 +174,10 @@ export class TaskSessionService {
     }
     await this.deps.store.sessions.create(session, {
       ...base, decision: 'allowed', sessionId: id, reason: req.reason,
-      roleSessionName: session.roleSessionName, detail: { params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t) },
+      roleSessionName: session.roleSessionName, detail: {
+        params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t),
+        ...(req.confirmedRequest ? { request: req.confirmedRequest.id, confirmedBy: req.confirmedRequest.confirmedBy, approvedBy: req.confirmedRequest.approvedBy, breakGlass: req.confirmedRequest.breakGlass } : {}),
+      },
     });
     // From here the sweeper leaves it alone however long the first issue takes (endIncompleteStarts).
     this.starting.add(id);

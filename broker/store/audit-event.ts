@@ -11,10 +11,19 @@ export type AuditEventName =
   | 'session.end'
   | 'vault.issue'
   | 'vault.reissue'
-  | 'vault.revoke';
+  | 'vault.revoke'
+  /** Start requests (README, "Confirmation"): made, decided by a human, expired, cancelled, broken glass. */
+  | 'request.create'
+  | 'request.confirm'
+  | 'request.approve'
+  | 'request.deny'
+  | 'request.expire'
+  | 'request.cancel'
+  | 'request.break_glass';
 
 /** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
-export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired';
+export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired'
+  | 'pending' | 'confirmed' | 'approved' | 'cancelled';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session

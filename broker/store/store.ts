@@ -20,6 +20,7 @@
 import type { AuditEvent, AuditRecord } from './audit-event.js';
 import type { RefreshTokenFamilies } from './refresh-token-families.js';
 import type { SeenIdTokens } from './seen-id-tokens.js';
+import type { StartRequestRepository } from './start-requests.js';
 
 export interface TaskSession {
   id: string;
@@ -125,5 +126,6 @@ export interface Store {
   readonly vaultTokens: VaultTokenRepository;
   readonly refreshTokenFamilies: RefreshTokenFamilies;
   readonly seenIdTokens: SeenIdTokens;
+  readonly startRequests: StartRequestRepository;
   close(): Promise<void>;
 }

@@ -67,6 +67,23 @@ const vaultSchema = z.strictObject({
   noDefaultPolicy: z.boolean().default(false),
 });
 
+/**
+ * Who confirms a start of the template (docs/templates.md, "confirm"): the requester's fresh IdP
+ * login (`self`), that and approvers (`approvers`), or nobody (`none`). Absent fields take the
+ * service's `confirm` defaults; cross-field rules are in validate.ts.
+ */
+const confirmSchema = z.strictObject({
+  mode: z.enum(['none', 'self', 'approvers'], { error: 'mode must be none, self or approvers' }).optional(),
+  maxAge: durationSchema.optional(),
+  timeout: durationSchema.optional(),
+  approvers: z.strictObject({
+    groups: z.array(z.string().min(1)).default([]),
+    emails: z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address')).default([]),
+  }).optional(),
+  approvals: z.number().int().optional(),
+  breakGlass: z.boolean().default(false),
+});
+
 export const templateSchema = z.strictObject({
   name: z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`),
   description: z.string().min(1).max(256),
@@ -82,6 +99,7 @@ export const templateSchema = z.strictObject({
   // Each optional: a template grants AWS credentials, a Vault token, or both; validate.ts requires one.
   aws: awsSchema.optional(),
   vault: vaultSchema.optional(),
+  confirm: confirmSchema.optional(),
 });
 
 export type RawTemplate = z.output<typeof templateSchema>;
@@ -140,8 +158,43 @@ export interface TaskTemplate {
   parameters: TemplateParameter[];
   aws?: AwsGrant | undefined;
   vault?: VaultGrant | undefined;
+  /** Who confirms a start; `mode`, `maxAgeSeconds`, `timeoutSeconds` undefined: the service's `confirm` defaults. */
+  confirm: TemplateConfirm;
   /** The file it was loaded from. */
   file: string;
+}
+
+export interface TemplateConfirm {
+  mode: 'none' | 'self' | 'approvers' | undefined;
+  maxAgeSeconds: number | undefined;
+  timeoutSeconds: number | undefined;
+  /** Emails lower-cased; empty unless mode approvers. */
+  approvers: { groups: string[]; emails: string[] };
+  /** Distinct approvers needed (never the requester); 0 unless mode approvers. */
+  approvals: number;
+  breakGlass: boolean;
+}
+
+/** The template's confirm rule with the service's defaults filled in. */
+export interface ConfirmRule {
+  mode: 'none' | 'self' | 'approvers';
+  maxAgeSeconds: number;
+  timeoutSeconds: number;
+  approvers: { groups: string[]; emails: string[] };
+  approvals: number;
+  breakGlass: boolean;
+}
+
+export interface ConfirmDefaults { mode: 'none' | 'self' | 'approvers'; maxAgeSeconds: number; timeoutSeconds: number }
+
+export function confirmRule(t: TaskTemplate, d: ConfirmDefaults): ConfirmRule {
+  const c = t.confirm;
+  // A service default of `approvers` has no approvers list to use: such templates need their own.
+  const mode = c.mode ?? (d.mode === 'approvers' && c.approvers.groups.length + c.approvers.emails.length === 0 ? 'self' : d.mode);
+  return {
+    mode, maxAgeSeconds: c.maxAgeSeconds ?? d.maxAgeSeconds, timeoutSeconds: c.timeoutSeconds ?? d.timeoutSeconds,
+    approvers: c.approvers, approvals: mode === 'approvers' ? Math.max(1, c.approvals) : 0, breakGlass: mode === 'approvers' && c.breakGlass,
+  };
 }
 
 /** Default credential lifetime: STS's own AssumeRole default (3600 s), capped by maxDuration. */

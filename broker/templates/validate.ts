@@ -20,7 +20,7 @@ import { probeParameter, probeRisk } from './param-probes.js';
 import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';
 import {
   DEFAULT_CREDENTIAL_LIFETIME_SECONDS, type AwsGrant, type PolicyStatement, type RawTemplate, type RawVaultGrant,
-  type TaskTemplate, type TemplateParameter, type VaultGrant,
+  type TaskTemplate, type TemplateConfirm, type TemplateParameter, type VaultGrant,
 } from './schema.js';
 
 export interface TemplateProblem {
@@ -110,6 +110,7 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
       'remove it; the lifetime of a Vault token is vault.ttl (and vault.explicitMaxTtl)');
   }
   if (raw.vault) vault = checkVault(raw.vault, maxSession, add);
+  const confirm = checkConfirm(raw.confirm, add);
 
   if (problems.length) return { problems };
   return {
@@ -123,8 +124,37 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
       parameters,
       aws,
       vault,
+      confirm,
       file,
     },
+  };
+}
+
+/** The longest a request may wait for its humans, and the oldest IdP login a decision may rest on. */
+const MAX_CONFIRM_TIMEOUT_SECONDS = 7 * 86_400;
+const MAX_CONFIRM_MAX_AGE_SECONDS = 86_400;
+
+function checkConfirm(c: RawTemplate['confirm'], add: Add): TemplateConfirm {
+  const none: TemplateConfirm = { mode: undefined, maxAgeSeconds: undefined, timeoutSeconds: undefined, approvers: { groups: [], emails: [] }, approvals: 0, breakGlass: false };
+  if (!c) return none;
+  const approvers = { groups: c.approvers?.groups ?? [], emails: (c.approvers?.emails ?? []).map((e) => e.toLowerCase()) };
+  const listed = approvers.groups.length + approvers.emails.length > 0;
+  if (c.mode === 'approvers' && !listed) {
+    add(['confirm', 'approvers'], 'is required for mode approvers: nobody could approve', 'list IdP groups in confirm.approvers.groups and/or emails in confirm.approvers.emails');
+  }
+  if (c.mode !== 'approvers' && c.approvers !== undefined) {
+    add(['confirm', 'approvers'], `applies to mode approvers only, and mode is ${c.mode ?? 'the service default'}`, 'set confirm.mode: approvers, or remove approvers');
+  }
+  if (c.approvals !== undefined && c.approvals < 1) add(['confirm', 'approvals'], `is ${c.approvals}; it must be at least 1`, 'for no approver use mode self (or none)');
+  if (c.approvals !== undefined && c.mode !== 'approvers') add(['confirm', 'approvals'], 'applies to mode approvers only', 'set confirm.mode: approvers, or remove approvals');
+  if (c.approvals !== undefined && c.approvals > 10) add(['confirm', 'approvals'], `is ${c.approvals}; at most 10`);
+  if (c.breakGlass && c.mode !== 'approvers') add(['confirm', 'breakGlass'], 'applies to mode approvers only (it starts without approvers)', 'set confirm.mode: approvers, or remove breakGlass');
+  if (c.mode === 'none' && (c.maxAge !== undefined || c.timeout !== undefined)) add(['confirm'], 'maxAge and timeout do nothing with mode none', 'remove them, or choose mode self');
+  if (c.maxAge !== undefined && c.maxAge > MAX_CONFIRM_MAX_AGE_SECONDS) add(['confirm', 'maxAge'], `is ${formatDuration(c.maxAge)}; at most 1d`, 'a confirmation proves a human now: e.g. 5m, or 0 for a fresh login');
+  if (c.timeout !== undefined && (c.timeout < 60 || c.timeout > MAX_CONFIRM_TIMEOUT_SECONDS)) add(['confirm', 'timeout'], `is ${formatDuration(c.timeout)}; it must be between 1m and 7d`);
+  return {
+    mode: c.mode, maxAgeSeconds: c.maxAge, timeoutSeconds: c.timeout, approvers,
+    approvals: c.mode === 'approvers' ? (c.approvals ?? 1) : 0, breakGlass: c.breakGlass,
   };
 }
 

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { BROKER_BIN, POLICIES_DIR } from './paths.js';
 
 export interface BrokerServiceOptions {
@@ -27,6 +27,23 @@ export interface BrokerService {
 }
 
 /**
+ * A copy of a policies directory with every template's `confirm` section removed, so its templates
+ * take the service's `confirm.default` (`none` in tests not about confirmation): a test of Vault
+ * tokens or the daemon starts db-migrate directly, as before start requests existed.
+ */
+export function unconfirmedPolicies(src: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'broker-policies-'));
+  const out = join(dir, 'policies');
+  mkdirSync(out);
+  for (const f of readdirSync(src).filter((n) => /\.ya?ml$/.test(n))) {
+    const doc = parse(readFileSync(join(src, f), 'utf8')) as Record<string, unknown>;
+    delete doc.confirm;
+    writeFileSync(join(out, f), stringify(doc));
+  }
+  return out;
+}
+
+/**
  * Runs `broker server --config …` as a real child process (as an operator would), with its own
  * SQLite file and its log captured to a file the tests can scan for secrets.
  */
@@ -36,7 +53,8 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   const logFile = join(dir, 'server.log');
   const config = {
     listen: { host: '127.0.0.1', port: 0 },
-    policiesDir: o.policiesDir ?? POLICIES_DIR,
+    // Tests about confirmation pass `extra.confirm` and get the templates as they are.
+    policiesDir: o.extra?.confirm ? (o.policiesDir ?? POLICIES_DIR) : unconfirmedPolicies(o.policiesDir ?? POLICIES_DIR),
     store: { sqlite: dbPath },
     oidc: {
       issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256', 'ES256'], cliClientId: 'broker-cli',
@@ -45,6 +63,8 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
     tokens: { signingKeys: 'ephemeral' },
     aws: { region: 'us-east-1', stsEndpoint: o.stsEndpoint, iamEndpoint: o.iamEndpoint },
     log: { level: 'debug' },
+    // Tests not about confirmation start directly (test/start-requests.test.ts is about it).
+    confirm: { default: 'none' },
     ...o.extra,
   };
   const configFile = join(dir, 'broker.yaml');

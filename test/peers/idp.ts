@@ -122,7 +122,8 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
     jwks: { keys: jwks },
     adapter: memoryAdapter(),
     cookies: { keys: [randomBytes(32).toString('base64url')] },
-    claims: { openid: ['sub', 'jti'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
+    // auth_time, sid, acr, iss: oidc-provider's own defaults, kept (a confirmation checks auth_time, OIDC Core §2).
+    claims: { auth_time: null, sid: null, acr: null, iss: null, openid: ['sub', 'jti'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
     scopes: ['openid', 'email', 'profile', 'groups'],
     conformIdTokenClaims: false,
     async findAccount(_ctx: unknown, id: string) {

@@ -89,6 +89,39 @@ CREATE TABLE IF NOT EXISTS seen_id_tokens (
   until INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS seen_id_tokens_until ON seen_id_tokens (until);
+-- Start requests waiting for humans (store/start-requests.ts), and the decisions taken on them.
+CREATE TABLE IF NOT EXISTS start_requests (
+  id TEXT PRIMARY KEY,
+  requester TEXT NOT NULL,
+  template TEXT NOT NULL,
+  params TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  ttl_seconds INTEGER,
+  break_glass INTEGER NOT NULL,
+  mode TEXT NOT NULL,
+  max_age_seconds INTEGER NOT NULL,
+  approvals INTEGER NOT NULL,
+  approvers TEXT NOT NULL,
+  digest TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  session_id TEXT
+);
+CREATE INDEX IF NOT EXISTS start_requests_requester ON start_requests (requester, status);
+CREATE INDEX IF NOT EXISTS start_requests_status ON start_requests (status, expires_at);
+CREATE TABLE IF NOT EXISTS start_request_decisions (
+  request_id TEXT NOT NULL REFERENCES start_requests (id),
+  seq INTEGER NOT NULL,
+  by TEXT NOT NULL,
+  decision TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  auth_time INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  via TEXT NOT NULL,
+  PRIMARY KEY (request_id, seq)
+);
 `;
 
 /** Columns added after their table first shipped: `table`, then `name TYPE`. */

@@ -6,6 +6,7 @@ import { migrate } from './migrations.js';
 import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
 import { SqliteSessionRepository } from './sessions.js';
+import { SqliteStartRequests } from './start-requests.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
 
 /**
@@ -19,6 +20,7 @@ export class SqliteStore implements Store {
   readonly vaultTokens: SqliteVaultTokenRepository;
   readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
   readonly seenIdTokens: SqliteSeenIdTokens;
+  readonly startRequests: SqliteStartRequests;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -36,6 +38,7 @@ export class SqliteStore implements Store {
     this.vaultTokens = new SqliteVaultTokenRepository(this.sql, this.auditLog);
     this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
     this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
+    this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {
