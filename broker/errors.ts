@@ -56,17 +56,23 @@ export class BrokerError extends Error {
   readonly hint: string | undefined;
   /** For `rate_limited`: when to try again (the HTTP `Retry-After` header, RFC 9110 §10.2.3). */
   readonly retryAfterSeconds: number | undefined;
+  /**
+   * For `confirmation_required`: the IdP login was not recent enough, and a new one at most this
+   * old would do (RFC 9470 §3, the `max_age` of the step-up challenge).
+   */
+  readonly stepUpMaxAgeSeconds: number | undefined;
 
   constructor(
     code: ErrorCode,
     message: string,
-    options: { cause?: unknown; details?: ErrorDetail[]; hint?: string; retryAfterSeconds?: number } = {},
+    options: { cause?: unknown; details?: ErrorDetail[]; hint?: string; retryAfterSeconds?: number; stepUpMaxAgeSeconds?: number } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.details = options.details;
     this.hint = options.hint;
     this.retryAfterSeconds = options.retryAfterSeconds;
+    this.stepUpMaxAgeSeconds = options.stepUpMaxAgeSeconds;
   }
 
   get status(): number {

@@ -195,6 +195,27 @@ function stillWaiting(r: StartRequestView, opts: WaitOptions, progress: Progress
 export async function deviceDecision(
   r: StartRequestView, decision: 'confirm' | 'approve' | 'deny', reason: string, interrupted?: Promise<'interrupted'>,
 ): Promise<StartRequestView | 'interrupted'> {
+  try {
+    return await deviceDecisionOnce(r, decision, reason, interrupted);
+  } catch (e) {
+    // The service's step-up challenge (RFC 9470): the login at the IdP was too old, nothing was
+    // decided or spent; once more with a new code, for which the service asks the IdP for a new login.
+    if (!(e instanceof BrokerError) || e.code !== 'confirmation_required') throw e;
+    info(`broker: ${e.message}; nothing was decided. Once more, with a new code:`);
+    try {
+      return await deviceDecisionOnce(r, decision, reason, interrupted);
+    } catch (again) {
+      if (!(again instanceof BrokerError) || again.code !== 'confirmation_required') throw again;
+      throw new BrokerError('confirmation_required', `${again.message}; nothing was decided and start request ${r.id} stays pending`, {
+        hint: `log out at the IdP (or close its browser session) and run the command again, or decide on the page: ${r.url}`,
+      });
+    }
+  }
+}
+
+async function deviceDecisionOnce(
+  r: StartRequestView, decision: 'confirm' | 'approve' | 'deny', reason: string, interrupted?: Promise<'interrupted'>,
+): Promise<StartRequestView | 'interrupted'> {
   const started = await callDaemon({ op: 'confirm-device', id: r.id, decision, reason });
   const c = started.confirmation;
   const verb = decision === 'confirm' ? 'confirm' : decision === 'approve' ? 'approve' : 'deny';

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseServerConfig, notificationsSchema } from '../broker/config/server-config.js';
 import { BrokerError } from '../broker/errors.js';
 import { createLogger } from '../broker/log.js';
-import { createNotifier, type NotifyEvent } from '../broker/notify/notifier.js';
+import { createNotifier, requestEventsOf, slackPayload, type NotifyEvent } from '../broker/notify/notifier.js';
 import type { StartRequestView } from '../broker/wire/service-api.js';
 
 const view: StartRequestView = {
@@ -90,6 +90,38 @@ describe('notify', () => {
     }
     assert.ok((slack[0]!.body as { text: string }).text.includes('dev@example.com asks to start'));
     assert.ok((slack[0]!.body as { text: string }).text.includes('hotfix 42'));
+  });
+
+  it('Slack text escapes &, < and > of what a requester typed: no <!channel>, no link of theirs', () => {
+    const evil = { ...view, reason: '<!channel> prod down & <https://evil.example|click to approve>', agent: '<@U123>', params: { function: 'a>b' } };
+    for (const e of EVENTS) {
+      const { text } = slackPayload(e, evil, e === 'request.decided' ? { by: 'lead@example.com', decision: 'deny', reason: evil.reason } : {});
+      assert.ok(!text.includes('<') && !text.includes('>'), text);
+      assert.ok(text.includes('&lt;!channel&gt; prod down &amp; &lt;https://evil.example|click to approve&gt;'), text);
+      assert.ok(text.endsWith(`: ${view.url}`), 'the link to the page, as is');
+    }
+    assert.match(slackPayload('request.created', evil, {}).text, /agent &lt;@U123&gt;/);
+    assert.match(slackPayload('request.created', evil, {}).text, /function=a&gt;b/);
+  });
+
+  it('maps the start requests\' events: decision, by and reason of the latest decision', async () => {
+    const n = createNotifier(hooks({ webhooks: [{ url: `${base}/events` }] }), logger(), fast);
+    const ev = requestEventsOf(n);
+    const decided = { ...view, status: 'denied' as const, decisions: [{ by: 'lead@example.com', decision: 'deny' as const, reason: 'not today', authTime: view.createdAt, at: view.createdAt, via: 'device' as const }] };
+    ev.onCreated(view);
+    ev.onDecided(decided, 'deny');
+    ev.onDecided({ ...view, status: 'started' }, 'started');
+    ev.onExpired(view);
+    ev.onBreakGlass(view);
+    await n.close();
+    const got = hits.filter((h) => h.path === '/events').map((h) => h.body as Record<string, unknown>);
+    assert.deepEqual(got.map((b) => [b.event, b.by, b.decision, b.reason]), [
+      ['request.created', undefined, undefined, undefined],
+      ['request.decided', 'lead@example.com', 'deny', 'not today'],
+      ['request.decided', 'dev@example.com', 'started', undefined],
+      ['request.expired', undefined, undefined, undefined],
+      ['break_glass', undefined, undefined, undefined],
+    ]);
   });
 
   it('retries after a 500 and delivers', async () => {

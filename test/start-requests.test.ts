@@ -177,6 +177,35 @@ describe('start requests and human confirmation', () => {
     await call('DELETE', `/v1/sessions/${started.body.session.id}`, tokens.alice);
   });
 
+  it('a login older than maxAge is a step-up challenge (RFC 9470), not a bad token; nothing is spent and a new IdP login decides', async () => {
+    const id = (await call('POST', '/v1/sessions', tokens.alice, { ...deploy, params: { function: 'stale' } })).body.request.id as string;
+    const started = await call('POST', `/v1/requests/${id}/confirmations`, tokens.alice, { decision: 'confirm', reason: '' });
+    await idp.approveDevice(started.body.confirmation.user_code, 'alice@example.com');
+    // The service's clock 400 s ahead of the IdP's: the login it gets is older than maxAge (300 s).
+    offset = 400_000;
+    let stale: Res;
+    try {
+      for (;;) {
+        stale = await call('GET', `/v1/requests/${id}/confirmations/${started.body.confirmation.id}`, tokens.alice);
+        if (stale.status !== 200 || stale.body.status !== 'pending') break;
+        await new Promise((res) => setTimeout(res, 300));
+      }
+    } finally {
+      offset = 0;
+    }
+    assert.equal(stale.status, 401, stale.text);
+    assert.equal(stale.headers.get('www-authenticate'),
+      `Bearer error="insufficient_user_authentication", error_description="${stale.body.message.replace(/"/g, '')}", max_age=300`);
+    assert.equal(stale.body.code, 'confirmation_required');
+    assert.match(stale.body.message, /not fresh enough .* older than 300s/);
+    assert.equal(stale.body.request.status, 'pending', 'the request still waits');
+    const refused = (await audit()).filter((a) => a.event === 'request.confirm' && a.detail?.request === id);
+    assert.deepEqual(refused.map((a) => a.decision), ['denied'], 'the refusal is audited');
+    const fresh = await decideByDevice('alice', id, 'alice@example.com', 'confirm');
+    assert.equal(fresh.status, 200, fresh.text);
+    assert.equal(fresh.body.request.status, 'confirmed', 'a new login at the IdP confirms the same request');
+  });
+
   it('approvers: 202; the requester cannot approve; a non-approver gets 403; two different approvers are needed', async () => {
     const body = { ...deploy, template: 'two-person' };
     const asked = await call('POST', '/v1/sessions', tokens.alice, body);

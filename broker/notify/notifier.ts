@@ -39,6 +39,17 @@ export function genericPayload(event: NotifyEvent, request: StartRequestView, ex
 }
 
 /**
+ * Slack's "Escaping text" (docs.slack.dev, "Formatting message text"): `&`, `<` and `>` are control
+ * characters of its markup, so text a requester typed (reason, parameters, agent) cannot become a
+ * `<!channel>` mention or a `<https://…|link>` to somewhere else.
+ */
+export function slackEscape(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+const DID: Record<string, string> = { confirm: 'confirmed', approve: 'approved', deny: 'denied', started: 'started' };
+
+/**
  * Slack's incoming-webhook body (`{text}`). It only links to the request page: a decision is never
  * taken in chat, because it needs a fresh login at the IdP (its MFA, max_age) by the person deciding,
  * which a chat button cannot prove.
@@ -46,14 +57,32 @@ export function genericPayload(event: NotifyEvent, request: StartRequestView, ex
 export function slackPayload(event: NotifyEvent, r: StartRequestView, extra: NotifyExtra) {
   const params = Object.entries(r.params).map(([k, v]) => `${k}=${v}`).join(', ');
   const what = `${r.template}${params ? ` (${params})` : ''}`;
+  const decided = extra.decision === undefined ? 'decided on' : DID[extra.decision] ?? extra.decision;
   const head = {
-    'request.created': `${r.requester} asks to start ${what}`,
-    'request.decided': `${extra.by ?? 'someone'} ${extra.decision ?? 'decided'} ${r.requester}'s request to start ${what}`,
+    'request.created': `${r.requester} asks to start ${what} (agent ${r.agent})`,
+    'request.decided': `${extra.by ?? 'someone'} ${decided} ${r.requester}'s request to start ${what}`,
     'request.expired': `${r.requester}'s request to start ${what} expired`,
-    break_glass: `BREAK-GLASS: ${r.requester} started ${what} without approval`,
+    break_glass: `BREAK-GLASS: ${r.requester} starts ${what} without approvers (agent ${r.agent})`,
   }[event];
-  const reason = extra.reason ?? r.reason;
-  return { text: `${head} — ${reason} [status: ${r.status}]: ${r.url}` };
+  const reason = extra.reason || r.reason;
+  // The URL is the service's own; everything before it is escaped.
+  return { text: `${slackEscape(`${head} — ${reason || '(no reason given)'} [status: ${r.status}]`)}: ${r.url}` };
+}
+
+/** What StartRequests tells (its RequestEvents, matched by shape), as notifications. */
+export function requestEventsOf(n: Notifier) {
+  const latest = (v: StartRequestView): NotifyExtra => {
+    const d = v.decisions.at(-1);
+    return d ? { by: d.by, ...(d.reason ? { reason: d.reason } : {}) } : {};
+  };
+  return {
+    onCreated: (v: StartRequestView) => n.notify('request.created', v),
+    onDecided: (v: StartRequestView, decision: string) => n.notify('request.decided', v, decision === 'started'
+      ? { by: v.requester, decision }
+      : { ...latest(v), decision }),
+    onExpired: (v: StartRequestView) => n.notify('request.expired', v),
+    onBreakGlass: (v: StartRequestView) => n.notify('break_glass', v),
+  };
 }
 
 function headerValues(hook: Webhook, baseDir: string): Record<string, string> {

@@ -1,6 +1,6 @@
 /**
  * Decisions from a terminal: the service itself runs an OAuth device authorization (RFC 8628) at
- * the IdP for the person deciding, with `max_age` from the request (OIDC Core §3.1.2.1; the IdP
+ * the IdP for the person deciding, with `max_age` from the request and at most its age (OIDC Core §3.1.2.1; the IdP
  * re-authenticates a login older than that), keeps the device code in memory (never sent to the
  * client: only the user code and URI are), polls the token endpoint when the client polls (at most
  * once per `interval`, RFC 8628 §3.5), verifies the ID token and records the decision. The ID token
@@ -96,9 +96,14 @@ export class DeviceConfirmations {
     if (r.status !== 'pending') throw new BrokerError('conflict', `start request ${r.id} is ${r.status}: it takes no decisions`);
     const { device } = await this.discover();
     const startedAt = this.now();
-    // max_age=0 and prompt=login: some IdPs treat 0 as "no constraint"; prompt=login says it plainly.
-    const form: Record<string, string> = { client_id: this.deps.clientId, scope: this.deps.scopes, max_age: String(r.maxAgeSeconds) };
-    if (r.maxAgeSeconds === 0) form.prompt = 'login';
+    // The decision needs a login after the request was made (start-requests.ts): max_age is also at
+    // most the request's age, so the IdP re-authenticates a session older than the request instead
+    // of handing over a login the service would refuse. Under a second, prompt=login says it plainly
+    // (OIDC Core §3.1.2.1) and max_age is sent as 1: some IdPs treat 0 as "no constraint", and
+    // oidc-provider then leaves auth_time out of the ID token, which the decision needs.
+    const maxAge = Math.max(0, Math.min(r.maxAgeSeconds, Math.floor((startedAt - r.createdAt) / 1000)));
+    const form: Record<string, string> = { client_id: this.deps.clientId, scope: this.deps.scopes, max_age: String(Math.max(1, maxAge)) };
+    if (maxAge === 0) form.prompt = 'login';
     const da = await this.post(device, form);
     if (da.status !== 200 || typeof da.body.device_code !== 'string' || typeof da.body.user_code !== 'string' || typeof da.body.verification_uri !== 'string') {
       this.deps.log.warn({ status: da.status, error: da.body.error }, 'device authorization at the IdP failed');

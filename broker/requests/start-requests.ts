@@ -261,8 +261,11 @@ export class StartRequests {
         throw await this.refused(new BrokerError('conflict', `start request ${r.id} is already confirmed by its requester`), base);
       }
       const authTime = login.token.authTime;
-      const challenge = (why: string) => new BrokerError('unauthenticated', `the IdP login is not fresh enough for start request ${r.id}: ${why}`, {
+      // A step-up challenge (RFC 9470), not a bad token: nothing is spent, the request stays pending
+      // and the same person may decide with a new login.
+      const challenge = (why: string) => new BrokerError('confirmation_required', `the IdP login is not fresh enough for start request ${r.id}: ${why}`, {
         hint: r.maxAgeSeconds === 0 ? 'log in again at the IdP for this decision' : `log in again at the IdP (a login at most ${r.maxAgeSeconds}s old, after the request was made)`,
+        stepUpMaxAgeSeconds: r.maxAgeSeconds,
       });
       if (authTime === undefined) throw await this.refused(challenge('the ID token has no auth_time'), base);
       if (authTime < r.createdAt - AUTH_TIME_SKEW_MS) throw await this.refused(challenge('the login happened before the request was made'), base);

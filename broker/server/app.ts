@@ -119,6 +119,11 @@ function vaultBody(v: IssuedVaultToken): Body<typeof vaultTokenGrant> {
   };
 }
 
+/** RFC 9470 §3: the step-up challenge; `max_age` is how recent the IdP login must be (§4). */
+function stepUpChallenge(message: string, maxAgeSeconds: number): string {
+  return `Bearer error="insufficient_user_authentication", error_description="${message.replace(/["\\]/g, '')}", max_age=${maxAgeSeconds}`;
+}
+
 /**
  * The service's HTTP API. One error path: BrokerError → `{code, message, hint?, details?}` with the
  * code's status; anything else → a generic 500 whose detail stays in the server log.
@@ -131,6 +136,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (isBrokerError(err)) {
       if (err.status >= 500) deps.log.warn({ code: err.code, msg: err.message, cause: (err.cause as Error)?.message }, 'request failed');
       if (err.code === 'unauthenticated') c.header('WWW-Authenticate', 'Bearer error="invalid_token"');
+      if (err.stepUpMaxAgeSeconds !== undefined) c.header('WWW-Authenticate', stepUpChallenge(err.message, err.stepUpMaxAgeSeconds));
       if (err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
       return c.json(err.toJSON() satisfies Body<typeof errorBody>, err.status as 400);
     }
@@ -289,8 +295,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
           : `starting "${pending.template}" needs approval (request ${pending.id}): ${v.waitingFor.join('; ')}`;
         deps.log.info({ developer: p.id, template: pending.template, request: pending.id, status }, 'start request pending');
         if (status === 401) {
-          // RFC 9470 §3: the step-up challenge; max_age is how recent the login must be (§4).
-          c.header('WWW-Authenticate', `Bearer error="insufficient_user_authentication", error_description="${message.replace(/["\\]/g, '')}", max_age=${pending.maxAgeSeconds}`);
+          c.header('WWW-Authenticate', stepUpChallenge(message, pending.maxAgeSeconds));
         }
         c.header('cache-control', 'no-store');
         return c.json({
@@ -377,7 +382,16 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/requests/:id/confirmations/:cid', async (c) => {
     if (!deps.confirmations) throw new BrokerError('not_found', 'this service has no device confirmations');
     const id = requestId(c);
-    const status = await deps.confirmations.poll(id, c.req.param('cid'));
+    let status: Body<typeof confirmationStatusResponse>['status'];
+    try {
+      status = await deps.confirmations.poll(id, c.req.param('cid'));
+    } catch (e) {
+      // A login not fresh enough: the request still waits, shown as a start that needs confirmation is.
+      const r = isBrokerError(e) && e.stepUpMaxAgeSeconds !== undefined ? await requests().find(id) : undefined;
+      if (!r) throw e;
+      c.header('WWW-Authenticate', stepUpChallenge((e as BrokerError).message, r.maxAgeSeconds));
+      return c.json({ ...(e as BrokerError).toJSON(), code: 'confirmation_required', request: view(r) } satisfies Body<typeof confirmationRequiredBody>, 401);
+    }
     const r = await requests().find(id);
     if (!r) throw new BrokerError('not_found', `no start request ${id}`);
     return c.json({ status, request: view(r) } satisfies Body<typeof confirmationStatusResponse>);

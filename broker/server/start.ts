@@ -10,6 +10,7 @@ import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { BrokerLogins } from '../identity/logins.js';
 import { createLogger, type Logger } from '../log.js';
+import { createNotifier, requestEventsOf } from '../notify/notifier.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
@@ -86,7 +87,7 @@ export interface StartOptions {
   log?: Logger;
   /** The service's clock (tests move it to expire sessions); defaults to Date.now. */
   now?: () => number;
-  /** Who hears of start requests (a notifier); none by default. */
+  /** Who hears of start requests; by default the webhooks of `config.notifications`. */
   requestEvents?: RequestEvents;
 }
 
@@ -127,8 +128,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
     maxActiveSessions: config.limits.maxActiveSessions, now,
   });
+  const notifier = options.requestEvents ? undefined : createNotifier(config.notifications, log, { baseDir: config.baseDir });
   const requests = new StartRequests({
-    store, templates, sessions, log, now, events: options.requestEvents, publicUrl: () => url,
+    store, templates, sessions, log, now, events: options.requestEvents ?? (notifier && requestEventsOf(notifier)), publicUrl: () => url,
     defaults: { mode: config.confirm.default, maxAgeSeconds: config.confirm.maxAge, timeoutSeconds: config.confirm.timeout },
   });
   const confirmations = new DeviceConfirmations({
@@ -189,6 +191,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
       await close();
+      // Bounded (notifier.ts): a receiver that hangs delays the stop by at most that long.
+      await notifier?.close();
     },
   };
 }
