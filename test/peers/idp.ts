@@ -51,8 +51,13 @@ export interface TestIdp {
   clientId: string;
   users: readonly TestUser[];
   stop(): Promise<void>;
-  /** Approves a pending device login as `email`: enter the code, confirm, log in, consent. */
-  approveDevice(userCode: string, email: string): Promise<void>;
+  /**
+   * Approves a pending device login as `email`: enter the code, confirm, log in, consent. With
+   * `session`, in that browser: a live IdP session there is reused unless the IdP asks to log in again.
+   */
+  approveDevice(userCode: string, email: string, session?: IdpSession): Promise<void>;
+  /** A browser of its own (cookies: the IdP session), and how often the IdP had it log in. */
+  newSession(): IdpSession;
   /** Refuses a pending device login (the "Abort" button of the confirmation page). */
   denyDevice(userCode: string): Promise<void>;
   /**
@@ -66,6 +71,9 @@ export interface TestIdp {
    */
   issueIdToken(email: string, overrides?: IdTokenOverrides): Promise<string>;
 }
+
+/** One person's browser at the IdP: `logins` counts the times the IdP showed it the login form. */
+export interface IdpSession { readonly browser: unknown; logins: number }
 
 export type IdTokenOverrides = Partial<IdTokenSpec> & {
   alg?: IdTokenAlg;
@@ -163,13 +171,14 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
     return (await res.json()) as { device_authorization_endpoint: string; token_endpoint: string };
   };
 
-  const approveDevice = async (userCode: string, email: string): Promise<void> => {
-    const b = new Browser();
+  const approveDevice = async (userCode: string, email: string, session?: IdpSession): Promise<void> => {
+    const b = (session?.browser as Browser | undefined) ?? new Browser();
     let p = await b.confirmPage(issuer, userCode);
     p = await b.submit(p, 'op.deviceConfirmForm', {});
     for (let step = 0; step < 4; step++) {
       if (p.html.includes('id="device-success"')) return;
       if (hasForm(p.html, 'login')) {
+        if (session) session.logins++;
         p = await b.submit(p, 'login', { email });
         if (hasForm(p.html, 'login')) throw new Error(`test IdP: login as ${email} refused: ${errorText(p.html)}`);
       } else if (hasForm(p.html, 'consent')) {
@@ -218,6 +227,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
 
   return {
     issuer, clientId: CLI_CLIENT_ID, users, approveDevice, denyDevice, loginAs, issueIdToken,
+    newSession: () => ({ browser: new Browser(), logins: 0 }),
     stop: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
