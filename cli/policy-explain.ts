@@ -59,6 +59,11 @@ export function register(policy: Command): void {
         sampleSessionId: sessionId,
         region: t.aws?.region ?? null,
         sessionSeconds: duration.sessionSeconds,
+        // Offline, without the service's config: what the template leaves to it stays null.
+        confirm: {
+          mode: t.confirm.mode ?? null, maxAgeSeconds: t.confirm.maxAgeSeconds ?? null, timeoutSeconds: t.confirm.timeoutSeconds ?? null,
+          approvers: t.confirm.approvers, approvals: t.confirm.approvals, breakGlass: t.confirm.breakGlass,
+        },
         ...(request ? {
           duration: { seconds: request.DurationSeconds, rule: duration.rule },
           policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
@@ -92,9 +97,30 @@ function requestedTtl(ttl: string | undefined): number | undefined {
 
 interface Explanation {
   template: string; file: string; description: string; principal: { email: string; groups: string[] }; allowed: boolean;
-  allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null; sessionSeconds: number;
+  allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null; sessionSeconds: number; confirm: ConfirmShown;
   duration?: { seconds: number; rule: string }; policyChars?: number; policyCharLimit?: number; request?: AssumeRoleRequest;
   vaultRequest?: VaultTokenRequest;
+}
+
+interface ConfirmShown {
+  mode: 'none' | 'self' | 'approvers' | null; maxAgeSeconds: number | null; timeoutSeconds: number | null;
+  approvers: { groups: string[]; emails: string[] }; approvals: number; breakGlass: boolean;
+}
+
+/** Who confirms a start, in words (docs/templates.md, "confirm"); null: the service's `confirm` setting. */
+function confirmText(c: ConfirmShown): string[] {
+  const fresh = c.maxAgeSeconds === null ? "at most the service's confirm.maxAge old (default 5m)"
+    : c.maxAgeSeconds === 0 ? 'a new login for the decision' : `at most ${formatDuration(c.maxAgeSeconds)} old`;
+  const timeout = c.timeoutSeconds === null ? "the service's confirm.timeout (default 15m)" : formatDuration(c.timeoutSeconds);
+  if (c.mode === 'none') return ['Confirm: none: starts at once, no human confirmation (still audited)'];
+  const who = c.mode === 'approvers'
+    ? `the requester's fresh IdP login and ${c.approvals} approval${c.approvals > 1 ? 's' : ''} by ${[...c.approvers.groups.map((g) => `group ${g}`), ...c.approvers.emails].join(', ')} (never the requester)`
+    : c.mode === 'self' ? "the requester's fresh IdP login (step-up)" : "the service's confirm.default (self unless set: the requester's fresh IdP login)";
+  return [
+    `Confirm: ${c.mode ?? 'service default'}: ${who}`,
+    `  IdP login: ${fresh}, made after the request; a request expires after ${timeout}`,
+    `  break-glass: ${c.breakGlass ? 'allowed (--break-glass --reason: the requester\'s fresh login, no approver; notified and audited)' : 'not allowed'}`,
+  ];
 }
 
 function text(x: Explanation): string {
@@ -104,6 +130,7 @@ function text(x: Explanation): string {
     `${x.template} (${x.file}): ${x.description}`,
     `Access: ${who} ${x.allowed ? 'MAY' : 'may NOT'} start this task (${by})`,
     `Task session: ${formatDuration(x.sessionSeconds)} (${x.sessionSeconds} s)`,
+    ...confirmText(x.confirm),
   ];
   const r = x.request;
   if (r && x.duration) {

@@ -4,7 +4,7 @@
  * and `policy explain` (run compiled, as users run them) report what they should.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -554,6 +554,41 @@ describe('broker policy (compiled CLI)', () => {
     assert.match(r.stdout, /broker:agent = aider/);
     assert.match(r.stdout, /Region: +eu-west-1/);
     assert.match(r.stdout, /\n {12}"arn:aws:lambda:eu-west-1:123456789012:function:checkout-api",\n/, 'pretty-printed policy');
+  });
+  it('explain shows who confirms a start: mode, approvers and approvals, maxAge, timeout, break-glass', async () => {
+    const explain = async (dir: string, name: string, param: string, json = false) => {
+      const r = await broker(['policy', 'explain', name, '--dir', dir, '--as', 'alice@example.com', '--groups', 'developers', '--param', param, ...(json ? ['--json'] : [])], {});
+      assert.equal(r.code, 0, r.stderr);
+      return r.stdout;
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'explain-confirm-'));
+    try {
+      copyFileSync(join(POLICIES_DIR, 'read-cloudwatch-logs.yaml'), join(dir, 'read-cloudwatch-logs.yaml'));
+      const deploy = readFileSync(join(POLICIES_DIR, 'deploy-lambda.yaml'), 'utf8');
+      writeFileSync(join(dir, 'deploy-lambda.yaml'), deploy);
+      writeFileSync(join(dir, 'two-person.yaml'), `${deploy.replace(/^name: .*$/m, 'name: two-person')}
+confirm:
+  mode: approvers
+  approvers: { groups: [admins], emails: [lead@example.com] }
+  approvals: 2
+  maxAge: 0
+  timeout: 1h
+  breakGlass: true
+`);
+      assert.match(await explain(dir, 'two-person', 'function=f'), new RegExp([
+        "Confirm: approvers: the requester's fresh IdP login and 2 approvals by group admins, lead@example\\.com \\(never the requester\\)",
+        '  IdP login: a new login for the decision, made after the request; a request expires after 1h',
+        '  break-glass: allowed \\(--break-glass --reason',
+      ].join('\n')));
+      assert.deepEqual(JSON.parse(await explain(dir, 'two-person', 'function=f', true)).confirm, {
+        mode: 'approvers', maxAgeSeconds: 0, timeoutSeconds: 3600, approvers: { groups: ['admins'], emails: ['lead@example.com'] }, approvals: 2, breakGlass: true,
+      });
+      assert.match(await explain(dir, 'deploy-lambda', 'function=f'),
+        /Confirm: service default: .*\n {2}IdP login: at most the service's confirm\.maxAge old \(default 5m\), made after the request; a request expires after the service's confirm\.timeout \(default 15m\)\n {2}break-glass: not allowed\n/);
+      assert.match(await explain(dir, 'read-cloudwatch-logs', 'logGroup=/aws/lambda/x'), /Confirm: none: starts at once/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
   it('explain --json is the same request the service builds', async () => {
     const r = await broker([...explainArgs, '--as', 'bob@example.com', '--groups', 'contractors', '--json'], {});
