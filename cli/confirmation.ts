@@ -219,7 +219,8 @@ async function deviceDecisionOnce(
   const started = await callDaemon({ op: 'confirm-device', id: r.id, decision, reason });
   const c = started.confirmation;
   const verb = decision === 'confirm' ? 'confirm' : decision === 'approve' ? 'approve' : 'deny';
-  const fresh = r.confirm.maxAgeSeconds === 0 ? 'a new login' : `a login at most ${formatDuration(r.confirm.maxAgeSeconds)} old`;
+  // The service asks the IdP for a login after the request (device-confirmations.ts): an older IdP session will not do.
+  const fresh = r.confirm.maxAgeSeconds === 0 ? 'a new login' : `a login after the request, at most ${formatDuration(r.confirm.maxAgeSeconds)} old`;
   info([
     `To ${verb} start request ${r.id} (${r.template}, ${paramsText(r.params)}, asked by ${r.requester}),`,
     `log in at the IdP (${fresh}): open ${c.verification_uri_complete ?? c.verification_uri}`,
