@@ -6,6 +6,7 @@
  * People: alice asks (developers), carol approves (admins), bob is neither.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ import { cookiesSecure } from '../broker/server/start.js';
 import { safeNext } from '../broker/server/web/index.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import type { AuditRecord } from '../broker/store/audit-event.js';
-import { TEST_PASSWORD, WEB_CLIENT_ID } from './peers/idp.js';
+import { TEST_PASSWORD } from './peers/idp.js';
 import { POLICIES_DIR, REPO_ROOT } from './peers/paths.js';
 import { filesContaining, filesWithTokensFrom } from './peers/secret-scan.js';
 import { startStack, type Stack } from './peers/stack.js';
@@ -66,7 +67,13 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
     assert.equal(r.status, 202, r.text);
     return r.body.request.id as string;
   };
-  const keep = async (p: Page) => { writeFileSync(join(htmlDir, `${pages++}.html`), await p.content()); };
+  /** Keeps the service's pages (the IdP's own carry its interaction ids, which are not ours). */
+  /** The causes of the page's refusals, from the server log. */
+  const refusals = (): string[] => stack.svc.log().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; cause?: string })
+    .filter((l) => l.msg === 'request page refused').map((l) => String(l.cause));
+  const keep = async (p: Page) => {
+    if (new URL(p.url()).origin === svc) writeFileSync(join(htmlDir, `${pages++}.html`), await p.content());
+  };
 
   /** A browser context per person (its own cookies), as separate people on their own phones. */
   const as = async (who: string): Promise<Page> => {
@@ -74,14 +81,18 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
     return contexts[who].newPage();
   };
 
-  /** On the IdP's sign-in page: email and password, then consent when asked; back at the service. */
-  const signIn = async (p: Page, email: string, password = TEST_PASSWORD): Promise<number> => {
+  /**
+   * On the IdP's sign-in page: email and password, then consent when asked; back at the service.
+   * The status of the callback (the decision's outcome), and of the page it then goes on to.
+   */
+  const signIn = async (p: Page, email: string, password = TEST_PASSWORD): Promise<{ callback: number; page: number }> => {
     await p.waitForSelector('form#login');
     await keep(p);
     assert.equal(new URL(p.url()).origin, stack.idp.issuer, 'the login form is the IdP\'s');
     await p.fill('form#login input[name=email]', email);
     await p.fill('form#login input[name=password]', password);
     const callback = p.waitForResponse((r) => r.url().startsWith(`${svc}/requests/callback`));
+    const landed = p.waitForResponse((r) => r.url().startsWith(svc) && !r.url().startsWith(`${svc}/requests/callback`) && r.request().isNavigationRequest());
     await p.click('form#login button[type=submit]');
     await p.waitForURL((u) => u.origin === svc || u.pathname.startsWith('/interaction/'));
     if (await p.locator('form#consent').count()) {
@@ -89,18 +100,23 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
       await p.click('form#consent button[type=submit]');
     }
     const status = (await callback).status();
-    await p.waitForURL((u) => u.origin === svc);
-    // After a login: a same-origin hop (meta refresh) onto the page it was for.
-    if (status === 200) await p.waitForURL((u) => !u.pathname.startsWith('/requests/callback'));
-    await p.waitForLoadState();
+    let page = status;
+    if (status === 200) {
+      // After a login: a same-origin hop (meta refresh) onto the page it was for.
+      page = (await landed).status();
+      await p.waitForURL((u) => u.origin === svc && u.pathname !== '/requests/callback', { waitUntil: 'load' });
+    } else {
+      landed.catch(() => undefined);
+      await p.waitForURL((u) => u.origin === svc, { waitUntil: 'load' });
+    }
     await keep(p);
-    return status;
+    return { callback: status, page };
   };
 
   /** Opens a request's page, signing in first if this person's web session has none. */
   const open = async (p: Page, who: string, id: string): Promise<number> => {
     const res = await p.goto(`${svc}/requests/${id}`);
-    if (new URL(p.url()).origin === stack.idp.issuer) return signIn(p, `${who}@example.com`);
+    if (new URL(p.url()).origin === stack.idp.issuer) return (await signIn(p, `${who}@example.com`)).page;
     await keep(p);
     return res!.status();
   };
@@ -109,7 +125,7 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
   const decide = async (p: Page, who: string, button: 'confirm' | 'approve' | 'deny', reason = ''): Promise<number> => {
     await p.fill('#reason', reason);
     await p.click(`button.${button}`);
-    return signIn(p, `${who}@example.com`);
+    return (await signIn(p, `${who}@example.com`)).callback;
   };
 
   before(async () => {
@@ -256,52 +272,61 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
     assert.equal(await alice.locator(`a[href="/requests/${approvedId}"]`).count(), 1, 'her own, started');
   });
 
+  /**
+   * The next authorization request of `ctx`, as the service's redirect sends it to the IdP, changed
+   * on its way by `change` (a route sees the first request of a redirect chain only: /requests/login).
+   */
+  const rewriteAuthorization = async (ctx: BrowserContext, change: (u: URL) => void) => {
+    await ctx.route((u) => u.origin === svc && u.pathname === '/requests/login', async (route) => {
+      const res = await route.fetch({ maxRedirects: 0 });
+      const to = new URL(res.headers().location!);
+      change(to);
+      await route.fulfill({ response: res, headers: { ...res.headers(), location: to.href } });
+    });
+  };
+
   it('nonce: an ID token issued for another nonce is refused (the authorization request rewritten on its way to the IdP)', async () => {
     const ctx = await browser.newContext();
-    await ctx.route(`${stack.idp.issuer}/auth?**`, (route) => {
-      const u = new URL(route.request().url());
-      u.searchParams.set('nonce', 'nonce-of-another-login');
-      return route.continue({ url: u.href });
-    });
+    await rewriteAuthorization(ctx, (u) => u.searchParams.set('nonce', 'nonce-of-another-login'));
     const p = await ctx.newPage();
     await p.goto(`${svc}/requests/login?next=/requests`);
-    assert.equal(await signIn(p, 'carol@example.com'), 401);
+    assert.equal((await signIn(p, 'carol@example.com')).callback, 401);
     assert.match(await p.locator('#error').innerText(), /the IdP login could not be verified/);
-    assert.match(stack.svc.log(), /"msg":"request page refused".*nonce/, 'the cause in the server log');
-    const list = await p.goto(`${svc}/requests`);
-    assert.equal(new URL(p.url()).origin, stack.idp.issuer, `not signed in (${list?.status()})`);
+    assert.match(refusals().at(-1) ?? '', /claim nonce/, 'the cause in the server log');
+    const list = await ctx.request.get(`${svc}/requests`, { maxRedirects: 0 });
+    assert.equal(list.status(), 303);
+    assert.equal(list.headers().location, '/requests/login?next=%2Frequests', 'not signed in');
     await ctx.close();
   });
 
-  it('PKCE and state: a code taken from the redirect cannot be redeemed without the verifier; a wrong state is refused; a callback is answered once', async () => {
+  it('PKCE: a code issued for another code_challenge is not redeemed with this login\'s verifier', async () => {
     const ctx = await browser.newContext();
-    let callback = '';
-    await ctx.route(`${svc}/requests/callback?**`, (route) => { callback = route.request().url(); return route.abort(); });
+    // Someone else's challenge (as an attacker who started the login would hold the verifier of).
+    const theirs = createHash('sha256').update('verifier-of-someone-else-'.padEnd(64, 'x')).digest('base64url');
+    let sent = '';
+    await rewriteAuthorization(ctx, (u) => {
+      sent = u.searchParams.get('code_challenge_method') ?? '';
+      u.searchParams.set('code_challenge', theirs);
+    });
     const p = await ctx.newPage();
     await p.goto(`${svc}/requests/login?next=/requests`);
-    await p.fill('form#login input[name=email]', 'carol@example.com');
-    await p.fill('form#login input[name=password]', TEST_PASSWORD);
-    await p.click('form#login button[type=submit]').catch(() => undefined);
-    for (let i = 0; i < 50 && !callback; i++) {
-      if (await p.locator('form#consent').count()) await p.click('form#consent button[type=submit]').catch(() => undefined);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const u = new URL(callback);
-    const code = u.searchParams.get('code')!;
-    assert.ok(code, callback);
-    secrets.push(code, u.searchParams.get('state')!);
-    const tokenEndpoint = new URL((await (await fetch(`${stack.idp.issuer}/.well-known/openid-configuration`)).json() as { token_endpoint: string }).token_endpoint);
-    // Whoever intercepts the code (a log, a Referer, a malicious app on the redirect) has no verifier.
-    const stolen = await fetch(tokenEndpoint, { method: 'POST', body: new URLSearchParams({ grant_type: 'authorization_code', code, client_id: WEB_CLIENT_ID, redirect_uri: `${svc}/requests/callback` }) });
-    const body = await stolen.json() as { error: string; error_description?: string };
-    assert.equal(stolen.status, 400);
-    assert.equal(body.error, 'invalid_grant', JSON.stringify(body));
-    await ctx.unroute(`${svc}/requests/callback?**`);
-    const wrong = new URL(callback);
-    wrong.searchParams.set('state', 'state-of-another-browser');
-    const w = await p.goto(wrong.href);
-    assert.equal(w!.status(), 401, 'the state does not match this browser\'s login');
-    const again = await p.goto(callback);
+    assert.equal(sent, 'S256', 'the service asks for S256 (RFC 7636 §4.2)');
+    assert.equal((await signIn(p, 'carol@example.com')).callback, 401);
+    assert.match(refusals().at(-1) ?? '', /IdP: invalid_grant/, 'the IdP refused the exchange');
+    await ctx.close();
+  });
+
+  it('state: a callback with another state is refused; a login flow answers one callback only', async () => {
+    const ctx = await browser.newContext();
+    let state = '';
+    await rewriteAuthorization(ctx, (u) => { state = u.searchParams.get('state') ?? ''; });
+    const p = await ctx.newPage();
+    await p.goto(`${svc}/requests/login?next=/requests`);
+    await p.waitForSelector('form#login');
+    secrets.push(state);
+    const wrong = await p.goto(`${svc}/requests/callback?code=some-code&state=state-of-another-browser`);
+    assert.equal(wrong!.status(), 401, 'the state does not match this browser\'s login');
+    const again = await p.goto(`${svc}/requests/callback?code=some-code&state=${encodeURIComponent(state)}`);
     assert.equal(again!.status(), 400, 'the flow was used up by the first callback');
     assert.match(await p.locator('#error').innerText(), /this login is unknown or has expired/);
     await ctx.close();
@@ -329,7 +354,7 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
 
   it('no token, code or cookie value in any page\'s HTML, nor in the server log', async () => {
     assert.ok(pages > 10, `${pages} pages kept`);
-    for (const ctx of Object.values(contexts)) secrets.push(...(await ctx.cookies()).map((c) => c.value));
+    for (const ctx of Object.values(contexts)) secrets.push(...(await ctx.cookies(svc)).map((c) => c.value));
     assert.deepEqual(filesContaining([htmlDir], secrets), [], 'no secret in the HTML');
     assert.deepEqual(filesWithTokensFrom([htmlDir], stack.idp.issuer), [], 'no ID token of the IdP in the HTML');
     assert.deepEqual(filesContaining([stack.svc.dir], secrets), [], 'no secret in the service\'s files');

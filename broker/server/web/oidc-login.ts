@@ -95,9 +95,24 @@ export class WebLogin {
       }
       // A wrong state or nonce, a code the IdP refuses (used, expired, or not issued for this
       // verifier): one answer, the detail in the server log.
-      throw new BrokerError('unauthenticated', 'the IdP login could not be verified', { cause: e, hint: 'log in again from the request page' });
+      throw new BrokerError('unauthenticated', 'the IdP login could not be verified', { cause: new Error(failureDetail(e)), hint: 'log in again from the request page' });
     }
     if (!tokens.id_token) throw new BrokerError('upstream_error', 'the IdP answered without an ID token (is the openid scope configured?)');
     return this.opts.verifier.verify(tokens.id_token);
   }
+}
+
+/**
+ * What went wrong in a code exchange, for the server log: openid-client's message, its code, the
+ * claim that failed (a nonce, say) or the IdP's OAuth error (RFC 6749 §5.2). No token or code in it.
+ */
+function failureDetail(e: unknown, depth = 0): string {
+  const err = e as { message?: string; code?: string; error?: string; error_description?: string; claim?: string; cause?: unknown };
+  const parts = typeof err.message === 'string' ? [err.message] : [];
+  if (err.code) parts.push(`(${err.code})`);
+  if (typeof err.claim === 'string') parts.push(`claim ${err.claim}`);
+  if (err.error) parts.push(`IdP: ${err.error}${err.error_description ? ` (${err.error_description})` : ''}`);
+  // openid-client wraps oauth4webapi's error, which names the claim (and its cause the claim again).
+  if (err.cause && typeof err.cause === 'object' && depth < 2) parts.push(`← ${failureDetail(err.cause, depth + 1)}`);
+  return parts.join(' ');
 }
