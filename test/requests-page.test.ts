@@ -287,9 +287,14 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
 
   it('nonce: an ID token issued for another nonce is refused (the authorization request rewritten on its way to the IdP)', async () => {
     const ctx = await browser.newContext();
-    await rewriteAuthorization(ctx, (u) => u.searchParams.set('nonce', 'nonce-of-another-login'));
+    let sent = '';
+    await rewriteAuthorization(ctx, (u) => {
+      sent = u.searchParams.get('nonce') ?? '';
+      if (sent) u.searchParams.set('nonce', 'nonce-of-another-login');
+    });
     const p = await ctx.newPage();
     await p.goto(`${svc}/requests/login?next=/requests`);
+    assert.match(sent, /^[A-Za-z0-9_-]{43}$/, 'each login sends a nonce of its own (256 bits)');
     assert.equal((await signIn(p, 'carol@example.com')).callback, 401);
     assert.match(await p.locator('#error').innerText(), /the IdP login could not be verified/);
     assert.match(refusals().at(-1) ?? '', /claim nonce/, 'the cause in the server log');
@@ -324,9 +329,12 @@ describe('the request page in chromium (login at the IdP, confirm, approve, deny
     await p.goto(`${svc}/requests/login?next=/requests`);
     await p.waitForSelector('form#login');
     secrets.push(state);
-    const wrong = await p.goto(`${svc}/requests/callback?code=some-code&state=state-of-another-browser`);
+    // `iss` as the IdP sends it (RFC 9207 §2; openid-client checks it first).
+    const iss = `&iss=${encodeURIComponent(stack.idp.issuer)}`;
+    const wrong = await p.goto(`${svc}/requests/callback?code=some-code&state=state-of-another-browser${iss}`);
     assert.equal(wrong!.status(), 401, 'the state does not match this browser\'s login');
-    const again = await p.goto(`${svc}/requests/callback?code=some-code&state=${encodeURIComponent(state)}`);
+    assert.match(refusals().at(-1) ?? '', /state/, 'refused for its state, before the code is tried');
+    const again = await p.goto(`${svc}/requests/callback?code=some-code&state=${encodeURIComponent(state)}${iss}`);
     assert.equal(again!.status(), 400, 'the flow was used up by the first callback');
     assert.match(await p.locator('#error').innerText(), /this login is unknown or has expired/);
     await ctx.close();

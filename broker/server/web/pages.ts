@@ -17,7 +17,7 @@ export function esc(s: unknown): string {
 const STYLE = `body{font:16px/1.45 system-ui,sans-serif;margin:0 auto;max-width:46rem;padding:1rem;color:#1b1b1b}
 h1{font-size:1.35rem}h2{font-size:1.1rem;margin-top:1.5rem}table{border-collapse:collapse;width:100%}
 th,td{text-align:left;vertical-align:top;padding:.3rem .4rem;border-bottom:1px solid #ddd}th{width:9rem;font-weight:600}
-pre{background:#f4f4f4;padding:.6rem;overflow-x:auto;font-size:.85rem}code{overflow-wrap:anywhere}
+pre{background:#f4f4f4;padding:.6rem;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85rem}code{overflow-wrap:anywhere}
 .status{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;background:#eee}
 .pending{background:#fff3c4}.confirmed,.started{background:#d8f5d8}.denied,.expired,.cancelled{background:#f8d7d7}
 form.decide{margin:.8rem 0;padding:.8rem;border:1px solid #ccc;border-radius:.4rem}
@@ -99,7 +99,7 @@ export function requestPage(m: RequestPageModel): string {
     ['Reason', v.reason ? esc(v.reason) : '<span class="note">none given</span>'],
     ['Session length', esc(duration(v.ttlSeconds ?? m.grant.sessionSeconds))],
     ['Agent', `<code>${esc(v.agent)}</code>`],
-    ['Confirmation', `${esc(v.confirm.mode)}${v.confirm.approvals ? `, ${v.confirm.approvals} approval${v.confirm.approvals > 1 ? 's' : ''}` : ''}; IdP login at most ${esc(v.confirm.maxAgeSeconds)}s old${v.breakGlass ? ' · <strong>break-glass</strong>' : ''}`],
+    ['Confirmation', `${esc(v.confirm.mode)}${v.confirm.approvals ? `, ${v.confirm.approvals} approval${v.confirm.approvals > 1 ? 's' : ''}` : ''}; ${v.confirm.maxAgeSeconds === 0 ? 'a new IdP login for each decision' : `IdP login at most ${esc(v.confirm.maxAgeSeconds)}s old`}${v.breakGlass ? ' · <strong>break-glass</strong>' : ''}`],
     ['Waiting for', v.waitingFor.length ? v.waitingFor.map(esc).join('<br>') : '<span class="note">nobody</span>'],
     ['Requested', esc(v.createdAt)],
     ['Expires', esc(v.expiresAt)],
