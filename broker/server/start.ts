@@ -106,6 +106,8 @@ export interface StartOptions {
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
   const log = options.log ?? createLogger({ level: config.log.level });
+  // Read before anything is opened: a missing file stops the start with nothing to clean up.
+  const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const templates = loadTemplatesOrThrow(config.policiesDir);
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
@@ -126,7 +128,6 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     clockToleranceSeconds: config.oidc.clockToleranceSeconds, authorizedParty: config.oidc.webClientId,
     maxAgeSeconds: config.oidc.maxIdTokenAge, seen: store.seenIdTokens, now,
   });
-  const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const auth = config.limits.auth;
   const denials = new DenialAudit({ auditLog: store.auditLog, log, windowMs: auth.auditWindow * 1000, maxKeys: auth.auditMaxKeys, now });
   const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });

@@ -62,10 +62,11 @@ export interface TestIdp {
   users: readonly TestUser[];
   stop(): Promise<void>;
   /**
-   * Registers the request page's client (`broker-web`) with exactly these redirect URIs (the service's
-   * callback, known once it listens); public with PKCE, or confidential with `secret`.
+   * Registers the request page's client (`broker-web`, or `clientId`) with exactly these redirect
+   * URIs (the service's callback, known once it listens); public with PKCE, or confidential with
+   * `secret` (client_secret_basic), PKCE still required.
    */
-  registerWebClient(redirectUris: string[], secret?: string): Promise<void>;
+  registerWebClient(redirectUris: string[], opts?: { secret?: string; clientId?: string }): Promise<void>;
   /** Approves a pending device login as `email`: enter the code, confirm, log in, consent. */
   approveDevice(userCode: string, email: string): Promise<void>;
   /** Refuses a pending device login (the "Abort" button of the confirmation page). */
@@ -208,9 +209,9 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
 
   // Clients not in the static list are read from the adapter (oidc-provider's dynamic clients), so
   // one can be added once the redirect URI is known.
-  const registerWebClient = async (redirectUris: string[], secret?: string): Promise<void> => {
-    await new Adapter('Client').upsert(WEB_CLIENT_ID, {
-      client_id: WEB_CLIENT_ID, client_name: 'Agent credential broker request page',
+  const registerWebClient = async (redirectUris: string[], { secret, clientId = WEB_CLIENT_ID }: { secret?: string; clientId?: string } = {}): Promise<void> => {
+    await new Adapter('Client').upsert(clientId, {
+      client_id: clientId, client_name: 'Agent credential broker request page',
       grant_types: ['authorization_code'], response_types: ['code'], redirect_uris: redirectUris,
       id_token_signed_response_alg: idTokenAlg,
       ...(secret ? { client_secret: secret, token_endpoint_auth_method: 'client_secret_basic' } : { token_endpoint_auth_method: 'none' }),
