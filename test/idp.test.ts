@@ -110,7 +110,7 @@ describe('device flow login against oidc-provider', () => {
       ac.abort();
     }, { signal: ac.signal });
     await assert.rejects(result, isBrokerError('unauthenticated', /cancelled/));
-    assert.match(String(refused), /login as mallory@example\.com refused: unknown user/);
+    assert.match(String(refused), /login as mallory@example\.com refused: wrong email or password/);
   });
 
   it('a scope without openid yields no ID token: upstream_error', async () => {

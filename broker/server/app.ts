@@ -23,6 +23,7 @@ import {
 import { clientAddress } from './client-address.js';
 import type { Denial, DenialAudit } from './denial-audit.js';
 import { RateLimiter, type AuthRateLimiter } from './rate-limit.js';
+import { mountRequestPages, type RequestPagesDeps } from './web/index.js';
 
 export interface AppDeps {
   tokens: BrokerTokens;
@@ -47,6 +48,8 @@ export interface AppDeps {
   requests?: StartRequests | undefined;
   /** Device confirmations from a terminal (RFC 8628 at the IdP, run by the service). */
   confirmations?: DeviceConfirmations | undefined;
+  /** The request page (`/requests`, broker/server/web/); absent: no page (API-only unit tests). */
+  pages?: RequestPagesDeps | undefined;
   now?: () => number;
 }
 
@@ -181,6 +184,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/healthz', (c) => c.json({ ok: true } as const satisfies Body<typeof healthResponse>));
   app.get('/.well-known/jwks.json', (c) => c.json(deps.tokens.publicJwks()));
   app.get('/v1/login-config', (c) => c.json(deps.loginConfig satisfies LoginConfig));
+  if (deps.pages) mountRequestPages(app, deps.pages);
 
   const dpopJkt = (c: Context, path: string) => deps.dpop.verify(c.req.header('dpop'), { method: c.req.method, url: `${deps.publicUrl()}${path}` });
   /** Runs `step`; if it refuses, notes how the refusal is to be audited (`reason`, and who when known). */

@@ -19,13 +19,15 @@ import { TaskSessionService } from '../sessions/task-session-service.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import { loadTemplatesOrThrow } from '../templates/load.js';
 import type { TaskTemplate } from '../templates/schema.js';
-import { VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
+import { isLoopbackHost } from '../limits/urls.js';
+import { readSecret, VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
 import { VaultHttp } from '../vault/http.js';
 import { checkVaultAtStart } from '../vault/startup-check.js';
 import { VaultTokens } from '../vault/tokens.js';
 import { createApp } from './app.js';
 import { DenialAudit } from './denial-audit.js';
 import { AuthRateLimiter } from './rate-limit.js';
+import { WebLogin, WebSessions } from './web/index.js';
 
 export interface RunningServer {
   url: string;
@@ -83,6 +85,18 @@ export function httpServerOptions(l: ServerConfig['listen']): ServerOptions {
 /** All request headers together, request line included. */
 export const MAX_HEADER_BYTES = 16 * 1024;
 
+/** A page session lasts 15 minutes from its login (no sliding), a login at the IdP at most 10. */
+const WEB_SESSION_TTL_MS = 15 * 60_000;
+const WEB_LOGIN_TTL_MS = 10 * 60_000;
+/** Page sessions (and logins under way) kept in memory at most; the oldest go first. */
+const WEB_SESSIONS_MAX = 10_000;
+
+/** Cookies are `Secure` unless the service is plain http on loopback (development; config refuses other http). */
+export function cookiesSecure(publicUrl: string): boolean {
+  const u = new URL(publicUrl);
+  return !(u.protocol === 'http:' && isLoopbackHost(u.hostname));
+}
+
 export interface StartOptions {
   log?: Logger;
   /** The service's clock (tests move it to expire sessions); defaults to Date.now. */
@@ -93,6 +107,8 @@ export interface StartOptions {
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
   const log = options.log ?? createLogger({ level: config.log.level });
+  // Read before anything is opened: a missing file stops the start with nothing to clean up.
+  const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const templates = loadTemplatesOrThrow(config.policiesDir);
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
@@ -104,6 +120,13 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     issuer: config.oidc.issuer, audience: config.oidc.audience, algorithms: config.oidc.algorithms,
     groupsClaim: config.oidc.groupsClaim, identityClaim: config.oidc.identityClaim,
     clockToleranceSeconds: config.oidc.clockToleranceSeconds, authorizedParty: config.oidc.cliClientId,
+    maxAgeSeconds: config.oidc.maxIdTokenAge, seen: store.seenIdTokens, now,
+  });
+  // The page's logins come back with ID tokens for the page's own client (aud = webClientId).
+  const webIdTokens = new IdTokenVerifier({
+    issuer: config.oidc.issuer, audience: config.oidc.webClientId, algorithms: config.oidc.algorithms,
+    groupsClaim: config.oidc.groupsClaim, identityClaim: config.oidc.identityClaim,
+    clockToleranceSeconds: config.oidc.clockToleranceSeconds, authorizedParty: config.oidc.webClientId,
     maxAgeSeconds: config.oidc.maxIdTokenAge, seen: store.seenIdTokens, now,
   });
   const auth = config.limits.auth;
@@ -143,6 +166,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops,
     publicUrl: () => url,
+    pages: {
+      requests, verifier: webIdTokens, issuer: config.oidc.issuer, log,
+      login: new WebLogin({
+        issuer: config.oidc.issuer, clientId: config.oidc.webClientId, clientSecret: webClientSecret, scopes: config.oidc.scopes,
+        redirectUri: () => `${url}/requests/callback`, verifier: webIdTokens, allowInsecureHttp: config.oidc.allowInsecureHttp,
+      }),
+      sessions: new WebSessions({ ttlMs: WEB_SESSION_TTL_MS, flowTtlMs: WEB_LOGIN_TTL_MS, max: WEB_SESSIONS_MAX, secure: cookiesSecure(url), now }),
+    },
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
   });
 

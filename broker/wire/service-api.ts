@@ -86,6 +86,16 @@ export const startConfirmationRequest = z.strictObject({
   reason: printable(MAX_REASON_CHARS).default(''),
 });
 
+/**
+ * `POST /requests/:id/decision`: the request page's form (urlencoded, one value per field). The
+ * CSRF token is checked before this schema (broker/server/web/index.ts).
+ */
+export const requestPageDecisionForm = z.strictObject({
+  decision: z.enum(['confirm', 'approve', 'deny'], { error: 'must be confirm, approve or deny' }),
+  reason: printable(MAX_REASON_CHARS).default(''),
+  csrf: z.string().min(1).max(200),
+});
+
 /** `PATCH /v1/sessions/:id`: the agent working under the session. */
 export const updateSessionRequest = z.strictObject({ agent: agentName });
 

@@ -1,15 +1,20 @@
 /**
  * The test IdP: the real, certified `oidc-provider` (v9) serving real HTTP on 127.0.0.1, in the test
  * process. One public client, `broker-cli`, with the OAuth 2.0 device authorization grant (RFC 8628);
- * ID tokens signed RS256 (or ES256) carrying `email`, `email_verified` and `groups`.
+ * and, once a test registers it with the service's callback URL (`registerWebClient`), the request
+ * page's `broker-web`: authorization code, PKCE required (oidc-provider requires it for public
+ * clients; `pkce.required` below says so for every client). ID tokens signed RS256 (or ES256)
+ * carrying `email`, `email_verified` and `groups`.
  *
  * Scopes and claims: `openid` → sub; `email` → email, email_verified; `profile` → name; `groups` →
  * groups (a scope of its own, as Okta and Keycloak do). The broker asks for "openid email profile
  * groups". Claims go into the ID token itself (`conformIdTokenClaims: false`), since the broker reads
  * only the ID token.
  *
- * The login and consent pages are our own minimal ones (the provider's devInteractions are off);
- * `approveDevice` drives the provider's device pages and these pages over HTTP as a browser would.
+ * The login and consent pages are our own minimal ones (the provider's devInteractions are off): a
+ * real form with email and password (every test user's password is TEST_PASSWORD unless it names
+ * its own), then consent. `approveDevice` drives them over HTTP as a browser would; the request
+ * page's test drives them in chromium.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -24,7 +29,11 @@ export interface TestUser {
   name?: string;
   /** Default true. */
   emailVerified?: boolean;
+  /** Default TEST_PASSWORD. */
+  password?: string;
 }
+
+export const TEST_PASSWORD = 'correct horse battery staple';
 
 export const DEFAULT_USERS: readonly TestUser[] = [
   { email: 'alice@example.com', name: 'Alice', groups: ['developers'] },
@@ -33,6 +42,7 @@ export const DEFAULT_USERS: readonly TestUser[] = [
 ];
 
 export const CLI_CLIENT_ID = 'broker-cli';
+export const WEB_CLIENT_ID = 'broker-web';
 export const LOGIN_SCOPE = 'openid email profile groups';
 
 export interface IdpOptions {
@@ -51,6 +61,12 @@ export interface TestIdp {
   clientId: string;
   users: readonly TestUser[];
   stop(): Promise<void>;
+  /**
+   * Registers the request page's client (`broker-web`, or `clientId`) with exactly these redirect
+   * URIs (the service's callback, known once it listens); public with PKCE, or confidential with
+   * `secret` (client_secret_basic), PKCE still required.
+   */
+  registerWebClient(redirectUris: string[], opts?: { secret?: string; clientId?: string }): Promise<void>;
   /**
    * Approves a pending device login as `email`: enter the code, confirm, log in, consent. With
    * `session`, in that browser: a live IdP session there is reused unless the IdP asks to log in again.
@@ -96,6 +112,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
     jwks.push({ ...(await exportJWK(k.pair.privateKey)), kid: k.kid, alg, use: 'sig' });
   }
 
+  const Adapter = memoryAdapter();
   // The issuer names the port, so listen first and build the provider once the port is known.
   let provider: Provider | undefined;
   let providerCallback: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
@@ -128,7 +145,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       id_token_signed_response_alg: idTokenAlg,
     }],
     jwks: { keys: jwks },
-    adapter: memoryAdapter(),
+    adapter: Adapter,
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     // auth_time, sid, acr, iss: oidc-provider's own defaults, kept (a confirmation checks auth_time, OIDC Core §2).
     claims: { auth_time: null, sid: null, acr: null, iss: null, openid: ['sub', 'jti'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
@@ -150,6 +167,8 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       devInteractions: { enabled: false },
       deviceFlow: { enabled: true, userCodeInputSource, userCodeConfirmSource, successSource },
     },
+    // RFC 7636 for every authorization-code client, confidential ones too (RFC 9700 §2.1.1).
+    pkce: { required: () => true },
     interactions: { url: (_ctx: unknown, i: { uid: string }) => `/interaction/${i.uid}` },
     ttl: {
       AccessToken: 600, ClientCredentials: 600, IdToken: 600, RefreshToken: 3600, Grant: 3600,
@@ -179,7 +198,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       if (p.html.includes('id="device-success"')) return;
       if (hasForm(p.html, 'login')) {
         if (session) session.logins++;
-        p = await b.submit(p, 'login', { email });
+        p = await b.submit(p, 'login', { email, password: userByEmail(email)?.password ?? TEST_PASSWORD });
         if (hasForm(p.html, 'login')) throw new Error(`test IdP: login as ${email} refused: ${errorText(p.html)}`);
       } else if (hasForm(p.html, 'consent')) {
         p = await b.submit(p, 'consent', {});
@@ -195,6 +214,17 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
     const p = await b.confirmPage(issuer, userCode);
     const after = await b.submit(p, 'op.deviceConfirmForm', { abort: 'yes' });
     if (!/interrupted/i.test(errorText(after.html))) throw new Error(`test IdP: abort not acknowledged: ${errorText(after.html)}`);
+  };
+
+  // Clients not in the static list are read from the adapter (oidc-provider's dynamic clients), so
+  // one can be added once the redirect URI is known.
+  const registerWebClient = async (redirectUris: string[], { secret, clientId = WEB_CLIENT_ID }: { secret?: string; clientId?: string } = {}): Promise<void> => {
+    await new Adapter('Client').upsert(clientId, {
+      client_id: clientId, client_name: 'Agent credential broker request page',
+      grant_types: ['authorization_code'], response_types: ['code'], redirect_uris: redirectUris,
+      id_token_signed_response_alg: idTokenAlg,
+      ...(secret ? { client_secret: secret, token_endpoint_auth_method: 'client_secret_basic' } : { token_endpoint_auth_method: 'none' }),
+    });
   };
 
   const loginAs = async (email: string, overrides?: IdTokenOverrides): Promise<string> => {
@@ -226,7 +256,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
   };
 
   return {
-    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, denyDevice, loginAs, issueIdToken,
+    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, registerWebClient, denyDevice, loginAs, issueIdToken,
     newSession: () => ({ browser: new Browser(), logins: 0 }),
     stop: async () => {
       server.closeAllConnections();
@@ -262,8 +292,9 @@ async function interaction(provider: Provider, users: readonly TestUser[], req: 
 
   if (action === 'login' && details.prompt.name === 'login') {
     const email = form.get('email') ?? '';
-    if (!users.some((u) => u.email === email)) {
-      return html('Sign in', `<p class="error">unknown user ${esc(email)}</p>${loginForm(uid)}${abortForm}`);
+    const user = users.find((u) => u.email === email);
+    if (!user || form.get('password') !== (user.password ?? TEST_PASSWORD)) {
+      return html('Sign in', `<p class="error">wrong email or password</p>${loginForm(uid)}${abortForm}`);
     }
     return provider.interactionFinished(req, res, { login: { accountId: email } }, { mergeWithLastSubmission: false });
   }
@@ -290,7 +321,8 @@ async function interaction(provider: Provider, users: readonly TestUser[], req: 
 
 function loginForm(uid: string): string {
   return `<form id="login" method="post" action="/interaction/${esc(uid)}/login">
-<label>Email <input type="email" name="email" autofocus></label><button type="submit">Sign in</button></form>`;
+<label>Email <input type="email" name="email" autofocus></label>
+<label>Password <input type="password" name="password"></label><button type="submit">Sign in</button></form>`;
 }
 
 // --- the provider's device pages, in our page frame ----------------------------------------------
