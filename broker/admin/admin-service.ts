@@ -154,7 +154,7 @@ export class AdminService {
     });
     if (!lifted) {
       throw new BrokerError('not_found', scope === ALL_TEMPLATES ? 'there is no freeze of all templates' : `"${scope}" is not frozen on its own`, {
-        hint: 'see the freezes in force with: broker admin freeze --list',
+        hint: 'see the freezes in force with: broker admin freezes',
       });
     }
     return this.deps.store.freezes.list();
