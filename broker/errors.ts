@@ -21,6 +21,9 @@ export const ERROR_CODES = {
   conflict: 409,
   payload_too_large: 413,
   rate_limited: 429,
+  // an administrator froze what is asked for (broker admin freeze): 423 Locked (RFC 4918 §11.3),
+  // the resource is fine and the caller's request is well-formed, it is locked for now
+  frozen: 423,
   // a task start waits for a human: the requester's fresh IdP login, or approvers (RFC 9470 challenge)
   confirmation_required: 401,
   // local environment (CLI side)

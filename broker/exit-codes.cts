@@ -44,6 +44,8 @@ export const EXIT_CODES = {
   keychain_unavailable: 12,
   // a start request waits for a human (broker task --no-wait, or stopped waiting): not a failure of the command line
   confirmation_required: 13,
+  // an administrator froze the template, or all of them (broker admin freeze): wait for the unfreeze
+  frozen: 14,
   // sysexits.h EX_SOFTWARE: a bug
   internal: 70,
 } as const;

@@ -285,6 +285,14 @@ export const serverConfigSchema = z.strictObject({
       auditMaxKeys: z.number().int().min(1).max(100_000).default(256),
     }).prefault({}),
   }).prefault({}),
+  /**
+   * Who may use the control plane (`/v1/admin/*`, `broker admin …`): members of these IdP groups,
+   * or these IdP-verified emails. No default: without it nobody is an admin.
+   */
+  admins: z.strictObject({
+    groups: z.array(z.string().min(1)).default([]),
+    emails: z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address')).default([]),
+  }).prefault({}),
   notifications: notificationsSchema,
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
 }).superRefine((c, ctx) => {

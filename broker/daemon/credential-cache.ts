@@ -65,6 +65,7 @@ export class CredentialCache extends TaskCache<Entry> {
       this.drop(template);
       throw sessionEnded(template, e.sessionEndsAt);
     }
+    if (!e) this.refuseWithdrawn(template);
     if (e?.creds && canHandOut(e.creds, e.sessionEndsAt, now)) {
       this.stats.servedFromMemory++;
       this.maybeRefresh(e);
@@ -101,6 +102,7 @@ export class CredentialCache extends TaskCache<Entry> {
   put(issued: IssuedCredentials): void {
     const template = issued.session.template;
     this.drop(template);
+    this.forgetWithdrawn(template);
     const e = this.newEntry(issued.session);
     this.accept(e, issued);
     this.entries.set(template, e);
@@ -160,6 +162,7 @@ export class CredentialCache extends TaskCache<Entry> {
     if (this.discovering.isPending(template)) this.stats.sharedUpstream++;
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
+      this.settleWithdrawn(template, session);
       if (!session) throw noActiveSession(template);
       const e = this.newEntry(session);
       this.entries.set(template, e);
@@ -218,7 +221,8 @@ export class CredentialCache extends TaskCache<Entry> {
     const error = isBrokerError(err) ? err : new BrokerError('internal', (err as Error)?.message ?? String(err), { cause: err });
     if (sessionGone(error)) {
       this.opts.log.info({ template: e.template, session: e.session.id, reason: error.message }, 'task session no longer active; credentials dropped');
-      this.dropEntry(e);
+      // Its reason stands for the template (an admin's end or freeze), until the service says otherwise.
+      this.withdraw(e.template, e.session.id, error);
       return;
     }
     this.backOff(e, error);
@@ -241,7 +245,7 @@ export class CredentialCache extends TaskCache<Entry> {
  */
 function noneLeft(template: string, err: unknown, expiresAt: number | undefined, now: number): BrokerError {
   if (!isBrokerError(err)) return new BrokerError('internal', `no valid credentials for "${template}"`, { cause: err });
-  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') return err;
+  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in' || err.code === 'frozen') return err;
   const expired = expiresAt === undefined ? '' : `; the cached ones expire${expiresAt <= now ? 'd' : ''} at ${new Date(expiresAt).toISOString()}`;
   return new BrokerError(err.code, `no valid credentials for "${template}": ${err.message}${expired}`, {
     cause: err,

@@ -5,8 +5,9 @@ import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  confirmationStatusResponse, deviceConfirmationResponse, endSessionResponse, startRequestResponse, startRequestsResponse, startSessionResponse,
-  templatesResponse, updateSessionResponse, whoamiResponse,
+  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminSessionResponse, adminSessionsResponse,
+  adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, endSessionResponse, sessionStateResponse, startRequestResponse, startRequestsResponse,
+  startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse, type SessionStateResponse, type SessionView,
   type StartSessionRequest, type VaultTokenGrant,
 } from '../wire/service-api.js';
 import { CredentialCache } from './credential-cache.js';
@@ -17,6 +18,47 @@ import {
 } from './protocol.js';
 import { ServiceClient } from './service-client.js';
 import { VaultTokenCache } from './vault-token-cache.js';
+
+/**
+ * The longest the daemon goes without asking the service whether a session it holds credentials
+ * for was ended, frozen or its login revoked (README, "Admin's guide": the 60 s guarantee,
+ * test/admin-cli.test.ts). BROKER_STATUS_CHECK_SECONDS shortens it (tests); never longer.
+ */
+export const MAX_STATUS_CHECK_MS = 60_000;
+
+export interface DaemonCoreOptions {
+  now?: () => number;
+  /** The status-check interval, at most MAX_STATUS_CHECK_MS. */
+  statusCheckMs?: number;
+}
+
+/** The interval from the environment, in 1..60 s; anything else is the default, with a warning. */
+export function statusCheckMsFrom(env: NodeJS.ProcessEnv, log: Pick<Logger, 'warn'>): number {
+  const raw = env.BROKER_STATUS_CHECK_SECONDS;
+  if (raw === undefined || raw === '') return MAX_STATUS_CHECK_MS;
+  const n = Number(raw);
+  if (Number.isInteger(n) && n >= 1 && n * 1000 <= MAX_STATUS_CHECK_MS) return n * 1000;
+  log.warn({ BROKER_STATUS_CHECK_SECONDS: raw.slice(0, 20) }, 'BROKER_STATUS_CHECK_SECONDS must be a whole number of seconds from 1 to 60; using 60');
+  return MAX_STATUS_CHECK_MS;
+}
+
+/** Why the daemon stops handing out what it holds for a session, from the service's answer; undefined: keep serving. */
+export function withdrawalOf(s: SessionStateResponse): BrokerError | undefined {
+  const t = s.session.template;
+  if (s.state === 'ended' && s.endedByAdmin) {
+    return new BrokerError('conflict', `the "${t}" task session was ended by an administrator: ${s.endReason ?? ''}`, {
+      hint: 'ask your administrator before starting it again',
+    });
+  }
+  if (s.state === 'ended') return new BrokerError('conflict', `the "${t}" task session has ended (${s.endReason ?? 'ended'})`, { hint: `start a new one: broker task ${t}` });
+  if (s.frozen) {
+    const what = s.frozen.scope === '*' ? 'every task template is' : `"${t}" is`;
+    return new BrokerError('frozen', `${what} frozen by an administrator: ${s.frozen.reason}`, {
+      hint: 'nothing is issued under it until an administrator unfreezes it',
+    });
+  }
+  return undefined;
+}
 
 /** A result for `op`, checked at compile time against the op's result schema (protocol.ts). */
 const answer = <Op extends DaemonOp>(_op: Op, result: DaemonResult<Op>): DaemonResult<Op> => result;
@@ -33,11 +75,18 @@ export class DaemonCore {
   readonly cache: CredentialCache;
   readonly vault: VaultTokenCache;
   private readonly startedAt = new Date().toISOString();
+  private readonly now: () => number;
+  private readonly checker: NodeJS.Timeout;
+  private checking: Promise<void> | undefined;
 
-  constructor(private readonly log: Logger, private readonly now: () => number = Date.now) {
+  constructor(private readonly log: Logger, options: DaemonCoreOptions = {}) {
+    const now = options.now ?? Date.now;
+    this.now = now;
+    const statusCheckMs = Math.min(options.statusCheckMs ?? MAX_STATUS_CHECK_MS, MAX_STATUS_CHECK_MS);
     this.cache = new CredentialCache({
       log,
       now,
+      recheckMs: statusCheckMs,
       upstream: {
         findSession: (t) => this.service().findSession(t),
         issue: (id) => this.service().issue(id),
@@ -46,12 +95,60 @@ export class DaemonCore {
     this.vault = new VaultTokenCache({
       log,
       now,
+      recheckMs: statusCheckMs,
       upstream: {
         findSession: (t) => this.service().findSession(t),
         freshToken: (id) => freshVaultToken(this.service(), id),
         renew: (o) => renewVaultToken({ ...o, now }),
       },
     });
+    this.checker = setInterval(() => { void this.checkHeld(); }, statusCheckMs);
+    this.checker.unref();
+  }
+
+  /**
+   * The periodic status check: for each session something is held for, one `GET /v1/sessions/:id`.
+   * Ended (by an admin or otherwise) or frozen: what is held goes, and calls are refused with the
+   * service's reason. The login refused (revoked by offboarding, or over): everything held goes. The
+   * service unreachable: nothing changes (cached credentials are served until they expire, as in
+   * any outage).
+   */
+  checkHeld(): Promise<void> {
+    this.checking ??= this.checkOnce().finally(() => { this.checking = undefined; });
+    return this.checking;
+  }
+
+  private async checkOnce(): Promise<void> {
+    const held = new Map<string, SessionView>();
+    for (const s of [...this.cache.heldSessions(), ...this.vault.heldSessions()]) held.set(s.id, s);
+    if (held.size === 0 || !this.client) return;
+    for (const s of held.values()) {
+      let state: SessionStateResponse;
+      try {
+        state = await this.service().request('GET', `/v1/sessions/${encodeURIComponent(s.id)}`, sessionStateResponse);
+      } catch (e) {
+        if (isBrokerError(e) && (e.code === 'unauthenticated' || e.code === 'not_logged_in')) {
+          const error = new BrokerError('unauthenticated', `credentials withheld: the broker login was refused (${e.message})`, { hint: 'log in again: broker login' });
+          this.log.warn({ reason: e.message }, 'the service refused the login; dropping every credential held');
+          for (const h of held.values()) this.withdraw(h, error);
+          return;
+        }
+        if (isBrokerError(e) && e.code === 'not_found') {
+          this.withdraw(s, new BrokerError('not_found', `the "${s.template}" task session is unknown to the service`, { hint: `start one: broker task ${s.template}` }));
+          continue;
+        }
+        this.log.info({ session: s.id, err: (e as Error).message }, 'session status check failed; serving what is held until it expires');
+        continue;
+      }
+      const error = withdrawalOf(state);
+      if (error) this.withdraw(s, error);
+    }
+  }
+
+  private withdraw(s: SessionView, error: BrokerError): void {
+    this.log.info({ template: s.template, session: s.id, reason: error.message }, 'the service stopped the task session; what was held for it is dropped');
+    this.cache.withdraw(s.template, s.id, error);
+    this.vault.withdraw(s.template, s.id, error);
   }
 
   /**
@@ -93,6 +190,7 @@ export class DaemonCore {
   }
 
   close(): void {
+    clearInterval(this.checker);
     this.cache.close();
     this.vault.close();
     this.client = undefined;
@@ -129,6 +227,28 @@ export class DaemonCore {
       case 'templates': return answer('templates', (await this.service().request('GET', '/v1/templates', templatesResponse)).templates);
       case 'whoami': return answer('whoami', { ...(await this.service().request('GET', '/v1/whoami', whoamiResponse)), server: this.service().serverUrl });
       case 'reload-login': await this.loadLogin(); return answer('reload-login', this.ping());
+      case 'admin-sessions': {
+        const q = new URLSearchParams();
+        for (const [k, v] of Object.entries(req.filter)) if (v !== undefined && v !== false) q.set(k, v === true ? '1' : v);
+        const qs = q.toString();
+        return answer('admin-sessions', await this.service().request('GET', `/v1/admin/sessions${qs ? `?${qs}` : ''}`, adminSessionsResponse));
+      }
+      case 'admin-session': return answer('admin-session', await this.service().request('GET', `/v1/admin/sessions/${encodeURIComponent(req.id)}`, adminSessionResponse));
+      case 'admin-end': {
+        const { op: _op, ...body } = req;
+        return answer('admin-end', await this.service().request('POST', '/v1/admin/sessions/end', adminEndResponse, body));
+      }
+      case 'admin-offboard': return answer('admin-offboard',
+        await this.service().request('POST', '/v1/admin/offboard', adminOffboardResponse, { developer: req.developer, reason: req.reason }));
+      case 'admin-freeze': {
+        const { op: _op, ...body } = req;
+        return answer('admin-freeze', await this.service().request('POST', '/v1/admin/freeze', adminFreezeResponse, body));
+      }
+      case 'admin-unfreeze': {
+        const { op: _op, ...body } = req;
+        return answer('admin-unfreeze', await this.service().request('POST', '/v1/admin/unfreeze', adminUnfreezeResponse, body));
+      }
+      case 'admin-freezes': return answer('admin-freezes', await this.service().request('GET', '/v1/admin/freezes', adminFreezesResponse));
       case 'stop': return answer('stop', { stopping: true });
     }
   }

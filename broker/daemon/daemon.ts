@@ -2,7 +2,7 @@ import { chmodSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { BrokerError, isBrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { DaemonCore } from './daemon-core.js';
+import { DaemonCore, statusCheckMsFrom } from './daemon-core.js';
 import { breakStaleLock, LOCK_WAIT_MS, pidExists, STALE_LOCK_MS, tryInstanceLock, type InstanceLock, type LockHolder } from './instance-lock.js';
 import { daemonCall, isNoDaemon, logPath, pidPath, socketPath } from './socket.cjs';
 import { MAX_REQUEST_BYTES, parseRequest, pingResult, type DaemonRequest, type DaemonResponse } from './protocol.js';
@@ -34,7 +34,7 @@ export async function runDaemon(options: { log?: Logger; env?: NodeJS.ProcessEnv
   const sock = socketPath(env);
   const lock = await takeInstanceLock(env);
   if (!lock) return undefined;
-  const core = new DaemonCore(log);
+  const core = new DaemonCore(log, { statusCheckMs: statusCheckMsFrom(env, log) });
   const failures = new FailureLog(log);
   // Listening comes before the keychain: a second starter then finds someone at the socket within
   // milliseconds of the lock being taken, however long the keychain takes (a desktop keychain may

@@ -18,8 +18,9 @@ import { BrokerError, type ErrorCode, type ErrorDetail } from '../errors.js';
 import { MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  confirmationStatusResponse, deviceConfirmationResponse, errorBody, processCredentials, REQUEST_ID_RE, sessionView, startRequestView,
-  templateSummary, timestamp, whoamiResponse,
+  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminSessionResponse, adminSessionsResponse,
+  adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, errorBody, processCredentials, REQUEST_ID_RE, sessionView,
+  startRequestView, templateSummary, timestamp, whoamiResponse,
 } from '../wire/service-api.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -49,6 +50,14 @@ export type StartRequest = z.infer<typeof startRequest>;
 
 const requestId = z.string().regex(REQUEST_ID_RE, 'must be a start request id (req_…)');
 
+/**
+ * The admin commands (`broker admin …`), passed on to `/v1/admin/*` under the developer's login:
+ * shapes and bounds only; the service checks the rest (who is an admin, reasons, names).
+ */
+const text = (max: number) => z.string().max(max);
+const adminReason = text(MAX_REASON_CHARS);
+const adminScope = { template: text(64).optional(), all: z.literal(true).optional() };
+
 export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('ping') }),
   z.strictObject({ op: z.literal('credentials'), task: templateName }),
@@ -72,6 +81,16 @@ export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('whoami') }),
   /** `broker login`/`logout` changed the keychain: read it again (or drop the login). */
   z.strictObject({ op: z.literal('reload-login') }),
+  z.strictObject({
+    op: z.literal('admin-sessions'),
+    filter: z.strictObject({ developer: text(320).optional(), template: text(64).optional(), agent: text(64).optional(), active: z.boolean().optional(), since: text(32).optional() }),
+  }),
+  z.strictObject({ op: z.literal('admin-session'), id: text(100) }),
+  z.strictObject({ op: z.literal('admin-end'), sessions: z.array(text(100)).max(500).optional(), developer: text(320).optional(), template: text(64).optional(), reason: adminReason }),
+  z.strictObject({ op: z.literal('admin-offboard'), developer: text(320), reason: adminReason }),
+  z.strictObject({ op: z.literal('admin-freeze'), ...adminScope, reason: adminReason, revoke: z.boolean() }),
+  z.strictObject({ op: z.literal('admin-unfreeze'), ...adminScope, reason: adminReason }),
+  z.strictObject({ op: z.literal('admin-freezes') }),
   z.strictObject({ op: z.literal('stop') }),
 ]);
 export type DaemonRequest = z.infer<typeof daemonRequest>;
@@ -220,6 +239,13 @@ export const resultSchemas = {
   templates: z.array(templateSummary),
   whoami: whoamiResponse.extend({ server: z.string() }),
   'reload-login': pingResult,
+  'admin-sessions': adminSessionsResponse,
+  'admin-session': adminSessionResponse,
+  'admin-end': adminEndResponse,
+  'admin-offboard': adminOffboardResponse,
+  'admin-freeze': adminFreezeResponse,
+  'admin-unfreeze': adminUnfreezeResponse,
+  'admin-freezes': adminFreezesResponse,
   stop: z.object({ stopping: z.literal(true) }),
 } as const satisfies { [Op in DaemonOp]: z.ZodType };
 export type DaemonResult<Op extends DaemonOp> = z.output<(typeof resultSchemas)[Op]>;

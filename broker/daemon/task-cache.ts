@@ -22,13 +22,32 @@ export interface TaskEntry {
 
 export interface TaskCacheOptions {
   now?: () => number;
+  /**
+   * How long a session the service said is ended or frozen is answered from memory with that
+   * reason before the service is asked again (the daemon's status-check interval).
+   */
+  recheckMs?: number;
   random?: () => number;
   /** Wall-clock re-check of every entry; catches up after a suspended laptop resumes (timers pause). */
   tickMs?: number;
 }
 
+/** A session the service stopped (an admin ended it, a freeze): why, and when that was last learned. */
+interface Withdrawn {
+  sessionId: string;
+  error: BrokerError;
+  at: number;
+}
+
 export abstract class TaskCache<E extends TaskEntry> {
   protected readonly entries = new Map<string, E>();
+  /**
+   * Templates whose session the service stopped, by template: every call is refused with the
+   * service's reason ("ended by an administrator: …") instead of a bare "no active session", and
+   * without asking the service more than once per `recheckMs`.
+   */
+  private readonly withdrawn = new Map<string, Withdrawn>();
+  private readonly recheckMs: number;
   protected readonly now: () => number;
   protected readonly random: () => number;
   private readonly ticker: NodeJS.Timeout;
@@ -36,6 +55,7 @@ export abstract class TaskCache<E extends TaskEntry> {
   constructor(opts: TaskCacheOptions) {
     this.now = opts.now ?? Date.now;
     this.random = opts.random ?? Math.random;
+    this.recheckMs = opts.recheckMs ?? 60_000;
     this.ticker = setInterval(() => this.tick(), opts.tickMs ?? 15_000);
     this.ticker.unref();
   }
@@ -73,6 +93,44 @@ export abstract class TaskCache<E extends TaskEntry> {
 
   clear(): void {
     for (const t of [...this.entries.keys()]) this.drop(t);
+    this.withdrawn.clear();
+  }
+
+  /**
+   * The service stopped this session (ended by an admin, frozen, the login revoked): what is held
+   * for it goes now, and calls for its template are refused with `error` until the service says
+   * otherwise (a new session, an unfreeze).
+   */
+  withdraw(template: string, sessionId: string, error: BrokerError): void {
+    const e = this.entries.get(template);
+    if (e && e.session.id === sessionId) this.dropEntry(e);
+    this.withdrawn.set(template, { sessionId, error, at: this.now() });
+  }
+
+  /** Throws the reason a withdrawn session was stopped, unless it is time to ask the service again. */
+  protected refuseWithdrawn(template: string): void {
+    const w = this.withdrawn.get(template);
+    if (w && this.now() - w.at < this.recheckMs) throw w.error;
+  }
+
+  /**
+   * After asking the service for the template's session: none, and it was withdrawn → its reason;
+   * another session → the withdrawal is over; the same one → asked again now (a re-issue will say
+   * whether it is still frozen).
+   */
+  protected settleWithdrawn(template: string, found: SessionView | undefined): void {
+    const w = this.withdrawn.get(template);
+    if (!w) return;
+    if (!found) {
+      w.at = this.now();
+      throw w.error;
+    }
+    this.withdrawn.delete(template);
+  }
+
+  /** An entry new for its template (a task start): nothing withdrawn stands for it any more. */
+  protected forgetWithdrawn(template: string): void {
+    this.withdrawn.delete(template);
   }
 
   close(): void {
@@ -97,7 +155,7 @@ export class Superseded extends Error {}
 
 /** Errors that say the task session is gone (ended elsewhere, expired, template removed): stop serving it at once. */
 export function sessionGone(error: BrokerError): boolean {
-  return error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden';
+  return error.code === 'conflict' || error.code === 'not_found' || error.code === 'forbidden' || error.code === 'frozen';
 }
 
 export function sessionEnded(template: string, endsAt: number): BrokerError {

@@ -61,6 +61,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
       this.drop(template);
       throw sessionEnded(template, e.sessionEndsAt);
     }
+    if (!e) this.refuseWithdrawn(template);
     if (e?.held && e.held.expiresAt - now > EXPIRY_SAFETY_MS) {
       this.maybeRefresh(e);
       return { grant: e.held.grant, session: e.session };
@@ -86,6 +87,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
   /** A token the service just issued with a new session. */
   put(session: SessionView, grant: VaultTokenGrant): void {
     this.drop(session.template);
+    this.forgetWithdrawn(session.template);
     const e: Entry = { template: session.template, session, sessionEndsAt: Date.parse(session.expiresAt), failures: 0, retryAt: 0 };
     e.held = this.hold(grant);
     this.entries.set(session.template, e);
@@ -119,6 +121,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
   private discover(template: string): Promise<{ grant: VaultTokenGrant; session: SessionView }> {
     return this.discovering.run(template, async () => {
       const session = await this.opts.upstream.findSession(template);
+      this.settleWithdrawn(template, session);
       if (!session) throw noActiveSession(template);
       if (!session.vault) {
         throw new BrokerError('conflict', `task template "${template}" grants no Vault token`, { hint: 'its credentials are AWS ones: use AWS_PROFILE=broker-<template> or broker exec' });
@@ -161,7 +164,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
         // Only the entry still held is marked failed or dropped: a replaced one is history.
         if (!this.holds(e)) throw new Superseded();
         if (sessionGone(error)) {
-          this.dropEntry(e);
+          this.withdraw(e.template, e.session.id, error);
         } else {
           if (!e.lastError) {
             this.opts.log.warn({ template: e.template, code: error.code, reason: error.message }, 'cannot renew the Vault token; serving the held one until it expires and retrying with back-off');
@@ -212,7 +215,7 @@ export class VaultTokenCache extends TaskCache<Entry> {
 
 function noneLeft(template: string, err: unknown): unknown {
   if (!isBrokerError(err)) return err;
-  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in') return err;
+  if (err.code === 'not_found' || err.code === 'conflict' || err.code === 'not_logged_in' || err.code === 'frozen') return err;
   return new BrokerError(err.code, `no valid Vault token for "${template}": ${err.message}`, {
     cause: err, hint: err.hint ?? 'the daemon keeps retrying; check the broker service and Vault with: broker status',
   });

@@ -1,4 +1,6 @@
 import { Hono, type Context } from 'hono';
+import type { AdminEndResult, AdminService } from '../admin/admin-service.js';
+import { parseDuration } from '../duration.js';
 import { bodyLimit } from 'hono/body-limit';
 import type { z } from 'zod';
 import { BrokerError, isBrokerError } from '../errors.js';
@@ -9,11 +11,16 @@ import { DenialRecorded, type BrokerLogins, type IssuedLogin } from '../identity
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
-import type { AuditLog } from '../store/store.js';
+import type { AuditRecord } from '../store/audit-event.js';
+import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
+import type { AuditLog, SessionFilter } from '../store/store.js';
 import type { DeviceConfirmations } from '../requests/device-confirmations.js';
 import type { StartRequest, StartRequests } from '../requests/start-requests.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
+  adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminUnfreezeRequest,
+  type adminEndResponse, type adminFreezeResponse, type adminFreezesResponse, type adminOffboardResponse, type adminSessionResponse,
+  type adminSessionsResponse, type adminUnfreezeResponse, type auditRecordView, type freezeView, type sessionStateResponse,
   idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, REQUEST_ID_RE, refreshRequest, startConfirmationRequest, startSessionRequest, updateSessionRequest,
   type confirmationRequiredBody, type confirmationStatusResponse, type deviceConfirmationResponse, type startRequestResponse, type startRequestsResponse,
   type authRefreshResponse, type authTokenResponse, type Body, type endSessionResponse, type errorBody, type healthResponse,
@@ -50,6 +57,8 @@ export interface AppDeps {
   confirmations?: DeviceConfirmations | undefined;
   /** The request page (`/requests`, broker/server/web/); absent: no page (API-only unit tests). */
   pages?: RequestPagesDeps | undefined;
+  /** The control plane (`/v1/admin/*`). Absent: those routes answer 404 (unit tests of other routes). */
+  admin?: AdminService | undefined;
   now?: () => number;
 }
 
@@ -125,6 +134,39 @@ function vaultBody(v: IssuedVaultToken): Body<typeof vaultTokenGrant> {
 /** RFC 9470 §3: the step-up challenge; `max_age` is how recent the IdP login must be (§4). */
 function stepUpChallenge(message: string, maxAgeSeconds: number): string {
   return `Bearer error="insufficient_user_authentication", error_description="${message.replace(/["\\]/g, '')}", max_age=${maxAgeSeconds}`;
+}
+
+function freezeBody(f: Freeze): Body<typeof freezeView> {
+  return { scope: f.scope, reason: f.reason, by: f.by, at: new Date(f.at).toISOString() };
+}
+
+function recordBody(r: AuditRecord): Body<typeof auditRecordView> {
+  // Only the fields that are set: the view's optional fields are absent, never null.
+  return Object.fromEntries(Object.entries(r).filter(([k, v]) => v !== undefined && k !== 'hash')) as Body<typeof auditRecordView>;
+}
+
+function endedBody(r: AdminEndResult): Body<typeof adminEndResponse> {
+  return { ended: r.ended, alreadyEnded: r.alreadyEnded, stsRevocation: r.stsRevocation };
+}
+
+/** The filters of `GET /v1/admin/sessions`, each checked: a 400 names the parameter and the fix. */
+function sessionFilter(q: Record<string, string>, now: number): SessionFilter {
+  const bad = (path: string, message: string) => new BrokerError('invalid_request', `${path}: ${message}`, { details: [{ path, message }] });
+  const known = new Set(['developer', 'template', 'agent', 'active', 'since', 'limit']);
+  for (const k of Object.keys(q)) if (!known.has(k)) throw bad(k, `unknown filter; use ${[...known].join(', ')}`);
+  const active = q.active === undefined ? false : q.active === '1' || q.active === 'true' ? true : undefined;
+  if (active === undefined) throw bad('active', 'must be 1 or true');
+  let since: number | undefined;
+  if (q.since !== undefined) {
+    const seconds = parseDuration(q.since);
+    if (seconds === undefined || seconds === 0) throw bad('since', `"${q.since.slice(0, 40)}" is not a duration; use e.g. 24h, 7d`);
+    since = now - seconds * 1000;
+  }
+  if (active && since !== undefined) throw bad('since', 'give active or since, not both');
+  const limit = q.limit === undefined ? 500 : Number(q.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 5000) throw bad('limit', 'must be a whole number from 1 to 5000');
+  for (const k of ['developer', 'template', 'agent'] as const) if (q[k] !== undefined && (q[k] === '' || q[k].length > 320)) throw bad(k, 'must be 1 to 320 characters');
+  return { developer: q.developer, template: q.template, agent: q.agent, activeOnly: active, since, limit };
 }
 
 /**
@@ -290,6 +332,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (body.confirmedRequest !== undefined) {
       r = await requests().startConfirmed(p, body.confirmedRequest, ask);
     } else {
+      // A frozen template is refused before anyone is asked to confirm a start that cannot happen.
+      await deps.sessions.notFrozen(body.template, { event: 'session.start', developer: p.id, template: body.template });
       const pending = deps.requests ? await deps.requests.ask(p, { ...ask, breakGlass: body.breakGlass }) : undefined;
       if (pending) {
         const status = deps.requests!.challengeStatus(pending);
@@ -342,6 +386,16 @@ export function createApp(deps: AppDeps): Hono<Env> {
     // Responses that carry secrets are never stored by a cache (as for OAuth token responses, RFC 6749 §5.1).
     c.header('cache-control', 'no-store');
     return c.json({ session: r.session, vault: vaultBody(r.vault) } satisfies Body<typeof vaultTokenResponse>);
+  });
+
+  // The daemon's cheap check, at least once a minute while it holds credentials of the session:
+  // ended (by an admin or otherwise), expired or frozen, and it stops handing them out.
+  app.get('/v1/sessions/:id', async (c) => {
+    const r = await deps.sessions.state(c.get('principal'), c.req.param('id'));
+    return c.json({
+      session: r.session, state: r.state, endedAt: r.endedAt === null ? null : new Date(r.endedAt).toISOString(), endReason: r.endReason,
+      endedByAdmin: r.endedByAdmin, frozen: r.frozen ? { scope: r.frozen.scope, reason: r.frozen.reason } : null,
+    } satisfies Body<typeof sessionStateResponse>);
   });
 
   app.delete('/v1/sessions/:id', async (c) => {
@@ -400,6 +454,60 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (!r) throw new BrokerError('not_found', `no start request ${id}`);
     return c.json({ status, request: view(r) } satisfies Body<typeof confirmationStatusResponse>);
   });
+
+  // ---- the control plane -----------------------------------------------------------------------
+
+  const admin = () => {
+    if (!deps.admin) throw new BrokerError('not_found', 'this service has no admin API');
+    return deps.admin;
+  };
+  // Every admin route, present and future, behind one check: a bearer of a live login (above) who
+  // is an admin; anyone else gets 403 `forbidden`, audited (test/admin-api.test.ts calls every
+  // route of app.routes under /v1/admin as a non-admin).
+  app.use('/v1/admin/*', async (c, next) => {
+    await admin().requireAdmin(c.get('principal'), `${c.req.method} ${c.req.path.slice(0, 200)}`);
+    await next();
+  });
+
+  app.get('/v1/admin/sessions', async (c) => {
+    const sessions = await admin().listSessions(c.get('principal'), sessionFilter(c.req.query(), (deps.now ?? Date.now)()));
+    return c.json({ sessions } satisfies Body<typeof adminSessionsResponse>);
+  });
+
+  app.get('/v1/admin/sessions/:id', async (c) => {
+    const r = await admin().session(c.get('principal'), c.req.param('id'));
+    return c.json({ session: r.session, history: r.history.map(recordBody) } satisfies Body<typeof adminSessionResponse>);
+  });
+
+  app.post('/v1/admin/sessions/end', async (c) => {
+    const body = await parseBody(c, adminEndRequest);
+    const selector = body.sessions ? { sessions: body.sessions } : body.developer ? { developer: body.developer } : { template: body.template! };
+    const r = await admin().end(c.get('principal'), selector, body.reason);
+    return c.json(endedBody(r) satisfies Body<typeof adminEndResponse>);
+  });
+
+  app.post('/v1/admin/offboard', async (c) => {
+    const body = await parseBody(c, adminOffboardRequest);
+    const r = await admin().offboard(c.get('principal'), body.developer, body.reason);
+    return c.json({
+      ...endedBody(r), developer: r.developer, loginsRevoked: r.loginsRevoked, requestsCancelled: r.requestsCancelled,
+    } satisfies Body<typeof adminOffboardResponse>);
+  });
+
+  app.post('/v1/admin/freeze', async (c) => {
+    const body = await parseBody(c, adminFreezeRequest);
+    const r = await admin().freeze(c.get('principal'), body.all ? ALL_TEMPLATES : body.template!, body.reason, body.revoke);
+    return c.json({ ...endedBody(r), freeze: freezeBody(r.freeze) } satisfies Body<typeof adminFreezeResponse>);
+  });
+
+  app.post('/v1/admin/unfreeze', async (c) => {
+    const body = await parseBody(c, adminUnfreezeRequest);
+    const scope = body.all ? ALL_TEMPLATES : body.template!;
+    const left = await admin().unfreeze(c.get('principal'), scope, body.reason);
+    return c.json({ unfrozen: { scope }, freezes: left.map(freezeBody) } satisfies Body<typeof adminUnfreezeResponse>);
+  });
+
+  app.get('/v1/admin/freezes', async (c) => c.json({ freezes: (await admin().freezes()).map(freezeBody) } satisfies Body<typeof adminFreezesResponse>));
 
   return app;
 }

@@ -1,6 +1,7 @@
 import { serve } from '@hono/node-server';
 import type { ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { AdminService, type SessionRevocations } from '../admin/admin-service.js';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
@@ -32,6 +33,8 @@ import { WebLogin, WebSessions } from './web/index.js';
 export interface RunningServer {
   url: string;
   port: number;
+  /** The app's own route table (method, path), for tests that must cover every route of a prefix. */
+  routes: { method: string; path: string }[];
   stop(): Promise<void>;
 }
 
@@ -103,6 +106,8 @@ export interface StartOptions {
   now?: () => number;
   /** Who hears of start requests; by default the webhooks of `config.notifications`. */
   requestEvents?: RequestEvents;
+  /** Targeted STS revocation for sessions an admin ends; none by default (answers say it is not configured). */
+  revocations?: SessionRevocations;
 }
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
@@ -159,9 +164,12 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const confirmations = new DeviceConfirmations({
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
+  const admin = new AdminService({
+    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations, log, now,
+  });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
-    tokens, logins, idTokens, sessions, requests, confirmations, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
+    tokens, logins, idTokens, sessions, requests, confirmations, admin, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops,
@@ -216,6 +224,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   return {
     url,
     port,
+    routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     stop: async () => {
       clearInterval(prune);
       await sweeper.stop();

@@ -2,6 +2,7 @@ import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
+import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
 import type { NewTaskSession, Store, TaskSession } from '../store/store.js';
 import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../templates/durations.js';
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams, type AssumeRoleRequest } from '../templates/render.js';
@@ -35,6 +36,30 @@ export interface IssuedCredentials {
   vault?: IssuedVaultToken | undefined;
 }
 
+/** Where a session stands, for the daemon's periodic check (`GET /v1/sessions/:id`). */
+export interface SessionState {
+  session: TaskSessionView;
+  state: 'active' | 'ended' | 'expired';
+  endedAt: number | null;
+  endReason: string | null;
+  endedByAdmin: boolean;
+  /** The freeze covering its template, if any: nothing is issued under it meanwhile. */
+  frozen: Freeze | null;
+}
+
+/** The refusal of a start or re-issue under a freeze, with the admin's reason (423 Locked). */
+export function frozenError(f: Freeze, template: string): BrokerError {
+  const what = f.scope === ALL_TEMPLATES ? 'every task template is' : `"${template}" is`;
+  return new BrokerError('frozen', `${what} frozen by an administrator: ${f.reason}`, {
+    hint: 'nothing is started or issued under it until an administrator unfreezes it (broker admin unfreeze)',
+  });
+}
+
+/** What a developer is told of their session an administrator ended. */
+export function endedByAdminMessage(reason: string): string {
+  return `ended by an administrator: ${reason}`;
+}
+
 export interface EndedSession {
   session: TaskSessionView;
   /** One entry per Vault token of the session that was not revoked before. */
@@ -42,7 +67,8 @@ export interface EndedSession {
 }
 
 export interface TaskSessionServiceDeps {
-  store: Pick<Store, 'sessions' | 'auditLog'>;
+  /** `freezes` absent: nothing is ever frozen (unit tests of other parts). */
+  store: Pick<Store, 'sessions' | 'auditLog'> & Partial<Pick<Store, 'freezes'>>;
   templates: Map<string, TaskTemplate>;
   /** AWS credentials for a session's AssumeRole request (STS today: aws/sts-issuer.ts). */
   issuer: AwsCredentialIssuer;
@@ -136,6 +162,7 @@ export class TaskSessionService {
     if (!isAllowed(t, { email: p.email, groups: p.groups })) {
       throw await this.denied(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
     }
+    await this.notFrozen(t.name, base);
     if (t.vault && !this.deps.vault) throw await this.denied(vaultNotConfigured(t.name), base);
     let params: Record<string, string>;
     try {
@@ -195,6 +222,7 @@ export class TaskSessionService {
     const base = { event: 'credentials.reissue' as const, developer: p.id, template: s.template, sessionId };
     if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
     await this.stillAllowed(p, t, base);
+    await this.notFrozen(t.name, base);
     if (!t.aws) {
       throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no AWS credentials`, {
         ...(t.vault ? { hint: `it grants a Vault token: POST /v1/sessions/${sessionId}/vault-token` } : {}),
@@ -215,6 +243,7 @@ export class TaskSessionService {
     const base = { event: 'vault.reissue' as const, developer: p.id, template: s.template, sessionId };
     if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
     await this.stillAllowed(p, t, base);
+    await this.notFrozen(t.name, base);
     if (!t.vault) {
       throw await this.denied(new BrokerError('conflict', `task session ${sessionId} (${t.name}) grants no Vault token`, {
         ...(t.aws ? { hint: `it grants AWS credentials: POST /v1/sessions/${sessionId}/credentials` } : {}),
@@ -243,6 +272,47 @@ export class TaskSessionService {
     });
     const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, reason) : [];
     return { session: this.view(s), vaultTokens };
+  }
+
+  /**
+   * Ends a session for an administrator (`broker admin end`, offboarding, a freeze with --revoke):
+   * recorded with who and why, so the developer's side says "ended by an administrator: <reason>";
+   * then its Vault tokens are revoked as for `broker end`. Undefined when it had already ended.
+   */
+  async endByAdmin(s: TaskSession, admin: string, reason: string): Promise<EndedSession | undefined> {
+    const changed = await this.deps.store.sessions.end(s.id, reason, {
+      event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
+      roleSessionName: s.roleSessionName, detail: { admin },
+    }, admin);
+    if (!changed) return undefined;
+    const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, endedByAdminMessage(reason)) : [];
+    return { session: this.view(s), vaultTokens };
+  }
+
+  /**
+   * Where one of the developer's sessions stands, ended or not (the daemon asks at least once a
+   * minute while it holds credentials for it). Not audited: it issues nothing and changes nothing.
+   * Another developer's session is a 404, as everywhere (no oracle).
+   */
+  async state(p: Principal, sessionId: string): Promise<SessionState> {
+    const s = await this.deps.store.sessions.get(sessionId);
+    if (!s || s.developer !== p.id) throw new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' });
+    const ended = s.endedAt !== null || this.abandoned.has(s.id);
+    return {
+      session: this.view(s),
+      state: ended ? 'ended' : s.expiresAt <= this.now() ? 'expired' : 'active',
+      endedAt: s.endedAt, endReason: s.endReason ?? this.abandoned.get(s.id)?.reason ?? null, endedByAdmin: s.endedBy !== null,
+      frozen: (await this.deps.store.freezes?.covering(s.template)) ?? null,
+    };
+  }
+
+  /**
+   * Refuses (audited, 423 `frozen`) a start of a template an administrator froze, before a start
+   * request is made for it: nobody is asked to confirm what cannot start.
+   */
+  async notFrozen(template: string, base: Omit<AuditEvent, 'decision' | 'reason'>): Promise<void> {
+    const f = await this.deps.store.freezes?.covering(template);
+    if (f) throw await this.denied(frozenError(f, template), { ...base, detail: { frozenBy: f.by, scope: f.scope } });
   }
 
   /** Ends the sessions whose time is up (`session.end`, reason `expired`); for the sweeper. */
@@ -327,6 +397,11 @@ export class TaskSessionService {
       throw await this.denied(new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' }), base);
     }
     const abandoned = this.abandoned.get(s.id);
+    if (s.endedAt !== null && s.endedBy !== null) {
+      throw await this.denied(new BrokerError('conflict', `task session ${sessionId} was ${endedByAdminMessage(s.endReason ?? '')}`, {
+        hint: 'ask the administrator why; a new task start may be refused too',
+      }), base);
+    }
     if (s.endedAt !== null || abandoned) {
       throw await this.denied(new BrokerError('conflict', `task session ${sessionId} has ended (${s.endReason ?? abandoned?.reason ?? 'ended'})`, { hint: `start a new one: broker task ${s.template}` }), base);
     }

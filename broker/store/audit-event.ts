@@ -19,11 +19,22 @@ export type AuditEventName =
   | 'request.deny'
   | 'request.expire'
   | 'request.cancel'
-  | 'request.break_glass';
+  | 'request.break_glass'
+  /**
+   * The control plane (broker/admin/): an admin route refused to a non-admin (`denied`), an admin
+   * reading sessions (`allowed`), ending sessions, offboarding a developer, freezing and unfreezing.
+   * The admin's identity is `detail.admin`; `developer` is whom the action is about, when one.
+   */
+  | 'admin.access'
+  | 'admin.view'
+  | 'admin.end'
+  | 'admin.offboard'
+  | 'admin.freeze'
+  | 'admin.unfreeze';
 
 /** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
 export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired'
-  | 'pending' | 'confirmed' | 'approved' | 'cancelled';
+  | 'pending' | 'confirmed' | 'approved' | 'cancelled' | 'frozen' | 'unfrozen';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session

@@ -18,6 +18,7 @@
  * - Times are milliseconds since the epoch, read from the backend's `now` (the service's clock).
  */
 import type { AuditEvent, AuditRecord } from './audit-event.js';
+import type { FreezeRepository } from './freezes.js';
 import type { RefreshTokenFamilies } from './refresh-token-families.js';
 import type { SeenIdTokens } from './seen-id-tokens.js';
 import type { StartRequestRepository } from './start-requests.js';
@@ -34,10 +35,24 @@ export interface TaskSession {
   expiresAt: number;
   endedAt: number | null;
   endReason: string | null;
+  /** The administrator who ended it (broker admin end/offboard/freeze --revoke); null otherwise. */
+  endedBy: string | null;
 }
 
 /** A session as it is created: not ended yet. */
-export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason'>;
+export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason' | 'endedBy'>;
+
+/** Which sessions an admin lists (`broker admin sessions`); every field narrows. */
+export interface SessionFilter {
+  developer?: string | undefined;
+  template?: string | undefined;
+  agent?: string | undefined;
+  /** Open and not past their end. */
+  activeOnly?: boolean | undefined;
+  /** Created at or after (ms), or still open. */
+  since?: number | undefined;
+  limit?: number | undefined;
+}
 
 /** A Vault token issued under a task session: its accessor, never the token. */
 export interface VaultTokenRecord {
@@ -72,6 +87,8 @@ export interface AuditLog {
   records(afterSeq?: number, limit?: number): Promise<AuditRecord[]>;
   /** Recomputes the hash chain: the seq of the first record that does not verify, or null when intact. */
   verify(): Promise<number | null>;
+  /** The records of one task session, oldest first (its history, for `broker admin session`). */
+  ofSession(sessionId: string, limit?: number): Promise<AuditRecord[]>;
 }
 
 export interface SessionRepository {
@@ -80,8 +97,13 @@ export interface SessionRepository {
   get(id: string): Promise<TaskSession | undefined>;
   /** Open sessions not past their end, oldest first; of one developer, or of everyone. */
   active(developer?: string): Promise<TaskSession[]>;
-  /** Ends a session (if still open) and appends `e`, atomically; false if it had already ended. */
-  end(id: string, reason: string, e: AuditEvent): Promise<boolean>;
+  /**
+   * Ends a session (if still open) and appends `e`, atomically; false if it had already ended.
+   * `by`: the administrator who ended it, when one did.
+   */
+  end(id: string, reason: string, e: AuditEvent, by?: string): Promise<boolean>;
+  /** Sessions matching `filter`, newest first (ended ones too unless `activeOnly`). */
+  search(filter: SessionFilter): Promise<TaskSession[]>;
   /** Changes the agent of an open session and appends `e`, atomically; false if it had ended. */
   setAgent(id: string, agent: string, e: AuditEvent): Promise<boolean>;
   /** Sessions past their end that nobody ended yet (the sweeper ends them as `expired`). */
@@ -127,5 +149,6 @@ export interface Store {
   readonly refreshTokenFamilies: RefreshTokenFamilies;
   readonly seenIdTokens: SeenIdTokens;
   readonly startRequests: StartRequestRepository;
+  readonly freezes: FreezeRepository;
   close(): Promise<void>;
 }

@@ -356,3 +356,119 @@ export const confirmationStatusResponse = z.object({
 
 /** A response body as the service builds it: what the client's schema accepts. */
 export type Body<S extends z.ZodType> = z.input<S>;
+
+// ---- the developer's session state (the daemon's periodic check) -----------------------------
+
+/**
+ * `GET /v1/sessions/:id`: where one of the caller's sessions stands, ended or not. The daemon asks
+ * at least once a minute while it holds credentials for it, and drops them when it is no longer
+ * `active` or is `frozen` (README, "Admin's guide").
+ */
+export const sessionStateResponse = z.object({
+  session: sessionView,
+  state: z.enum(['active', 'ended', 'expired']),
+  endedAt: timestamp.nullable(),
+  endReason: z.string().nullable(),
+  /** Ended by an administrator (`endReason` is the administrator's reason). */
+  endedByAdmin: z.boolean(),
+  /** A freeze covering the session's template: nothing is issued under it meanwhile. */
+  frozen: z.object({ scope: z.string(), reason: z.string() }).nullable(),
+});
+export type SessionStateResponse = z.infer<typeof sessionStateResponse>;
+
+// ---- the control plane (`/v1/admin/*`, `broker admin …`) ---------------------------------------
+
+/** Every admin action says why: the reason is audited with the admin's identity. */
+export const adminReason = printable(MAX_REASON_CHARS).refine((s) => s.trim().length > 0, 'must say why (the reason is audited with your identity)');
+const templateName = z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`);
+/** A developer as the service knows them: the identity claim (the email by default). */
+const developerId = z.string().min(1).max(320).regex(/^[^\p{Cc}\s]+$/u, 'must be a developer identity (e.g. an email), without spaces');
+/** Session ids: `ts_` and random characters (templates/render.ts newSessionId); bounded here. */
+const sessionId = z.string().min(1).max(100).regex(/^[A-Za-z0-9_-]+$/, 'must be a task session id');
+
+/** `POST /v1/admin/sessions/end`: end sessions by id, or every active one of a developer or of a template. */
+export const adminEndRequest = z.strictObject({
+  sessions: z.array(sessionId).min(1).max(500).optional(),
+  developer: developerId.optional(),
+  template: templateName.optional(),
+  reason: adminReason,
+}).refine((b) => [b.sessions, b.developer, b.template].filter((x) => x !== undefined).length === 1, {
+  message: 'give exactly one of sessions, developer, template', path: ['sessions'],
+});
+
+/** `POST /v1/admin/offboard`: end everything a developer holds. */
+export const adminOffboardRequest = z.strictObject({ developer: developerId, reason: adminReason });
+
+const freezeScope = {
+  template: templateName.optional(),
+  all: z.literal(true).optional(),
+};
+const oneScope = <T extends { template?: string | undefined; all?: true | undefined }>(b: T) => (b.template === undefined) !== (b.all === undefined);
+const scopeMessage = { message: 'give exactly one of template, all', path: ['template'] };
+
+/** `POST /v1/admin/freeze`: refuse starts and re-issues of a template (or all); `revoke` also ends what is out there. */
+export const adminFreezeRequest = z.strictObject({ ...freezeScope, reason: adminReason, revoke: z.boolean().default(false) }).refine(oneScope, scopeMessage);
+/** `POST /v1/admin/unfreeze`. */
+export const adminUnfreezeRequest = z.strictObject({ ...freezeScope, reason: adminReason }).refine(oneScope, scopeMessage);
+
+/** A session as an admin sees it: whose, where it stands, who confirmed it, and what was issued under it (never a secret). */
+export const adminSessionView = sessionView.extend({
+  developer: z.string(),
+  state: z.enum(['active', 'ended', 'expired']),
+  endedAt: timestamp.nullable(),
+  endReason: z.string().nullable(),
+  /** The administrator who ended it, if one did. */
+  endedBy: z.string().nullable(),
+  /** Seconds until its end (0 once ended or expired). */
+  timeLeftSeconds: count,
+  /** The start request humans confirmed for it (null: a template that needs no confirmation). */
+  startRequest: z.object({ id: z.string(), confirmedBy: z.array(z.string()), approvedBy: z.array(z.string()), breakGlass: z.boolean() }).nullable(),
+  /** AWS credentials issued under it, by AccessKeyId (the key CloudTrail names). */
+  credentials: z.array(z.object({ accessKeyId: z.string(), expiration: z.string().nullable(), issuedAt: timestamp })),
+  /** Its Vault tokens, by accessor. */
+  vaultTokens: z.array(z.object({ accessor: z.string(), revoked: z.boolean() })),
+});
+export type AdminSessionView = z.infer<typeof adminSessionView>;
+
+/** `GET /v1/admin/sessions?developer=&template=&agent=&active=1&since=24h`. */
+export const adminSessionsResponse = z.object({ sessions: z.array(adminSessionView) });
+
+/** One audit record as an admin reads it. */
+export const auditRecordView = z.object({
+  seq: count, at: timestamp, event: z.string(), decision: z.string(),
+  developer: z.string().optional(), template: z.string().optional(), sessionId: z.string().optional(), reason: z.string().optional(),
+  accessKeyId: z.string().optional(), roleSessionName: z.string().optional(), expiration: z.string().optional(), vaultAccessor: z.string().optional(),
+  detail: z.record(z.string(), z.unknown()).optional(),
+});
+
+/** `GET /v1/admin/sessions/:id`: one session and its whole history from the audit log. */
+export const adminSessionResponse = z.object({ session: adminSessionView, history: z.array(auditRecordView) });
+
+/**
+ * What became of the STS credentials already issued to ended sessions: they cannot be recalled,
+ * only denied by the role (README, "Admin's guide"). `not_configured`: this service has no
+ * revocation, so they keep working until they expire.
+ */
+export const stsRevocationView = z.object({
+  status: z.enum(['requested', 'not_configured', 'failed', 'nothing_issued']),
+  message: z.string(),
+});
+
+export const adminEndedSession = z.object({ session: adminSessionView, vaultTokens: z.array(revocationResult) });
+
+/** `POST /v1/admin/sessions/end`. `alreadyEnded`: sessions named that had ended before (nothing done to them). */
+export const adminEndResponse = z.object({ ended: z.array(adminEndedSession), alreadyEnded: z.array(z.string()), stsRevocation: stsRevocationView });
+export type AdminEndResponse = z.infer<typeof adminEndResponse>;
+
+/** `POST /v1/admin/offboard`. */
+export const adminOffboardResponse = adminEndResponse.extend({ developer: z.string(), loginsRevoked: count, requestsCancelled: z.array(z.string()) });
+export type AdminOffboardResponse = z.infer<typeof adminOffboardResponse>;
+
+export const freezeView = z.object({ scope: z.string(), reason: z.string(), by: z.string(), at: timestamp });
+/** `POST /v1/admin/freeze`: the freeze in force, and with `revoke` what it ended. */
+export const adminFreezeResponse = adminEndResponse.extend({ freeze: freezeView });
+export type AdminFreezeResponse = z.infer<typeof adminFreezeResponse>;
+/** `POST /v1/admin/unfreeze`. */
+export const adminUnfreezeResponse = z.object({ unfrozen: z.object({ scope: z.string() }), freezes: z.array(freezeView) });
+/** `GET /v1/admin/freezes`. */
+export const adminFreezesResponse = z.object({ freezes: z.array(freezeView) });

@@ -9,12 +9,14 @@ export class SqliteAuditLog implements AuditLog {
   private readonly lastHash: StatementSync;
   private readonly insert: StatementSync;
   private readonly after: StatementSync;
+  private readonly session: StatementSync;
 
   constructor(private readonly sql: SqliteDatabase) {
     this.lastHash = sql.prepare('SELECT hash FROM audit ORDER BY seq DESC LIMIT 1');
     this.insert = sql.prepare(`INSERT INTO audit (at, event, decision, developer, template, session_id, reason, access_key_id,
       role_session_name, expiration, detail, prev_hash, hash, vault_accessor) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`);
     this.after = sql.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?');
+    this.session = sql.prepare('SELECT * FROM audit WHERE session_id = ? ORDER BY seq LIMIT ?');
   }
 
   /** Appends a record inside the caller's transaction (SqliteDatabase.write): the other repositories' half of "decision + audit record". */
@@ -45,17 +47,25 @@ export class SqliteAuditLog implements AuditLog {
     return null;
   }
 
-  private read(afterSeq: number, limit: number): AuditRecord[] {
-    return (this.after.all(afterSeq, limit) as Record<string, unknown>[]).map((r) => ({
-      seq: r.seq as number, at: r.at as string, hash: r.hash as string,
-      event: r.event as AuditRecord['event'], decision: r.decision as AuditRecord['decision'],
-      developer: (r.developer as string | null) ?? undefined, template: (r.template as string | null) ?? undefined,
-      sessionId: (r.session_id as string | null) ?? undefined, reason: (r.reason as string | null) ?? undefined,
-      accessKeyId: (r.access_key_id as string | null) ?? undefined,
-      roleSessionName: (r.role_session_name as string | null) ?? undefined,
-      expiration: (r.expiration as string | null) ?? undefined,
-      vaultAccessor: (r.vault_accessor as string | null) ?? undefined,
-      detail: r.detail ? (JSON.parse(r.detail as string) as Record<string, unknown>) : undefined,
-    }));
+  async ofSession(sessionId: string, limit = 10_000): Promise<AuditRecord[]> {
+    return (this.session.all(sessionId, limit) as Record<string, unknown>[]).map(toRecord);
   }
+
+  private read(afterSeq: number, limit: number): AuditRecord[] {
+    return (this.after.all(afterSeq, limit) as Record<string, unknown>[]).map(toRecord);
+  }
+}
+
+function toRecord(r: Record<string, unknown>): AuditRecord {
+  return {
+    seq: r.seq as number, at: r.at as string, hash: r.hash as string,
+    event: r.event as AuditRecord['event'], decision: r.decision as AuditRecord['decision'],
+    developer: (r.developer as string | null) ?? undefined, template: (r.template as string | null) ?? undefined,
+    sessionId: (r.session_id as string | null) ?? undefined, reason: (r.reason as string | null) ?? undefined,
+    accessKeyId: (r.access_key_id as string | null) ?? undefined,
+    roleSessionName: (r.role_session_name as string | null) ?? undefined,
+    expiration: (r.expiration as string | null) ?? undefined,
+    vaultAccessor: (r.vault_accessor as string | null) ?? undefined,
+    detail: r.detail ? (JSON.parse(r.detail as string) as Record<string, unknown>) : undefined,
+  };
 }

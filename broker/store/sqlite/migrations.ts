@@ -122,6 +122,13 @@ CREATE TABLE IF NOT EXISTS start_request_decisions (
   via TEXT NOT NULL,
   PRIMARY KEY (request_id, seq)
 );
+-- Freezes (store/freezes.ts): scope '*' is every template.
+CREATE TABLE IF NOT EXISTS freezes (
+  scope TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  frozen_by TEXT NOT NULL,
+  at INTEGER NOT NULL
+);
 `;
 
 /** Columns added after their table first shipped: `table`, then `name TYPE`. */
@@ -132,6 +139,8 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['vault_tokens', 'last_attempt_at INTEGER'],
   ['vault_tokens', 'dead_by INTEGER'],
   ['vault_tokens', 'lapsed_at INTEGER'],
+  // Stores created before admins could end sessions (broker admin end): who ended it.
+  ['task_sessions', 'ended_by TEXT'],
 ];
 
 export function migrate(db: DatabaseSync): void {

@@ -1,23 +1,24 @@
 import type { StatementSync } from 'node:sqlite';
 import type { AuditEvent } from '../audit-event.js';
-import type { NewTaskSession, SessionRepository, TaskSession } from '../store.js';
+import type { NewTaskSession, SessionFilter, SessionRepository, TaskSession } from '../store.js';
 import type { SqliteAuditLog } from './audit-log.js';
 import type { SqliteDatabase } from './database.js';
 
 interface SessionRow {
   id: string; developer: string; template: string; params: string; reason: string; agent: string;
   role_session_name: string; created_at: number; expires_at: number; ended_at: number | null; end_reason: string | null;
+  ended_by: string | null;
 }
 
 function toSession(r: SessionRow): TaskSession {
   return {
     id: r.id, developer: r.developer, template: r.template, params: JSON.parse(r.params) as Record<string, string>,
     reason: r.reason, agent: r.agent, roleSessionName: r.role_session_name, createdAt: r.created_at,
-    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason,
+    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason, endedBy: r.ended_by ?? null,
   };
 }
 
-const rows = (stmt: StatementSync, ...args: (string | number)[]) => (stmt.all(...args) as unknown as SessionRow[]).map(toSession);
+const rows = (stmt: StatementSync, ...args: (string | number | null)[]) => (stmt.all(...args) as unknown as SessionRow[]).map(toSession);
 
 /** Task sessions in SQLite (`task_sessions`); each change with its audit record, in one transaction. */
 export class SqliteSessionRepository implements SessionRepository {
@@ -31,7 +32,12 @@ export class SqliteSessionRepository implements SessionRepository {
       get: q('SELECT * FROM task_sessions WHERE id = ?'),
       active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
-      end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL'),
+      end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ?, ended_by = ? WHERE id = ? AND ended_at IS NULL'),
+      // Every filter is optional: a NULL parameter matches everything.
+      search: q(`SELECT * FROM task_sessions WHERE (?1 IS NULL OR developer = ?1) AND (?2 IS NULL OR template = ?2)
+        AND (?3 IS NULL OR agent = ?3) AND (?4 = 0 OR (ended_at IS NULL AND expires_at > ?5))
+        AND (?6 IS NULL OR created_at >= ?6 OR (ended_at IS NULL AND expires_at > ?5))
+        ORDER BY created_at DESC LIMIT ?7`),
       setAgent: q('UPDATE task_sessions SET agent = ? WHERE id = ? AND ended_at IS NULL'),
       expiredOpen: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at <= ? ORDER BY expires_at'),
       // Open sessions created before a cutoff whose start never completed: the last grant of a start
@@ -65,12 +71,17 @@ export class SqliteSessionRepository implements SessionRepository {
     return developer === undefined ? rows(this.stmts.allActive, now) : rows(this.stmts.active, developer, now);
   }
 
-  async end(id: string, reason: string, e: AuditEvent): Promise<boolean> {
+  async end(id: string, reason: string, e: AuditEvent, by?: string): Promise<boolean> {
     return this.sql.write(`${e.event} ${e.decision}`, () => {
-      const changed = this.stmts.end.run(this.sql.now(), reason, id).changes > 0;
+      const changed = this.stmts.end.run(this.sql.now(), reason, by ?? null, id).changes > 0;
       if (changed) this.audit.appendInTransaction(e);
       return changed;
     });
+  }
+
+  async search(f: SessionFilter): Promise<TaskSession[]> {
+    return rows(this.stmts.search, f.developer ?? null, f.template ?? null, f.agent ?? null,
+      f.activeOnly ? 1 : 0, this.sql.now(), f.since ?? null, f.limit ?? 500);
   }
 
   async setAgent(id: string, agent: string, e: AuditEvent): Promise<boolean> {

@@ -2,6 +2,7 @@ import { BrokerError } from '../../errors.js';
 import type { Store } from '../store.js';
 import { SqliteAuditLog } from './audit-log.js';
 import { SqliteDatabase } from './database.js';
+import { SqliteFreezes } from './freezes.js';
 import { migrate } from './migrations.js';
 import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
@@ -21,6 +22,7 @@ export class SqliteStore implements Store {
   readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
   readonly seenIdTokens: SqliteSeenIdTokens;
   readonly startRequests: SqliteStartRequests;
+  readonly freezes: SqliteFreezes;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -39,6 +41,7 @@ export class SqliteStore implements Store {
     this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
     this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
     this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
+    this.freezes = new SqliteFreezes(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {
