@@ -2,6 +2,7 @@ import { serve } from '@hono/node-server';
 import type { ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
+import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
@@ -12,6 +13,7 @@ import { BrokerLogins } from '../identity/logins.js';
 import { createLogger, type Logger } from '../log.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
+import { SessionRevocations } from '../sessions/session-revocations.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -123,8 +125,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
+  // The role deny documents for ended sessions' credentials, written in the background (never while
+  // credentials are issued), pruned and retried at the sweeper's pace.
+  const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
+  const revocations = new SessionRevocations({
+    store, policies: new IamRoleDenyPolicies(iam), log, now, intervalMs: config.sweeper.interval * 1000,
+  });
   const sessions = new TaskSessionService({
-    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
+    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, revocations, log,
     maxActiveSessions: config.limits.maxActiveSessions, now,
   });
   const requests = new StartRequests({
@@ -168,6 +176,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
   sweeper.start();
   denials.start();
+  revocations.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
   const prune = setInterval(() => {
     void (async () => {
@@ -186,6 +195,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     stop: async () => {
       clearInterval(prune);
       await sweeper.stop();
+      await revocations.stop();
+      iam.destroy();
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
       await close();

@@ -5,6 +5,7 @@ import { SqliteDatabase } from './database.js';
 import { migrate } from './migrations.js';
 import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
+import { SqliteRevocationRepository } from './session-revocations.js';
 import { SqliteSessionRepository } from './sessions.js';
 import { SqliteStartRequests } from './start-requests.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
@@ -21,6 +22,7 @@ export class SqliteStore implements Store {
   readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
   readonly seenIdTokens: SqliteSeenIdTokens;
   readonly startRequests: SqliteStartRequests;
+  readonly revocations: SqliteRevocationRepository;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -39,6 +41,7 @@ export class SqliteStore implements Store {
     this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
     this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
     this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
+    this.revocations = new SqliteRevocationRepository(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {
