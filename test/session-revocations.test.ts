@@ -238,6 +238,9 @@ describe('session revocations against moto IAM', () => {
       const [first] = await t.revocations.flush();
       assert.equal(first!.ok, false);
       assert.match(first!.error!, /NoSuchEntity/);
+      // A second attempt queues behind any write already scheduled (the one the revoke itself
+      // scheduled), so once it is back every write so far has failed, and only a retry can succeed.
+      assert.equal((await t.revocations.flush())[0]!.ok, false);
       assert.equal((await t.revocations.state(role))!.entries[0]!.appliedAt, null, 'not applied while IAM refuses');
       await createRole(moto.url, name, TRUST);
       // No flush: the background writer's retry gets it in.
