@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { makeIamClient, makeStsClient } from '../broker/aws/clients.js';
+import { checkRevocationAccess, type RevocationAccessFinding } from '../broker/aws/revocation-check.js';
 import { checkRoleTrust, resolveBrokerPrincipal, type TrustFinding } from '../broker/aws/trust-check.js';
 import { BrokerError, EXIT_NO } from '../broker/errors.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
@@ -10,8 +11,8 @@ interface Options { aws?: boolean; dir: string; region?: string; endpointUrl?: s
 export function register(policy: Command): void {
   policy
     .command('check')
-    .description("check the cloud side of each template: with --aws, that its IAM role trusts the broker for sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity, and that its MaxSessionDuration covers the template's credential lifetime")
-    .option('--aws', 'check the IAM roles (reads them with your AWS credentials: iam:GetRole, sts:GetCallerIdentity)')
+    .description("check the cloud side of each template: with --aws, that its IAM role trusts the broker for sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity, that its MaxSessionDuration covers the template's credential lifetime, and that the broker can write the broker-revoked-sessions deny on it")
+    .option('--aws', 'check the IAM roles (reads them with your AWS credentials: iam:GetRole, iam:GetRolePolicy, iam:SimulatePrincipalPolicy, sts:GetCallerIdentity)')
     .option('--dir <dir>', 'directory of task templates', 'policies')
     .option('--region <region>', 'AWS region for STS and IAM (default: $AWS_REGION, else us-east-1)')
     .option('--endpoint-url <url>', 'STS and IAM endpoint override (a private endpoint, or moto in tests)')
@@ -31,10 +32,14 @@ export function register(policy: Command): void {
         const all = [...templates.values()];
         const roles = all.flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
         const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
-        if (opts.json) printJson({ brokerPrincipalArn, findings });
-        else report(brokerPrincipalArn, findings, all.filter((t) => !t.aws).map((t) => t.name));
+        const revocation = await checkRevocationAccess({ iam, brokerPrincipalArn, roles });
+        if (opts.json) printJson({ brokerPrincipalArn, findings, revocation });
+        else {
+          report(brokerPrincipalArn, findings, all.filter((t) => !t.aws).map((t) => t.name));
+          reportRevocation(revocation);
+        }
         // Roles that need changes are the answer, not a failure of the command: exit 1.
-        if (findings.some((f) => !f.ok)) process.exitCode = EXIT_NO;
+        if (findings.some((f) => !f.ok) || revocation.some((f) => !f.ok)) process.exitCode = EXIT_NO;
       } finally {
         sts.destroy();
         iam.destroy();
@@ -55,4 +60,19 @@ function report(brokerPrincipalArn: string, findings: TrustFinding[], withoutAws
   if (withoutAws.length) out(`no aws section (not checked): ${withoutAws.join(', ')}`);
   const bad = findings.filter((f) => !f.ok).length;
   out(bad ? `${bad} of ${findings.length} template role(s) need changes` : `all ${findings.length} template role(s) trust the broker`);
+}
+
+/** Says how each role was checked: a simulated verdict, a read only, or nothing. */
+function reportRevocation(findings: RevocationAccessFinding[]): void {
+  if (!findings.length) return;
+  out('revocation deny (broker-revoked-sessions):');
+  for (const f of findings) {
+    const label = !f.ok ? 'FAIL' : f.method === 'simulated' ? 'ok  ' : 'part';
+    out(`${label} ${f.roleArn}  (${f.templates.join(', ')}; checked: ${f.method})`);
+    for (const p of f.problems) {
+      out(`     [${p.action}] ${p.message}`);
+      out(`       fix: ${p.hint}`);
+    }
+    for (const n of f.notes) out(`     note: ${n}`);
+  }
 }

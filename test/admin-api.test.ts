@@ -10,7 +10,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { RevokedSession, SessionRevocations } from '../broker/admin/admin-service.js';
+import type { RevokedSession, StsRevoker } from '../broker/admin/admin-service.js';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
@@ -36,7 +36,7 @@ describe('admin API (/v1/admin/*)', () => {
   let server: RunningServer;
   let dbPath: string;
   const revoked: { sessions: RevokedSession[]; by: { admin: string; reason: string } }[] = [];
-  const recorder: SessionRevocations = { revokeSessions: async (sessions, by) => { revoked.push({ sessions, by }); } };
+  const recorder: StsRevoker = { revokeSessions: async (sessions, by) => { revoked.push({ sessions, by }); } };
   const tokens: Record<string, string> = {};
 
   const call = async (method: string, path: string, who?: string, body?: unknown): Promise<Reply> => {

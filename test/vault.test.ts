@@ -476,7 +476,7 @@ describe('Vault/OpenBao task tokens', () => {
       },
     }) as VaultTokenRepository;
     const s: Store = {
-      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests, freezes: sqlite.freezes,
+      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests, freezes: sqlite.freezes, revocations: sqlite.revocations,
       close: () => sqlite.close(),
     };
     const log = createLogger({ level: 'silent' });

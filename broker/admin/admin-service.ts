@@ -22,10 +22,11 @@ export interface RevokedSession {
 }
 
 /**
- * Targeted STS revocation (a deny on the role for the session's tag), built separately. Absent:
- * the service cannot recall STS credentials, and every answer and audit record says so.
+ * Targeted STS revocation: a deny on the role for the session's tag (sessions/session-revocations.ts
+ * in the service). Absent (unit tests): the service cannot recall STS credentials, and every answer
+ * and audit record says so.
  */
-export interface SessionRevocations {
+export interface StsRevoker {
   revokeSessions(sessions: RevokedSession[], by: { admin: string; reason: string }): Promise<void>;
 }
 
@@ -36,7 +37,7 @@ export interface AdminServiceDeps {
   /** Revokes every login (refresh-token family) of a developer (identity/logins.ts). */
   logins: { revokeDeveloper(developer: string, reason: string, by?: string): Promise<number> };
   templates: Map<string, TaskTemplate>;
-  revocations?: SessionRevocations | undefined;
+  revocations?: StsRevoker | undefined;
   log: Logger;
   now?: () => number;
 }

@@ -56,3 +56,11 @@ export const ROLE_CHAINING_MAX_SECONDS = 3600;
  * broker takes could also be handed to STS. The service's /v1/auth/token body uses the same bound.
  */
 export const MAX_ID_TOKEN_CHARS = 20_000;
+
+/**
+ * Inline role policies: at most 10,240 characters for all of a role's inline policies together,
+ * whitespace not counted (IAM User Guide, "IAM and AWS STS quotas", IAM and STS character limits:
+ * "Role policy size cannot exceed 10,240 characters";
+ * https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html).
+ */
+export const MAX_ROLE_INLINE_POLICY_CHARS = 10_240;

@@ -401,8 +401,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.delete('/v1/sessions/:id', async (c) => {
     const r = await deps.sessions.end(c.get('principal'), c.req.param('id'));
     const pending = r.vaultTokens.filter((t) => !t.revoked).length;
-    deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultTokensRevoked: r.vaultTokens.length - pending, vaultTokensPending: pending }, 'task session ended');
-    return c.json({ ended: r.session, vaultTokens: r.vaultTokens } satisfies Body<typeof endSessionResponse>);
+    deps.log.info({ developer: c.get('principal').id, session: r.session.id, vaultTokensRevoked: r.vaultTokens.length - pending, vaultTokensPending: pending, awsRevocation: r.awsRevocation }, 'task session ended');
+    return c.json({ ended: r.session, vaultTokens: r.vaultTokens, awsRevocation: r.awsRevocation } satisfies Body<typeof endSessionResponse>);
   });
 
   // ---- start requests --------------------------------------------------------------------------

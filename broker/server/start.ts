@@ -1,8 +1,9 @@
 import { serve } from '@hono/node-server';
 import type { ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { AdminService, type SessionRevocations } from '../admin/admin-service.js';
+import { AdminService, type StsRevoker } from '../admin/admin-service.js';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
+import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
@@ -14,6 +15,7 @@ import { createLogger, type Logger } from '../log.js';
 import { createNotifier, requestEventsOf } from '../notify/notifier.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
+import { SessionRevocations } from '../sessions/session-revocations.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -106,8 +108,8 @@ export interface StartOptions {
   now?: () => number;
   /** Who hears of start requests; by default the webhooks of `config.notifications`. */
   requestEvents?: RequestEvents;
-  /** Targeted STS revocation for sessions an admin ends; none by default (answers say it is not configured). */
-  revocations?: SessionRevocations;
+  /** Stands in for targeted STS revocation of admin-ended sessions (API tests); by default the role deny documents below. */
+  revocations?: StsRevoker;
 }
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
@@ -152,8 +154,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
+  // The role deny documents for ended sessions' credentials, written in the background (never while
+  // credentials are issued), pruned and retried at the sweeper's pace.
+  const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
+  const revocations = new SessionRevocations({
+    store, policies: new IamRoleDenyPolicies(iam), log, now, intervalMs: config.sweeper.interval * 1000,
+  });
   const sessions = new TaskSessionService({
-    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
+    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, revocations, log,
     maxActiveSessions: config.limits.maxActiveSessions, now,
   });
   const notifier = options.requestEvents ? undefined : createNotifier(config.notifications, log, { baseDir: config.baseDir });
@@ -165,7 +173,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
   const admin = new AdminService({
-    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations, log, now,
+    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const app = createApp({
@@ -209,6 +217,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
   sweeper.start();
   denials.start();
+  revocations.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
   const prune = setInterval(() => {
     void (async () => {
@@ -228,6 +237,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     stop: async () => {
       clearInterval(prune);
       await sweeper.stop();
+      await revocations.stop();
+      iam.destroy();
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
       await close();

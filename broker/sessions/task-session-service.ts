@@ -3,6 +3,7 @@ import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
+import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits/aws.js';
 import type { NewTaskSession, Store, TaskSession } from '../store/store.js';
 import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../templates/durations.js';
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams, type AssumeRoleRequest } from '../templates/render.js';
@@ -10,6 +11,7 @@ import type { TaskTemplate } from '../templates/schema.js';
 import type { SessionView } from '../wire/service-api.js';
 import type { AwsCredentialIssuer, AwsCredentials } from './aws-credential-issuer.js';
 import { KeyedLock } from './keyed-lock.js';
+import type { SessionRevoker } from './session-revocations.js';
 import { vaultNotConfigured, type IssuedVaultToken, type RevocationResult, type SessionVaultTokens } from './session-vault-tokens.js';
 
 export type { AwsCredentials } from './aws-credential-issuer.js';
@@ -64,6 +66,12 @@ export interface EndedSession {
   session: TaskSessionView;
   /** One entry per Vault token of the session that was not revoked before. */
   vaultTokens: RevocationResult[];
+  /**
+   * Its AWS credentials: `scheduled` (recorded; the role's deny document is written in the
+   * background), `off` (no AWS grant, `aws.revokeOnEnd: false`, or no revocation configured),
+   * `failed` (could not be recorded; they live until they expire).
+   */
+  awsRevocation: 'scheduled' | 'off' | 'failed';
 }
 
 export interface TaskSessionServiceDeps {
@@ -74,6 +82,8 @@ export interface TaskSessionServiceDeps {
   issuer: AwsCredentialIssuer;
   /** Absent when the service has no `vault:` configuration. */
   vault?: SessionVaultTokens | undefined;
+  /** Denies an ended session's issued AWS credentials in its role's policy (absent: no revocation). */
+  revocations?: SessionRevoker | undefined;
   log: Logger;
   maxActiveSessions: number;
   now?: () => number;
@@ -271,7 +281,25 @@ export class TaskSessionService {
       roleSessionName: s.roleSessionName,
     });
     const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, reason) : [];
-    return { session: this.view(s), vaultTokens };
+    return { session: this.view(s), vaultTokens, awsRevocation: await this.revokeAws(s, p.id, reason) };
+  }
+
+  /**
+   * Records the ended session for the deny in its role's policy. `until` is a bound on its last
+   * credential's expiry: the session was issued nothing after now, and nothing longer than the
+   * template's credential lifetime (at least STS's 900 s floor, templates/durations.ts).
+   */
+  private async revokeAws(s: TaskSession, by: string, reason: string): Promise<EndedSession['awsRevocation']> {
+    const t = this.deps.templates.get(s.template);
+    if (!t?.aws || !t.aws.revokeOnEnd || !this.deps.revocations) return 'off';
+    const until = this.now() + Math.min(MAX_DURATION_SECONDS, Math.max(MIN_DURATION_SECONDS, t.credentialLifetimeSeconds)) * 1000;
+    try {
+      await this.deps.revocations.revokeSessions([{ id: s.id, roleArn: t.aws.roleArn, until }], { admin: by, reason });
+      return 'scheduled';
+    } catch (e) {
+      this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not record the revocation of an ended session; its credentials live until they expire');
+      return 'failed';
+    }
   }
 
   /**

@@ -9,6 +9,10 @@ export type AuditEventName =
   | 'credentials.issue'
   | 'credentials.reissue'
   | 'session.end'
+  /** A session's STS credentials revoked by a deny in its role's policy: `pending` when recorded, `revoked` when IAM accepted it. */
+  | 'session.revoke'
+  /** The role-wide aws:TokenIssueTime deny, written when the revoked sessions no longer fit the role's policy. */
+  | 'revocation.fallback'
   | 'vault.issue'
   | 'vault.reissue'
   | 'vault.revoke'

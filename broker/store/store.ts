@@ -1,6 +1,6 @@
 /**
  * What the service keeps, as interfaces a storage backend implements: the task sessions, the Vault
- * tokens issued under them (by accessor), the logins (refresh-token families,
+ * tokens issued under them (by accessor), the sessions revoked per role (session-revocations.ts), the logins (refresh-token families,
  * refresh-token-families.ts), the ID tokens already exchanged (seen-id-tokens.ts), and the audit log
  * every decision is recorded in. The
  * domain (broker/sessions/) and the HTTP transport (broker/server/) depend on these only; the
@@ -21,6 +21,7 @@ import type { AuditEvent, AuditRecord } from './audit-event.js';
 import type { FreezeRepository } from './freezes.js';
 import type { RefreshTokenFamilies } from './refresh-token-families.js';
 import type { SeenIdTokens } from './seen-id-tokens.js';
+import type { RevocationRepository } from './session-revocations.js';
 import type { StartRequestRepository } from './start-requests.js';
 
 export interface TaskSession {
@@ -150,5 +151,7 @@ export interface Store {
   readonly seenIdTokens: SeenIdTokens;
   readonly startRequests: StartRequestRepository;
   readonly freezes: FreezeRepository;
+  /** Revoked sessions per template role (session-revocations.ts). */
+  readonly revocations: RevocationRepository;
   close(): Promise<void>;
 }

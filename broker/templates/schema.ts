@@ -50,6 +50,9 @@ const awsSchema = z.strictObject({
   tags: z.record(z.string(), z.string()).default({}),
   transitiveTagKeys: z.array(z.string()).default([]),
   allowBroadWildcard: z.boolean().default(false),
+  // A developer's own `broker end` also denies the session's issued credentials in the role's
+  // policy (docs/revocation.md); an admin's end always does.
+  revokeOnEnd: z.boolean().default(true),
 });
 
 /**
@@ -128,6 +131,8 @@ export interface AwsGrant {
   tags: Record<string, string>;
   transitiveTagKeys: string[];
   allowBroadWildcard: boolean;
+  /** `broker end` adds the session to the role's deny policy (sessions/session-revocations.ts). */
+  revokeOnEnd: boolean;
 }
 
 export interface VaultGrant {

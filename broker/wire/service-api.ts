@@ -265,7 +265,14 @@ export const revocationResult = z.object({
 });
 
 /** `DELETE /v1/sessions/:id`: the ended session; `vaultTokens` absent from services older than Vault support. */
-export const endSessionResponse = z.object({ ended: sessionView, vaultTokens: z.array(revocationResult).optional() });
+/**
+ * `awsRevocation`: whether the session's issued AWS credentials are being denied in its role's
+ * policy (`scheduled`: recorded, written in the background; docs/revocation.md).
+ */
+export const endSessionResponse = z.object({
+  ended: sessionView, vaultTokens: z.array(revocationResult).optional(),
+  awsRevocation: z.enum(['scheduled', 'off', 'failed']).optional(),
+});
 export type EndSessionResponse = z.infer<typeof endSessionResponse>;
 
 // ---- start requests (human confirmation of a task start) ---------------------------------------

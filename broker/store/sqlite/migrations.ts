@@ -129,6 +129,32 @@ CREATE TABLE IF NOT EXISTS freezes (
   frozen_by TEXT NOT NULL,
   at INTEGER NOT NULL
 );
+-- Revoked sessions per template role (store/session-revocations.ts): what the role's deny document
+-- must say. A row goes once every credential it targets has expired (until).
+CREATE TABLE IF NOT EXISTS session_revocations (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  role_arn TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  value TEXT NOT NULL,
+  until INTEGER NOT NULL,
+  revoked_at INTEGER NOT NULL,
+  revoked_by TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  applied_at INTEGER,
+  covered_at INTEGER,
+  UNIQUE (role_arn, kind, value)
+);
+CREATE INDEX IF NOT EXISTS session_revocations_until ON session_revocations (until);
+CREATE TABLE IF NOT EXISTS role_revocation_documents (
+  role_arn TEXT PRIMARY KEY,
+  version INTEGER NOT NULL,
+  applied_version INTEGER NOT NULL DEFAULT 0,
+  applied_at INTEGER,
+  fallback_before INTEGER,
+  fallback_until INTEGER,
+  fallback_at INTEGER,
+  fallback_covered INTEGER
+);
 `;
 
 /** Columns added after their table first shipped: `table`, then `name TYPE`. */

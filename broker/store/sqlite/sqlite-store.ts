@@ -6,6 +6,7 @@ import { SqliteFreezes } from './freezes.js';
 import { migrate } from './migrations.js';
 import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
+import { SqliteRevocationRepository } from './session-revocations.js';
 import { SqliteSessionRepository } from './sessions.js';
 import { SqliteStartRequests } from './start-requests.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
@@ -23,6 +24,7 @@ export class SqliteStore implements Store {
   readonly seenIdTokens: SqliteSeenIdTokens;
   readonly startRequests: SqliteStartRequests;
   readonly freezes: SqliteFreezes;
+  readonly revocations: SqliteRevocationRepository;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -42,6 +44,7 @@ export class SqliteStore implements Store {
     this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
     this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
     this.freezes = new SqliteFreezes(this.sql, this.auditLog);
+    this.revocations = new SqliteRevocationRepository(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {
