@@ -16,6 +16,7 @@ import type { IssuedCredentials, StartTaskRequest, TaskSessionService } from '..
 import type { AuditEvent } from '../store/audit-event.js';
 import type { DecisionKind, NewStartRequest, RequestDecision, StartRequest, StartRequestStatus } from '../store/start-requests.js';
 import type { Store } from '../store/store.js';
+import type { TemplateCatalog } from '../templates/catalog.js';
 import { isAllowed } from '../templates/access.js';
 import { sessionSeconds } from '../templates/durations.js';
 import { renderPolicy, validateParams } from '../templates/render.js';
@@ -49,7 +50,8 @@ export interface FreshLogin {
 
 export interface StartRequestsDeps {
   store: Pick<Store, 'startRequests' | 'seenIdTokens' | 'auditLog'>;
-  templates: Map<string, TaskTemplate>;
+  /** The templates in force (reloadable): a request is made and started under the set in force then. */
+  templates: TemplateCatalog;
   sessions: TaskSessionService;
   defaults: ConfirmDefaults;
   /** The service's public URL; a request's page is `${publicUrl}/requests/<id>`. */

@@ -16,8 +16,9 @@ import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
-import { loadTemplatesOrThrow } from '../templates/load.js';
+import { TemplateCatalog, type ReloadBy, type ReloadResult } from '../templates/catalog.js';
 import type { TaskTemplate } from '../templates/schema.js';
+import { watchPolicyDir } from '../templates/watch.js';
 import { VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
 import { VaultHttp } from '../vault/http.js';
 import { checkVaultAtStart } from '../vault/startup-check.js';
@@ -29,6 +30,12 @@ import { AuthRateLimiter } from './rate-limit.js';
 export interface RunningServer {
   url: string;
   port: number;
+  /**
+   * Reads policiesDir again (templates/catalog.ts): the new set applies to new starts if every
+   * template in it is valid, else the set in force stays and `problems` say why. What SIGHUP, the
+   * directory watch and the admin route call.
+   */
+  reload(by: ReloadBy): Promise<ReloadResult>;
   stop(): Promise<void>;
 }
 
@@ -37,12 +44,12 @@ export interface RunningServer {
  * set-up, so each problem is logged once, at start, instead of surfacing as AccessDenied later.
  * Runs in the background and never blocks or fails start-up.
  */
-async function checkTrustInBackground(config: ServerConfig, templates: Map<string, TaskTemplate>, log: Logger): Promise<void> {
+async function checkTrustInBackground(config: ServerConfig, templates: Iterable<TaskTemplate>, log: Logger): Promise<void> {
   try {
     const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
     const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
     const brokerPrincipalArn = await resolveBrokerPrincipal(sts);
-    const roles = [...templates.values()].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
+    const roles = [...templates].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
     const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
     for (const f of findings) {
       for (const p of f.problems) log.warn({ template: f.template, roleArn: f.roleArn, check: p.check, hint: p.hint }, p.message);
@@ -92,10 +99,16 @@ export interface StartOptions {
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
   const log = options.log ?? createLogger({ level: config.log.level });
-  const templates = loadTemplatesOrThrow(config.policiesDir);
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
+  let templates: TemplateCatalog;
+  try {
+    templates = await TemplateCatalog.open({ dir: config.policiesDir, store, log, now });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
   let url = config.publicUrl;
   const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl });
   const logins = new BrokerLogins({ tokens, families: store.refreshTokenFamilies, auditLog: store.auditLog, refreshTtlSeconds: config.tokens.refreshTokenTtl, now });
@@ -120,12 +133,12 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now, allowUnsafeTokenRole: config.vault.allowUnsafeTokenRole,
     }) };
   } else {
-    const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
+    const needVault = templates.values().filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
   const sessions = new TaskSessionService({
     store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, log,
-    maxActiveSessions: config.limits.maxActiveSessions, now,
+    maxActiveSessions: config.limits.maxActiveSessions, now, limitRefusals: denials,
   });
   const requests = new StartRequests({
     store, templates, sessions, log, now, events: options.requestEvents, publicUrl: () => url,
@@ -157,15 +170,36 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
   if (vault) {
     try {
-      const grants = [...templates.values()].flatMap((t) => (t.vault ? [{ template: t.name, role: t.vault.tokenRole ?? config.vault!.tokenRole, policies: t.vault.policies }] : []));
+      const grants = templates.values().flatMap((t) => (t.vault ? [{ template: t.name, role: t.vault.tokenRole ?? config.vault!.tokenRole, policies: t.vault.policies }] : []));
       await checkVaultAtStart({ auth: vault.auth, tokens: vault.tokens, grants, log, allowUnsafeTokenRole: config.vault!.allowUnsafeTokenRole });
     } catch (e) {
       await close();
       throw e;
     }
   }
-  log.info({ url, templates: [...templates.keys()], store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
-  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
+  log.info({ url, templates: templates.versions(), store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
+  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates.values(), log);
+  const reload = async (by: ReloadBy): Promise<ReloadResult> => {
+    let r: ReloadResult;
+    try {
+      r = await templates.reload(by);
+    } catch (e) {
+      log.error({ trigger: by.trigger, err: (e as Error).message }, 'template reload failed; the templates in force stay');
+      throw e;
+    }
+    const fresh = new Set([...r.added.map((a) => a.name), ...r.changed.map((c) => c.name)]);
+    const brought = templates.values().filter((t) => fresh.has(t.name));
+    if (!config.vault && brought.some((t) => t.vault)) {
+      log.warn({ templates: brought.filter((t) => t.vault).map((t) => t.name) }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
+    }
+    // What the start-up checks of roles found, for the roles a reload brought (their Vault token
+    // roles are checked before the first token is issued, as always).
+    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log);
+    return r;
+  };
+  // Logged by reload(); nothing more to do with a failure here.
+  const onWatch = () => { void reload({ trigger: 'watch', reason: 'a file in policiesDir changed' }).catch(() => undefined); };
+  const watching = config.policiesWatch ? watchPolicyDir({ dir: config.policiesDir, onChange: onWatch, log }) : undefined;
   sweeper.start();
   denials.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
@@ -183,7 +217,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   return {
     url,
     port,
+    reload,
     stop: async () => {
+      watching?.close();
       clearInterval(prune);
       await sweeper.stop();
       // Counts of refused requests still pending are written before the store closes.

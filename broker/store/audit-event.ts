@@ -19,7 +19,9 @@ export type AuditEventName =
   | 'request.deny'
   | 'request.expire'
   | 'request.cancel'
-  | 'request.break_glass';
+  | 'request.break_glass'
+  /** The task templates reloaded (templates/catalog.ts): `updated` with the versions before and after, or `failed` with the problems. */
+  | 'policy.reload';
 
 /** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
 export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired'

@@ -21,6 +21,7 @@ import type { AuditEvent, AuditRecord } from './audit-event.js';
 import type { RefreshTokenFamilies } from './refresh-token-families.js';
 import type { SeenIdTokens } from './seen-id-tokens.js';
 import type { StartRequestRepository } from './start-requests.js';
+import type { TemplateVersionRepository } from './template-versions.js';
 
 export interface TaskSession {
   id: string;
@@ -34,10 +35,27 @@ export interface TaskSession {
   expiresAt: number;
   endedAt: number | null;
   endReason: string | null;
+  /** The version of its template it started under (store/template-versions.ts); null for sessions started before versions were recorded. */
+  templateVersion: string | null;
+}
+
+/**
+ * What a template's limits count (templates/schema.ts, limits), read in the transaction that
+ * records a start, so two service processes sharing the store cannot both take the last place.
+ */
+export interface TemplateUsage {
+  /** Open sessions of the template, not past their end, all developers. */
+  open: number;
+  /** Starts of the template at or after `since` (ended ones too), all developers, and the oldest of them. */
+  starts: number;
+  oldestStart: number | null;
+  /** The same for the developer who starts now. */
+  developerStarts: number;
+  oldestDeveloperStart: number | null;
 }
 
 /** A session as it is created: not ended yet. */
-export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason'>;
+export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason' | 'templateVersion'> & { templateVersion?: string | null | undefined };
 
 /** A Vault token issued under a task session: its accessor, never the token. */
 export interface VaultTokenRecord {
@@ -75,8 +93,12 @@ export interface AuditLog {
 }
 
 export interface SessionRepository {
-  /** Creates a session and appends its audit record, atomically. */
-  create(s: NewTaskSession, e: AuditEvent): Promise<void>;
+  /**
+   * Creates a session and appends its audit record, atomically. With `check`, first reads the
+   * template's usage (starts since `check.since`) in the same transaction and gives it to
+   * `check.refuse`, which throws to refuse the start: then nothing is written.
+   */
+  create(s: NewTaskSession, e: AuditEvent, check?: { since: number; refuse: (usage: TemplateUsage) => void }): Promise<void>;
   get(id: string): Promise<TaskSession | undefined>;
   /** Open sessions not past their end, oldest first; of one developer, or of everyone. */
   active(developer?: string): Promise<TaskSession[]>;
@@ -127,5 +149,6 @@ export interface Store {
   readonly refreshTokenFamilies: RefreshTokenFamilies;
   readonly seenIdTokens: SeenIdTokens;
   readonly startRequests: StartRequestRepository;
+  readonly templateVersions: TemplateVersionRepository;
   close(): Promise<void>;
 }

@@ -172,6 +172,12 @@ export const templatesResponse = z.object({ templates: z.array(templateSummary) 
 export const sessionView = z.object({
   id: z.string(),
   template: z.string(),
+  /**
+   * The version of the template the session started under and keeps until it ends (a content hash,
+   * docs/templates.md "Versions"); null for sessions started before versions were recorded. Absent
+   * from services older than template reloads.
+   */
+  templateVersion: z.string().nullable().optional(),
   params: z.record(z.string(), z.string()),
   reason: z.string(),
   agent: z.string(),

@@ -17,9 +17,21 @@ CREATE TABLE IF NOT EXISTS task_sessions (
   created_at INTEGER NOT NULL,
   expires_at INTEGER NOT NULL,
   ended_at INTEGER,
-  end_reason TEXT
+  end_reason TEXT,
+  template_version TEXT
 );
 CREATE INDEX IF NOT EXISTS task_sessions_developer ON task_sessions (developer, ended_at, expires_at);
+-- A template's open sessions and recent starts, for its limits (templates/schema.ts, limits).
+CREATE INDEX IF NOT EXISTS task_sessions_template ON task_sessions (template, created_at);
+-- Every template version loaded (store/template-versions.ts): a session's version, found again after a reload.
+CREATE TABLE IF NOT EXISTS template_versions (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  definition TEXT NOT NULL,
+  file TEXT NOT NULL,
+  first_loaded_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   at TEXT NOT NULL,
@@ -132,6 +144,8 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['vault_tokens', 'last_attempt_at INTEGER'],
   ['vault_tokens', 'dead_by INTEGER'],
   ['vault_tokens', 'lapsed_at INTEGER'],
+  // Stores created before templates were reloaded at run time (a session keeps its template version).
+  ['task_sessions', 'template_version TEXT'],
 ];
 
 export function migrate(db: DatabaseSync): void {

@@ -7,6 +7,7 @@ import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
 import { SqliteSessionRepository } from './sessions.js';
 import { SqliteStartRequests } from './start-requests.js';
+import { SqliteTemplateVersions } from './template-versions.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
 
 /**
@@ -21,6 +22,7 @@ export class SqliteStore implements Store {
   readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
   readonly seenIdTokens: SqliteSeenIdTokens;
   readonly startRequests: SqliteStartRequests;
+  readonly templateVersions: SqliteTemplateVersions;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -39,6 +41,7 @@ export class SqliteStore implements Store {
     this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
     this.seenIdTokens = new SqliteSeenIdTokens(this.sql);
     this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
+    this.templateVersions = new SqliteTemplateVersions(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {
