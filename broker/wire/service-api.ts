@@ -163,6 +163,8 @@ export const templateSummary = z.object({
   parameters: z.record(z.string(), z.object({ description: z.string(), pattern: z.string(), maxLength: z.number().int() })),
   maxSessionSeconds: z.number().int(),
   credentialLifetimeSeconds: z.number().int(),
+  /** The version in force, which a session started now records; absent from services older than template reloads. */
+  version: z.string().optional(),
 });
 export type TemplateSummary = z.infer<typeof templateSummary>;
 /** `GET /v1/templates`. */
