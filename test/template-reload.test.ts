@@ -22,35 +22,13 @@ import { startBrokerService, type BrokerService } from './peers/broker-service.j
 import { startIdp, type TestIdp } from './peers/idp.js';
 import { createRole, startMoto, type Moto } from './peers/moto.js';
 import { assumeRoleCalls, issuedSecrets, startRecordingProxy } from './peers/recording-proxy.js';
+import { probeTemplate } from './peers/probe-template.js';
 import { filesContaining } from './peers/secret-scan.js';
 
 const TRUST = {
   Version: '2012-10-17',
   Statement: [{ Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::123456789012:root' }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }],
 };
-
-/** A small AWS template on the test role; `action` is what its session policy allows. */
-export function probeTemplate(name: string, o: { action?: string; groups?: string[]; limits?: Record<string, number>; comment?: string } = {}): string {
-  return [
-    `# ${o.comment ?? 'a template written by the test'}`,
-    `name: ${name}`,
-    'description: A template the test writes while the service runs',
-    `allowed: { groups: [${(o.groups ?? ['developers', 'contractors']).join(', ')}] }`,
-    'session: { maxDuration: 1h }',
-    'confirm: { mode: none }',
-    ...(o.limits ? ['limits:', ...Object.entries(o.limits).map(([k, v]) => `  ${k}: ${v}`)] : []),
-    'aws:',
-    '  roleArn: arn:aws:iam::123456789012:role/broker-reload-probe',
-    '  region: eu-west-1',
-    '  policy:',
-    "    Version: '2012-10-17'",
-    '    Statement:',
-    '      - Effect: Allow',
-    `        Action: ${o.action ?? 'logs:DescribeLogGroups'}`,
-    '        Resource: arn:aws:logs:eu-west-1:123456789012:log-group:*',
-    '',
-  ].join('\n');
-}
 
 /** Writes `text` as an editor that saves by rename does: a temporary file, renamed over the old one. */
 function saveByRename(dir: string, file: string, text: string): void {
