@@ -23,7 +23,11 @@ export interface StartTaskRequest {
   /** Requested task-session length; capped by the template's maximum. */
   ttlSeconds?: number | undefined;
   /** The start request humans confirmed for this start (broker/requests/): recorded in the `session.start` detail. */
-  confirmedRequest?: { id: string; confirmedBy: string[]; approvedBy: string[]; breakGlass: boolean } | undefined;
+  confirmedRequest?: {
+    id: string; confirmedBy: string[]; approvedBy: string[]; breakGlass: boolean;
+    /** The template version the humans decided on: the start is refused under any other. */
+    templateVersion?: string | null | undefined;
+  } | undefined;
 }
 
 /** A session as the API shows it (wire/service-api.ts `sessionView`): never a secret in it. */
@@ -159,6 +163,14 @@ export class TaskSessionService {
     }
     if (!isAllowed(t, { email: p.email, groups: p.groups })) {
       throw await this.denied(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
+    }
+    // What the humans decided on is the grant of the version the request was made for: a reload
+    // that changed the template since voids the request.
+    const decided = req.confirmedRequest?.templateVersion;
+    if (decided && decided !== t.version) {
+      throw await this.denied(new BrokerError('conflict', `the template "${t.name}" changed since start request ${req.confirmedRequest!.id} was made (version ${decided}, now ${t.version})`, {
+        hint: `what was confirmed no longer applies; make a new request: broker task ${t.name}`,
+      }), { ...base, detail: { request: req.confirmedRequest!.id } });
     }
     if (t.vault && !this.deps.vault) throw await this.denied(vaultNotConfigured(t.name), base);
     let params: Record<string, string>;

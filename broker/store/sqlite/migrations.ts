@@ -119,7 +119,8 @@ CREATE TABLE IF NOT EXISTS start_requests (
   status TEXT NOT NULL,
   created_at INTEGER NOT NULL,
   expires_at INTEGER NOT NULL,
-  session_id TEXT
+  session_id TEXT,
+  template_version TEXT
 );
 CREATE INDEX IF NOT EXISTS start_requests_requester ON start_requests (requester, status);
 CREATE INDEX IF NOT EXISTS start_requests_status ON start_requests (status, expires_at);
@@ -146,6 +147,7 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['vault_tokens', 'lapsed_at INTEGER'],
   // Stores created before templates were reloaded at run time (a session keeps its template version).
   ['task_sessions', 'template_version TEXT'],
+  ['start_requests', 'template_version TEXT'],
 ];
 
 export function migrate(db: DatabaseSync): void {
