@@ -12,7 +12,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { randomUUID } from 'node:crypto';
+import { STSClient } from '@aws-sdk/client-sts';
+import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
 import { parseServerConfig } from '../broker/config/server-config.js';
+import { IdTokenVerifier } from '../broker/identity/id-token-verifier.js';
+import { StartRequests } from '../broker/requests/start-requests.js';
+import { TaskSessionService } from '../broker/sessions/task-session-service.js';
+import { TemplateCatalog } from '../broker/templates/catalog.js';
 import { createLogger } from '../broker/log.js';
 import { startServer } from '../broker/server/start.js';
 import type { AuditRecord } from '../broker/store/audit-event.js';
@@ -248,6 +255,49 @@ describe('template reload', () => {
     assert.deepEqual(policyOf(id).Statement[0]!.Action, 'logs:GetLogEvents');
     const listed = (await api(again).call('GET', '/v1/sessions', 'alice@example.com')).body.sessions as { id: string; templateVersion: string }[];
     assert.equal(listed.find((s) => s.id === id)?.templateVersion, v1);
+  });
+
+  it('a start request starts only under the template version it was made for: a reload that changed the template since refuses it (409), and a new ask makes a new request', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'broker-reload-req-')), 'policies');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'reload-probe.yaml'), probeTemplate('reload-probe', { confirm: 'self' }));
+    const store = new SqliteStore(join(dir, '..', 'b.db'));
+    const log = createLogger({ level: 'silent' });
+    try {
+      const templates = await TemplateCatalog.open({ dir, store, log });
+      const sessions = new TaskSessionService({ store, templates, issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } }), 8000), log, maxActiveSessions: 20 });
+      const requests = new StartRequests({ store, templates, sessions, log, publicUrl: () => 'http://127.0.0.1:1', defaults: { mode: 'self', maxAgeSeconds: 300, timeoutSeconds: 900 } });
+      const verifier = new IdTokenVerifier({
+        issuer: idp.issuer, audience: 'broker-cli', algorithms: ['RS256'], groupsClaim: 'groups', identityClaim: 'email', clockToleranceSeconds: 5,
+        authorizedParty: 'broker-cli', maxAgeSeconds: 600, seen: store.seenIdTokens,
+      });
+      const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
+      const ask = { template: 'reload-probe', params: {}, reason: 'versions', agent: 'test' };
+      const confirm = async (id: string) => {
+        const token = await idp.issueIdToken('alice@example.com', { claims: { auth_time: Math.floor(Date.now() / 1000), jti: randomUUID() } });
+        return requests.decide(id, { token: await verifier.verify(token), loginStartedAt: Date.now() - 1000, via: 'device' }, 'confirm', '');
+      };
+      const v1 = templates.get('reload-probe')!.version;
+      const r = (await requests.ask(alice, ask))!;
+      assert.equal(r.templateVersion, v1);
+      assert.equal((await confirm(r.id)).status, 'confirmed');
+      const pending = (await requests.ask(alice, { ...ask, agent: 'other' }))!;
+
+      writeFileSync(join(dir, 'reload-probe.yaml'), probeTemplate('reload-probe', { confirm: 'self', action: 'logs:GetLogEvents' }));
+      assert.equal((await templates.reload({ trigger: 'admin', admin: 'carol@example.com', reason: 'wider' })).ok, true);
+      const v2 = templates.get('reload-probe')!.version;
+      await assert.rejects(requests.startConfirmed(alice, r.id, ask), (e: unknown) => (e as { code?: string }).code === 'conflict'
+        && (e as Error).message === `the template "reload-probe" changed since start request ${r.id} was made (version ${v1}, now ${v2})`);
+      assert.equal((await store.sessions.active('alice@example.com')).length, 0, 'nothing started');
+      const again = (await requests.ask(alice, { ...ask, agent: 'other' }))!;
+      assert.notEqual(again.id, pending.id, 'the pending request of the old version is not answered again');
+      assert.equal(again.templateVersion, v2);
+      assert.equal((await confirm(again.id)).status, 'confirmed');
+      const started = await requests.startConfirmed(alice, again.id, { ...ask, agent: 'other' });
+      assert.equal(started.session.templateVersion, v2);
+    } finally {
+      await store.close();
+    }
   });
 
   it('in-process, the API the admin route calls: reload({trigger: admin}) returns the problems (file, field, hint) and changes nothing; fixed, it returns the versions and audits the admin', async () => {
