@@ -23,6 +23,9 @@ export function register(program: Command): void {
       const stop = () => { void running.stop().then(() => process.exit(0)); };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
+      // The daemon convention for "read your configuration again": here the task templates (the
+      // service's own configuration needs a restart). The outcome, failures included, is logged (and audited) by reload().
+      process.on('SIGHUP', () => { void running.reload({ trigger: 'signal', reason: 'SIGHUP' }).catch(() => undefined); });
     }));
   server
     .command('keygen')

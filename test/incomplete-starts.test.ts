@@ -18,6 +18,7 @@ import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import type { NewTaskSession } from '../broker/store/store.js';
+import { TemplateCatalog } from '../broker/templates/catalog.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { startIdp } from './peers/idp.js';
 import { startMoto } from './peers/moto.js';
@@ -116,7 +117,7 @@ describe('starts that never completed, across a restart', () => {
     let clock = Date.now();
     const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
     const sessions = new TaskSessionService({
-      store, templates: loadTemplatesOrThrow(POLICIES_DIR), issuer: new StsCredentialIssuer(sts, 10_000), log: createLogger({ level: 'silent' }),
+      store, templates: new TemplateCatalog(loadTemplatesOrThrow(POLICIES_DIR)), issuer: new StsCredentialIssuer(sts, 10_000), log: createLogger({ level: 'silent' }),
       maxActiveSessions: 5, now: () => clock,
     });
     // STS holds the AssumeRole until the test lets go, while the service's clock passes the grace.

@@ -16,6 +16,7 @@ import { startServer, type RunningServer } from '../broker/server/start.js';
 import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
+import { TemplateCatalog } from '../broker/templates/catalog.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { broker } from './peers/cli.js';
 import { DEFAULT_USERS, startIdp } from './peers/idp.js';
@@ -427,7 +428,7 @@ describe('broker service API', () => {
       const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'broker-recheck-')), 'broker.db'));
       const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
       const templates = loadTemplatesOrThrow(POLICIES_DIR);
-      const sessions = new TaskSessionService({ store, templates, issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5 });
+      const sessions = new TaskSessionService({ store, templates: new TemplateCatalog(templates), issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5 });
       const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
       try {
         const { session } = await sessions.start(alice, { template: 'read-cloudwatch-logs', params: logParams(), reason: '', agent: 'aider' });
@@ -576,7 +577,7 @@ describe('broker service API', () => {
       const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'broker-race-')), 'broker.db'));
       const sts = new STSClient({ region: 'us-east-1', endpoint: proxy.url, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
       const sessions = new TaskSessionService({
-        store, templates: loadTemplatesOrThrow(POLICIES_DIR), issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5,
+        store, templates: new TemplateCatalog(loadTemplatesOrThrow(POLICIES_DIR)), issuer: new StsCredentialIssuer(sts, 8000), log: createLogger({ level: 'silent' }), maxActiveSessions: 5,
       });
       const alice = { id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] };
       try {

@@ -20,6 +20,7 @@ import { StartRequests, type FreshLogin } from '../broker/requests/start-request
 import { startServer, type RunningServer } from '../broker/server/start.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
+import { TemplateCatalog } from '../broker/templates/catalog.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { startIdp, type TestIdp } from './peers/idp.js';
 import { startMoto } from './peers/moto.js';
@@ -275,7 +276,7 @@ describe('start requests and human confirmation', () => {
     let domainOffset = 0;
     before(async () => {
       store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'broker-req-dom-')), 'b.db'));
-      const templates = loadTemplatesOrThrow(policies());
+      const templates = new TemplateCatalog(loadTemplatesOrThrow(policies()));
       const log = createLogger({ level: 'silent' });
       const sessions = new TaskSessionService({ store, templates, issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1', endpoint: moto.url }), 8000), log, maxActiveSessions: 20 });
       requests = new StartRequests({ store, templates, sessions, log, now: () => Date.now() + domainOffset, publicUrl: () => 'http://127.0.0.1:1', defaults: { mode: 'self', maxAgeSeconds: 300, timeoutSeconds: 900 } });

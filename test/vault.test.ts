@@ -26,6 +26,7 @@ import type { AuditEvent } from '../broker/store/audit-event.js';
 import { StsCredentialIssuer } from '../broker/aws/sts-issuer.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import type { Store, VaultTokenRecord, VaultTokenRepository } from '../broker/store/store.js';
+import { TemplateCatalog } from '../broker/templates/catalog.js';
 import { loadTemplatesOrThrow } from '../broker/templates/load.js';
 import type { TaskTemplate } from '../broker/templates/schema.js';
 import { VaultAuth } from '../broker/vault/auth.js';
@@ -211,7 +212,7 @@ describe('Vault/OpenBao task tokens', () => {
     const vault = new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now });
     const templates = loadTemplatesOrThrow(policiesDir);
     for (const t of o.templates ?? []) templates.set(t.name, t);
-    const svc = new TaskSessionService({ store: s, templates, issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1', endpoint: moto.url }), 8000), log, maxActiveSessions: 20, vault, now });
+    const svc = new TaskSessionService({ store: s, templates: new TemplateCatalog(templates), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1', endpoint: moto.url }), 8000), log, maxActiveSessions: 20, vault, now });
     return { store: s, vault, svc, logFile };
   };
   const configFor = (d: string, vault: Record<string, unknown> | undefined, extra: Record<string, unknown> = {}): ServerConfig => parseServerConfig({
@@ -448,7 +449,7 @@ describe('Vault/OpenBao task tokens', () => {
     // STS at a port nobody listens on: the AWS half fails after the Vault half succeeded.
     const deadSts = new STSClient({ region: 'us-east-1', endpoint: `http://127.0.0.1:${await freePort()}`, maxAttempts: 1, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), issuer: new StsCredentialIssuer(deadSts, 8000), log, maxActiveSessions: 5,
+      store: s, templates: new TemplateCatalog(loadTemplatesOrThrow(policiesDir)), issuer: new StsCredentialIssuer(deadSts, 8000), log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();
@@ -476,14 +477,14 @@ describe('Vault/OpenBao task tokens', () => {
       },
     }) as VaultTokenRepository;
     const s: Store = {
-      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests, freezes: sqlite.freezes, revocations: sqlite.revocations,
+      auditLog: sqlite.auditLog, sessions: sqlite.sessions, vaultTokens, refreshTokenFamilies: sqlite.refreshTokenFamilies, seenIdTokens: sqlite.seenIdTokens, startRequests: sqlite.startRequests, freezes: sqlite.freezes, revocations: sqlite.revocations, templateVersions: sqlite.templateVersions,
       close: () => sqlite.close(),
     };
     const log = createLogger({ level: 'silent' });
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
     const svc = new TaskSessionService({
-      store: s, templates: loadTemplatesOrThrow(policiesDir), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1' }), 8000), log, maxActiveSessions: 5,
+      store: s, templates: new TemplateCatalog(loadTemplatesOrThrow(policiesDir)), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1' }), 8000), log, maxActiveSessions: 5,
       vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
     });
     const before = await accessors();

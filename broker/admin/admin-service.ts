@@ -5,7 +5,7 @@ import type { EndedSession, TaskSessionService } from '../sessions/task-session-
 import type { AuditEvent, AuditRecord } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze, type FreezeScope } from '../store/freezes.js';
 import type { SessionFilter, Store, TaskSession } from '../store/store.js';
-import type { TaskTemplate } from '../templates/schema.js';
+import type { TemplateCatalog } from '../templates/catalog.js';
 import type { AdminSessionView } from '../wire/service-api.js';
 
 /** Who may use the control plane (the service config's `admins`). */
@@ -36,7 +36,7 @@ export interface AdminServiceDeps {
   sessions: TaskSessionService;
   /** Revokes every login (refresh-token family) of a developer (identity/logins.ts). */
   logins: { revokeDeveloper(developer: string, reason: string, by?: string): Promise<number> };
-  templates: Map<string, TaskTemplate>;
+  templates: Pick<TemplateCatalog, 'get' | 'ofSession'>;
   revocations?: StsRevoker | undefined;
   log: Logger;
   now?: () => number;
@@ -166,7 +166,7 @@ export class AdminService {
   }
 
   private knownScope(scope: FreezeScope): void {
-    if (scope !== ALL_TEMPLATES && !this.deps.templates.has(scope)) {
+    if (scope !== ALL_TEMPLATES && !this.deps.templates.get(scope)) {
       throw new BrokerError('not_found', `no task template named "${scope}"`, { hint: 'freeze a configured template, or all of them with --all' });
     }
   }
@@ -199,7 +199,7 @@ export class AdminService {
       const after = (await this.deps.store.sessions.get(s.id)) ?? s;
       const view = await this.view(after);
       ended.push({ session: view, vaultTokens: r.vaultTokens });
-      const roleArn = this.deps.templates.get(s.template)?.aws?.roleArn;
+      const roleArn = (await this.deps.templates.ofSession(s))?.aws?.roleArn;
       const until = Math.max(0, ...view.credentials.map((c) => (c.expiration ? Date.parse(c.expiration) : 0)));
       if (roleArn && until > this.now()) revoked.push({ id: s.id, roleArn, until });
     }

@@ -197,6 +197,11 @@ export const serverConfigSchema = z.strictObject({
     if (p) ctx.addIssue({ code: 'custom', message: `${p.problem}; ${p.fix}` });
   }).optional(),
   policiesDir: z.string().default('policies'),
+  /**
+   * Reload the templates when a file in policiesDir changes (templates/watch.ts); SIGHUP reloads
+   * either way. Off where the directory's filesystem reports no changes (some network mounts).
+   */
+  policiesWatch: z.boolean().default(true),
   store: z.strictObject({
     sqlite: z.string().default('broker.db'),
     /** How long a write waits for a lock before the store is declared unavailable (fail closed). */

@@ -16,6 +16,7 @@ import type { IssuedCredentials, StartTaskRequest, TaskSessionService } from '..
 import type { AuditEvent } from '../store/audit-event.js';
 import type { DecisionKind, NewStartRequest, RequestDecision, StartRequest, StartRequestStatus } from '../store/start-requests.js';
 import type { Store } from '../store/store.js';
+import type { TemplateCatalog } from '../templates/catalog.js';
 import { isAllowed } from '../templates/access.js';
 import { sessionSeconds } from '../templates/durations.js';
 import { renderPolicy, validateParams } from '../templates/render.js';
@@ -49,7 +50,8 @@ export interface FreshLogin {
 
 export interface StartRequestsDeps {
   store: Pick<Store, 'startRequests' | 'seenIdTokens' | 'auditLog'>;
-  templates: Map<string, TaskTemplate>;
+  /** The templates in force (reloadable): a request is made and started under the set in force then. */
+  templates: TemplateCatalog;
   sessions: TaskSessionService;
   defaults: ConfirmDefaults;
   /** The service's public URL; a request's page is `${publicUrl}/requests/<id>`. */
@@ -149,13 +151,14 @@ export class StartRequests {
     const ttlSeconds = req.ttlSeconds ?? null;
     const digest = requestDigest(t.name, params, ttlSeconds);
     const same = await this.deps.store.startRequests.findPending(p.id, digest);
-    if (same && same.breakGlass === Boolean(req.breakGlass) && same.agent === req.agent) return same;
+    // A pending request made for an older version of the template is not answered again: its deciders would decide on another grant.
+    if (same && same.breakGlass === Boolean(req.breakGlass) && same.agent === req.agent && (same.templateVersion ?? t.version) === t.version) return same;
     const now = this.now();
     const r: NewStartRequest = {
       id: newRequestId(), requester: p.id, template: t.name, params, reason: req.reason, agent: req.agent, ttlSeconds,
       breakGlass: Boolean(req.breakGlass), mode: rule.mode, maxAgeSeconds: rule.maxAgeSeconds,
       approvals: rule.mode === 'approvers' && !req.breakGlass ? rule.approvals : 0, approvers: rule.approvers,
-      digest, createdAt: now, expiresAt: now + rule.timeoutSeconds * 1000,
+      digest, createdAt: now, expiresAt: now + rule.timeoutSeconds * 1000, templateVersion: t.version,
     };
     const event = req.breakGlass ? 'request.break_glass' as const : 'request.create' as const;
     await this.deps.store.startRequests.create(r, {
@@ -203,7 +206,7 @@ export class StartRequests {
       const issued = await this.deps.sessions.start(p, {
         ...req, params,
         confirmedRequest: {
-          id: r.id, breakGlass: r.breakGlass,
+          id: r.id, breakGlass: r.breakGlass, templateVersion: r.templateVersion,
           confirmedBy: r.decisions.filter((d) => d.decision === 'confirm').map((d) => d.by),
           approvedBy: r.decisions.filter((d) => d.decision === 'approve').map((d) => d.by),
         },

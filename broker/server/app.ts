@@ -306,7 +306,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       name: t.name, description: t.description, region: t.aws?.region ?? null,
       grants: [...(t.aws ? ['aws' as const] : []), ...(t.vault ? ['vault' as const] : [])],
       parameters: Object.fromEntries(t.parameters.map((p) => [p.name, { description: p.description ?? '', pattern: p.pattern, maxLength: p.maxLength }])),
-      maxSessionSeconds: t.maxSessionSeconds, credentialLifetimeSeconds: t.credentialLifetimeSeconds,
+      maxSessionSeconds: t.maxSessionSeconds, credentialLifetimeSeconds: t.credentialLifetimeSeconds, version: t.version,
     })),
   } satisfies Body<typeof templatesResponse>));
 

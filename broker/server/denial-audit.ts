@@ -2,14 +2,21 @@ import type { Logger } from '../log.js';
 import type { AuditEventName } from '../store/audit-event.js';
 import type { AuditLog } from '../store/store.js';
 
-/** A refusal on an unauthenticated route that no authenticated developer owns. */
+/**
+ * A refusal on an unauthenticated route that no authenticated developer owns, or a start refused by
+ * a template's limits (sessions/task-session-service.ts: an agent retrying in a loop must not
+ * flood the audit log either).
+ */
 export interface Denial {
-  event: Extract<AuditEventName, 'login' | 'token.refresh' | 'login.revoke'>;
+  event: Extract<AuditEventName, 'login' | 'token.refresh' | 'login.revoke' | 'session.start'>;
   /** A reason from a fixed set (never request text), so keys stay few. */
   reason: string;
   /** Who, when a verified token names them (a genuine refresh token with a bad proof); else the address. */
   developer?: string | undefined;
-  address: string;
+  /** The template whose limit refused a start. */
+  template?: string | undefined;
+  /** The client's address, for anonymous refusals. */
+  address?: string | undefined;
 }
 
 interface Window {
@@ -63,7 +70,7 @@ export class DenialAudit {
       w = undefined;
     }
     if (!w && this.windows.size >= this.deps.maxKeys) {
-      d = { event: d.event, reason: d.reason, address: OVERFLOW };
+      d = { event: d.event, reason: d.reason, template: d.template, address: OVERFLOW };
       key = keyOf(d);
       w = this.windows.get(key);
     }
@@ -98,7 +105,7 @@ export class DenialAudit {
   private async append(d: Denial, count: number, window: { windowStart: string; windowEnd?: string }): Promise<void> {
     try {
       await this.deps.auditLog.append({
-        event: d.event, decision: 'denied', reason: d.reason, ...(d.developer ? { developer: d.developer } : {}),
+        event: d.event, decision: 'denied', reason: d.reason, ...(d.developer ? { developer: d.developer } : {}), ...(d.template ? { template: d.template } : {}),
         detail: { aggregated: true, count, ...(d.developer ? {} : { address: d.address }), ...window },
       });
     } catch (e) {
@@ -109,7 +116,7 @@ export class DenialAudit {
 }
 
 function keyOf(d: Denial): string {
-  return JSON.stringify([d.event, d.reason, d.developer ? `developer:${d.developer}` : `address:${d.address}`]);
+  return JSON.stringify([d.event, d.reason, d.template ?? null, d.developer ? `developer:${d.developer}` : `address:${d.address}`]);
 }
 
 function iso(ms: number): string {

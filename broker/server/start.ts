@@ -20,9 +20,10 @@ import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
-import { loadTemplatesOrThrow } from '../templates/load.js';
+import { TemplateCatalog, type ReloadBy, type ReloadResult } from '../templates/catalog.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import { isLoopbackHost } from '../limits/urls.js';
+import { watchPolicyDir } from '../templates/watch.js';
 import { readSecret, VaultAuth, type VaultAuthMethod } from '../vault/auth.js';
 import { VaultHttp } from '../vault/http.js';
 import { checkVaultAtStart } from '../vault/startup-check.js';
@@ -37,6 +38,12 @@ export interface RunningServer {
   port: number;
   /** The app's own route table (method, path), for tests that must cover every route of a prefix. */
   routes: { method: string; path: string }[];
+  /**
+   * Reads policiesDir again (templates/catalog.ts): the new set applies to new starts if every
+   * template in it is valid, else the set in force stays and `problems` say why. What SIGHUP, the
+   * directory watch and the admin route call.
+   */
+  reload(by: ReloadBy): Promise<ReloadResult>;
   stop(): Promise<void>;
 }
 
@@ -45,12 +52,12 @@ export interface RunningServer {
  * set-up, so each problem is logged once, at start, instead of surfacing as AccessDenied later.
  * Runs in the background and never blocks or fails start-up.
  */
-async function checkTrustInBackground(config: ServerConfig, templates: Map<string, TaskTemplate>, log: Logger): Promise<void> {
+async function checkTrustInBackground(config: ServerConfig, templates: Iterable<TaskTemplate>, log: Logger): Promise<void> {
   try {
     const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
     const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
     const brokerPrincipalArn = await resolveBrokerPrincipal(sts);
-    const roles = [...templates.values()].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
+    const roles = [...templates].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
     const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
     for (const f of findings) {
       for (const p of f.problems) log.warn({ template: f.template, roleArn: f.roleArn, check: p.check, hint: p.hint }, p.message);
@@ -116,10 +123,16 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const log = options.log ?? createLogger({ level: config.log.level });
   // Read before anything is opened: a missing file stops the start with nothing to clean up.
   const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
-  const templates = loadTemplatesOrThrow(config.policiesDir);
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
+  let templates: TemplateCatalog;
+  try {
+    templates = await TemplateCatalog.open({ dir: config.policiesDir, store, log, now });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
   let url = config.publicUrl;
   const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl });
   const logins = new BrokerLogins({ tokens, families: store.refreshTokenFamilies, auditLog: store.auditLog, refreshTtlSeconds: config.tokens.refreshTokenTtl, now });
@@ -151,7 +164,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now, allowUnsafeTokenRole: config.vault.allowUnsafeTokenRole,
     }) };
   } else {
-    const needVault = [...templates.values()].filter((t) => t.vault).map((t) => t.name);
+    const needVault = templates.values().filter((t) => t.vault).map((t) => t.name);
     if (needVault.length) log.warn({ templates: needVault }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
   }
   // The role deny documents for ended sessions' credentials, written in the background (never while
@@ -162,7 +175,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   });
   const sessions = new TaskSessionService({
     store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, revocations, log,
-    maxActiveSessions: config.limits.maxActiveSessions, now,
+    maxActiveSessions: config.limits.maxActiveSessions, now, limitRefusals: denials,
   });
   const notifier = options.requestEvents ? undefined : createNotifier(config.notifications, log, { baseDir: config.baseDir });
   const requests = new StartRequests({
@@ -206,15 +219,36 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
   if (vault) {
     try {
-      const grants = [...templates.values()].flatMap((t) => (t.vault ? [{ template: t.name, role: t.vault.tokenRole ?? config.vault!.tokenRole, policies: t.vault.policies }] : []));
+      const grants = templates.values().flatMap((t) => (t.vault ? [{ template: t.name, role: t.vault.tokenRole ?? config.vault!.tokenRole, policies: t.vault.policies }] : []));
       await checkVaultAtStart({ auth: vault.auth, tokens: vault.tokens, grants, log, allowUnsafeTokenRole: config.vault!.allowUnsafeTokenRole });
     } catch (e) {
       await close();
       throw e;
     }
   }
-  log.info({ url, templates: [...templates.keys()], store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
-  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates, log);
+  log.info({ url, templates: templates.versions(), store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
+  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates.values(), log);
+  const reload = async (by: ReloadBy): Promise<ReloadResult> => {
+    let r: ReloadResult;
+    try {
+      r = await templates.reload(by);
+    } catch (e) {
+      log.error({ trigger: by.trigger, err: (e as Error).message }, 'template reload failed; the templates in force stay');
+      throw e;
+    }
+    const fresh = new Set([...r.added.map((a) => a.name), ...r.changed.map((c) => c.name)]);
+    const brought = templates.values().filter((t) => fresh.has(t.name));
+    if (!config.vault && brought.some((t) => t.vault)) {
+      log.warn({ templates: brought.filter((t) => t.vault).map((t) => t.name) }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
+    }
+    // What the start-up checks of roles found, for the roles a reload brought (their Vault token
+    // roles are checked before the first token is issued, as always).
+    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log);
+    return r;
+  };
+  // Logged by reload(); nothing more to do with a failure here.
+  const onWatch = () => { void reload({ trigger: 'watch', reason: 'a file in policiesDir changed' }).catch(() => undefined); };
+  const watching = config.policiesWatch ? watchPolicyDir({ dir: config.policiesDir, onChange: onWatch, log }) : undefined;
   sweeper.start();
   denials.start();
   revocations.start();
@@ -234,7 +268,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     url,
     port,
     routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
+    reload,
     stop: async () => {
+      watching?.close();
       clearInterval(prune);
       await sweeper.stop();
       await revocations.stop();

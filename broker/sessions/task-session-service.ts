@@ -4,7 +4,8 @@ import type { Logger } from '../log.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
 import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits/aws.js';
-import type { NewTaskSession, Store, TaskSession } from '../store/store.js';
+import type { NewTaskSession, Store, TaskSession, TemplateUsage } from '../store/store.js';
+import type { TemplateCatalog } from '../templates/catalog.js';
 import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../templates/durations.js';
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams, type AssumeRoleRequest } from '../templates/render.js';
 import type { TaskTemplate } from '../templates/schema.js';
@@ -25,7 +26,11 @@ export interface StartTaskRequest {
   /** Requested task-session length; capped by the template's maximum. */
   ttlSeconds?: number | undefined;
   /** The start request humans confirmed for this start (broker/requests/): recorded in the `session.start` detail. */
-  confirmedRequest?: { id: string; confirmedBy: string[]; approvedBy: string[]; breakGlass: boolean } | undefined;
+  confirmedRequest?: {
+    id: string; confirmedBy: string[]; approvedBy: string[]; breakGlass: boolean;
+    /** The template version the humans decided on: the start is refused under any other. */
+    templateVersion?: string | null | undefined;
+  } | undefined;
 }
 
 /** A session as the API shows it (wire/service-api.ts `sessionView`): never a secret in it. */
@@ -77,7 +82,10 @@ export interface EndedSession {
 export interface TaskSessionServiceDeps {
   /** `freezes` absent: nothing is ever frozen (unit tests of other parts). */
   store: Pick<Store, 'sessions' | 'auditLog'> & Partial<Pick<Store, 'freezes'>>;
-  templates: Map<string, TaskTemplate>;
+  /** The templates in force (reloadable), and the versions running sessions started under. */
+  templates: TemplateCatalog;
+  /** Refusals by a template's limits, recorded in aggregate (server/denial-audit.ts); none: each audited alone. */
+  limitRefusals?: LimitRefusals | undefined;
   /** AWS credentials for a session's AssumeRole request (STS today: aws/sts-issuer.ts). */
   issuer: AwsCredentialIssuer;
   /** Absent when the service has no `vault:` configuration. */
@@ -88,6 +96,21 @@ export interface TaskSessionServiceDeps {
   maxActiveSessions: number;
   now?: () => number;
 }
+
+/** A refusal by a template's limits; `reason` from a fixed set per limit, so aggregates stay few. */
+export interface LimitRefusal {
+  event: 'session.start';
+  reason: string;
+  developer: string;
+  template: string;
+}
+
+export interface LimitRefusals {
+  record(r: LimitRefusal): Promise<void>;
+}
+
+/** The window of the per-day limits: the last 24 hours, rolling (no burst at midnight). */
+export const LIMIT_DAY_MS = 86_400_000;
 
 /**
  * The domain of task sessions: who may start what, for how long, and the credentials issued under
@@ -118,11 +141,11 @@ export class TaskSessionService {
     this.now = deps.now ?? Date.now;
   }
 
-  view(s: TaskSession): TaskSessionView {
-    const t = this.deps.templates.get(s.template);
+  /** The session as the API shows it, with what its own template version grants (`t`: resolved by the caller, else what memory holds). */
+  view(s: TaskSession, t: TaskTemplate | undefined = this.deps.templates.peek(s)): TaskSessionView {
     const vault = this.deps.vault;
     return {
-      id: s.id, template: s.template, params: s.params, reason: s.reason, agent: s.agent,
+      id: s.id, template: s.template, templateVersion: s.templateVersion, params: s.params, reason: s.reason, agent: s.agent,
       roleSessionName: s.roleSessionName, region: t?.aws?.region ?? null,
       vault: t?.vault && vault ? { address: vault.address, namespace: vault.namespace ?? null, policies: [...t.vault.policies] } : null,
       createdAt: new Date(s.createdAt).toISOString(), expiresAt: new Date(s.expiresAt).toISOString(),
@@ -140,7 +163,7 @@ export class TaskSessionService {
   }
 
   startableTemplates(p: Principal): TaskTemplate[] {
-    return [...this.deps.templates.values()].filter((t) => isAllowed(t, { email: p.email, groups: p.groups }));
+    return this.deps.templates.values().filter((t) => isAllowed(t, { email: p.email, groups: p.groups }));
   }
 
   async start(p: Principal, req: StartTaskRequest): Promise<IssuedCredentials> {
@@ -151,7 +174,7 @@ export class TaskSessionService {
       // recalled, so they come last, when nothing after them can fail.
       const vault = t.vault ? await this.deps.vault!.issue(t, created, 'vault.issue') : undefined;
       const credentials = request ? await this.issue(t, created, request, 'credentials.issue') : undefined;
-      return { session: this.view(created), credentials, vault };
+      return { session: this.view(created, t), credentials, vault };
     } catch (e) {
       // Nothing half-created: a session whose first grants failed does not stay open, and a token it
       // got is revoked (or, if Vault cannot be reached now, left to the sweeper).
@@ -167,12 +190,25 @@ export class TaskSessionService {
     const base = { event: 'session.start' as const, developer: p.id, template: req.template };
     const t = this.deps.templates.get(req.template);
     if (!t) {
-      throw await this.denied(new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list the ones you may start with: broker templates' }), base);
+      const removedAt = this.deps.templates.removedAt(req.template);
+      throw await this.denied(removedAt === undefined
+        ? new BrokerError('not_found', `no task template named "${req.template}"`, { hint: 'list the ones you may start with: broker templates' })
+        : new BrokerError('not_found', `the task template "${req.template}" was removed from the service at ${new Date(removedAt).toISOString()}`, {
+          hint: 'running sessions of it go on until they end; list the templates you may start with: broker templates',
+        }), base);
     }
     if (!isAllowed(t, { email: p.email, groups: p.groups })) {
       throw await this.denied(new BrokerError('forbidden', `${p.id} may not start "${t.name}": not in its allowed groups or emails`), base);
     }
     await this.notFrozen(t.name, base);
+    // What the humans decided on is the grant of the version the request was made for: a reload
+    // that changed the template since voids the request.
+    const decided = req.confirmedRequest?.templateVersion;
+    if (decided && decided !== t.version) {
+      throw await this.denied(new BrokerError('conflict', `the template "${t.name}" changed since start request ${req.confirmedRequest!.id} was made (version ${decided}, now ${t.version})`, {
+        hint: `what was confirmed no longer applies; make a new request: broker task ${t.name}`,
+      }), { ...base, detail: { request: req.confirmedRequest!.id } });
+    }
     if (t.vault && !this.deps.vault) throw await this.denied(vaultNotConfigured(t.name), base);
     let params: Record<string, string>;
     try {
@@ -198,7 +234,7 @@ export class TaskSessionService {
     const id = newSessionId();
     const session: NewTaskSession = {
       id, developer: p.id, template: t.name, params, reason: req.reason, agent: req.agent,
-      roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000,
+      roleSessionName: roleSessionName(p.id, t.name, id), createdAt: now, expiresAt: now + ttl * 1000, templateVersion: t.version,
     };
     // Build (and so validate) the AWS and Vault requests before anything is recorded as allowed.
     let request: AssumeRoleRequest | undefined;
@@ -209,13 +245,31 @@ export class TaskSessionService {
     } catch (e) {
       throw await this.denied(e as BrokerError, base);
     }
-    await this.deps.store.sessions.create(session, {
-      ...base, decision: 'allowed', sessionId: id, reason: req.reason,
-      roleSessionName: session.roleSessionName, detail: {
-        params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t),
-        ...(req.confirmedRequest ? { request: req.confirmedRequest.id, confirmedBy: req.confirmedRequest.confirmedBy, approvedBy: req.confirmedRequest.approvedBy, breakGlass: req.confirmedRequest.breakGlass } : {}),
+    // The template's limits are counted in the transaction that records the start (store.ts), so
+    // service processes sharing the store cannot both take the last place.
+    let hit: LimitHit | undefined;
+    const check = hasLimits(t) ? {
+      since: now - LIMIT_DAY_MS,
+      refuse: (u: TemplateUsage) => {
+        hit = limitHit(t, u, now);
+        if (hit) throw hit.error;
       },
-    });
+    } : undefined;
+    try {
+      await this.deps.store.sessions.create(session, {
+        ...base, decision: 'allowed', sessionId: id, reason: req.reason,
+        roleSessionName: session.roleSessionName, detail: {
+          params, agent: req.agent, ttlSeconds: ttl, grants: grantsOf(t), templateVersion: t.version,
+          ...(req.confirmedRequest ? { request: req.confirmedRequest.id, confirmedBy: req.confirmedRequest.confirmedBy, approvedBy: req.confirmedRequest.approvedBy, breakGlass: req.confirmedRequest.breakGlass } : {}),
+        },
+      }, check);
+    } catch (e) {
+      if (!hit || e !== hit.error) throw e;
+      this.deps.log.info({ developer: p.id, template: t.name, limit: hit.limit, value: hit.value, count: hit.count }, 'task start refused by a template limit');
+      if (!this.deps.limitRefusals) throw await this.denied(hit.error, base);
+      await this.deps.limitRefusals.record({ event: 'session.start', reason: hit.reason, developer: p.id, template: t.name });
+      throw hit.error;
+    }
     // From here the sweeper leaves it alone however long the first issue takes (endIncompleteStarts).
     this.starting.add(id);
     try {
@@ -228,9 +282,8 @@ export class TaskSessionService {
 
   async reissue(p: Principal, sessionId: string): Promise<IssuedCredentials & { credentials: AwsCredentials }> {
     const s = await this.ownedSession(p, sessionId, 'credentials.reissue');
-    const t = this.deps.templates.get(s.template);
     const base = { event: 'credentials.reissue' as const, developer: p.id, template: s.template, sessionId };
-    if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    const t = await this.templateOf(s, base);
     await this.stillAllowed(p, t, base);
     await this.notFrozen(t.name, base);
     if (!t.aws) {
@@ -240,7 +293,7 @@ export class TaskSessionService {
     }
     const request = buildAssumeRoleRequest(t, { developer: p.id, sessionId: s.id, agent: s.agent, params: s.params }, this.credentialSeconds(t, s.expiresAt));
     const credentials = await this.issue(t, s, request, 'credentials.reissue');
-    return { session: this.view(s), credentials };
+    return { session: this.view(s, t), credentials };
   }
 
   /**
@@ -249,9 +302,8 @@ export class TaskSessionService {
    */
   async reissueVaultToken(p: Principal, sessionId: string): Promise<IssuedCredentials & { vault: IssuedVaultToken }> {
     const s = await this.ownedSession(p, sessionId, 'vault.reissue');
-    const t = this.deps.templates.get(s.template);
     const base = { event: 'vault.reissue' as const, developer: p.id, template: s.template, sessionId };
-    if (!t) throw await this.denied(new BrokerError('conflict', `template "${s.template}" is no longer configured`), base);
+    const t = await this.templateOf(s, base);
     await this.stillAllowed(p, t, base);
     await this.notFrozen(t.name, base);
     if (!t.vault) {
@@ -261,12 +313,13 @@ export class TaskSessionService {
     }
     const vault = this.deps.vault;
     if (!vault) throw await this.denied(vaultNotConfigured(t.name), base);
-    return { session: this.view(s), vault: await vault.issue(t, s, 'vault.reissue') };
+    return { session: this.view(s, t), vault: await vault.issue(t, s, 'vault.reissue') };
   }
 
   async list(p: Principal): Promise<TaskSessionView[]> {
     await this.settleAbandoned();
-    return (await this.deps.store.sessions.active(p.id)).filter((s) => !this.abandoned.has(s.id)).map((s) => this.view(s));
+    const open = (await this.deps.store.sessions.active(p.id)).filter((s) => !this.abandoned.has(s.id));
+    return Promise.all(open.map(async (s) => this.view(s, await this.deps.templates.ofSession(s))));
   }
 
   /**
@@ -281,7 +334,7 @@ export class TaskSessionService {
       roleSessionName: s.roleSessionName,
     });
     const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, reason) : [];
-    return { session: this.view(s), vaultTokens, awsRevocation: await this.revokeAws(s, p.id, reason) };
+    return { session: this.view(s, await this.deps.templates.ofSession(s)), vaultTokens, awsRevocation: await this.revokeAws(s, p.id, reason) };
   }
 
   /**
@@ -290,7 +343,7 @@ export class TaskSessionService {
    * template's credential lifetime (at least STS's 900 s floor, templates/durations.ts).
    */
   private async revokeAws(s: TaskSession, by: string, reason: string): Promise<EndedSession['awsRevocation']> {
-    const t = this.deps.templates.get(s.template);
+    const t = await this.deps.templates.ofSession(s);
     if (!t?.aws || !t.aws.revokeOnEnd || !this.deps.revocations) return 'off';
     const until = this.now() + Math.min(MAX_DURATION_SECONDS, Math.max(MIN_DURATION_SECONDS, t.credentialLifetimeSeconds)) * 1000;
     try {
@@ -307,14 +360,14 @@ export class TaskSessionService {
    * recorded with who and why, so the developer's side says "ended by an administrator: <reason>";
    * then its Vault tokens are revoked as for `broker end`. Undefined when it had already ended.
    */
-  async endByAdmin(s: TaskSession, admin: string, reason: string): Promise<EndedSession | undefined> {
+  async endByAdmin(s: TaskSession, admin: string, reason: string): Promise<Omit<EndedSession, 'awsRevocation'> | undefined> {
     const changed = await this.deps.store.sessions.end(s.id, reason, {
       event: 'session.end', decision: 'ended', developer: s.developer, template: s.template, sessionId: s.id, reason,
       roleSessionName: s.roleSessionName, detail: { admin },
     }, admin);
     if (!changed) return undefined;
     const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, endedByAdminMessage(reason)) : [];
-    return { session: this.view(s), vaultTokens };
+    return { session: this.view(s, await this.deps.templates.ofSession(s)), vaultTokens };
   }
 
   /**
@@ -327,7 +380,7 @@ export class TaskSessionService {
     if (!s || s.developer !== p.id) throw new BrokerError('not_found', `no task session ${sessionId}`, { hint: 'see active ones with: broker status' });
     const ended = s.endedAt !== null || this.abandoned.has(s.id);
     return {
-      session: this.view(s),
+      session: this.view(s, await this.deps.templates.ofSession(s)),
       state: ended ? 'ended' : s.expiresAt <= this.now() ? 'expired' : 'active',
       endedAt: s.endedAt, endReason: s.endReason ?? this.abandoned.get(s.id)?.reason ?? null, endedByAdmin: s.endedBy !== null,
       frozen: (await this.deps.store.freezes?.covering(s.template)) ?? null,
@@ -387,12 +440,13 @@ export class TaskSessionService {
   /** Records which agent works under the session; later credentials carry it as broker:agent. */
   async setAgent(p: Principal, sessionId: string, agent: string): Promise<TaskSessionView> {
     const s = await this.ownedSession(p, sessionId, 'session.update');
-    if (s.agent === agent) return this.view(s);
+    const t = await this.deps.templates.ofSession(s);
+    if (s.agent === agent) return this.view(s, t);
     await this.deps.store.sessions.setAgent(s.id, agent, {
       event: 'session.update', decision: 'updated', developer: p.id, template: s.template, sessionId: s.id,
       roleSessionName: s.roleSessionName, detail: { agent, previousAgent: s.agent },
     });
-    return this.view({ ...s, agent });
+    return this.view({ ...s, agent }, t);
   }
 
   /**
@@ -405,11 +459,26 @@ export class TaskSessionService {
   }
 
   /**
-   * Access is checked at every issue, not only at the start: a template whose allowed groups or
-   * emails changed (a service restart with edited templates), or a developer whose login's groups no
-   * longer match, gets nothing more under a session started before.
+   * The template version the session started under, kept until it ends whatever reloads did since
+   * (a changed or removed template changes only new starts): from memory, else from the store.
    */
-  private async stillAllowed(p: Principal, t: TaskTemplate, base: Omit<AuditEvent, 'decision' | 'reason'>): Promise<void> {
+  private async templateOf(s: TaskSession, base: Omit<AuditEvent, 'decision' | 'reason'>): Promise<TaskTemplate> {
+    const t = await this.deps.templates.ofSession(s);
+    if (t) return t;
+    throw await this.denied(new BrokerError('conflict', `the template "${s.template}" version ${s.templateVersion ?? '(none recorded)'} of task session ${s.id} is no longer known to the service`, {
+      hint: `start a new one: broker task ${s.template}`,
+    }), base);
+  }
+
+  /**
+   * Access is checked at every issue, not only at the start, against the template of that name in
+   * force (what it grants stays the session's version): a template whose allowed groups or emails
+   * a reload narrowed, or a developer whose login's groups no longer match, gets nothing more under
+   * a session started before. A template removed by a reload has no allowed list in force: its
+   * sessions are checked against their own version's until they end.
+   */
+  private async stillAllowed(p: Principal, own: TaskTemplate, base: Omit<AuditEvent, 'decision' | 'reason'>): Promise<void> {
+    const t = this.deps.templates.get(own.name) ?? own;
     if (isAllowed(t, { email: p.email, groups: p.groups })) return;
     throw await this.denied(new BrokerError('forbidden', `${p.id} may no longer use "${t.name}": not in its allowed groups or emails`, {
       hint: `the session stays open until it ends; end it with: broker end ${t.name}`,
@@ -499,6 +568,58 @@ export class TaskSessionService {
       this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not revoke the Vault token of a failed session');
     }
   }
+}
+
+interface LimitHit {
+  limit: keyof TaskTemplate['limits'];
+  value: number;
+  count: number;
+  /** Fixed per limit and value (the aggregate's key), without the count. */
+  reason: string;
+  error: BrokerError;
+}
+
+function hasLimits(t: TaskTemplate): boolean {
+  const l = t.limits;
+  return l.concurrentSessions !== undefined || l.startsPerDay !== undefined || l.startsPerDeveloperPerDay !== undefined;
+}
+
+/**
+ * The first limit of `t` a start now would break: open sessions (409: it frees when one ends),
+ * then the day's starts (429, with when the oldest start counted leaves the 24-hour window).
+ */
+function limitHit(t: TaskTemplate, u: TemplateUsage, now: number): LimitHit | undefined {
+  const l = t.limits;
+  const where = `limits in ${t.file.split('/').pop() ?? t.name}`;
+  if (l.concurrentSessions !== undefined && u.open >= l.concurrentSessions) {
+    return {
+      limit: 'concurrentSessions', value: l.concurrentSessions, count: u.open, reason: `limit concurrentSessions (${l.concurrentSessions}) reached`,
+      error: new BrokerError('conflict', `"${t.name}" has ${u.open} open task sessions; its limit concurrentSessions is ${l.concurrentSessions}`, {
+        hint: `try again when one ends; an admin can raise limits.concurrentSessions (${where})`,
+      }),
+    };
+  }
+  const retry = (oldest: number | null) => Math.max(1, Math.ceil(((oldest ?? now) + LIMIT_DAY_MS - now) / 1000));
+  if (l.startsPerDeveloperPerDay !== undefined && u.developerStarts >= l.startsPerDeveloperPerDay) {
+    const after = retry(u.oldestDeveloperStart);
+    return {
+      limit: 'startsPerDeveloperPerDay', value: l.startsPerDeveloperPerDay, count: u.developerStarts,
+      reason: `limit startsPerDeveloperPerDay (${l.startsPerDeveloperPerDay}) reached`,
+      error: new BrokerError('rate_limited', `you started "${t.name}" ${u.developerStarts} times in the last 24 hours; its limit startsPerDeveloperPerDay is ${l.startsPerDeveloperPerDay}`, {
+        hint: `try again in ${after}s at the earliest; an admin can raise limits.startsPerDeveloperPerDay (${where})`, retryAfterSeconds: after,
+      }),
+    };
+  }
+  if (l.startsPerDay !== undefined && u.starts >= l.startsPerDay) {
+    const after = retry(u.oldestStart);
+    return {
+      limit: 'startsPerDay', value: l.startsPerDay, count: u.starts, reason: `limit startsPerDay (${l.startsPerDay}) reached`,
+      error: new BrokerError('rate_limited', `"${t.name}" was started ${u.starts} times in the last 24 hours; its limit startsPerDay is ${l.startsPerDay}`, {
+        hint: `try again in ${after}s at the earliest; an admin can raise limits.startsPerDay (${where})`, retryAfterSeconds: after,
+      }),
+    };
+  }
+  return undefined;
 }
 
 function grantsOf(t: TaskTemplate): string[] {

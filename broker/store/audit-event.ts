@@ -34,7 +34,9 @@ export type AuditEventName =
   | 'admin.end'
   | 'admin.offboard'
   | 'admin.freeze'
-  | 'admin.unfreeze';
+  | 'admin.unfreeze'
+  /** The task templates reloaded (templates/catalog.ts): `updated` with the versions before and after, or `failed` with the problems. */
+  | 'policy.reload';
 
 /** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
 export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired'

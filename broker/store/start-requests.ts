@@ -40,9 +40,11 @@ export interface StartRequest {
   expiresAt: number;
   sessionId: string | null;
   decisions: RequestDecision[];
+  /** The template version the request was made for (templates/catalog.ts): it starts under that one only. Null for requests made before versions. */
+  templateVersion: string | null;
 }
 
-export type NewStartRequest = Omit<StartRequest, 'status' | 'sessionId' | 'decisions'>;
+export type NewStartRequest = Omit<StartRequest, 'status' | 'sessionId' | 'decisions' | 'templateVersion'> & { templateVersion?: string | null | undefined };
 
 export interface StartRequestRepository {
   /** Creates a pending request and appends `e`, atomically. */

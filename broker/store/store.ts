@@ -23,6 +23,7 @@ import type { RefreshTokenFamilies } from './refresh-token-families.js';
 import type { SeenIdTokens } from './seen-id-tokens.js';
 import type { RevocationRepository } from './session-revocations.js';
 import type { StartRequestRepository } from './start-requests.js';
+import type { TemplateVersionRepository } from './template-versions.js';
 
 export interface TaskSession {
   id: string;
@@ -38,10 +39,12 @@ export interface TaskSession {
   endReason: string | null;
   /** The administrator who ended it (broker admin end/offboard/freeze --revoke); null otherwise. */
   endedBy: string | null;
+  /** The version of its template it started under (store/template-versions.ts); null for sessions started before versions were recorded. */
+  templateVersion: string | null;
 }
 
 /** A session as it is created: not ended yet. */
-export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason' | 'endedBy'>;
+export type NewTaskSession = Omit<TaskSession, 'endedAt' | 'endReason' | 'endedBy' | 'templateVersion'> & { templateVersion?: string | null | undefined };
 
 /** Which sessions an admin lists (`broker admin sessions`); every field narrows. */
 export interface SessionFilter {
@@ -53,6 +56,21 @@ export interface SessionFilter {
   /** Created at or after (ms), or still open. */
   since?: number | undefined;
   limit?: number | undefined;
+}
+
+/**
+ * What a template's limits count (templates/schema.ts, limits), read in the transaction that
+ * records a start, so two service processes sharing the store cannot both take the last place.
+ */
+export interface TemplateUsage {
+  /** Open sessions of the template, not past their end, all developers. */
+  open: number;
+  /** Starts of the template at or after `since` (ended ones too), all developers, and the oldest of them. */
+  starts: number;
+  oldestStart: number | null;
+  /** The same for the developer who starts now. */
+  developerStarts: number;
+  oldestDeveloperStart: number | null;
 }
 
 /** A Vault token issued under a task session: its accessor, never the token. */
@@ -93,8 +111,12 @@ export interface AuditLog {
 }
 
 export interface SessionRepository {
-  /** Creates a session and appends its audit record, atomically. */
-  create(s: NewTaskSession, e: AuditEvent): Promise<void>;
+  /**
+   * Creates a session and appends its audit record, atomically. With `check`, first reads the
+   * template's usage (starts since `check.since`) in the same transaction and gives it to
+   * `check.refuse`, which throws to refuse the start: then nothing is written.
+   */
+  create(s: NewTaskSession, e: AuditEvent, check?: { since: number; refuse: (usage: TemplateUsage) => void }): Promise<void>;
   get(id: string): Promise<TaskSession | undefined>;
   /** Open sessions not past their end, oldest first; of one developer, or of everyone. */
   active(developer?: string): Promise<TaskSession[]>;
@@ -153,5 +175,6 @@ export interface Store {
   readonly freezes: FreezeRepository;
   /** Revoked sessions per template role (session-revocations.ts). */
   readonly revocations: RevocationRepository;
+  readonly templateVersions: TemplateVersionRepository;
   close(): Promise<void>;
 }

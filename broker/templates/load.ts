@@ -9,7 +9,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { BrokerError } from '../errors.js';
 import { closest } from './iam-actions.js';
-import { templateSchema, type TaskTemplate } from './schema.js';
+import { templateSchema, type RawTemplate, type TaskTemplate } from './schema.js';
 import { fieldPath, validateTemplate, type TemplateProblem } from './validate.js';
 
 export type { TemplateProblem } from './validate.js';
@@ -17,8 +17,16 @@ export type { TemplateProblem } from './validate.js';
 /** Far above any sane template; stops a stray large file from being parsed. */
 const MAX_TEMPLATE_BYTES = 256 * 1024;
 
-export function loadTemplates(dir: string): { templates: Map<string, TaskTemplate>; problems: TemplateProblem[] } {
+export interface LoadedTemplates {
+  templates: Map<string, TaskTemplate>;
+  /** Each template's parsed form (what its version hashes): the service keeps it per version in the store. */
+  definitions: Map<string, RawTemplate>;
+  problems: TemplateProblem[];
+}
+
+export function loadTemplates(dir: string): LoadedTemplates {
   const templates = new Map<string, TaskTemplate>();
+  const definitions = new Map<string, RawTemplate>();
   const problems: TemplateProblem[] = [];
   let entries: string[];
   try {
@@ -26,7 +34,7 @@ export function loadTemplates(dir: string): { templates: Map<string, TaskTemplat
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     problems.push({ file: dir, path: '', message: code === 'ENOENT' ? 'no such directory' : `cannot read the directory (${code ?? 'error'})`, hint: 'give the directory of task templates, e.g. --dir policies' });
-    return { templates, problems };
+    return { templates, definitions, problems };
   }
   if (entries.length === 0) {
     problems.push({ file: dir, path: '', message: 'holds no task templates (*.yaml)', hint: 'add one; docs/templates.md has an example' });
@@ -44,23 +52,39 @@ export function loadTemplates(dir: string): { templates: Map<string, TaskTemplat
     }
     fileOf.set(result.template.name, file);
     templates.set(result.template.name, result.template);
+    definitions.set(result.template.name, result.raw!);
   }
-  return { templates, problems };
+  return { templates, definitions, problems };
+}
+
+/**
+ * A template again from the parsed form kept in the store (a session's version, after a restart or
+ * in another service process): checked exactly as at load, so it means what it meant then.
+ */
+export function templateFromDefinition(definition: unknown, file: string): { template?: TaskTemplate; problems: TemplateProblem[] } {
+  const parsed = templateSchema.safeParse(definition);
+  if (!parsed.success) return { problems: parsed.error.issues.map((i) => ({ file, path: fieldPath(i.path), message: i.message })) };
+  return validateTemplate(parsed.data, file);
 }
 
 /** For the service: start only with a fully valid set of templates. */
 export function loadTemplatesOrThrow(dir: string): Map<string, TaskTemplate> {
-  const { templates, problems } = loadTemplates(dir);
+  return loadValidTemplates(dir).templates;
+}
+
+/** loadTemplatesOrThrow with the parsed forms (the service keeps them per version). */
+export function loadValidTemplates(dir: string): Omit<LoadedTemplates, 'problems'> {
+  const { templates, definitions, problems } = loadTemplates(dir);
   if (problems.length) {
     throw new BrokerError('invalid_template', `${problems.length} problem(s) in the task templates of ${dir}`, {
       details: problems.map((p) => ({ path: `${p.file}${p.path ? `:${p.path}` : ''}`, message: p.message, ...(p.hint ? { hint: p.hint } : {}) })),
       hint: `see them all with: broker policy validate ${dir}`,
     });
   }
-  return templates;
+  return { templates, definitions };
 }
 
-function loadFile(file: string): { template?: TaskTemplate; problems: TemplateProblem[] } {
+function loadFile(file: string): { template?: TaskTemplate; raw?: RawTemplate; problems: TemplateProblem[] } {
   const problem = (path: string, message: string, hint?: string): TemplateProblem => ({ file, path, message, ...(hint ? { hint } : {}) });
   let text: string;
   try {
@@ -84,7 +108,7 @@ function loadFile(file: string): { template?: TaskTemplate; problems: TemplatePr
   if (protoPath) return { problems: [problem(fieldPath(protoPath), 'the key "__proto__" is not allowed', 'rename it')] };
   const parsed = templateSchema.safeParse(input);
   if (!parsed.success) return { problems: parsed.error.issues.flatMap((i) => issueProblems(i, input).map((p) => ({ file, ...p }))) };
-  return validateTemplate(parsed.data, file);
+  return { ...validateTemplate(parsed.data, file), raw: parsed.data };
 }
 
 /** Parsers and zod treat `__proto__` inconsistently (zod drops it silently); refuse it outright. */

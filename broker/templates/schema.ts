@@ -87,6 +87,20 @@ const confirmSchema = z.strictObject({
   breakGlass: z.boolean().default(false),
 });
 
+/**
+ * Limits an admin sets per template (docs/templates.md, "Limits"), beside the service's
+ * per-developer `limits.maxActiveSessions`. Counted in the store, so every service process sharing
+ * it counts the same sessions. Each absent: no such limit.
+ */
+const limitsSchema = z.strictObject({
+  /** Open sessions of the template, all developers together (409 when reached). */
+  concurrentSessions: z.number().int().min(1, 'must be at least 1 (to stop starts, remove the template)').optional(),
+  /** Starts of the template in the last 24 hours, all developers together (429 when reached). */
+  startsPerDay: z.number().int().min(1, 'must be at least 1 (to stop starts, remove the template)').optional(),
+  /** Starts of the template in the last 24 hours by one developer (429 when reached). */
+  startsPerDeveloperPerDay: z.number().int().min(1, 'must be at least 1 (to stop starts, remove the template)').optional(),
+});
+
 export const templateSchema = z.strictObject({
   name: z.string().regex(TEMPLATE_NAME_RE, `must be a template name (${TEMPLATE_NAME_RULE})`),
   description: z.string().min(1).max(256),
@@ -103,6 +117,7 @@ export const templateSchema = z.strictObject({
   aws: awsSchema.optional(),
   vault: vaultSchema.optional(),
   confirm: confirmSchema.optional(),
+  limits: limitsSchema.default({}),
 });
 
 export type RawTemplate = z.output<typeof templateSchema>;
@@ -165,8 +180,21 @@ export interface TaskTemplate {
   vault?: VaultGrant | undefined;
   /** Who confirms a start; `mode`, `maxAgeSeconds`, `timeoutSeconds` undefined: the service's `confirm` defaults. */
   confirm: TemplateConfirm;
+  /** Per-template limits; an absent one is no limit. */
+  limits: TemplateLimits;
+  /**
+   * A content hash of the parsed template (templates/version.ts): equal for files that differ only in
+   * layout, comments, key order or defaults written out. A session records the version it started under.
+   */
+  version: string;
   /** The file it was loaded from. */
   file: string;
+}
+
+export interface TemplateLimits {
+  concurrentSessions?: number | undefined;
+  startsPerDay?: number | undefined;
+  startsPerDeveloperPerDay?: number | undefined;
 }
 
 export interface TemplateConfirm {

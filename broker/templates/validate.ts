@@ -16,6 +16,7 @@ import {
   VAULT_ROLE_NAME_RE,
 } from '../limits/vault.js';
 import { checkActionName } from './iam-actions.js';
+import { templateVersion } from './version.js';
 import { probeParameter, probeRisk } from './param-probes.js';
 import { BROKER_TAG_KEYS, classifyPlaceholder, PLACEHOLDER_RE, renderPolicy, SESSION_ID_LENGTH, sessionPolicyChars } from './render.js';
 import {
@@ -111,6 +112,11 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
   }
   if (raw.vault) vault = checkVault(raw.vault, maxSession, add);
   const confirm = checkConfirm(raw.confirm, add);
+  const { startsPerDay, startsPerDeveloperPerDay } = raw.limits;
+  if (startsPerDay !== undefined && startsPerDeveloperPerDay !== undefined && startsPerDeveloperPerDay > startsPerDay) {
+    // A field never silently does nothing: one developer can never reach it.
+    add(['limits', 'startsPerDeveloperPerDay'], `(${startsPerDeveloperPerDay}) is more than limits.startsPerDay (${startsPerDay})`, 'lower it to at most startsPerDay, or remove it');
+  }
 
   if (problems.length) return { problems };
   return {
@@ -125,6 +131,8 @@ export function validateTemplate(raw: RawTemplate, file: string): { template?: T
       aws,
       vault,
       confirm,
+      limits: { ...raw.limits },
+      version: templateVersion(raw),
       file,
     },
   };

@@ -173,6 +173,8 @@ export const templateSummary = z.object({
   parameters: z.record(z.string(), z.object({ description: z.string(), pattern: z.string(), maxLength: z.number().int() })),
   maxSessionSeconds: z.number().int(),
   credentialLifetimeSeconds: z.number().int(),
+  /** The version in force, which a session started now records; absent from services older than template reloads. */
+  version: z.string().optional(),
 });
 export type TemplateSummary = z.infer<typeof templateSummary>;
 /** `GET /v1/templates`. */
@@ -182,6 +184,12 @@ export const templatesResponse = z.object({ templates: z.array(templateSummary) 
 export const sessionView = z.object({
   id: z.string(),
   template: z.string(),
+  /**
+   * The version of the template the session started under and keeps until it ends (a content hash,
+   * docs/templates.md "Versions"); null for sessions started before versions were recorded. Absent
+   * from services older than template reloads.
+   */
+  templateVersion: z.string().nullable().optional(),
   params: z.record(z.string(), z.string()),
   reason: z.string(),
   agent: z.string(),

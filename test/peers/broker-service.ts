@@ -20,6 +20,10 @@ export interface BrokerServiceOptions {
 export interface BrokerService {
   url: string;
   dir: string;
+  /** The templates directory the service reads (a copy, unless the options said confirm). */
+  policiesDir: string;
+  /** Sends the service process a signal (SIGHUP: reload the templates). */
+  signal(sig: NodeJS.Signals): void;
   dbPath: string;
   logFile: string;
   log(): string;
@@ -51,10 +55,11 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   const dir = mkdtempSync(join(tmpdir(), 'broker-svc-'));
   const dbPath = join(dir, 'broker.db');
   const logFile = join(dir, 'server.log');
+  // Tests about confirmation pass `extra.confirm` and get the templates as they are.
+  const policiesDir = o.extra?.confirm ? (o.policiesDir ?? POLICIES_DIR) : unconfirmedPolicies(o.policiesDir ?? POLICIES_DIR);
   const config = {
     listen: { host: '127.0.0.1', port: 0 },
-    // Tests about confirmation pass `extra.confirm` and get the templates as they are.
-    policiesDir: o.extra?.confirm ? (o.policiesDir ?? POLICIES_DIR) : unconfirmedPolicies(o.policiesDir ?? POLICIES_DIR),
+    policiesDir,
     store: { sqlite: dbPath },
     oidc: {
       issuer: o.issuer, audience: 'broker-cli', algorithms: ['RS256', 'ES256'], cliClientId: 'broker-cli',
@@ -97,7 +102,8 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   process.once('exit', () => child.kill('SIGKILL'));
   return {
-    url, dir, dbPath, logFile, log,
+    url, dir, policiesDir, dbPath, logFile, log,
+    signal: (sig) => { child.kill(sig); },
     stop: async () => { if (child.exitCode === null) { child.kill('SIGTERM'); await exited; } },
   };
 }

@@ -17,9 +17,21 @@ CREATE TABLE IF NOT EXISTS task_sessions (
   created_at INTEGER NOT NULL,
   expires_at INTEGER NOT NULL,
   ended_at INTEGER,
-  end_reason TEXT
+  end_reason TEXT,
+  template_version TEXT
 );
 CREATE INDEX IF NOT EXISTS task_sessions_developer ON task_sessions (developer, ended_at, expires_at);
+-- A template's open sessions and recent starts, for its limits (templates/schema.ts, limits).
+CREATE INDEX IF NOT EXISTS task_sessions_template ON task_sessions (template, created_at);
+-- Every template version loaded (store/template-versions.ts): a session's version, found again after a reload.
+CREATE TABLE IF NOT EXISTS template_versions (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  definition TEXT NOT NULL,
+  file TEXT NOT NULL,
+  first_loaded_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   at TEXT NOT NULL,
@@ -107,7 +119,8 @@ CREATE TABLE IF NOT EXISTS start_requests (
   status TEXT NOT NULL,
   created_at INTEGER NOT NULL,
   expires_at INTEGER NOT NULL,
-  session_id TEXT
+  session_id TEXT,
+  template_version TEXT
 );
 CREATE INDEX IF NOT EXISTS start_requests_requester ON start_requests (requester, status);
 CREATE INDEX IF NOT EXISTS start_requests_status ON start_requests (status, expires_at);
@@ -167,6 +180,9 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['vault_tokens', 'lapsed_at INTEGER'],
   // Stores created before admins could end sessions (broker admin end): who ended it.
   ['task_sessions', 'ended_by TEXT'],
+  // Stores created before templates were reloaded at run time (a session keeps its template version).
+  ['task_sessions', 'template_version TEXT'],
+  ['start_requests', 'template_version TEXT'],
 ];
 
 export function migrate(db: DatabaseSync): void {

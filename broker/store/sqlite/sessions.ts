@@ -1,6 +1,6 @@
 import type { StatementSync } from 'node:sqlite';
 import type { AuditEvent } from '../audit-event.js';
-import type { NewTaskSession, SessionFilter, SessionRepository, TaskSession } from '../store.js';
+import type { NewTaskSession, SessionFilter, SessionRepository, TaskSession, TemplateUsage } from '../store.js';
 import type { SqliteAuditLog } from './audit-log.js';
 import type { SqliteDatabase } from './database.js';
 
@@ -8,13 +8,14 @@ interface SessionRow {
   id: string; developer: string; template: string; params: string; reason: string; agent: string;
   role_session_name: string; created_at: number; expires_at: number; ended_at: number | null; end_reason: string | null;
   ended_by: string | null;
+  template_version: string | null;
 }
 
 function toSession(r: SessionRow): TaskSession {
   return {
     id: r.id, developer: r.developer, template: r.template, params: JSON.parse(r.params) as Record<string, string>,
     reason: r.reason, agent: r.agent, roleSessionName: r.role_session_name, createdAt: r.created_at,
-    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason, endedBy: r.ended_by ?? null,
+    expiresAt: r.expires_at, endedAt: r.ended_at, endReason: r.end_reason, endedBy: r.ended_by ?? null, templateVersion: r.template_version,
   };
 }
 
@@ -28,7 +29,13 @@ export class SqliteSessionRepository implements SessionRepository {
     const q = (s: string) => sql.prepare(s);
     this.stmts = {
       insert: q(`INSERT INTO task_sessions (id, developer, template, params, reason, agent, role_session_name,
-        created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)`),
+        created_at, expires_at, template_version) VALUES (?,?,?,?,?,?,?,?,?,?)`),
+      usage: q(`SELECT
+        (SELECT COUNT(*) FROM task_sessions WHERE template = ?1 AND ended_at IS NULL AND expires_at > ?2) AS open,
+        (SELECT COUNT(*) FROM task_sessions WHERE template = ?1 AND created_at >= ?3) AS starts,
+        (SELECT MIN(created_at) FROM task_sessions WHERE template = ?1 AND created_at >= ?3) AS oldest_start,
+        (SELECT COUNT(*) FROM task_sessions WHERE template = ?1 AND created_at >= ?3 AND developer = ?4) AS developer_starts,
+        (SELECT MIN(created_at) FROM task_sessions WHERE template = ?1 AND created_at >= ?3 AND developer = ?4) AS oldest_developer_start`),
       get: q('SELECT * FROM task_sessions WHERE id = ?'),
       active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
@@ -53,10 +60,16 @@ export class SqliteSessionRepository implements SessionRepository {
     };
   }
 
-  async create(s: NewTaskSession, e: AuditEvent): Promise<void> {
+  async create(s: NewTaskSession, e: AuditEvent, check?: { since: number; refuse: (usage: TemplateUsage) => void }): Promise<void> {
     this.sql.write(`${e.event} ${e.decision}`, () => {
+      if (check) {
+        const u = this.stmts.usage.get(s.template, this.sql.now(), check.since, s.developer) as {
+          open: number; starts: number; oldest_start: number | null; developer_starts: number; oldest_developer_start: number | null;
+        };
+        check.refuse({ open: u.open, starts: u.starts, oldestStart: u.oldest_start, developerStarts: u.developer_starts, oldestDeveloperStart: u.oldest_developer_start });
+      }
       this.stmts.insert.run(s.id, s.developer, s.template, JSON.stringify(s.params), s.reason, s.agent,
-        s.roleSessionName, s.createdAt, s.expiresAt);
+        s.roleSessionName, s.createdAt, s.expiresAt, s.templateVersion ?? null);
       this.audit.appendInTransaction(e);
     });
   }

@@ -9,6 +9,7 @@ import { SqliteSeenIdTokens } from './seen-id-tokens.js';
 import { SqliteRevocationRepository } from './session-revocations.js';
 import { SqliteSessionRepository } from './sessions.js';
 import { SqliteStartRequests } from './start-requests.js';
+import { SqliteTemplateVersions } from './template-versions.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
 
 /**
@@ -25,6 +26,7 @@ export class SqliteStore implements Store {
   readonly startRequests: SqliteStartRequests;
   readonly freezes: SqliteFreezes;
   readonly revocations: SqliteRevocationRepository;
+  readonly templateVersions: SqliteTemplateVersions;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
@@ -45,6 +47,7 @@ export class SqliteStore implements Store {
     this.startRequests = new SqliteStartRequests(this.sql, this.auditLog);
     this.freezes = new SqliteFreezes(this.sql, this.auditLog);
     this.revocations = new SqliteRevocationRepository(this.sql, this.auditLog);
+    this.templateVersions = new SqliteTemplateVersions(this.sql, this.auditLog);
   }
 
   async close(): Promise<void> {

@@ -6,7 +6,7 @@ import type { SqliteDatabase } from './database.js';
 interface Row {
   id: string; requester: string; template: string; params: string; reason: string; agent: string; ttl_seconds: number | null;
   break_glass: number; mode: string; max_age_seconds: number; approvals: number; approvers: string; digest: string; status: string;
-  created_at: number; expires_at: number; session_id: string | null;
+  created_at: number; expires_at: number; session_id: string | null; template_version: string | null;
 }
 interface DecisionRow { by: string; decision: string; reason: string; auth_time: number; at: number; via: string }
 
@@ -18,7 +18,7 @@ export class SqliteStartRequests implements StartRequestRepository {
     const q = (s: string) => sql.prepare(s);
     this.stmts = {
       insert: q(`INSERT INTO start_requests (id, requester, template, params, reason, agent, ttl_seconds, break_glass, mode,
-        max_age_seconds, approvals, approvers, digest, status, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',?,?)`),
+        max_age_seconds, approvals, approvers, digest, status, created_at, expires_at, template_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)`),
       get: q('SELECT * FROM start_requests WHERE id = ?'),
       decisions: q('SELECT * FROM start_request_decisions WHERE request_id = ? ORDER BY seq'),
       findPending: q("SELECT * FROM start_requests WHERE requester = ? AND digest = ? AND status = 'pending' AND expires_at > ? ORDER BY created_at DESC LIMIT 1"),
@@ -41,6 +41,7 @@ export class SqliteStartRequests implements StartRequestRepository {
       agent: r.agent, ttlSeconds: r.ttl_seconds, breakGlass: r.break_glass === 1, mode: r.mode as StartRequest['mode'],
       maxAgeSeconds: r.max_age_seconds, approvals: r.approvals, approvers: JSON.parse(r.approvers) as StartRequest['approvers'],
       digest: r.digest, status: r.status as StartRequestStatus, createdAt: r.created_at, expiresAt: r.expires_at, sessionId: r.session_id, decisions,
+      templateVersion: r.template_version,
     };
   }
 
@@ -51,7 +52,7 @@ export class SqliteStartRequests implements StartRequestRepository {
   async create(r: NewStartRequest, e: AuditEvent): Promise<void> {
     this.sql.write(`${e.event} ${e.decision}`, () => {
       this.stmts.insert.run(r.id, r.requester, r.template, JSON.stringify(r.params), r.reason, r.agent, r.ttlSeconds, r.breakGlass ? 1 : 0,
-        r.mode, r.maxAgeSeconds, r.approvals, JSON.stringify(r.approvers), r.digest, r.createdAt, r.expiresAt);
+        r.mode, r.maxAgeSeconds, r.approvals, JSON.stringify(r.approvers), r.digest, r.createdAt, r.expiresAt, r.templateVersion ?? null);
       this.audit.appendInTransaction(e);
     });
   }
