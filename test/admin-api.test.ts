@@ -5,19 +5,21 @@
  * audited with the admin, ends and freezes are kept in the store and refuse re-issue and starts,
  * and the seam to STS revocation is called with what was issued.
  */
+import { GetRolePolicyCommand } from '@aws-sdk/client-iam';
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { RevokedSession, StsRevoker } from '../broker/admin/admin-service.js';
+import type { StsRevoker } from '../broker/admin/admin-service.js';
+import type { RevocationWarning, SessionToRevoke } from '../broker/sessions/session-revocations.js';
 import { parseServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
 import type { AuditRecord } from '../broker/store/audit-event.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import { DEFAULT_USERS, startIdp } from './peers/idp.js';
-import { createRole, startMoto } from './peers/moto.js';
+import { createRole, motoIamClient, startMoto } from './peers/moto.js';
 import { POLICIES_DIR } from './peers/paths.js';
 import { startRecordingProxy } from './peers/recording-proxy.js';
 import { TEST_ROLES } from './peers/stack.js';
@@ -35,8 +37,10 @@ describe('admin API (/v1/admin/*)', () => {
   let idp: Awaited<ReturnType<typeof startIdp>>;
   let server: RunningServer;
   let dbPath: string;
-  const revoked: { sessions: RevokedSession[]; by: { admin: string; reason: string } }[] = [];
-  const recorder: StsRevoker = { revokeSessions: async (sessions, by) => { revoked.push({ sessions, by }); } };
+  const revoked: { sessions: SessionToRevoke[]; by: { admin: string; reason: string } }[] = [];
+  // What the revoker reports to admins; the real warnings() is tested in test/session-revocations.test.ts.
+  let warnings: RevocationWarning[] = [];
+  const recorder: StsRevoker = { revokeSessions: async (sessions, by) => { revoked.push({ sessions, by }); }, warnings: async () => warnings };
   const tokens: Record<string, string> = {};
 
   const call = async (method: string, path: string, who?: string, body?: unknown): Promise<Reply> => {
@@ -206,7 +210,7 @@ describe('admin API (/v1/admin/*)', () => {
     assert.equal(r.body.stsRevocation.status, 'requested');
     assert.equal(revoked.length, 1);
     assert.deepEqual(revoked[0]!.by, { admin: 'carol@example.com', reason: 'key leaked in a log' });
-    assert.deepEqual(revoked[0]!.sessions, [{ id: a.session.id, roleArn: 'arn:aws:iam::123456789012:role/broker-deploy-lambda', until: Date.parse(a.credentials.Expiration) }]);
+    assert.deepEqual(revoked[0]!.sessions, [{ id: a.session.id, developer: 'alice@example.com', roleArn: 'arn:aws:iam::123456789012:role/broker-deploy-lambda', until: Date.parse(a.credentials.Expiration) }]);
     const reissue = await call('POST', `/v1/sessions/${a.session.id}/credentials`, 'alice');
     assert.equal(reissue.status, 409, reissue.text);
     assert.match(reissue.body.message, /ended by an administrator: key leaked in a log$/);
@@ -249,8 +253,8 @@ describe('admin API (/v1/admin/*)', () => {
     await endAll('alice@example.com');
   });
 
-  it('without a revocation configured, the answer and the audit say STS keys keep working until they expire', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'broker-admin-norevoke-'));
+  it('the service\'s own revocation: an admin end writes the session into its role\'s broker-revoked-sessions deny on IAM (moto), answered and audited as requested', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-admin-revoke-'));
     const config = parseServerConfig({
       listen: { host: '127.0.0.1', port: 0 }, policiesDir: POLICIES_DIR, store: { sqlite: join(dir, 'b.db') },
       oidc: { issuer: idp.issuer, audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli', allowInsecureHttp: true },
@@ -269,12 +273,31 @@ describe('admin API (/v1/admin/*)', () => {
       const s = await post(alice, '/v1/sessions', { template: 'deploy-lambda', params: { function: 'x' }, reason: 'r', agent: 'claude-code' });
       assert.equal(s.status, 201);
       const r = await post(carol, '/v1/admin/sessions/end', { sessions: [s.body.session.id], reason: 'test' });
-      assert.equal(r.body.stsRevocation.status, 'not_configured');
-      assert.match(r.body.stsRevocation.message, /keep working until they expire/);
+      assert.equal(r.body.stsRevocation.status, 'requested', JSON.stringify(r.body));
+      const id = s.body.session.id as string;
+      // Written in the background (never on the answer's path); IAM gets it within a few seconds here.
+      const deadline = Date.now() + 15_000;
+      let doc = '';
+      for (;;) {
+        const iam = motoIamClient(moto.url);
+        try {
+          const out = await iam.send(new GetRolePolicyCommand({ RoleName: 'broker-deploy-lambda', PolicyName: 'broker-revoked-sessions' }));
+          doc = decodeURIComponent(out.PolicyDocument!);
+        } catch (e) {
+          if (!/NoSuchEntity/.test((e as Error).name)) throw e;
+        } finally {
+          iam.destroy();
+        }
+        if (doc.includes(id)) break;
+        assert.ok(Date.now() < deadline, `the deny names ${id} within 15 s (last: ${doc || 'no policy'})`);
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      assert.match(doc, /"Effect":\s*"Deny"/);
+      assert.match(doc, /aws:PrincipalTag\/broker:session/);
       const store = new SqliteStore(join(dir, 'b.db'));
       const action = (await store.auditLog.records()).filter((x) => x.event === 'admin.end').at(-1);
       await store.close();
-      assert.equal(action?.detail?.stsRevocation, 'not_configured');
+      assert.equal(action?.detail?.stsRevocation, 'requested');
     } finally {
       await other.stop();
     }
@@ -317,6 +340,28 @@ describe('admin API (/v1/admin/*)', () => {
     assert.equal((await call('POST', '/v1/admin/unfreeze', 'carol', { all: true, reason: 'all clear' })).status, 200);
     await startDeploy('alice', 'after-all-clear');
     await endAll('alice@example.com');
+  });
+
+  it('status: the templates in force with their versions, active sessions, freezes, and the revocation warnings', async () => {
+    const held = await startDeploy('alice', 'status-held');
+    assert.equal((await call('POST', '/v1/admin/freeze', 'carol', { template: 's3-artifacts', reason: 'bucket audit' })).status, 200);
+    warnings = [{ roleArn: 'arn:aws:iam::123456789012:role/broker-deploy-lambda', kind: 'fallback', message: 'every credential of … is denied', since: Date.parse('2026-12-01T10:00:00Z') }];
+    try {
+      const r = await call('GET', '/v1/admin/status', 'dan');
+      assert.equal(r.status, 200, r.text);
+      const versions = (await call('GET', '/v1/templates', 'alice')).body.templates.map((t: { name: string; version: string }) => `${t.name}@${t.version}`);
+      assert.ok(versions.includes(`deploy-lambda@${r.body.templates.find((t: { name: string }) => t.name === 'deploy-lambda').version}`), r.text);
+      assert.deepEqual(r.body.templates.map((t: { name: string }) => t.name), [...r.body.templates.map((t: { name: string }) => t.name)].sort(), 'sorted by name');
+      assert.equal(r.body.activeSessions, 1, r.text);
+      assert.deepEqual(r.body.freezes.map((f: { scope: string; reason: string; by: string }) => [f.scope, f.reason, f.by]), [['s3-artifacts', 'bucket audit', 'carol@example.com']]);
+      assert.deepEqual(r.body.revocationWarnings, [{ roleArn: warnings[0]!.roleArn, kind: 'fallback', message: warnings[0]!.message, since: '2026-12-01T10:00:00.000Z' }]);
+      assert.equal((await call('GET', '/v1/admin/status', 'alice')).status, 403, 'admins only');
+    } finally {
+      warnings = [];
+      await call('POST', '/v1/admin/unfreeze', 'carol', { template: 's3-artifacts', reason: 'done' });
+      await endAll('alice@example.com');
+    }
+    assert.ok(held.session.id);
   });
 
   it('a freeze lives in the store: a second service on the same file refuses too', async () => {

@@ -7,6 +7,7 @@
  * alice's `aws` commands within that interval, with the admin's reason.
  */
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -52,7 +53,8 @@ describe('broker admin: see and stop task sessions; the developer\'s side learns
   };
 
   before(async () => {
-    stack = await startStack({ extra: { admins: { groups: ['admins'] } } });
+    // No directory watch: the reload test's file writes are taken by broker admin reload alone.
+    stack = await startStack({ extra: { admins: { groups: ['admins'] }, policiesWatch: false } });
     for (const [who, extra] of [['alice', { BROKER_STATUS_CHECK_SECONDS: String(CHECK_SECONDS) }], ['carol', {}]] as const) {
       const keyring = await startKeyring();
       const home = makeTestHome(`broker-${who}-`);
@@ -113,7 +115,7 @@ describe('broker admin: see and stop task sessions; the developer\'s side learns
     const end = await broker(['admin', 'end', t.session.id, '--reason', 'laptop stolen'], carol);
     ok(end, 'admin end');
     assert.equal(end.stdout, `Ended deploy-lambda ${t.session.id} of alice@example.com\n`);
-    assert.match(end.stderr, /warning: STS revocation is not configured: AWS credentials already issued keep working until they expire/);
+    assert.match(end.stderr, /a deny for 1 session\(s\) was requested on their roles; IAM applies it within seconds to minutes/);
     const { ms, r } = await untilAwsFails(alice, CHECK_SECONDS * 1000 * 3 + 5000);
     assert.match(r.stderr, /ended by an administrator: laptop stolen/, r.stderr);
     assert.ok(ms <= CHECK_SECONDS * 1000 + 3000, `learned within the interval: ${ms} ms`);
@@ -183,6 +185,41 @@ describe('broker admin: see and stop task sessions; the developer\'s side learns
     const records = (await audit()).filter((a) => a.event === 'admin.freeze' || a.event === 'admin.unfreeze');
     assert.ok(records.every((a) => a.detail?.admin === 'carol@example.com' && a.reason), 'audited with the admin and the reason');
     ok(await broker(['end', 'deploy-lambda'], alice), 'end');
+  });
+
+  it('admin reload: refused to a non-admin (exit 5); a broken template is not taken (exit 3, file and field named); fixed, it is in force at once; audited with the admin and the reason', async () => {
+    const file = join(stack.svc.policiesDir, 'reload-probe.yaml');
+    const good = readFileSync(join(stack.svc.policiesDir, 'read-cloudwatch-logs.yaml'), 'utf8').replace(/^name: read-cloudwatch-logs$/m, 'name: reload-probe');
+    assert.match(good, /^name: reload-probe$/m);
+    writeFileSync(file, good.replace("Version: '2012-10-17'", "Version: '2008-10-17'").replace('Version: 2012-10-17', "Version: '2008-10-17'"));
+    const denied = await broker(['admin', 'reload', '--reason', 'not mine to do'], alice);
+    assert.equal(denied.code, EXIT_CODES.forbidden, denied.stderr);
+    const bad = await broker(['admin', 'reload', '--reason', 'add the probe'], carol);
+    assert.equal(bad.code, EXIT_CODES.invalid_template, bad.stderr);
+    assert.match(bad.stdout, /reload-probe\.yaml:aws\.policy\.Version: /);
+    assert.match(bad.stdout, /Not reloaded: 1 problem\(s\); the templates in force stay/);
+    const listed = async () => (JSON.parse((await broker(['templates', '--json'], alice)).stdout) as { templates: { name: string }[] }).templates.map((t) => t.name);
+    assert.ok(!(await listed()).includes('reload-probe'), 'the broken set was not taken');
+    writeFileSync(file, good);
+    const fixed = await broker(['admin', 'reload', '--reason', 'add the probe', '--json'], carol);
+    ok(fixed, 'reload');
+    const r = JSON.parse(fixed.stdout) as { ok: boolean; added: { name: string; version: string }[]; problems: unknown[] };
+    assert.equal(r.ok, true);
+    assert.deepEqual(r.added.map((a) => a.name), ['reload-probe']);
+    assert.ok((await listed()).includes('reload-probe'), 'in force without a restart');
+    const records = (await audit()).filter((a) => a.event === 'policy.reload');
+    assert.deepEqual(records.map((a) => [a.decision, a.detail?.trigger, a.detail?.by, a.reason]), [
+      ['failed', 'admin', 'carol@example.com', 'add the probe'],
+      ['updated', 'admin', 'carol@example.com', 'add the probe'],
+    ]);
+    const refused = (await audit()).filter((a) => a.event === 'admin.access' && a.decision === 'denied' && String(a.detail?.route ?? a.reason ?? '').includes('/v1/admin/reload'));
+    assert.equal(refused.length, 1, 'the non-admin\'s try is audited');
+    // admin status names the version now in force.
+    const status = await broker(['admin', 'status'], carol);
+    ok(status, 'admin status');
+    assert.match(status.stdout, new RegExp(`reload-probe@${r.added[0]!.version}`));
+    assert.match(status.stdout, /^Revocations: all accepted by IAM\.$/m);
+    assert.equal((await broker(['admin', 'status'], alice)).code, EXIT_CODES.forbidden);
   });
 
   it('offboard: her sessions end, her login is revoked (her daemon cannot refresh), her aws fails within the interval', async () => {

@@ -551,7 +551,9 @@ describe('broker service API', () => {
       assert.deepEqual(trail.map((x) => `${x.developer}:${x.event}:${x.decision}`), [
         'alice@example.com:session.start:allowed', 'alice@example.com:credentials.issue:issued',
         'alice@example.com:credentials.reissue:issued', 'carol@example.com:credentials.reissue:denied',
-        'alice@example.com:session.end:ended', 'alice@example.com:credentials.reissue:denied',
+        'alice@example.com:session.end:ended',
+        // Her own end also denies the session's keys on the role (revokeOnEnd, test/revoke-on-end.test.ts).
+        'alice@example.com:session.revoke:pending', 'alice@example.com:credentials.reissue:denied',
       ]);
       assert.equal(trail[1]!.accessKeyId, credentials.AccessKeyId);
       const dump = JSON.stringify(trail);

@@ -23,6 +23,7 @@ const ACCOUNT = '123456789012';
 const TRUST = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` }, Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'] }] };
 const HOUR = 3600_000;
 const by = { admin: 'carol@example.com', reason: 'laptop stolen' };
+const DEV = 'alice@example.com';
 
 /** A clock the test moves (the store and the writer read it). */
 function testClock(start = Date.parse('2026-12-03T09:00:00Z')) {
@@ -79,7 +80,7 @@ describe('session revocations against moto IAM', () => {
     try {
       const role = await newRole();
       const now = t.clock.now();
-      await t.revocations.revokeSessions([{ id: 'bbbbbbbbbb', roleArn: role, until: now + HOUR }, { id: 'aaaaaaaaaa', roleArn: role, until: now + 2 * HOUR }], by);
+      await t.revocations.revokeSessions([{ id: 'bbbbbbbbbb', developer: DEV, roleArn: role, until: now + HOUR }, { id: 'aaaaaaaaaa', developer: DEV, roleArn: role, until: now + 2 * HOUR }], by);
       const [r] = await t.revocations.flush();
       assert.deepEqual(r, { roleArn: role, ok: true, outcome: 'written' });
       assert.deepEqual(await stored(role), { Version: '2012-10-17', Statement: [sessionStatement(['aaaaaaaaaa', 'bbbbbbbbbb'])] });
@@ -87,6 +88,8 @@ describe('session revocations against moto IAM', () => {
       assert.deepEqual(state.entries.map((e) => [e.value, e.appliedAt, e.revokedBy]), [['bbbbbbbbbb', now, by.admin], ['aaaaaaaaaa', now, by.admin]]);
       const audit = (await t.store.auditLog.records(0, 100)).filter((a) => a.event === 'session.revoke').map((a) => `${a.sessionId}:${a.decision}`);
       assert.deepEqual(audit, ['bbbbbbbbbb:pending', 'aaaaaaaaaa:pending', 'bbbbbbbbbb:revoked', 'aaaaaaaaaa:revoked']);
+      const pending = (await t.store.auditLog.records(0, 100)).filter((a) => a.event === 'session.revoke' && a.decision === 'pending');
+      assert.deepEqual(pending.map((a) => [a.developer, a.detail?.['revokedBy']]), [[DEV, by.admin], [DEV, by.admin]], 'whose session, and who revoked it');
 
       // Offboarding adds a SourceIdentity statement beside the sessions'.
       await t.revocations.revokeDeveloper('alice@example.com', [role], now + HOUR, by);
@@ -115,7 +118,7 @@ describe('session revocations against moto IAM', () => {
     const t = setup();
     try {
       const role = await newRole();
-      await t.revocations.revokeSessions([{ id: 'revokedxxx', roleArn: role, until: t.clock.now() + HOUR }], by);
+      await t.revocations.revokeSessions([{ id: 'revokedxxx', developer: DEV, roleArn: role, until: t.clock.now() + HOUR }], by);
       await t.revocations.flush();
       const deny = await stored(role);
       assert.ok(deny, 'the document was written');
@@ -153,13 +156,13 @@ describe('session revocations against moto IAM', () => {
       const now = t.clock.now();
       // 10-character ids, 13 characters each in the document: 700 fit in 10,240, 800 do not.
       const ids = (n: number, p: string) => Array.from({ length: n }, (_, i) => `${p}${String(i).padStart(9, '0')}`.slice(0, 10));
-      await t.revocations.revokeSessions(ids(700, 'a').map((id) => ({ id, roleArn: role, until: now + HOUR })), by);
+      await t.revocations.revokeSessions(ids(700, 'a').map((id) => ({ id, developer: DEV, roleArn: role, until: now + HOUR })), by);
       assert.deepEqual((await t.revocations.flush())[0]!.outcome, 'written');
       const fits = JSON.stringify(await stored(role));
       assert.ok(policyChars(fits) <= MAX_ROLE_INLINE_POLICY_CHARS, `${policyChars(fits)} chars`);
       assert.deepEqual(await t.revocations.warnings(), []);
 
-      await t.revocations.revokeSessions(ids(100, 'b').map((id) => ({ id, roleArn: role, until: now + 2 * HOUR })), by);
+      await t.revocations.revokeSessions(ids(100, 'b').map((id) => ({ id, developer: DEV, roleArn: role, until: now + 2 * HOUR })), by);
       assert.deepEqual((await t.revocations.flush())[0]!.outcome, 'fallback');
       const cutoff = new Date(Math.ceil(now / 1000) * 1000).toISOString().replace('.000Z', 'Z');
       assert.deepEqual(await stored(role), { Version: '2012-10-17', Statement: [{
@@ -177,7 +180,7 @@ describe('session revocations against moto IAM', () => {
 
       // A session revoked after the fallback is added by its tag beside it.
       t.clock.advance(60_000);
-      await t.revocations.revokeSessions([{ id: 'latexxxxxx', roleArn: role, until: t.clock.now() + HOUR }], by);
+      await t.revocations.revokeSessions([{ id: 'latexxxxxx', developer: DEV, roleArn: role, until: t.clock.now() + HOUR }], by);
       await t.revocations.flush();
       assert.deepEqual((await stored(role) as { Statement: unknown[] }).Statement, [sessionStatement(['latexxxxxx']), {
         Sid: 'BrokerRevokeOlderSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:TokenIssueTime': cutoff } },
@@ -216,7 +219,7 @@ describe('session revocations against moto IAM', () => {
       const role = await newRole();
       const ids = Array.from({ length: 20 }, (_, i) => `concur${String(i).padStart(4, '0')}`);
       await Promise.all(ids.map(async (id) => {
-        await t.revocations.revokeSessions([{ id, roleArn: role, until: t.clock.now() + HOUR }], by);
+        await t.revocations.revokeSessions([{ id, developer: DEV, roleArn: role, until: t.clock.now() + HOUR }], by);
         await t.revocations.flush();
       }));
       await t.revocations.flush();
@@ -234,7 +237,7 @@ describe('session revocations against moto IAM', () => {
       t.revocations.start();
       const name = `broker-revoke-late-${Date.now()}`;
       const role = `arn:aws:iam::${ACCOUNT}:role/${name}`;
-      await t.revocations.revokeSessions([{ id: 'latesessio', roleArn: role, until: t.clock.now() + HOUR }], by);
+      await t.revocations.revokeSessions([{ id: 'latesessio', developer: DEV, roleArn: role, until: t.clock.now() + HOUR }], by);
       const [first] = await t.revocations.flush();
       assert.equal(first!.ok, false);
       assert.match(first!.error!, /NoSuchEntity/);

@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import type { AuditRecord } from '../broker/store/audit-event.js';
 import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import { loadTemplates } from '../broker/templates/load.js';
-import { startBrokerService, type BrokerService } from './peers/broker-service.js';
+import { startBrokerService, type BrokerService, apiCaller } from './peers/broker-service.js';
 import { startIdp, type TestIdp } from './peers/idp.js';
 import { createRole, startMoto, type Moto } from './peers/moto.js';
 import { probeTemplate } from './peers/probe-template.js';
@@ -65,18 +65,7 @@ describe('per-template limits', () => {
     return s;
   };
   const client = (svc: BrokerService) => {
-    const tokens = new Map<string, string>();
-    const call = async (method: string, path: string, who: string, body?: unknown) => {
-      if (!tokens.has(who)) {
-        const r = await fetch(`${svc.url}/v1/auth/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id_token: await idp.loginAs(who) }) });
-        assert.equal(r.status, 200);
-        tokens.set(who, ((await r.json()) as { access_token: string }).access_token);
-      }
-      const res = await fetch(`${svc.url}${path}`, {
-        method, headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.get(who)}` }, body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return { status: res.status, body: (await res.json()) as any, headers: res.headers };
-    };
+    const call = apiCaller(svc, idp);
     const start = (template: string, who: string) => call('POST', '/v1/sessions', who, { template, params: {}, reason: 'limits test', agent: 'test' });
     const end = async (id: string, who: string) => assert.equal((await call('DELETE', `/v1/sessions/${id}`, who)).status, 200);
     return { start, end };

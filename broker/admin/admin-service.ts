@@ -7,18 +7,12 @@ import { ALL_TEMPLATES, type Freeze, type FreezeScope } from '../store/freezes.j
 import type { SessionFilter, Store, TaskSession } from '../store/store.js';
 import type { TemplateCatalog } from '../templates/catalog.js';
 import type { AdminSessionView } from '../wire/service-api.js';
+import type { RevocationWarning, SessionToRevoke } from '../sessions/session-revocations.js';
 
 /** Who may use the control plane (the service config's `admins`). */
 export interface AdminsConfig {
   groups: string[];
   emails: string[];
-}
-
-/** One ended session whose STS credentials are to be denied until `until` (ms), when the last of them expires. */
-export interface RevokedSession {
-  id: string;
-  roleArn: string;
-  until: number;
 }
 
 /**
@@ -27,7 +21,9 @@ export interface RevokedSession {
  * and audit record says so.
  */
 export interface StsRevoker {
-  revokeSessions(sessions: RevokedSession[], by: { admin: string; reason: string }): Promise<void>;
+  revokeSessions(sessions: SessionToRevoke[], by: { admin: string; reason: string }): Promise<void>;
+  /** Roles under the role-wide fallback, and denies IAM has not accepted yet. */
+  warnings(): Promise<RevocationWarning[]>;
 }
 
 export interface AdminServiceDeps {
@@ -36,7 +32,7 @@ export interface AdminServiceDeps {
   sessions: TaskSessionService;
   /** Revokes every login (refresh-token family) of a developer (identity/logins.ts). */
   logins: { revokeDeveloper(developer: string, reason: string, by?: string): Promise<number> };
-  templates: Pick<TemplateCatalog, 'get' | 'ofSession'>;
+  templates: Pick<TemplateCatalog, 'get' | 'ofSession' | 'versions'>;
   revocations?: StsRevoker | undefined;
   log: Logger;
   now?: () => number;
@@ -165,6 +161,19 @@ export class AdminService {
     return this.deps.store.freezes.list();
   }
 
+  /** `broker admin status`: the templates in force, freezes, and revocations that need attention. */
+  async status(): Promise<{ templates: { name: string; version: string }[]; activeSessions: number; freezes: Freeze[]; revocationWarnings: RevocationWarning[] }> {
+    const versions = this.deps.templates.versions();
+    // Active sessions are bounded (limits.maxActiveSessions per developer), so reading them is cheap.
+    const active = await this.deps.store.sessions.search({ activeOnly: true, limit: 1_000_000 });
+    return {
+      templates: Object.keys(versions).sort().map((name) => ({ name, version: versions[name]! })),
+      activeSessions: active.length,
+      freezes: await this.deps.store.freezes.list(),
+      revocationWarnings: (await this.deps.revocations?.warnings()) ?? [],
+    };
+  }
+
   private knownScope(scope: FreezeScope): void {
     if (scope !== ALL_TEMPLATES && !this.deps.templates.get(scope)) {
       throw new BrokerError('not_found', `no task template named "${scope}"`, { hint: 'freeze a configured template, or all of them with --all' });
@@ -189,7 +198,7 @@ export class AdminService {
   private async endAll(admin: Principal, targets: TaskSession[], reason: string): Promise<AdminEndResult> {
     const ended: AdminEndResult['ended'] = [];
     const alreadyEnded: string[] = [];
-    const revoked: RevokedSession[] = [];
+    const revoked: SessionToRevoke[] = [];
     for (const s of targets) {
       const r = s.endedAt === null ? await this.deps.sessions.endByAdmin(s, admin.id, reason) : undefined;
       if (!r) {
@@ -201,14 +210,14 @@ export class AdminService {
       ended.push({ session: view, vaultTokens: r.vaultTokens });
       const roleArn = (await this.deps.templates.ofSession(s))?.aws?.roleArn;
       const until = Math.max(0, ...view.credentials.map((c) => (c.expiration ? Date.parse(c.expiration) : 0)));
-      if (roleArn && until > this.now()) revoked.push({ id: s.id, roleArn, until });
+      if (roleArn && until > this.now()) revoked.push({ id: s.id, developer: s.developer, roleArn, until });
     }
     this.deps.log.info({ admin: admin.id, ended: ended.map((e) => e.session.id), alreadyEnded }, 'sessions ended by an administrator');
     return { ended, alreadyEnded, stsRevocation: await this.revokeSts(revoked, admin, reason) };
   }
 
   /** The seam to targeted STS revocation; never fails the end itself (the sessions are ended either way). */
-  private async revokeSts(sessions: RevokedSession[], admin: Principal, reason: string): Promise<StsRevocation> {
+  private async revokeSts(sessions: SessionToRevoke[], admin: Principal, reason: string): Promise<StsRevocation> {
     if (sessions.length === 0) return { status: 'nothing_issued', message: 'no AWS credentials of these sessions are still valid' };
     if (!this.deps.revocations) return { status: 'not_configured', message: NOT_CONFIGURED };
     try {

@@ -5,7 +5,7 @@ import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminSessionResponse, adminSessionsResponse,
+  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
   adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, endSessionResponse, sessionStateResponse, startRequestResponse, startRequestsResponse,
   startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse, type SessionStateResponse, type SessionView,
   type StartSessionRequest, type VaultTokenGrant,
@@ -249,6 +249,8 @@ export class DaemonCore {
         return answer('admin-unfreeze', await this.service().request('POST', '/v1/admin/unfreeze', adminUnfreezeResponse, body));
       }
       case 'admin-freezes': return answer('admin-freezes', await this.service().request('GET', '/v1/admin/freezes', adminFreezesResponse));
+      case 'admin-status': return answer('admin-status', await this.service().request('GET', '/v1/admin/status', adminStatusResponse));
+      case 'admin-reload': return answer('admin-reload', await this.service().request('POST', '/v1/admin/reload', adminReloadResponse, { reason: req.reason }));
       case 'stop': return answer('stop', { stopping: true });
     }
   }

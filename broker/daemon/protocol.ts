@@ -18,7 +18,7 @@ import { BrokerError, type ErrorCode, type ErrorDetail } from '../errors.js';
 import { MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminSessionResponse, adminSessionsResponse,
+  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
   adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, errorBody, processCredentials, REQUEST_ID_RE, sessionView,
   startRequestView, templateSummary, timestamp, whoamiResponse,
 } from '../wire/service-api.js';
@@ -91,6 +91,8 @@ export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('admin-freeze'), ...adminScope, reason: adminReason, revoke: z.boolean() }),
   z.strictObject({ op: z.literal('admin-unfreeze'), ...adminScope, reason: adminReason }),
   z.strictObject({ op: z.literal('admin-freezes') }),
+  z.strictObject({ op: z.literal('admin-status') }),
+  z.strictObject({ op: z.literal('admin-reload'), reason: adminReason }),
   z.strictObject({ op: z.literal('stop') }),
 ]);
 export type DaemonRequest = z.infer<typeof daemonRequest>;
@@ -246,6 +248,8 @@ export const resultSchemas = {
   'admin-freeze': adminFreezeResponse,
   'admin-unfreeze': adminUnfreezeResponse,
   'admin-freezes': adminFreezesResponse,
+  'admin-status': adminStatusResponse,
+  'admin-reload': adminReloadResponse,
   stop: z.object({ stopping: z.literal(true) }),
 } as const satisfies { [Op in DaemonOp]: z.ZodType };
 export type DaemonResult<Op extends DaemonOp> = z.output<(typeof resultSchemas)[Op]>;

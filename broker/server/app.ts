@@ -16,10 +16,11 @@ import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
 import type { AuditLog, SessionFilter } from '../store/store.js';
 import type { DeviceConfirmations } from '../requests/device-confirmations.js';
 import type { StartRequest, StartRequests } from '../requests/start-requests.js';
+import type { ReloadBy, ReloadResult } from '../templates/catalog.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminUnfreezeRequest,
-  type adminEndResponse, type adminFreezeResponse, type adminFreezesResponse, type adminOffboardResponse, type adminSessionResponse,
+  adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminReloadRequest, type adminStatusResponse, adminUnfreezeRequest,
+  type adminEndResponse, type adminFreezeResponse, type adminFreezesResponse, type adminOffboardResponse, type adminReloadResponse, type adminSessionResponse,
   type adminSessionsResponse, type adminUnfreezeResponse, type auditRecordView, type freezeView, type sessionStateResponse,
   idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, REQUEST_ID_RE, refreshRequest, startConfirmationRequest, startSessionRequest, updateSessionRequest,
   type confirmationRequiredBody, type confirmationStatusResponse, type deviceConfirmationResponse, type startRequestResponse, type startRequestsResponse,
@@ -59,6 +60,8 @@ export interface AppDeps {
   pages?: RequestPagesDeps | undefined;
   /** The control plane (`/v1/admin/*`). Absent: those routes answer 404 (unit tests of other routes). */
   admin?: AdminService | undefined;
+  /** Reads policiesDir again (`POST /v1/admin/reload`; server/start.ts). Absent: that route answers 404. */
+  reload?: ((by: ReloadBy) => Promise<ReloadResult>) | undefined;
   now?: () => number;
 }
 
@@ -507,7 +510,23 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.json({ unfrozen: { scope }, freezes: left.map(freezeBody) } satisfies Body<typeof adminUnfreezeResponse>);
   });
 
+  app.post('/v1/admin/reload', async (c) => {
+    const body = await parseBody(c, adminReloadRequest);
+    if (!deps.reload) throw new BrokerError('not_found', 'this service cannot reload its templates');
+    const r = await deps.reload({ trigger: 'admin', admin: c.get('principal').id, reason: body.reason });
+    const { trigger: _trigger, ...result } = r;
+    return c.json(result satisfies Body<typeof adminReloadResponse>);
+  });
+
   app.get('/v1/admin/freezes', async (c) => c.json({ freezes: (await admin().freezes()).map(freezeBody) } satisfies Body<typeof adminFreezesResponse>));
+
+  app.get('/v1/admin/status', async (c) => {
+    const r = await admin().status();
+    return c.json({
+      ...r, freezes: r.freezes.map(freezeBody),
+      revocationWarnings: r.revocationWarnings.map((w) => ({ ...w, since: new Date(w.since).toISOString() })),
+    } satisfies Body<typeof adminStatusResponse>);
+  });
 
   return app;
 }

@@ -189,8 +189,26 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
+  const reload = async (by: ReloadBy): Promise<ReloadResult> => {
+    let r: ReloadResult;
+    try {
+      r = await templates.reload(by);
+    } catch (e) {
+      log.error({ trigger: by.trigger, err: (e as Error).message }, 'template reload failed; the templates in force stay');
+      throw e;
+    }
+    const fresh = new Set([...r.added.map((a) => a.name), ...r.changed.map((c) => c.name)]);
+    const brought = templates.values().filter((t) => fresh.has(t.name));
+    if (!config.vault && brought.some((t) => t.vault)) {
+      log.warn({ templates: brought.filter((t) => t.vault).map((t) => t.name) }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
+    }
+    // What the start-up checks of roles found, for the roles a reload brought (their Vault token
+    // roles are checked before the first token is issued, as always).
+    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log);
+    return r;
+  };
   const app = createApp({
-    tokens, logins, idTokens, sessions, requests, confirmations, admin, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
+    tokens, logins, idTokens, sessions, requests, confirmations, admin, reload, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops,
@@ -228,24 +246,6 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   }
   log.info({ url, templates: templates.versions(), store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
   if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates.values(), log);
-  const reload = async (by: ReloadBy): Promise<ReloadResult> => {
-    let r: ReloadResult;
-    try {
-      r = await templates.reload(by);
-    } catch (e) {
-      log.error({ trigger: by.trigger, err: (e as Error).message }, 'template reload failed; the templates in force stay');
-      throw e;
-    }
-    const fresh = new Set([...r.added.map((a) => a.name), ...r.changed.map((c) => c.name)]);
-    const brought = templates.values().filter((t) => fresh.has(t.name));
-    if (!config.vault && brought.some((t) => t.vault)) {
-      log.warn({ templates: brought.filter((t) => t.vault).map((t) => t.name) }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
-    }
-    // What the start-up checks of roles found, for the roles a reload brought (their Vault token
-    // roles are checked before the first token is issued, as always).
-    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log);
-    return r;
-  };
   // Logged by reload(); nothing more to do with a failure here.
   const onWatch = () => { void reload({ trigger: 'watch', reason: 'a file in policiesDir changed' }).catch(() => undefined); };
   const watching = config.policiesWatch ? watchPolicyDir({ dir: config.policiesDir, onChange: onWatch, log }) : undefined;

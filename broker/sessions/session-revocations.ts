@@ -43,8 +43,11 @@ export interface RoleDenyPolicies {
 }
 
 /** A session to revoke: its id (the `broker:session` tag), its template's role, and when its last credential expires. */
+/** One ended session whose STS credentials are to be denied until `until`, when the last of them expires. */
 export interface SessionToRevoke {
   id: string;
+  /** Whose session it is: the audit record of the revocation names them (the admin is in its detail). */
+  developer: string;
   roleArn: string;
   /** ms since the epoch: the session's last issue + credential lifetime. */
   until: number;
@@ -104,7 +107,8 @@ export class SessionRevocations implements SessionRevoker {
 
   /** Records the sessions as revoked (audited `session.revoke pending`) and schedules their roles' writes. */
   async revokeSessions(sessions: SessionToRevoke[], by: { admin: string; reason: string }): Promise<void> {
-    await this.record(sessions.map((s) => ({ roleArn: s.roleArn, kind: 'session' as const, value: s.id, until: s.until, revokedBy: by.admin, reason: by.reason })));
+    const owners = new Map(sessions.map((s) => [s.id, s.developer]));
+    await this.record(sessions.map((s) => ({ roleArn: s.roleArn, kind: 'session' as const, value: s.id, until: s.until, revokedBy: by.admin, reason: by.reason })), owners);
   }
 
   /**
@@ -115,11 +119,11 @@ export class SessionRevocations implements SessionRevoker {
     await this.record([...new Set(roleArns)].map((roleArn) => ({ roleArn, kind: 'source-identity' as const, value: developer, until, revokedBy: by.admin, reason: by.reason })));
   }
 
-  private async record(entries: NewRevocation[]): Promise<void> {
+  private async record(entries: NewRevocation[], owners = new Map<string, string>()): Promise<void> {
     if (!entries.length) return;
     const events: AuditEvent[] = entries.map((e) => ({
       event: 'session.revoke', decision: 'pending', reason: e.reason,
-      ...(e.kind === 'session' ? { sessionId: e.value } : { developer: e.value }),
+      ...(e.kind === 'session' ? { sessionId: e.value, developer: owners.get(e.value) } : { developer: e.value }),
       detail: { roleArn: e.roleArn, kind: e.kind, revokedBy: e.revokedBy, until: new Date(e.until).toISOString() },
     }));
     await this.deps.store.revocations.add(entries, events);

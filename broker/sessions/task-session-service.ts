@@ -347,7 +347,7 @@ export class TaskSessionService {
     if (!t?.aws || !t.aws.revokeOnEnd || !this.deps.revocations) return 'off';
     const until = this.now() + Math.min(MAX_DURATION_SECONDS, Math.max(MIN_DURATION_SECONDS, t.credentialLifetimeSeconds)) * 1000;
     try {
-      await this.deps.revocations.revokeSessions([{ id: s.id, roleArn: t.aws.roleArn, until }], { admin: by, reason });
+      await this.deps.revocations.revokeSessions([{ id: s.id, developer: s.developer, roleArn: t.aws.roleArn, until }], { admin: by, reason });
       return 'scheduled';
     } catch (e) {
       this.deps.log.error({ sessionId: s.id, err: (e as Error).message }, 'could not record the revocation of an ended session; its credentials live until they expire');

@@ -426,6 +426,9 @@ export const adminFreezeRequest = z.strictObject({ ...freezeScope, reason: admin
 /** `POST /v1/admin/unfreeze`. */
 export const adminUnfreezeRequest = z.strictObject({ ...freezeScope, reason: adminReason }).refine(oneScope, scopeMessage);
 
+/** `POST /v1/admin/reload`: read policiesDir again now (as the directory watch and SIGHUP do). */
+export const adminReloadRequest = z.strictObject({ reason: adminReason });
+
 /** A session as an admin sees it: whose, where it stands, who confirmed it, and what was issued under it (never a secret). */
 export const adminSessionView = sessionView.extend({
   developer: z.string(),
@@ -485,5 +488,35 @@ export const adminFreezeResponse = adminEndResponse.extend({ freeze: freezeView 
 export type AdminFreezeResponse = z.infer<typeof adminFreezeResponse>;
 /** `POST /v1/admin/unfreeze`. */
 export const adminUnfreezeResponse = z.object({ unfrozen: z.object({ scope: z.string() }), freezes: z.array(freezeView) });
+const versions = z.record(z.string(), z.string());
+/**
+ * `POST /v1/admin/reload`, answered 200 either way: `ok` false means the set in force did not
+ * change, and `problems` say which file and field is wrong and how to fix it (templates/catalog.ts).
+ */
+export const adminReloadResponse = z.object({
+  ok: z.boolean(),
+  before: versions,
+  after: versions,
+  added: z.array(z.object({ name: z.string(), version: z.string() })),
+  removed: z.array(z.object({ name: z.string(), version: z.string() })),
+  changed: z.array(z.object({ name: z.string(), from: z.string(), to: z.string() })),
+  problems: z.array(z.object({ file: z.string(), path: z.string(), message: z.string(), hint: z.string().optional() })),
+});
+export type AdminReloadResponse = z.infer<typeof adminReloadResponse>;
 /** `GET /v1/admin/freezes`. */
 export const adminFreezesResponse = z.object({ freezes: z.array(freezeView) });
+
+/**
+ * A revocation admins must know about (sessions/session-revocations.ts): a role under the role-wide
+ * `aws:TokenIssueTime` fallback, or denies IAM has not accepted for a minute or more.
+ */
+export const revocationWarningView = z.object({ roleArn: z.string(), kind: z.enum(['fallback', 'not-applied']), message: z.string(), since: timestamp });
+
+/** `GET /v1/admin/status`: what is in force, and what needs an admin's attention. */
+export const adminStatusResponse = z.object({
+  templates: z.array(z.object({ name: z.string(), version: z.string() })),
+  activeSessions: count,
+  freezes: z.array(freezeView),
+  revocationWarnings: z.array(revocationWarningView),
+});
+export type AdminStatusResponse = z.infer<typeof adminStatusResponse>;

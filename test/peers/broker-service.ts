@@ -107,3 +107,22 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
     stop: async () => { if (child.exitCode === null) { child.kill('SIGTERM'); await exited; } },
   };
 }
+
+/**
+ * Calls a running service's API as the people the test IdP knows: each person's ID token is
+ * exchanged for an access token once, on first use.
+ */
+export function apiCaller(svc: { url: string }, idp: { loginAs(email: string): Promise<string> }) {
+  const tokens = new Map<string, string>();
+  return async (method: string, path: string, who: string, body?: unknown) => {
+    if (!tokens.has(who)) {
+      const r = await fetch(`${svc.url}/v1/auth/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id_token: await idp.loginAs(who) }) });
+      if (r.status !== 200) throw new Error(`token exchange for ${who}: ${r.status} ${await r.text()}`);
+      tokens.set(who, ((await r.json()) as { access_token: string }).access_token);
+    }
+    const res = await fetch(`${svc.url}${path}`, {
+      method, headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.get(who)}` }, body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: res.status, body: (await res.json()) as any, headers: res.headers };
+  };
+}
