@@ -8,7 +8,7 @@ export function sessionLine(s: AdminSessionView, now = Date.now()): string {
   const state = s.state === 'active' ? `active ${timeLeft(s.expiresAt, now)} left` : s.endedBy ? `ended by ${s.endedBy}` : s.state;
   const confirmed = s.startRequest ? [...s.startRequest.confirmedBy.map((b) => `confirmed by ${b}`), ...s.startRequest.approvedBy.map((b) => `approved by ${b}`)] : [];
   return [
-    s.id, s.developer, `${s.template}${params ? ` ${params}` : ''}`, `agent ${s.agent}`, state,
+    s.id, s.developer, `${s.template}${params ? ` ${params}` : ''}`, ...(s.templateVersion ? [`version ${s.templateVersion}`] : []), `agent ${s.agent}`, state,
     ...(s.reason ? [`"${s.reason}"`] : []), ...confirmed,
     ...(s.credentials.length ? [`keys ${s.credentials.map((c) => c.accessKeyId).join(',')}`] : []),
     ...(s.vaultTokens.length ? [`vault ${s.vaultTokens.map((t) => t.accessor).join(',')}`] : []),

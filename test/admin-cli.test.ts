@@ -87,7 +87,8 @@ describe('broker admin: see and stop task sessions; the developer\'s side learns
     assert.deepEqual(sessions[0].credentials.map((c: any) => c.accessKeyId), [t.accessKeyId]);
     const text = await broker(['admin', 'sessions', '--template', 'deploy-lambda', '--since', '24h'], carol);
     ok(text, 'admin sessions');
-    for (const shown of [t.session.id, 'alice@example.com', 'deploy-lambda function=list-me', 'agent claude-code', '"fix list-me"', t.accessKeyId]) {
+    assert.match(sessions[0].templateVersion, /^[0-9a-f]{12}$/, 'the template version it runs under');
+    for (const shown of [t.session.id, 'alice@example.com', 'deploy-lambda function=list-me', `version ${sessions[0].templateVersion}`, 'agent claude-code', '"fix list-me"', t.accessKeyId]) {
       assert.ok(text.stdout.includes(shown), `shows ${shown}:\n${text.stdout}`);
     }
     assert.match(text.stdout, /active \d+h\d*m? left/);
