@@ -11,10 +11,13 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
 import { parseServerConfig, type ServerConfig } from '../broker/config/server-config.js';
 import { createLogger } from '../broker/log.js';
+import { ServiceMetrics } from '../broker/metrics/service-metrics.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
+import { SqliteStore } from '../broker/store/sqlite/sqlite-store.js';
 import { DEFAULT_USERS, startIdp } from './peers/idp.js';
 import { createRole, startMoto } from './peers/moto.js';
 import { POLICIES_DIR } from './peers/paths.js';
@@ -320,6 +323,28 @@ describe('metrics (/metrics, Prometheus text format)', () => {
     const x = parseExposition(admin.text);
     assert.equal(total(x, 'broker_denials_total', { event: 'admin.access', reason: 'forbidden' }) - total(before, 'broker_denials_total', { event: 'admin.access', reason: 'forbidden' }), 2);
     assert.equal(x.types.get('broker_issuances_total'), 'counter');
+  });
+
+  it('audit writes: a committed decision is timed as committed; one that cannot begin (store locked past busyTimeoutMs) as failed', async () => {
+    const metrics = new ServiceMetrics({ activeSessions: () => 0, pendingStartRequests: () => 0 });
+    const file = join(dir, 'locked.db');
+    const store = new SqliteStore(file, { busyTimeoutMs: 50, onAuditWrite: (ok, s) => metrics.auditWrite(ok, s) });
+    const other = new DatabaseSync(file);
+    try {
+      await store.auditLog.append({ event: 'admin.view', decision: 'allowed' });
+      // A write that records no decision is not an audit write.
+      await store.seenIdTokens.remember('k', Date.now() + 60_000);
+      other.exec('BEGIN IMMEDIATE');
+      await assert.rejects(store.auditLog.append({ event: 'admin.view', decision: 'allowed' }), (e: any) => e.code === 'audit_unavailable');
+      other.exec('ROLLBACK');
+      const x = parseExposition((await metrics.exposition()).body);
+      assert.equal(total(x, 'broker_audit_write_duration_seconds_count', { outcome: 'committed' }), 1);
+      assert.equal(total(x, 'broker_audit_write_duration_seconds_count', { outcome: 'failed' }), 1);
+      assert.ok(total(x, 'broker_audit_write_duration_seconds_sum', { outcome: 'failed' }) >= 0.04, 'the failed one waited for the lock');
+    } finally {
+      other.close();
+      await store.close();
+    }
   });
 
   it('two services in one process keep their own counts (a registry per service)', async () => {

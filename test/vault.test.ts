@@ -20,6 +20,7 @@ import { BrokerError } from '../broker/errors.js';
 import { BROKER_TOKEN_AUDIENCE, BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
+import { ServiceMetrics } from '../broker/metrics/service-metrics.js';
 import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import type { AuditEvent } from '../broker/store/audit-event.js';
@@ -504,15 +505,20 @@ describe('Vault/OpenBao task tokens', () => {
     const log = createLogger({ level: 'silent' });
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
+    const metrics = new ServiceMetrics({ activeSessions: () => 0, pendingStartRequests: () => 0 });
     const svc = new TaskSessionService({
       store: s, templates: new TemplateCatalog(loadTemplatesOrThrow(policiesDir)), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1' }), 8000), log, maxActiveSessions: 5,
-      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
+      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now, metrics }),
     });
     const before = await accessors();
     await assert.rejects(svc.start({ id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] }, { template: 'db-migrate', params: {}, reason: '', agent: 'x' }),
       (e: unknown) => e instanceof BrokerError && e.code === 'audit_unavailable');
     assert.deepEqual(await accessors(), before, 'the unaudited token was revoked');
     assert.deepEqual((await s.sessions.active('alice@example.com')), []);
+    // Created by Vault, never handed out: withheld, not issued.
+    const exposition = (await metrics.exposition()).body;
+    assert.match(exposition, /^broker_issuances_total\{template="db-migrate",event="vault\.issue",decision="withheld"\} 1$/m);
+    assert.doesNotMatch(exposition, /decision="issued"/);
     s.close();
   });
 
