@@ -20,6 +20,7 @@ import { BrokerError } from '../broker/errors.js';
 import { BROKER_TOKEN_AUDIENCE, BrokerTokens, generateSigningJwk, loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { createLogger } from '../broker/log.js';
 import { startServer, type RunningServer } from '../broker/server/start.js';
+import { ServiceMetrics } from '../broker/metrics/service-metrics.js';
 import { SessionVaultTokens } from '../broker/sessions/session-vault-tokens.js';
 import { TaskSessionService } from '../broker/sessions/task-session-service.js';
 import type { AuditEvent } from '../broker/store/audit-event.js';
@@ -292,7 +293,7 @@ describe('Vault/OpenBao task tokens', () => {
     dbPath = join(dir, 'broker.db');
     logFile = join(dir, 'server.log');
     const fd = openSync(logFile, 'a');
-    server = await startServer(configFor(dir, { address: bao.url, tokenRole: 'broker-tasks', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }),
+    server = await startServer(configFor(dir, { address: bao.url, tokenRole: 'broker-tasks', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, { metrics: { listen: { port: 0 } } }),
       { log: createLogger({ level: 'debug', destination: fd }), now });
     accessToken.alice = await loginAt(server.url, 'alice@example.com');
   });
@@ -345,6 +346,27 @@ describe('Vault/OpenBao task tokens', () => {
     const end = await api('DELETE', `/v1/sessions/${session.id}`);
     assert.equal(end.status, 200, end.text);
     assert.deepEqual(end.body.vaultTokens, [{ accessor: vault.accessor, revoked: true }]);
+  });
+
+  it('metrics: each Vault call in broker_vault_request_duration_seconds by operation, the issue counted; neither token nor accessor in the exposition', async () => {
+    // The exposition's sample lines, `name{labels} value` (the format is parsed in full by test/metrics.test.ts).
+    const scrape = async () => {
+      const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
+      const value = (name: string, labels: string) => Number(text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`))?.split(' ').pop() ?? 0);
+      return { text, value };
+    };
+    const before = await scrape();
+    const r = await start('vault-limited');
+    assert.equal(r.status, 201, r.text);
+    const end = await api('DELETE', `/v1/sessions/${r.body.session.id}`);
+    assert.equal(end.status, 200, end.text);
+    const after = await scrape();
+    const delta = (name: string, labels: string) => after.value(name, labels) - before.value(name, labels);
+    assert.equal(delta('broker_vault_request_duration_seconds_count', 'operation="token_create",outcome="ok"'), 1);
+    assert.ok(delta('broker_vault_request_duration_seconds_count', 'operation="token_revoke_accessor",outcome="ok"') >= 1);
+    assert.ok(after.value('broker_vault_request_duration_seconds_sum', 'operation="token_create",outcome="ok"') > 0);
+    assert.equal(delta('broker_issuances_total', 'template="vault-limited",event="vault.issue",decision="issued"'), 1);
+    for (const s of [r.body.vault.token, r.body.vault.accessor, r.body.session.id, 'alice@example.com']) assert.ok(!after.text.includes(s));
   });
 
   it('the bao CLI reads what the policy allows and is denied the rest; ending the session revokes the token', async () => {
@@ -483,15 +505,20 @@ describe('Vault/OpenBao task tokens', () => {
     const log = createLogger({ level: 'silent' });
     const http = new VaultHttp({ address: bao.url, timeoutMs: 5000 });
     const tokens = new VaultTokens(http, new VaultAuth({ http, method: { kind: 'token', token: { env: 'TEST_BROKER_VAULT_TOKEN' } }, baseDir: d, allowRootToken: false, log }));
+    const metrics = new ServiceMetrics({ activeSessions: () => 0, pendingStartRequests: () => 0 });
     const svc = new TaskSessionService({
       store: s, templates: new TemplateCatalog(loadTemplatesOrThrow(policiesDir)), issuer: new StsCredentialIssuer(new STSClient({ region: 'us-east-1' }), 8000), log, maxActiveSessions: 5,
-      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now }),
+      vault: new SessionVaultTokens({ store: s, tokens, defaultRole: 'broker-tasks', log, now: Date.now, metrics }),
     });
     const before = await accessors();
     await assert.rejects(svc.start({ id: 'alice@example.com', email: 'alice@example.com', groups: ['developers'] }, { template: 'db-migrate', params: {}, reason: '', agent: 'x' }),
       (e: unknown) => e instanceof BrokerError && e.code === 'audit_unavailable');
     assert.deepEqual(await accessors(), before, 'the unaudited token was revoked');
     assert.deepEqual((await s.sessions.active('alice@example.com')), []);
+    // Created by Vault, never handed out: withheld, not issued.
+    const exposition = (await metrics.exposition()).body;
+    assert.match(exposition, /^broker_issuances_total\{template="db-migrate",event="vault\.issue",decision="withheld"\} 1$/m);
+    assert.doesNotMatch(exposition, /decision="issued"/);
     s.close();
   });
 

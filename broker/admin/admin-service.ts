@@ -1,6 +1,7 @@
 import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
+import type { BrokerMetrics } from '../metrics/service-metrics.js';
 import type { EndedSession, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditEvent, AuditRecord } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze, type FreezeScope } from '../store/freezes.js';
@@ -36,6 +37,8 @@ export interface AdminServiceDeps {
   revocations?: StsRevoker | undefined;
   log: Logger;
   now?: () => number;
+  /** Refusals of the admin API are counted here (absent: not counted). */
+  metrics?: BrokerMetrics | undefined;
 }
 
 export type StsRevocation = { status: 'requested' | 'not_configured' | 'failed' | 'nothing_issued'; message: string };
@@ -75,6 +78,7 @@ export class AdminService {
   /** Refuses (403, audited) anyone who is not an admin; the message is fixed and says nothing of the configuration. */
   async requireAdmin(p: Principal, route: string): Promise<void> {
     if (this.isAdmin(p)) return;
+    this.deps.metrics?.denial('admin.access', 'forbidden');
     await this.audit({ event: 'admin.access', decision: 'denied', developer: p.id, reason: 'not an administrator', detail: { route } });
     throw new BrokerError('forbidden', 'only administrators may use the admin API', { hint: 'the service config\'s admins: lists who they are' });
   }

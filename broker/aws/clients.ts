@@ -5,6 +5,33 @@ export interface AwsClientOptions {
   region: string;
   /** Endpoint override (moto in tests, a VPC/private endpoint in production). */
   endpoint?: string | undefined;
+  /** Told of every call the client makes: its operation (`AssumeRole`), whether it succeeded, and how long it took, retries included. */
+  observe?: CallObserver | undefined;
+}
+
+export type CallObserver = (operation: string, ok: boolean, seconds: number) => void;
+
+/**
+ * Times every command sent through the client at the SDK's `initialize` step, the outermost one
+ * (AWS SDK for JavaScript v3 developer guide, "Middleware stack"), so the figure covers signing,
+ * the SDK's retries and the wait for the answer. The operation is the command's name without its
+ * `Command` suffix: a closed set, the service's API.
+ */
+function observed<C extends { middlewareStack: STSClient['middlewareStack'] | IAMClient['middlewareStack'] }>(client: C, observe: CallObserver | undefined): C {
+  if (!observe) return client;
+  (client.middlewareStack as STSClient['middlewareStack']).add((next, context) => async (args) => {
+    const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '');
+    const start = performance.now();
+    try {
+      const out = await next(args);
+      observe(operation, true, (performance.now() - start) / 1000);
+      return out;
+    } catch (e) {
+      observe(operation, false, (performance.now() - start) / 1000);
+      throw e;
+    }
+  }, { step: 'initialize', name: 'brokerCallObserver' });
+  return client;
 }
 
 /**
@@ -12,11 +39,11 @@ export interface AwsClientOptions {
  * identity, container/instance metadata), so the broker holds no AWS keys of its own in its config.
  */
 export function makeStsClient(o: AwsClientOptions): STSClient {
-  return new STSClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) });
+  return observed(new STSClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) }), o.observe);
 }
 
 export function makeIamClient(o: AwsClientOptions): IAMClient {
-  return new IAMClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) });
+  return observed(new IAMClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) }), o.observe);
 }
 
 /**

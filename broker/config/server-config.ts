@@ -299,8 +299,26 @@ export const serverConfigSchema = z.strictObject({
     emails: z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address')).default([]),
   }).prefault({}),
   notifications: notificationsSchema,
+  /**
+   * The Prometheus metrics (README, "Metrics"): on a listener of their own (`listen`: only
+   * /metrics, no authentication, loopback unless a host is given), and/or as `GET /metrics` on the
+   * main port for administrators (`adminRoute`).
+   */
+  metrics: z.strictObject({
+    listen: z.strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535),
+    }).optional(),
+    adminRoute: z.boolean().default(true),
+    /** Node's process metrics (process_*, nodejs_*) besides the broker's own. */
+    processMetrics: z.boolean().default(true),
+  }).prefault({}),
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
 }).superRefine((c, ctx) => {
+  const m = c.metrics.listen;
+  if (m && m.port !== 0 && m.port === c.listen.port && (m.host === c.listen.host || ['0.0.0.0', '::'].includes(m.host) || ['0.0.0.0', '::'].includes(c.listen.host))) {
+    ctx.addIssue({ code: 'custom', path: ['metrics', 'listen', 'port'], message: `is the port the API listens on (listen.port ${c.listen.port}); give the metrics listener a port of its own, e.g. 9464` });
+  }
   // Without publicUrl, clients are told http://host:port: plain http, so only when that is loopback.
   // A service listening on every interface is reached through something else (a TLS-terminating
   // proxy or load balancer), whose https URL is the one clients must use.

@@ -11,6 +11,7 @@ import { BrokerError } from '../errors.js';
 import type { VerifiedIdToken } from '../identity/id-token-verifier.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
+import type { BrokerMetrics } from '../metrics/service-metrics.js';
 import { KeyedLock } from '../sessions/keyed-lock.js';
 import type { IssuedCredentials, StartTaskRequest, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditEvent } from '../store/audit-event.js';
@@ -59,6 +60,8 @@ export interface StartRequestsDeps {
   events?: RequestEvents | undefined;
   log: Logger;
   now?: () => number;
+  /** Refusals are counted here (absent: not counted). */
+  metrics?: BrokerMetrics | undefined;
 }
 
 /** What `POST /v1/sessions` asks for. */
@@ -112,6 +115,7 @@ export class StartRequests {
 
   /** A refusal, audited (best effort: a refusal is safe to return if the audit write fails), to throw. */
   private async refused(error: BrokerError, e: Omit<AuditEvent, 'decision' | 'reason'>): Promise<BrokerError> {
+    this.deps.metrics?.denial(e.event, error.code);
     try {
       await this.audit({ ...e, decision: 'denied', reason: error.message, detail: { ...e.detail, refused: true } });
     } catch (auditError) {

@@ -10,6 +10,7 @@ import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token
 import { DenialRecorded, type BrokerLogins, type IssuedLogin } from '../identity/logins.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
+import { NO_METRICS, type BrokerMetrics, type ServiceMetrics } from '../metrics/service-metrics.js';
 import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditRecord } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
@@ -63,6 +64,13 @@ export interface AppDeps {
   /** Reads policiesDir again (`POST /v1/admin/reload`; server/start.ts). Absent: that route answers 404. */
   reload?: ((by: ReloadBy) => Promise<ReloadResult>) | undefined;
   now?: () => number;
+  /** Refusals on the routes are counted here (absent: not counted). */
+  metrics?: BrokerMetrics | undefined;
+  /**
+   * `GET /metrics` on this app, for administrators only (a bearer token of an admin, as for
+   * /v1/admin/*); absent: no such route (a metrics listener of its own, or metrics.adminRoute off).
+   */
+  adminMetrics?: ServiceMetrics | undefined;
 }
 
 /** What a refused `/v1/auth/*` request is audited as, when its handler knows more than the error says. */
@@ -179,6 +187,7 @@ function sessionFilter(q: Record<string, string>, now: number): SessionFilter {
 export function createApp(deps: AppDeps): Hono<Env> {
   const app = new Hono<Env>();
   const limiter = new RateLimiter(deps.issuePerMinute, deps.now);
+  const metrics = deps.metrics ?? NO_METRICS;
 
   app.onError((err, c) => {
     if (isBrokerError(err)) {
@@ -201,6 +210,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const event = authEvent(c.req.path);
     const limit = deps.authLimiter.take(address);
     if (!limit.ok) {
+      metrics.rateLimited(limit.scope === 'address' ? 'auth_per_address' : 'auth_global');
+      metrics.denial(event, 'rate_limited');
       const reason = `rate limited (${limit.scope === 'address' ? 'per address' : 'all addresses'})`;
       deps.log.info({ address, event, reason }, 'auth request refused');
       await deps.denials.record({ event, reason, address });
@@ -213,8 +224,10 @@ export function createApp(deps: AppDeps): Hono<Env> {
       // Reasons from fixed sets (the handlers' notes, the errors' fixed messages), never request text.
       const reason = note?.reason ?? (e.code === 'rate_limited' ? 'rate limited' : e.message);
       deps.log.info({ address, event, reason, developer: note?.developer }, 'auth request refused');
+      metrics.denial(event, e.code);
       await deps.denials.record({ event, reason, developer: note?.developer, address });
     } else if (e && isBrokerError(e) && e.cause instanceof DenialRecorded) {
+      metrics.denial(event, e.code);
       deps.log.info({ address, event, reason: e.cause.message }, 'auth request refused');
     }
   });
@@ -288,17 +301,36 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.json({ revoked: r.revoked, login: { id: claims.familyId, expiresAt: new Date(r.expiresAt).toISOString() } } satisfies Body<typeof logoutResponse>);
   });
 
-  // Everything under /v1 below needs a broker access token (RFC 6750 bearer) of a login still live.
-  app.use('/v1/*', async (c, next) => {
+  /** The principal of the request's broker access token (RFC 6750 bearer), of a login still live. */
+  const bearer = async (c: Context<Env>): Promise<Principal> => {
     const h = c.req.header('authorization') ?? '';
     const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(h);
     if (!m) throw new BrokerError('unauthenticated', 'missing bearer token', { hint: 'run: broker login' });
-    c.set('principal', await deps.logins.principalOf(await deps.tokens.verifyAccess(m[1]!)));
+    return deps.logins.principalOf(await deps.tokens.verifyAccess(m[1]!));
+  };
+
+  // Everything under /v1 below needs a broker access token of a login still live.
+  app.use('/v1/*', async (c, next) => {
+    c.set('principal', await bearer(c));
     await next();
   });
 
+  // Outside /v1/admin, so with its own check (the same one): an admin's bearer token, or 401/403.
+  // The scrape path for Prometheus is the metrics listener (start.ts); this is for a person.
+  const adminMetrics = deps.adminMetrics;
+  if (adminMetrics) {
+    app.get('/metrics', async (c) => {
+      if (!deps.admin) throw new BrokerError('not_found', 'this service has no admin API');
+      await deps.admin.requireAdmin(await bearer(c), 'GET /metrics');
+      const { contentType, body } = await adminMetrics.exposition();
+      c.header('cache-control', 'no-store');
+      return c.body(body, 200, { 'content-type': contentType });
+    });
+  }
+
   const rateLimited = (c: Context<Env>) => {
     const retry = limiter.take(c.get('principal').id);
+    if (retry > 0) metrics.rateLimited('issue_per_minute');
     if (retry > 0) throw new BrokerError('rate_limited', `too many credential requests; retry in ${retry}s`, { retryAfterSeconds: retry });
   };
 

@@ -11,7 +11,9 @@ import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { BrokerLogins } from '../identity/logins.js';
+import { BrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { ServiceMetrics } from '../metrics/service-metrics.js';
 import { createNotifier, requestEventsOf } from '../notify/notifier.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
@@ -30,12 +32,15 @@ import { checkVaultAtStart } from '../vault/startup-check.js';
 import { VaultTokens } from '../vault/tokens.js';
 import { createApp } from './app.js';
 import { DenialAudit } from './denial-audit.js';
+import { createMetricsApp } from './metrics-app.js';
 import { AuthRateLimiter } from './rate-limit.js';
 import { WebLogin, WebSessions } from './web/index.js';
 
 export interface RunningServer {
   url: string;
   port: number;
+  /** The metrics listener's URL (`metrics.listen`), e.g. http://127.0.0.1:9464; undefined without one. */
+  metricsUrl: string | undefined;
   /** The app's own route table (method, path), for tests that must cover every route of a prefix. */
   routes: { method: string; path: string }[];
   /**
@@ -52,10 +57,10 @@ export interface RunningServer {
  * set-up, so each problem is logged once, at start, instead of surfacing as AccessDenied later.
  * Runs in the background and never blocks or fails start-up.
  */
-async function checkTrustInBackground(config: ServerConfig, templates: Iterable<TaskTemplate>, log: Logger): Promise<void> {
+async function checkTrustInBackground(config: ServerConfig, templates: Iterable<TaskTemplate>, log: Logger, metrics: ServiceMetrics): Promise<void> {
   try {
-    const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
-    const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
+    const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
+    const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint, observe: (op, ok, s) => metrics.upstream('iam', op, ok, s) });
     const brokerPrincipalArn = await resolveBrokerPrincipal(sts);
     const roles = [...templates].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
     const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
@@ -125,7 +130,15 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
-  const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
+  // Gauges read the store at scrape time; nothing is scraped before the listeners below are up.
+  const metrics: ServiceMetrics = new ServiceMetrics({
+    activeSessions: () => store.sessions.countActive(),
+    pendingStartRequests: () => store.startRequests.countPending(),
+    // Audit sinks are not built in this branch: when they are, they report their backlog here
+    // (sinkBacklog: () => sinks.map((s) => ({ id: s.id, backlog: s.backlog() }))).
+    processMetrics: config.metrics.processMetrics,
+  });
+  const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now, onAuditWrite: (ok, s) => metrics.auditWrite(ok, s) });
   let templates: TemplateCatalog;
   try {
     templates = await TemplateCatalog.open({ dir: config.policiesDir, store, log, now });
@@ -151,17 +164,20 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   });
   const auth = config.limits.auth;
   const denials = new DenialAudit({ auditLog: store.auditLog, log, windowMs: auth.auditWindow * 1000, maxKeys: auth.auditMaxKeys, now });
-  const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
+  const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
   let vault: { auth: VaultAuth; tokens: VaultTokens; sessionTokens: SessionVaultTokens } | undefined;
   if (config.vault) {
-    const http = new VaultHttp({ address: config.vault.address, namespace: config.vault.namespace, timeoutMs: config.vault.requestTimeoutMs });
+    const http = new VaultHttp({
+      address: config.vault.address, namespace: config.vault.namespace, timeoutMs: config.vault.requestTimeoutMs,
+      observe: (op, ok, s) => metrics.upstream('vault', op, ok, s),
+    });
     const auth = new VaultAuth({
       http, method: vaultAuthMethod(config.vault), baseDir: config.baseDir, allowRootToken: config.vault.allowRootToken,
       signLoginJwt: (audience) => tokens.signVaultLoginJwt(audience), log, now,
     });
     const vaultTokens = new VaultTokens(http, auth);
     vault = { auth, tokens: vaultTokens, sessionTokens: new SessionVaultTokens({
-      store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now, allowUnsafeTokenRole: config.vault.allowUnsafeTokenRole,
+      store, tokens: vaultTokens, defaultRole: config.vault.tokenRole, log, now, allowUnsafeTokenRole: config.vault.allowUnsafeTokenRole, metrics,
     }) };
   } else {
     const needVault = templates.values().filter((t) => t.vault).map((t) => t.name);
@@ -169,24 +185,24 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   }
   // The role deny documents for ended sessions' credentials, written in the background (never while
   // credentials are issued), pruned and retried at the sweeper's pace.
-  const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint });
+  const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint, observe: (op, ok, s) => metrics.upstream('iam', op, ok, s) });
   const revocations = new SessionRevocations({
     store, policies: new IamRoleDenyPolicies(iam), log, now, intervalMs: config.sweeper.interval * 1000,
   });
   const sessions = new TaskSessionService({
     store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, revocations, log,
-    maxActiveSessions: config.limits.maxActiveSessions, now, limitRefusals: denials,
+    maxActiveSessions: config.limits.maxActiveSessions, now, limitRefusals: denials, metrics,
   });
   const notifier = options.requestEvents ? undefined : createNotifier(config.notifications, log, { baseDir: config.baseDir });
   const requests = new StartRequests({
     store, templates, sessions, log, now, events: options.requestEvents ?? (notifier && requestEventsOf(notifier)), publicUrl: () => url,
-    defaults: { mode: config.confirm.default, maxAgeSeconds: config.confirm.maxAge, timeoutSeconds: config.confirm.timeout },
+    defaults: { mode: config.confirm.default, maxAgeSeconds: config.confirm.maxAge, timeoutSeconds: config.confirm.timeout }, metrics,
   });
   const confirmations = new DeviceConfirmations({
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
   const admin = new AdminService({
-    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now,
+    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now, metrics,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const reload = async (by: ReloadBy): Promise<ReloadResult> => {
@@ -204,14 +220,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     }
     // What the start-up checks of roles found, for the roles a reload brought (their Vault token
     // roles are checked before the first token is issued, as always).
-    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log);
+    if (config.aws.checkTrustAtStartup && brought.some((t) => t.aws)) void checkTrustInBackground(config, brought, log, metrics);
     return r;
   };
   const app = createApp({
     tokens, logins, idTokens, sessions, requests, confirmations, admin, reload, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
-    denials, trustedProxyHops: auth.trustedProxyHops,
+    denials, trustedProxyHops: auth.trustedProxyHops, metrics, adminMetrics: config.metrics.adminRoute ? metrics : undefined,
     publicUrl: () => url,
     pages: {
       requests, verifier: webIdTokens, issuer: config.oidc.issuer, log,
@@ -224,16 +240,35 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     loginConfig: { issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, allowInsecureHttp: config.oidc.allowInsecureHttp },
   });
 
-  const server = await new Promise<ReturnType<typeof serve>>((resolveServe, reject) => {
-    const s = serve({ fetch: app.fetch, hostname: config.listen.host, port: config.listen.port, serverOptions: httpServerOptions(config.listen) }, () => resolveServe(s));
+  const listen = (fetch: (r: Request) => Response | Promise<Response>, host: string, port: number) => new Promise<ReturnType<typeof serve>>((resolveServe, reject) => {
+    const s = serve({ fetch, hostname: host, port, serverOptions: httpServerOptions(config.listen) }, () => resolveServe(s));
     s.once('error', reject);
   });
+  const shut = (s: ReturnType<typeof serve>) => new Promise<void>((resolveStop) => {
+    s.close(() => resolveStop());
+    (s as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+  });
+  const server = await listen(app.fetch, config.listen.host, config.listen.port);
   const port = (server.address() as AddressInfo).port;
   if (config.listen.port === 0 && config.publicUrl === listenUrl(config.listen.host, 0)) url = listenUrl(config.listen.host, port);
-  const close = () => new Promise<void>((resolveStop) => {
-    server.close(() => { void store.close().finally(resolveStop); });
-    (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
-  });
+  let metricsServer: ReturnType<typeof serve> | undefined;
+  const close = async () => {
+    await Promise.all([shut(server), metricsServer && shut(metricsServer)]);
+    await store.close();
+  };
+  let metricsUrl: string | undefined;
+  const m = config.metrics.listen;
+  if (m) {
+    try {
+      metricsServer = await listen(createMetricsApp(metrics).fetch, m.host, m.port);
+    } catch (e) {
+      await close();
+      throw new BrokerError('invalid_config', `metrics.listen: cannot listen on ${listenUrl(m.host, m.port)} (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
+        cause: e, hint: 'give metrics.listen a free port and an address of this machine',
+      });
+    }
+    metricsUrl = listenUrl(m.host, (metricsServer.address() as AddressInfo).port);
+  }
   // After listening: with JWT auth, Vault verifies the broker's login against this service's JWKS.
   if (vault) {
     try {
@@ -244,8 +279,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       throw e;
     }
   }
-  log.info({ url, templates: templates.versions(), store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
-  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates.values(), log);
+  log.info({ url, metricsUrl: metricsUrl ?? null, templates: templates.versions(), store: config.store.sqlite, vault: config.vault?.address ?? null }, 'broker service listening');
+  if (config.aws.checkTrustAtStartup) void checkTrustInBackground(config, templates.values(), log, metrics);
   // Logged by reload(); nothing more to do with a failure here.
   const onWatch = () => { void reload({ trigger: 'watch', reason: 'a file in policiesDir changed' }).catch(() => undefined); };
   const watching = config.policiesWatch ? watchPolicyDir({ dir: config.policiesDir, onChange: onWatch, log }) : undefined;
@@ -267,6 +302,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   return {
     url,
     port,
+    metricsUrl,
     routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     reload,
     stop: async () => {

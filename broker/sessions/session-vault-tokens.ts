@@ -7,6 +7,7 @@
 import type { z } from 'zod';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { BrokerMetrics } from '../metrics/service-metrics.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import type { Store, TaskSession, VaultTokenRecord } from '../store/store.js';
 import type { TaskTemplate } from '../templates/schema.js';
@@ -54,6 +55,8 @@ export interface SessionVaultTokensDeps {
   now: () => number;
   /** vault.allowUnsafeTokenRole (a loopback development Vault only): issue against an unsafe role. */
   allowUnsafeTokenRole?: boolean;
+  /** Issuances (issued, failed, withheld) are counted here (absent: not counted). */
+  metrics?: BrokerMetrics | undefined;
 }
 
 export class SessionVaultTokens {
@@ -86,6 +89,19 @@ export class SessionVaultTokens {
    * recorded under the ended session, revoked, and never returned: 409 conflict.
    */
   async issue(t: TaskTemplate, s: TaskSession, event: 'vault.issue' | 'vault.reissue'): Promise<IssuedVaultToken> {
+    const progress = { created: false };
+    try {
+      const issued = await this.create(t, s, event, progress);
+      this.deps.metrics?.issuance(event, t.name, 'issued');
+      return issued;
+    } catch (e) {
+      // Created by Vault but not handed out (its record could not be committed, or the session ended): withheld.
+      this.deps.metrics?.issuance(event, t.name, progress.created ? 'withheld' : 'failed');
+      throw e;
+    }
+  }
+
+  private async create(t: TaskTemplate, s: TaskSession, event: 'vault.issue' | 'vault.reissue', progress: { created: boolean }): Promise<IssuedVaultToken> {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
     let req = this.request(t, s);
     let role;
@@ -105,6 +121,7 @@ export class SessionVaultTokens {
       await this.auditFailedCreate(e, req, base);
       throw e;
     }
+    progress.created = true;
     const receivedAt = this.deps.now();
     const maxExpiresAt = issuedAt + req.explicitMaxTtlSeconds * 1000;
     // The latest Vault can keep this token alive. Vault caps renewals of a role's token by the
@@ -130,6 +147,7 @@ export class SessionVaultTokens {
       throw e;
     }
     if (!open) {
+      this.deps.metrics?.denial(event, 'conflict');
       // The row is recorded under the ended session: if revoking fails now, the sweeper retries.
       const ended = (await this.deps.store.sessions.get(s.id)) ?? s;
       const record = (await this.deps.store.vaultTokens.ofSession(s.id, { unrevokedOnly: true })).find((r) => r.accessor === created.accessor);

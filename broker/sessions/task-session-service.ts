@@ -1,6 +1,7 @@
 import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
+import { NO_METRICS, type BrokerMetrics, type RateLimitName } from '../metrics/service-metrics.js';
 import type { AuditEvent } from '../store/audit-event.js';
 import { ALL_TEMPLATES, type Freeze } from '../store/freezes.js';
 import { MAX_DURATION_SECONDS, MIN_DURATION_SECONDS } from '../limits/aws.js';
@@ -95,6 +96,8 @@ export interface TaskSessionServiceDeps {
   log: Logger;
   maxActiveSessions: number;
   now?: () => number;
+  /** Issuances, denials and template-limit refusals are counted here (absent: not counted). */
+  metrics?: BrokerMetrics | undefined;
 }
 
 /** A refusal by a template's limits; `reason` from a fixed set per limit, so aggregates stay few. */
@@ -137,8 +140,11 @@ export class TaskSessionService {
    */
   private readonly startLock = new KeyedLock();
 
+  private readonly metrics: BrokerMetrics;
+
   constructor(private readonly deps: TaskSessionServiceDeps) {
     this.now = deps.now ?? Date.now;
+    this.metrics = deps.metrics ?? NO_METRICS;
   }
 
   /** The session as the API shows it, with what its own template version grants (`t`: resolved by the caller, else what memory holds). */
@@ -154,6 +160,7 @@ export class TaskSessionService {
 
   /** Records a denial and returns it, to throw. A denial is safe to return even if the audit write fails. */
   private async denied(error: BrokerError, e: Omit<AuditEvent, 'decision' | 'reason'>): Promise<BrokerError> {
+    this.metrics.denial(e.event, error.code);
     try {
       await this.deps.store.auditLog.append({ ...e, decision: 'denied', reason: error.message });
     } catch (auditError) {
@@ -266,7 +273,9 @@ export class TaskSessionService {
     } catch (e) {
       if (!hit || e !== hit.error) throw e;
       this.deps.log.info({ developer: p.id, template: t.name, limit: hit.limit, value: hit.value, count: hit.count }, 'task start refused by a template limit');
+      this.metrics.rateLimited(LIMIT_METRIC[hit.limit]);
       if (!this.deps.limitRefusals) throw await this.denied(hit.error, base);
+      this.metrics.denial('session.start', hit.error.code);
       await this.deps.limitRefusals.record({ event: 'session.start', reason: hit.reason, developer: p.id, template: t.name });
       throw hit.error;
     }
@@ -514,6 +523,7 @@ export class TaskSessionService {
     try {
       credentials = await this.deps.issuer.issue(request);
     } catch (e) {
+      this.metrics.issuance(event, t.name, 'failed');
       try {
         await this.deps.store.auditLog.append({ ...base, decision: 'failed', reason: (e as Error).message });
       } catch { /* the STS failure is what the caller needs to see */ }
@@ -532,8 +542,10 @@ export class TaskSessionService {
       // STS issued them, but they are withheld: the AccessKeyId (not a secret) goes to the server log
       // so the CloudTrail trail of keys nobody received can still be explained.
       this.deps.log.error({ sessionId: s.id, accessKeyId: credentials.accessKeyId, err: (e as Error).message }, 'credentials withheld: the audit log could not record their issue');
+      this.metrics.issuance(event, t.name, 'withheld');
       throw e;
     }
+    this.metrics.issuance(event, t.name, 'issued');
     return credentials;
   }
 
@@ -569,6 +581,13 @@ export class TaskSessionService {
     }
   }
 }
+
+/** The metric name of each template limit (metrics/service-metrics.ts). */
+const LIMIT_METRIC: Record<keyof TaskTemplate['limits'], RateLimitName> = {
+  concurrentSessions: 'template_concurrent_sessions',
+  startsPerDay: 'template_starts_per_day',
+  startsPerDeveloperPerDay: 'template_starts_per_developer_per_day',
+};
 
 interface LimitHit {
   limit: keyof TaskTemplate['limits'];

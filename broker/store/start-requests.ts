@@ -56,6 +56,8 @@ export interface StartRequestRepository {
   ofRequester(requester: string, limit?: number): Promise<StartRequest[]>;
   /** Pending requests (not expired) of everyone, oldest first: the domain filters who may approve. */
   pending(limit?: number): Promise<StartRequest[]>;
+  /** How many requests are pending and not expired (a count: read at every metrics scrape). */
+  countPending(): Promise<number>;
   /**
    * Records a decision and appends `e`, atomically, if the request is still `pending` and not past
    * `expiresAt` at `now`, and moves it to `status` when given; false if it was not.

@@ -120,6 +120,8 @@ export interface SessionRepository {
   get(id: string): Promise<TaskSession | undefined>;
   /** Open sessions not past their end, oldest first; of one developer, or of everyone. */
   active(developer?: string): Promise<TaskSession[]>;
+  /** How many sessions are open and not past their end (a count, no rows: read at every metrics scrape). */
+  countActive(): Promise<number>;
   /**
    * Ends a session (if still open) and appends `e`, atomically; false if it had already ended.
    * `by`: the administrator who ended it, when one did.

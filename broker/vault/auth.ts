@@ -142,7 +142,7 @@ export class VaultAuth {
     let r;
     try {
       r = await this.deps.http.call<{ accessor?: string; policies?: string[]; ttl?: number; renewable?: boolean; display_name?: string }>({
-        method: 'GET', path: 'auth/token/lookup-self', token, what: "look up the broker's own token",
+        method: 'GET', operation: 'token_lookup_self', path: 'auth/token/lookup-self', token, what: "look up the broker's own token",
       });
     } catch (e) {
       if (vaultStatus(e) !== 403 || !isBrokerError(e)) throw e;
@@ -160,7 +160,7 @@ export class VaultAuth {
 
   private async renewSelf(h: Held): Promise<Held> {
     try {
-      const r = await this.deps.http.call({ method: 'POST', path: 'auth/token/renew-self', token: h.token, body: {}, what: "renew the broker's own token" });
+      const r = await this.deps.http.call({ method: 'POST', operation: 'token_renew_self', path: 'auth/token/renew-self', token: h.token, body: {}, what: "renew the broker's own token" });
       return { ...h, refreshAt: this.refreshAt(r?.auth?.lease_duration ?? 0) };
     } catch (e) {
       this.deps.log.warn({ accessor: h.accessor, err: (e as Error).message }, "could not renew the broker's own Vault token");
@@ -171,7 +171,7 @@ export class VaultAuth {
   private async approleLogin(m: Extract<VaultAuthMethod, { kind: 'approle' }>): Promise<VaultAuthBlock> {
     const secretId = readSecret(m.secretId, this.deps.baseDir, 'vault.approle.secretId');
     const r = await this.deps.http.call({
-      method: 'POST', path: `auth/${m.mount}/login`, body: { role_id: m.roleId, secret_id: secretId },
+      method: 'POST', operation: 'login', path: `auth/${m.mount}/login`, body: { role_id: m.roleId, secret_id: secretId },
       secrets: [secretId], what: `log in with AppRole at auth/${m.mount}`,
     });
     return requireAuth(r?.auth, `auth/${m.mount}/login`);
@@ -180,7 +180,7 @@ export class VaultAuth {
   private async jwtLogin(m: Extract<VaultAuthMethod, { kind: 'jwt' }>): Promise<VaultAuthBlock> {
     const jwt = await this.deps.signLoginJwt!(m.audience);
     const r = await this.deps.http.call({
-      method: 'POST', path: `auth/${m.mount}/login`, body: { role: m.role, jwt },
+      method: 'POST', operation: 'login', path: `auth/${m.mount}/login`, body: { role: m.role, jwt },
       secrets: [jwt], what: `log in with JWT auth at auth/${m.mount} (role ${m.role})`,
     });
     return requireAuth(r?.auth, `auth/${m.mount}/login`);

@@ -21,7 +21,14 @@ export interface VaultHttpOptions {
   /** Vault Enterprise / OpenBao namespace, sent as X-Vault-Namespace. */
   namespace?: string | undefined;
   timeoutMs: number;
+  /** Told of every call: its operation, whether Vault answered with success, and how long it took. */
+  observe?: ((operation: VaultOperation, ok: boolean, seconds: number) => void) | undefined;
 }
+
+/** What a call does, for metrics: a closed set (the path holds role and mount names, which are not). */
+export type VaultOperation =
+  | 'token_create' | 'token_revoke_accessor' | 'token_lookup_accessor' | 'token_role_read'
+  | 'token_lookup_self' | 'token_renew_self' | 'login';
 
 /**
  * Vault could not be reached, or did not answer in time; the BrokerError's `cause`. `outcomeUnknown`
@@ -46,6 +53,7 @@ export class VaultApiError extends Error {
 
 export interface VaultCall {
   method: 'GET' | 'POST';
+  operation: VaultOperation;
   /** Below /v1/, e.g. `auth/token/create/broker-tasks`. */
   path: string;
   token?: string | undefined;
@@ -89,6 +97,20 @@ export class VaultHttp {
 
   /** One request; resolves with Vault's JSON (undefined for 204), or throws a BrokerError. */
   async call<D = Record<string, unknown>>(c: VaultCall): Promise<VaultResponse<D> | undefined> {
+    const observe = this.options.observe;
+    if (!observe) return this.send<D>(c);
+    const start = performance.now();
+    try {
+      const r = await this.send<D>(c);
+      observe(c.operation, true, (performance.now() - start) / 1000);
+      return r;
+    } catch (e) {
+      observe(c.operation, false, (performance.now() - start) / 1000);
+      throw e;
+    }
+  }
+
+  private async send<D>(c: VaultCall): Promise<VaultResponse<D> | undefined> {
     const secrets = [c.token, ...(c.secrets ?? [])].filter((s): s is string => typeof s === 'string' && s.length > 0);
     const headers: Record<string, string> = { accept: 'application/json' };
     if (c.token) headers['x-vault-token'] = c.token;

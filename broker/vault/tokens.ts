@@ -78,7 +78,7 @@ export class VaultTokens {
     const path = `auth/token/create/${encodeURIComponent(req.role)}`;
     let r;
     try {
-      r = await this.withToken((token) => this.http.call({ method: 'POST', path, token, body: req.body, what: `create a token with role ${req.role}` }));
+      r = await this.withToken((token) => this.http.call({ method: 'POST', operation: 'token_create', path, token, body: req.body, what: `create a token with role ${req.role}` }));
     } catch (e) {
       throw withHint(e, createHint(e, req.role, template));
     }
@@ -99,7 +99,7 @@ export class VaultTokens {
     let r;
     try {
       r = await this.withToken((token) => this.http.call({
-        method: 'POST', path: 'auth/token/revoke-accessor', token, body: { accessor }, what: `revoke the token with accessor ${accessor}`,
+        method: 'POST', operation: 'token_revoke_accessor', path: 'auth/token/revoke-accessor', token, body: { accessor }, what: `revoke the token with accessor ${accessor}`,
       }));
     } catch (e) {
       const cause = (e as { cause?: unknown }).cause;
@@ -113,7 +113,7 @@ export class VaultTokens {
   async lookupAccessor(accessor: string): Promise<Record<string, unknown> | undefined> {
     try {
       const r = await this.withToken((token) => this.http.call({
-        method: 'POST', path: 'auth/token/lookup-accessor', token, body: { accessor }, what: `look up the token with accessor ${accessor}`,
+        method: 'POST', operation: 'token_lookup_accessor', path: 'auth/token/lookup-accessor', token, body: { accessor }, what: `look up the token with accessor ${accessor}`,
       }));
       return r?.data ?? undefined;
     } catch (e) {
@@ -125,7 +125,7 @@ export class VaultTokens {
   async readRole(name: string): Promise<TokenRoleInfo | undefined> {
     try {
       const r = await this.withToken((token) => this.http.call<Record<string, unknown>>({
-        method: 'GET', path: `auth/token/roles/${encodeURIComponent(name)}`, token, what: `read token role ${name}`,
+        method: 'GET', operation: 'token_role_read', path: `auth/token/roles/${encodeURIComponent(name)}`, token, what: `read token role ${name}`,
       }));
       const d = r?.data;
       if (!d) return undefined;

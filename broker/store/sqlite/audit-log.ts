@@ -28,6 +28,7 @@ export class SqliteAuditLog implements AuditLog {
       e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
       e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e), e.vaultAccessor ?? null,
     );
+    this.sql.auditAppended = true;
   }
 
   async append(e: AuditEvent): Promise<void> {

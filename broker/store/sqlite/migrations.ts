@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS task_sessions (
 CREATE INDEX IF NOT EXISTS task_sessions_developer ON task_sessions (developer, ended_at, expires_at);
 -- A template's open sessions and recent starts, for its limits (templates/schema.ts, limits).
 CREATE INDEX IF NOT EXISTS task_sessions_template ON task_sessions (template, created_at);
+-- The open sessions, counted at every metrics scrape: a partial index keeps that cheap however many have ended.
+CREATE INDEX IF NOT EXISTS task_sessions_open ON task_sessions (expires_at) WHERE ended_at IS NULL;
 -- Every template version loaded (store/template-versions.ts): a session's version, found again after a reload.
 CREATE TABLE IF NOT EXISTS template_versions (
   name TEXT NOT NULL,

@@ -95,6 +95,6 @@ export class SqliteRefreshTokenFamilies implements RefreshTokenFamilies {
   }
 
   async prune(endedBefore: number): Promise<number> {
-    return this.sql.write('refresh-token family pruning', () => Number(this.stmts.prune.run(endedBefore).changes));
+    return this.sql.write('refresh-token family pruning', () => Number(this.stmts.prune.run(endedBefore).changes), { audit: false });
   }
 }

@@ -109,6 +109,6 @@ export class SqliteRevocationRepository implements RevocationRepository {
         this.stmts.bumpOnly.run(role);
       }
       return roles;
-    });
+    }, { audit: false });
   }
 }

@@ -39,6 +39,7 @@ export class SqliteSessionRepository implements SessionRepository {
       get: q('SELECT * FROM task_sessions WHERE id = ?'),
       active: q('SELECT * FROM task_sessions WHERE developer = ? AND ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
       allActive: q('SELECT * FROM task_sessions WHERE ended_at IS NULL AND expires_at > ? ORDER BY created_at'),
+      countActive: q('SELECT COUNT(*) AS n FROM task_sessions WHERE ended_at IS NULL AND expires_at > ?'),
       end: q('UPDATE task_sessions SET ended_at = ?, end_reason = ?, ended_by = ? WHERE id = ? AND ended_at IS NULL'),
       // Every filter is optional: a NULL parameter matches everything.
       search: q(`SELECT * FROM task_sessions WHERE (?1 IS NULL OR developer = ?1) AND (?2 IS NULL OR template = ?2)
@@ -82,6 +83,10 @@ export class SqliteSessionRepository implements SessionRepository {
   async active(developer?: string): Promise<TaskSession[]> {
     const now = this.sql.now();
     return developer === undefined ? rows(this.stmts.allActive, now) : rows(this.stmts.active, developer, now);
+  }
+
+  async countActive(): Promise<number> {
+    return (this.stmts.countActive.get(this.sql.now()) as { n: number }).n;
   }
 
   async end(id: string, reason: string, e: AuditEvent, by?: string): Promise<boolean> {

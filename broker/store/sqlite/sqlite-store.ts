@@ -1,7 +1,7 @@
 import { BrokerError } from '../../errors.js';
 import type { Store } from '../store.js';
 import { SqliteAuditLog } from './audit-log.js';
-import { SqliteDatabase } from './database.js';
+import { SqliteDatabase, type AuditWriteObserver } from './database.js';
 import { SqliteFreezes } from './freezes.js';
 import { migrate } from './migrations.js';
 import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
@@ -29,9 +29,9 @@ export class SqliteStore implements Store {
   readonly templateVersions: SqliteTemplateVersions;
   private readonly sql: SqliteDatabase;
 
-  constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number } = {}) {
+  constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number; onAuditWrite?: AuditWriteObserver } = {}) {
     try {
-      this.sql = new SqliteDatabase(path, { busyTimeoutMs: options.busyTimeoutMs, now: options.now ?? Date.now });
+      this.sql = new SqliteDatabase(path, { busyTimeoutMs: options.busyTimeoutMs, now: options.now ?? Date.now, onAuditWrite: options.onAuditWrite });
       migrate(this.sql.db);
     } catch (e) {
       throw new BrokerError('audit_unavailable', `cannot open the store at ${path}: ${(e as Error).message}`, {

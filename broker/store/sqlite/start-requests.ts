@@ -24,6 +24,7 @@ export class SqliteStartRequests implements StartRequestRepository {
       findPending: q("SELECT * FROM start_requests WHERE requester = ? AND digest = ? AND status = 'pending' AND expires_at > ? ORDER BY created_at DESC LIMIT 1"),
       ofRequester: q('SELECT * FROM start_requests WHERE requester = ? ORDER BY created_at DESC LIMIT ?'),
       pending: q("SELECT * FROM start_requests WHERE status = 'pending' AND expires_at > ? ORDER BY created_at LIMIT ?"),
+      countPending: q("SELECT COUNT(*) AS n FROM start_requests WHERE status = 'pending' AND expires_at > ?"),
       claimPending: q("UPDATE start_requests SET status = status WHERE id = ? AND status = 'pending' AND expires_at > ?"),
       setStatus: q('UPDATE start_requests SET status = ?, session_id = COALESCE(?, session_id) WHERE id = ? AND status = ?'),
       insertDecision: q(`INSERT INTO start_request_decisions (request_id, seq, by, decision, reason, auth_time, at, via)
@@ -73,6 +74,10 @@ export class SqliteStartRequests implements StartRequestRepository {
 
   async pending(limit = 200): Promise<StartRequest[]> {
     return this.rows(this.stmts.pending.all(this.sql.now(), limit));
+  }
+
+  async countPending(): Promise<number> {
+    return (this.stmts.countPending.get(this.sql.now()) as { n: number }).n;
   }
 
   async decide(id: string, d: RequestDecision, status: StartRequestStatus | undefined, now: number, e: AuditEvent): Promise<boolean> {
