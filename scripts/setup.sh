@@ -63,6 +63,8 @@ fi
 
 # --- npm dependencies ---------------------------------------------------------------------------
 if [ -f package-lock.json ]; then
-  [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error
+  # A node_modules that is a symlink is an install shared with another checkout (a git worktree):
+  # `npm ci` would empty it under that checkout, so it is left to the checkout that owns it.
+  [ -L node_modules ] || { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ]; } || npm ci --no-audit --no-fund --loglevel=error
 fi
 log "ready: PATH=$PEERS/node/bin:\$PATH"
