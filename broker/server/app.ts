@@ -19,7 +19,7 @@ import type { StartRequest, StartRequests } from '../requests/start-requests.js'
 import type { ReloadBy, ReloadResult } from '../templates/catalog.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  adminAuditQuery, type adminAuditResponse, adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminReloadRequest, type adminStatusResponse, adminUnfreezeRequest,
+  adminAuditQuery, type adminAuditResponse, queryIssueDetails, adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminReloadRequest, type adminStatusResponse, adminUnfreezeRequest,
   type adminEndResponse, type adminFreezeResponse, type adminFreezesResponse, type adminOffboardResponse, type adminReloadResponse, type adminSessionResponse,
   type adminSessionsResponse, type adminUnfreezeResponse, type auditRecordView, type freezeView, type sessionStateResponse,
   idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, REQUEST_ID_RE, refreshRequest, startConfirmationRequest, startSessionRequest, updateSessionRequest,
@@ -180,9 +180,7 @@ function auditQuery(c: Context): z.output<typeof adminAuditQuery> {
   const raw = Object.fromEntries(Object.entries(c.req.queries()).map(([k, v]) => [k, v.length === 1 ? v[0] : v]));
   const parsed = adminAuditQuery.safeParse(raw);
   if (!parsed.success) {
-    const details = parsed.error.issues.flatMap((i) => i.code === 'unrecognized_keys'
-      ? i.keys.map((k) => ({ path: k, message: 'unknown parameter' }))
-      : [{ path: i.path.map(String).join('/'), message: i.message }]);
+    const details = queryIssueDetails(parsed.error);
     throw new BrokerError('invalid_request', `${details[0]?.path ? `${details[0].path}: ` : ''}${details[0]?.message ?? 'invalid query'}`, { details });
   }
   return parsed.data;

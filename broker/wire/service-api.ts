@@ -532,8 +532,8 @@ export const MAX_AUDIT_FILTER_VALUES = 100;
  * A query parameter given once, or repeated for "any of these" (`?accessKeyId=A&accessKeyId=B`);
  * always a list after parsing.
  */
-const anyOf = <T extends z.ZodType<string>>(s: T) => z.union([s, z.array(s).min(1).max(MAX_AUDIT_FILTER_VALUES)])
-  .transform((v): string[] => (Array.isArray(v) ? v : [v]) as string[]);
+const anyOf = <T extends z.ZodType<string>>(s: T) => z.preprocess((v) => (Array.isArray(v) ? v : [v]),
+  z.array(s).min(1).max(MAX_AUDIT_FILTER_VALUES, `at most ${MAX_AUDIT_FILTER_VALUES} values`));
 const flag = z.enum(['1', 'true'], { error: 'must be 1 or true' }).transform(() => true);
 /** An instant: RFC 3339 UTC, or a duration before the service's now (`24h`, `7d`; parsed by the route). */
 const instant = z.string().max(40).regex(/^(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z|(?:\d+[smhd]?)+)$/, 'must be an RFC 3339 UTC time (2026-12-04T10:00:00Z) or a duration before now (24h, 7d)');
@@ -573,6 +573,13 @@ export const adminAuditQuery = z.strictObject({
   if (q.latest && q.after !== undefined) ctx.addIssue({ code: 'custom', path: ['latest'], message: 'give latest or after, not both' });
 });
 export type AdminAuditQuery = z.output<typeof adminAuditQuery>;
+
+/** The problems of a query, each at its parameter's name (`limit`; `accessKeyId` for any of its values), for a 400. */
+export function queryIssueDetails(error: z.ZodError): ErrorDetail[] {
+  return error.issues.flatMap((i) => i.code === 'unrecognized_keys'
+    ? i.keys.map((k) => ({ path: k, message: 'unknown parameter' }))
+    : [{ path: String(i.path[0] ?? ''), message: typeof i.path[1] === 'number' && i.path[1] > 0 ? `value ${i.path[1] + 1}: ${i.message}` : i.message }]);
+}
 
 /**
  * The principal chain behind a task session, from its audit records alone (never a secret): the
