@@ -8,7 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -176,6 +178,22 @@ describe('broker audit: the principal chain behind an AccessKeyId, CloudTrail jo
       const dbText = await broker(['audit', 'show', ...filter, '--db', stack.svc.dbPath], alice);
       assert.equal(dbText.stdout, serverText.stdout, `text ${filter.join(' ')}`);
     }
+    // Read-only: a copy of the store from before the audit indexes existed is read, and left byte for byte as it was (no migration).
+    const copyDir = mkdtempSync(join(tmpdir(), 'broker-store-copy-'));
+    const copy = join(copyDir, 'old.db');
+    const live = new DatabaseSync(stack.svc.dbPath, { readOnly: true });
+    live.exec(`VACUUM INTO '${copy}'`);
+    live.close();
+    const old = new DatabaseSync(copy);
+    old.exec('DROP INDEX audit_access_key; DROP INDEX audit_vault_accessor; DROP INDEX audit_event;');
+    old.close();
+    const digest = () => createHash('sha256').update(readFileSync(copy)).digest('hex');
+    const before = digest();
+    const fromCopy = await broker(['audit', 'show', '--access-key-id', a.keys[0]!, '--json', '--db', copy], alice);
+    ok(fromCopy, 'audit show --db copy');
+    assert.deepEqual(json(fromCopy), json(await broker(['audit', 'show', '--access-key-id', a.keys[0]!, '--json'], carol)));
+    assert.equal(digest(), before, 'the file is unchanged');
+    assert.deepEqual(readdirSync(copyDir), ['old.db'], 'no journal or WAL left beside it');
     assert.equal((await broker(['audit', 'show', '--session', a.id, '--db', join(tmpdir(), 'no-such-store.db')], carol)).code, EXIT_CODES.not_found);
     const notStore = join(mkdtempSync(join(tmpdir(), 'broker-notstore-')), 'x.db');
     writeFileSync(notStore, 'not sqlite');
@@ -285,7 +303,7 @@ describe('broker audit: the principal chain behind an AccessKeyId, CloudTrail jo
     const e4: any = byId.get('e4');
     assert.deepEqual([e4.link, e4.session.sessionId, e4.session.agent, e4.session.reason], ['accessKeyId', b.id, 'aider', 'read the logs']);
     const e5: any = byId.get('e5');
-    assert.deepEqual([e5.link, e5.session, e5.candidates.sort()], ['sourceIdentity', null, [a.id, b.id].sort()]);
+    assert.deepEqual([e5.link, e5.session, e5.candidates], ['sourceIdentity', null, [a.id, b.id]]);
     const e6: any = byId.get('e6');
     assert.deepEqual([e6.link, e6.session.sessionId, e6.event.file], ['accessKeyId', a.id, lookup]);
     assert.deepEqual(out.foreign.map((e: any) => [e.eventID, e.accessKeyId]), [['e2', 'AKIAFOREIGNEXAMPLE01']]);
