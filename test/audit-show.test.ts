@@ -174,6 +174,7 @@ describe('broker audit: the principal chain behind an AccessKeyId, CloudTrail jo
       ok(server, `server ${filter.join(' ')}`);
       ok(db, `db ${filter.join(' ')}`);
       assert.deepEqual(json(db), json(server), filter.join(' '));
+      if (filter[0] !== '--access-key-id' && filter[0] !== '--developer') continue;
       const serverText = await broker(['audit', 'show', ...filter], carol);
       const dbText = await broker(['audit', 'show', ...filter, '--db', stack.svc.dbPath], alice);
       assert.equal(dbText.stdout, serverText.stdout, `text ${filter.join(' ')}`);
