@@ -1,13 +1,15 @@
+import { queryAudit } from '../audit/principal-chain.js';
 import { BrokerError } from '../errors.js';
 import type { Principal } from '../identity/principal.js';
 import type { Logger } from '../log.js';
 import type { BrokerMetrics } from '../metrics/service-metrics.js';
 import type { EndedSession, TaskSessionService } from '../sessions/task-session-service.js';
 import type { AuditEvent, AuditRecord } from '../store/audit-event.js';
+import type { AuditSearch } from '../store/audit-search.js';
 import { ALL_TEMPLATES, type Freeze, type FreezeScope } from '../store/freezes.js';
 import type { SessionFilter, Store, TaskSession } from '../store/store.js';
 import type { TemplateCatalog } from '../templates/catalog.js';
-import type { AdminSessionView } from '../wire/service-api.js';
+import type { AdminAuditQuery, AdminAuditResponse, AdminSessionView } from '../wire/service-api.js';
 import type { RevocationWarning, SessionToRevoke } from '../sessions/session-revocations.js';
 
 /** Who may use the control plane (the service config's `admins`). */
@@ -30,6 +32,8 @@ export interface StsRevoker {
 export interface AdminServiceDeps {
   admins: AdminsConfig;
   store: Pick<Store, 'sessions' | 'auditLog' | 'vaultTokens' | 'freezes' | 'startRequests'>;
+  /** The audit log read by what an incident names (`GET /v1/admin/audit`). */
+  auditSearch: AuditSearch;
   sessions: TaskSessionService;
   /** Revokes every login (refresh-token family) of a developer (identity/logins.ts). */
   logins: { revokeDeveloper(developer: string, reason: string, by?: string): Promise<number> };
@@ -94,6 +98,20 @@ export class AdminService {
     if (!s) throw new BrokerError('not_found', `no task session ${id}`, { hint: 'list them with: broker admin sessions' });
     await this.audit({ event: 'admin.view', decision: 'allowed', developer: s.developer, template: s.template, sessionId: s.id, detail: { admin: admin.id } });
     return { session: await this.view(s), history: await this.deps.store.auditLog.ofSession(s.id) };
+  }
+
+  /**
+   * `GET /v1/admin/audit`: principal chains or records (audit/principal-chain.ts). A query is audited
+   * once, at its first page: the pages after it (`after`), and `broker audit tail -f`'s polls, are
+   * not, or following the log would fill it with records of its own reading.
+   */
+  async readAudit(admin: Principal, q: AdminAuditQuery): Promise<AdminAuditResponse> {
+    const r = await queryAudit(this.deps.auditSearch, q, this.now());
+    if (q.after === undefined) {
+      const { after: _after, ...filter } = q;
+      await this.audit({ event: 'admin.view', decision: 'allowed', detail: { admin: admin.id, route: 'audit', filter } });
+    }
+    return r;
   }
 
   /** `broker admin end`: ends the sessions selected (no re-issue), revokes their Vault tokens, asks for STS revocation. */

@@ -5,7 +5,7 @@ import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
+  adminAuditResponse, adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
   adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, endSessionResponse, sessionStateResponse, startRequestResponse, startRequestsResponse,
   startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse, type SessionStateResponse, type SessionView,
   type StartSessionRequest, type VaultTokenGrant,
@@ -251,6 +251,12 @@ export class DaemonCore {
       case 'admin-freezes': return answer('admin-freezes', await this.service().request('GET', '/v1/admin/freezes', adminFreezesResponse));
       case 'admin-status': return answer('admin-status', await this.service().request('GET', '/v1/admin/status', adminStatusResponse));
       case 'admin-reload': return answer('admin-reload', await this.service().request('POST', '/v1/admin/reload', adminReloadResponse, { reason: req.reason }));
+      case 'admin-audit': {
+        const q = new URLSearchParams();
+        for (const [k, v] of Object.entries(req.query)) for (const one of Array.isArray(v) ? v : [v]) q.append(k, one);
+        const qs = q.toString();
+        return answer('admin-audit', await this.service().request('GET', `/v1/admin/audit${qs ? `?${qs}` : ''}`, adminAuditResponse));
+      }
       case 'stop': return answer('stop', { stopping: true });
     }
   }

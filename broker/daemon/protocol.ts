@@ -18,7 +18,7 @@ import { BrokerError, type ErrorCode, type ErrorDetail } from '../errors.js';
 import { MAX_AGENT_NAME_CHARS, MAX_PARAM_VALUE_CHARS, MAX_REASON_CHARS, TEMPLATE_NAME_RE, TEMPLATE_NAME_RULE } from '../limits/names.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
+  adminAuditResponse, adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
   adminUnfreezeResponse, confirmationStatusResponse, deviceConfirmationResponse, errorBody, processCredentials, REQUEST_ID_RE, sessionView,
   startRequestView, templateSummary, timestamp, whoamiResponse,
 } from '../wire/service-api.js';
@@ -93,6 +93,11 @@ export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('admin-freezes') }),
   z.strictObject({ op: z.literal('admin-status') }),
   z.strictObject({ op: z.literal('admin-reload'), reason: adminReason }),
+  /** `broker audit show|tail|cloudtrail`: the query of GET /v1/admin/audit, as its parameters (the service checks them). */
+  z.strictObject({
+    op: z.literal('admin-audit'),
+    query: z.record(z.string().max(32), z.union([text(400), z.array(text(400)).max(100)])).refine((q) => Object.keys(q).length <= 20, 'at most 20 parameters'),
+  }),
   z.strictObject({ op: z.literal('stop') }),
 ]);
 export type DaemonRequest = z.infer<typeof daemonRequest>;
@@ -250,6 +255,7 @@ export const resultSchemas = {
   'admin-freezes': adminFreezesResponse,
   'admin-status': adminStatusResponse,
   'admin-reload': adminReloadResponse,
+  'admin-audit': adminAuditResponse,
   stop: z.object({ stopping: z.literal(true) }),
 } as const satisfies { [Op in DaemonOp]: z.ZodType };
 export type DaemonResult<Op extends DaemonOp> = z.output<(typeof resultSchemas)[Op]>;

@@ -20,7 +20,7 @@ import type { StartRequest, StartRequests } from '../requests/start-requests.js'
 import type { ReloadBy, ReloadResult } from '../templates/catalog.js';
 import { bodyIssueDetails } from '../wire/json-pointer.js';
 import {
-  adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminReloadRequest, type adminStatusResponse, adminUnfreezeRequest,
+  adminAuditQuery, type adminAuditResponse, queryIssueDetails, adminEndRequest, adminFreezeRequest, adminOffboardRequest, adminReloadRequest, type adminStatusResponse, adminUnfreezeRequest,
   type adminEndResponse, type adminFreezeResponse, type adminFreezesResponse, type adminOffboardResponse, type adminReloadResponse, type adminSessionResponse,
   type adminSessionsResponse, type adminUnfreezeResponse, type auditRecordView, type freezeView, type sessionStateResponse,
   idTokenRequest, logoutRequest, MAX_REQUEST_BODY_BYTES, REQUEST_ID_RE, refreshRequest, startConfirmationRequest, startSessionRequest, updateSessionRequest,
@@ -178,6 +178,20 @@ function sessionFilter(q: Record<string, string>, now: number): SessionFilter {
   if (!Number.isInteger(limit) || limit < 1 || limit > 5000) throw bad('limit', 'must be a whole number from 1 to 5000');
   for (const k of ['developer', 'template', 'agent'] as const) if (q[k] !== undefined && (q[k] === '' || q[k].length > 320)) throw bad(k, 'must be 1 to 320 characters');
   return { developer: q.developer, template: q.template, agent: q.agent, activeOnly: active, since, limit };
+}
+
+/**
+ * The query of `GET /v1/admin/audit` by its schema (wire/service-api.ts): a parameter given once is a
+ * string, repeated a list; a 400 names each bad parameter.
+ */
+function auditQuery(c: Context): z.output<typeof adminAuditQuery> {
+  const raw = Object.fromEntries(Object.entries(c.req.queries()).map(([k, v]) => [k, v.length === 1 ? v[0] : v]));
+  const parsed = adminAuditQuery.safeParse(raw);
+  if (!parsed.success) {
+    const details = queryIssueDetails(parsed.error);
+    throw new BrokerError('invalid_request', `${details[0]?.path ? `${details[0].path}: ` : ''}${details[0]?.message ?? 'invalid query'}`, { details });
+  }
+  return parsed.data;
 }
 
 /**
@@ -551,6 +565,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
   });
 
   app.get('/v1/admin/freezes', async (c) => c.json({ freezes: (await admin().freezes()).map(freezeBody) } satisfies Body<typeof adminFreezesResponse>));
+
+  // The principal chain behind an AccessKeyId, a session, a developer… or the raw records (README,
+  // "Incident response"); paged by seq.
+  app.get('/v1/admin/audit', async (c) => {
+    const r = await admin().readAudit(c.get('principal'), auditQuery(c));
+    return c.json(r satisfies Body<typeof adminAuditResponse>);
+  });
 
   app.get('/v1/admin/status', async (c) => {
     const r = await admin().status();

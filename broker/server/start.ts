@@ -202,7 +202,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
   const admin = new AdminService({
-    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now, metrics,
+    admins: config.admins, store, auditSearch: store.auditSearch, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now, metrics,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const reload = async (by: ReloadBy): Promise<ReloadResult> => {

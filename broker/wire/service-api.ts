@@ -520,3 +520,120 @@ export const adminStatusResponse = z.object({
   revocationWarnings: z.array(revocationWarningView),
 });
 export type AdminStatusResponse = z.infer<typeof adminStatusResponse>;
+
+// ---- the audit log, read by what an incident names (`GET /v1/admin/audit`, `broker audit …`) ----
+
+/** The most items one page of `GET /v1/admin/audit` holds (our own bound). */
+export const MAX_AUDIT_PAGE = 1000;
+/** The most values one list filter takes (e.g. the AccessKeyIds of a CloudTrail file, asked in batches). */
+export const MAX_AUDIT_FILTER_VALUES = 100;
+
+/**
+ * A query parameter given once, or repeated for "any of these" (`?accessKeyId=A&accessKeyId=B`);
+ * always a list after parsing.
+ */
+const anyOf = <T extends z.ZodType<string>>(s: T) => z.preprocess((v) => (Array.isArray(v) ? v : [v]),
+  z.array(s).min(1).max(MAX_AUDIT_FILTER_VALUES, `at most ${MAX_AUDIT_FILTER_VALUES} values`));
+const flag = z.enum(['1', 'true'], { error: 'must be 1 or true' }).transform(() => true);
+/** An instant: RFC 3339 UTC, or a duration before the service's now (`24h`, `7d`; parsed by the route). */
+const instant = z.string().max(40).regex(/^(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z|(?:\d+[smhd]?)+)$/, 'must be an RFC 3339 UTC time (2026-12-04T10:00:00Z) or a duration before now (24h, 7d)');
+/** AWS AccessKeyId: 16 to 128 word characters (STS API Reference, Credentials). */
+const accessKeyIdParam = z.string().regex(/^\w{16,128}$/, 'must be an AWS AccessKeyId (16 to 128 letters and digits, e.g. ASIA…)');
+/** RoleSessionName: 2 to 64 of [\w+=,.@-] (STS AssumeRole). */
+const roleSessionNameParam = z.string().regex(/^[\w+=,.@-]{2,64}$/, 'must be a role session name (2 to 64 of letters, digits, +=,.@_-)');
+
+/**
+ * `GET /v1/admin/audit`: the query, every parameter checked (a 400 names the parameter). `view`
+ * `chains` (default): one principal chain per task session matching; `records`: the raw records
+ * matching (`denied` and `latest` imply it). Paging by `seq`: pass the answer's `next` as `after`
+ * until it is null. Filters narrow together (AND); a repeated one matches any of its values.
+ */
+export const adminAuditQuery = z.strictObject({
+  view: z.enum(['chains', 'records'], { error: 'must be chains or records' }).optional(),
+  after: z.string().regex(/^\d{1,15}$/, 'must be a record seq (a whole number)').transform(Number).optional(),
+  limit: z.string().regex(/^\d{1,4}$/, `must be a whole number from 1 to ${MAX_AUDIT_PAGE}`).transform(Number)
+    .refine((n) => n >= 1 && n <= MAX_AUDIT_PAGE, `must be a whole number from 1 to ${MAX_AUDIT_PAGE}`).optional(),
+  accessKeyId: anyOf(accessKeyIdParam).optional(),
+  roleSessionName: anyOf(roleSessionNameParam).optional(),
+  session: anyOf(sessionId).optional(),
+  developer: anyOf(developerId).optional(),
+  agent: agentName.optional(),
+  template: templateName.optional(),
+  vaultAccessor: z.string().regex(/^[\w.-]{1,128}$/, 'must be a Vault token accessor').optional(),
+  since: instant.optional(),
+  until: instant.optional(),
+  /** Only refusals (records with decision `denied`). */
+  denied: flag.optional(),
+  /** The last `limit` records (with `view=records`, no `after`): where `broker audit tail` starts. */
+  latest: flag.optional(),
+}).superRefine((q, ctx) => {
+  const records = q.view === 'records' || q.denied === true || q.latest === true;
+  if (q.view === 'chains' && (q.denied || q.latest)) ctx.addIssue({ code: 'custom', path: [q.denied ? 'denied' : 'latest'], message: 'lists records: leave out view=chains' });
+  if (records && q.agent !== undefined) ctx.addIssue({ code: 'custom', path: ['agent'], message: 'selects sessions: not with view=records, denied or latest' });
+  if (q.latest && q.after !== undefined) ctx.addIssue({ code: 'custom', path: ['latest'], message: 'give latest or after, not both' });
+});
+export type AdminAuditQuery = z.output<typeof adminAuditQuery>;
+
+/** The problems of a query, each at its parameter's name (`limit`; `accessKeyId` for any of its values), for a 400. */
+export function queryIssueDetails(error: z.ZodError): ErrorDetail[] {
+  return error.issues.flatMap((i) => i.code === 'unrecognized_keys'
+    ? i.keys.map((k) => ({ path: k, message: 'unknown parameter' }))
+    : [{ path: String(i.path[0] ?? ''), message: typeof i.path[1] === 'number' && i.path[1] > 0 ? `value ${i.path[1] + 1}: ${i.message}` : i.message }]);
+}
+
+/**
+ * The principal chain behind a task session, from its audit records alone (never a secret): the
+ * human (the developer, who is the AWS SourceIdentity of every credential), the agent, the template
+ * and version, parameters and reason, who confirmed or approved the start, every credential issued
+ * (the AccessKeyId CloudTrail names), every Vault token (its accessor, which Vault's audit log
+ * names), and how it ended and by whom. Built by broker/audit/principal-chain.ts.
+ */
+export const principalChainView = z.object({
+  sessionId: z.string(),
+  /** The seq of its `session.start` record: the paging cursor of chains. */
+  startSeq: count,
+  developer: z.string(),
+  /** The SourceIdentity its AWS credentials carry (the developer); null when it granted none. */
+  sourceIdentity: z.string().nullable(),
+  /** The agent it started for. */
+  agent: z.string(),
+  /** Later changes of agent (`broker exec` names it), oldest first. */
+  agentChanges: z.array(z.object({ at: timestamp, agent: z.string(), previous: z.string().nullable() })),
+  template: z.string(),
+  templateVersion: z.string().nullable(),
+  params: z.record(z.string(), z.string()),
+  reason: z.string(),
+  roleSessionName: z.string().nullable(),
+  startedAt: timestamp,
+  /** When it was to end at the latest (start + its length). */
+  endsAt: timestamp.nullable(),
+  /** The start request humans decided on; null: the template needed no confirmation. */
+  confirmation: z.object({ request: z.string(), confirmedBy: z.array(z.string()), approvedBy: z.array(z.string()), breakGlass: z.boolean() }).nullable(),
+  credentials: z.array(z.object({
+    accessKeyId: z.string(), issuedAt: timestamp, expiration: z.string().nullable(), reissue: z.boolean(), roleArn: z.string().nullable(),
+  })),
+  vaultTokens: z.array(z.object({
+    accessor: z.string(), issuedAt: timestamp, expiration: z.string().nullable(),
+    /** When the broker revoked it (null: not revoked, or not yet). */
+    revokedAt: timestamp.nullable(),
+  })),
+  /** How it ended: `by` the administrator, the developer, or null (the service: expiry, a start that failed). */
+  end: z.object({ at: timestamp, reason: z.string(), by: z.string().nullable(), byAdmin: z.boolean() }).nullable(),
+  /** Denies of its AWS credentials on its role (docs/revocation.md): asked for, and when IAM took them. */
+  revocations: z.array(z.object({
+    roleArn: z.string().nullable(), requestedAt: timestamp, requestedBy: z.string().nullable(), reason: z.string(), appliedAt: z.string().nullable(),
+  })),
+});
+export type PrincipalChainView = z.infer<typeof principalChainView>;
+
+/**
+ * `GET /v1/admin/audit`: `chains` (view chains) or `records` (view records); the other is empty.
+ * `next`: pass it as `after` for the next page; null when this page was the last. A page of chains
+ * may hold fewer than `limit` (sessions outside since/until are dropped after the page is read).
+ */
+export const adminAuditResponse = z.object({
+  chains: z.array(principalChainView),
+  records: z.array(auditRecordView),
+  next: count.nullable(),
+});
+export type AdminAuditResponse = z.infer<typeof adminAuditResponse>;

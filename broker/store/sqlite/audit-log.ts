@@ -57,7 +57,8 @@ export class SqliteAuditLog implements AuditLog {
   }
 }
 
-function toRecord(r: Record<string, unknown>): AuditRecord {
+/** A row of the `audit` table as a record (also read by audit-search.ts). */
+export function toRecord(r: Record<string, unknown>): AuditRecord {
   return {
     seq: r.seq as number, at: r.at as string, hash: r.hash as string,
     event: r.event as AuditRecord['event'], decision: r.decision as AuditRecord['decision'],

@@ -187,10 +187,22 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['start_requests', 'template_version TEXT'],
 ];
 
+/**
+ * Indexes on columns added later (so created after them): the audit log read by what an incident
+ * names (broker audit show, GET /v1/admin/audit; store/audit-search.ts). Partial, so the many
+ * records without a key or accessor cost nothing. CREATE INDEX adds no row: the triggers stay out.
+ */
+const INDEXES = `
+CREATE INDEX IF NOT EXISTS audit_access_key ON audit (access_key_id) WHERE access_key_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_vault_accessor ON audit (vault_accessor) WHERE vault_accessor IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_event ON audit (event, decision, seq);
+`;
+
 export function migrate(db: DatabaseSync): void {
   db.exec(SCHEMA);
   for (const [table, column] of COLUMNS_ADDED) {
     const have = new Set((db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name));
     if (!have.has(column.split(' ')[0]!)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
   }
+  db.exec(INDEXES);
 }

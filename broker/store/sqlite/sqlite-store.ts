@@ -1,6 +1,7 @@
 import { BrokerError } from '../../errors.js';
 import type { Store } from '../store.js';
 import { SqliteAuditLog } from './audit-log.js';
+import { SqliteAuditSearch } from './audit-search.js';
 import { SqliteDatabase, type AuditWriteObserver } from './database.js';
 import { SqliteFreezes } from './freezes.js';
 import { migrate } from './migrations.js';
@@ -19,6 +20,8 @@ import { SqliteVaultTokenRepository } from './vault-tokens.js';
  */
 export class SqliteStore implements Store {
   readonly auditLog: SqliteAuditLog;
+  /** The audit log read by what an incident names (store/audit-search.ts). */
+  readonly auditSearch: SqliteAuditSearch;
   readonly sessions: SqliteSessionRepository;
   readonly vaultTokens: SqliteVaultTokenRepository;
   readonly refreshTokenFamilies: SqliteRefreshTokenFamilies;
@@ -40,6 +43,7 @@ export class SqliteStore implements Store {
       });
     }
     this.auditLog = new SqliteAuditLog(this.sql);
+    this.auditSearch = new SqliteAuditSearch(this.sql.db);
     this.sessions = new SqliteSessionRepository(this.sql, this.auditLog);
     this.vaultTokens = new SqliteVaultTokenRepository(this.sql, this.auditLog);
     this.refreshTokenFamilies = new SqliteRefreshTokenFamilies(this.sql, this.auditLog);
