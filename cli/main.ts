@@ -18,6 +18,7 @@ import * as vaultToken from './vault-token.js';
 import * as requests from './requests.js';
 import * as decide from './decide.js';
 import * as admin from './admin.js';
+import * as audit from './audit.js';
 
 /** The installed package's version: package.json two levels above this module (dist/cli/main.js). */
 export function packageVersion(): string {
@@ -38,7 +39,7 @@ export function buildProgram(): Command {
     // Options of a command come before its subcommand; lets `broker exec` leave its command's options alone.
     .enablePositionalOptions()
     .exitOverride();
-  for (const m of [login, logout, whoami, templates, task, exec, requests, decide, vaultToken, status, end, configureAws, daemon, policy, admin, server]) m.register(program);
+  for (const m of [login, logout, whoami, templates, task, exec, requests, decide, vaultToken, status, end, configureAws, daemon, policy, admin, audit, server]) m.register(program);
   program
     .command('credential-process')
     .description('print AWS credential_process JSON for a task session (used from ~/.aws/config)')
