@@ -13,6 +13,8 @@ export interface CheckpointedLog {
   head(): { seq: number; hash: string; event: string } | undefined;
   latestCheckpoint(): { seq: number; detail: { seq: number; count: number } } | undefined;
   count(afterSeq: number, throughSeq: number): number;
+  /** Records after this seq that are not checkpoints. */
+  recordsAfter(seq: number): number;
   append(e: AuditEvent): Promise<void>;
   onAppend: ((e: AuditEvent) => void) | undefined;
 }
@@ -53,16 +55,20 @@ export class AuditCheckpointer {
 
   /** One checkpoint now, if anything was recorded since the last (one at a time). */
   checkpoint(): Promise<void> {
-    this.running ??= this.write().finally(() => { this.running = undefined; });
+    this.running ??= this.write().finally(() => {
+      this.running = undefined;
+      // Records that came in while this one was signed.
+      if (this.pending >= this.o.everyRecords && this.o.log.onAppend) void this.checkpoint();
+    });
     return this.running;
   }
 
   private async write(): Promise<void> {
     try {
       const head = this.o.log.head();
-      if (!head || head.event === CHECKPOINT_EVENT) return;
-      this.pending = 0;
       const base = this.covered ?? { seq: 0, count: 0 };
+      if (!head || this.o.log.recordsAfter(base.seq) === 0) return;
+      this.pending = 0;
       const count = base.count + this.o.log.count(base.seq, head.seq);
       const p: CheckpointPayload = { seq: head.seq, head: head.hash, at: new Date(this.o.now()).toISOString(), count };
       const jws = await signCheckpoint(p, this.o.key);

@@ -283,7 +283,12 @@ export async function verifyAuditLog(src: ChainSource, o: VerifyOptions): Promis
     kids.add(r.kid);
     const d = JSON.parse(c.detail!) as Partial<CheckpointPayload>;
     const p = r.payload;
-    if (d.seq !== p.seq || d.head !== p.head || d.count !== p.count || p.seq >= c.recordSeq) {
+    if (p.seq >= c.recordSeq) {
+      // A checkpoint signs only what was before it: records before it were removed and the rest renumbered.
+      anchors.push({ seq: c.recordSeq, head: p.head, count: p.count, matched: false, via: `the checkpoint now at seq ${c.recordSeq}, which signed record ${p.seq} (records before it were removed or renumbered)` });
+      continue;
+    }
+    if (d.seq !== p.seq || d.head !== p.head || d.count !== p.count) {
       problems.push({ kind: 'bad_checkpoint', seq: c.recordSeq, message: `checkpoint record ${c.recordSeq} says seq ${d.seq} head ${String(d.head).slice(0, 12)}…, its signature says seq ${p.seq} head ${p.head.slice(0, 12)}…` });
       continue;
     }

@@ -11,6 +11,7 @@ export class SqliteAuditLog implements AuditLog {
   private readonly last: StatementSync;
   private readonly lastCheckpoint: StatementSync;
   private readonly countBetween: StatementSync;
+  private readonly uncovered: StatementSync;
   private chain: ChainSource | undefined;
   /** Told of every record appended (after its transaction; a rolled-back one too): the checkpointer's cue. */
   onAppend: ((e: AuditEvent) => void) | undefined;
@@ -22,6 +23,7 @@ export class SqliteAuditLog implements AuditLog {
     this.last = sql.prepare('SELECT seq, hash, event FROM audit ORDER BY seq DESC LIMIT 1');
     this.lastCheckpoint = sql.prepare("SELECT seq, detail FROM audit WHERE event = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1");
     this.countBetween = sql.prepare('SELECT count(*) AS n FROM audit WHERE seq > ? AND seq <= ?');
+    this.uncovered = sql.prepare("SELECT count(*) AS n FROM audit WHERE seq > ? AND event != 'audit.checkpoint'");
     this.insert = sql.prepare(`INSERT INTO audit (seq, at, event, decision, developer, template, session_id, reason, access_key_id,
       role_session_name, expiration, detail, prev_hash, hash, vault_accessor, hash_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`);
     this.after = sql.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?');
@@ -57,6 +59,11 @@ export class SqliteAuditLog implements AuditLog {
   /** Records with afterSeq < seq <= throughSeq. */
   count(afterSeq: number, throughSeq: number): number {
     return (this.countBetween.get(afterSeq, throughSeq) as { n: number }).n;
+  }
+
+  /** Records after this seq that are not checkpoints (what a new checkpoint would cover). */
+  recordsAfter(seq: number): number {
+    return (this.uncovered.get(seq) as { n: number }).n;
   }
 
   /** The chain as the verifier reads it (store/audit-verify.ts). */
