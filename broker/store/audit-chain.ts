@@ -11,7 +11,7 @@
  * - v2, every record written since: the version, seq and every field, each at a fixed position.
  * Once a v2 record is in the chain, a later v1 record is refused (a downgrade is an edit).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { AuditEvent } from './audit-event.js';
 
 /** The `prev_hash` of the first record. */
@@ -53,19 +53,19 @@ export function chainFields(at: string, e: AuditEvent): ChainFields {
  * JSON text as a string; hashed with SHA-256, hex.
  */
 export function recordHashV2(prevHash: string, seq: number, f: ChainFields): string {
-  return createHash('sha256').update(JSON.stringify([
+  return hash('sha256', JSON.stringify([
     2, seq, prevHash, f.at, f.event, f.decision, f.developer, f.template, f.sessionId, f.reason,
     f.accessKeyId, f.roleSessionName, f.expiration, f.detail, f.vaultAccessor,
-  ])).digest('hex');
+  ]), 'hex');
 }
 
 /** v1 (records from before seq was hashed): no version, no seq, the accessor only when set. */
 export function recordHashV1(prevHash: string, f: ChainFields): string {
-  return createHash('sha256').update(JSON.stringify([
+  return hash('sha256', JSON.stringify([
     prevHash, f.at, f.event, f.decision, f.developer, f.template, f.sessionId, f.reason,
     f.accessKeyId, f.roleSessionName, f.expiration, f.detail,
     ...(f.vaultAccessor ? [f.vaultAccessor] : []),
-  ])).digest('hex');
+  ]), 'hex');
 }
 
 export function recordHash(version: number, prevHash: string, seq: number, f: ChainFields): string {

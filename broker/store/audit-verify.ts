@@ -7,7 +7,7 @@
  * points, signed with the audit key, so recomputing the chain after an edit or dropping its tail is
  * caught up to the last checkpoint that is out of the attacker's reach (off the host).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { compactVerify, decodeProtectedHeader, importJWK, type CryptoKey, type JWK } from 'jose';
 import { BrokerError } from '../errors.js';
 import { GENESIS_HASH } from './audit-chain.js';
@@ -31,9 +31,21 @@ export type ChainRow = [
 ];
 
 /** What the verifier reads from a store. */
+/**
+ * A record as a fast source gives it: seq, the canonical text as the store encoded it (with the
+ * stored prev_hash), stored prev_hash, stored hash, event, detail (checkpoints only), hash version.
+ * Only an optimisation: a record whose text does not hash to its stored hash is checked again from
+ * its fields (ChainRow) with this module's own encoding before anything is reported.
+ */
+export type CanonicalRow = [number, string, string, string, string, string | null, number | null];
+
 export interface ChainSource {
   /** Records with seq > afterSeq, in seq order. */
   rows(afterSeq: number): Iterable<ChainRow>;
+  /** The same records with their canonical text encoded by the store itself, when it can (SQLite's json_array). */
+  canonicalRows?(afterSeq: number): Iterable<CanonicalRow>;
+  /** One record. */
+  row(seq: number): ChainRow | undefined;
   /** The stored hash of one record (verified records only are asked for), for a checkpoint far behind. */
   storedHashAt(seq: number): string | undefined;
   /** The seq of the record with this stored hash, to tell a moved record from an edited one. */
@@ -143,12 +155,12 @@ export function parseCheckpointLines(text: string, source: string): OffHostCheck
   return out;
 }
 
-const hash2 = (r: ChainRow, prev: string, seq: number) => createHash('sha256').update(JSON.stringify([
+const hash2 = (r: ChainRow, prev: string, seq: number) => hash('sha256', JSON.stringify([
   2, seq, prev, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
-])).digest('hex');
-const hash1 = (r: ChainRow, prev: string) => createHash('sha256').update(JSON.stringify([
+]), 'hex');
+const hash1 = (r: ChainRow, prev: string) => hash('sha256', JSON.stringify([
   prev, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], ...(r[12] ? [r[12]] : []),
-])).digest('hex');
+]), 'hex');
 const rowHash = (r: ChainRow, prev: string, seq: number) => ((r[15] ?? 1) === 1 ? hash1(r, prev) : hash2(r, prev, seq));
 
 /** How far a moved v2 record is looked for (only when a record fails). */
@@ -156,7 +168,7 @@ const MOVE_WINDOW = 1000;
 /** Recent hashes kept in memory for the checkpoints that follow them. */
 const RING = 1 << 14;
 
-interface StoreCheckpoint { recordSeq: number; detail: string | null; head: string | undefined; countAt: number | undefined }
+interface StoreCheckpoint { recordSeq: number; detail: string | null; head: string | undefined; countAt: number | undefined; checked: Promise<Checked> }
 interface Anchor { seq: number; head: string; count: number; matched: boolean; via: string }
 
 export interface WalkStart { afterSeq: number; prev: string; count: number; sawV2: boolean }
@@ -165,7 +177,16 @@ const FROM_GENESIS: WalkStart = { afterSeq: 0, prev: GENESIS_HASH, count: 0, saw
 /** What a walk of the chain found: the first chain problem (it stops there), checkpoints met, off-host comparisons. */
 interface Walk { records: number; firstSeq: number | null; lastSeq: number; problem: AuditProblem | undefined; checkpoints: StoreCheckpoint[]; anchors: Anchor[] }
 
-function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; head: string; count: number; via: string }[]): Walk {
+/** Rows between yields of the walk: signatures started meanwhile are checked on the thread pool while the walk goes on. */
+const YIELD_EVERY = 4096;
+
+function checkStored(detail: string | null, keys: AuditKeySet): Promise<Checked> {
+  let jws: unknown;
+  try { jws = (JSON.parse(detail ?? 'null') as { jws?: unknown } | null)?.jws; } catch { /* below */ }
+  return typeof jws === 'string' ? checkJws(jws, keys) : Promise.resolve({ ok: false, kind: 'bad_checkpoint', why: 'its detail has no jws' });
+}
+
+async function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; head: string; count: number; via: string }[], keys: AuditKeySet, skip: number | undefined): Promise<Walk> {
   let expected = start.afterSeq + 1;
   let prev = start.prev;
   let count = start.count;
@@ -178,25 +199,49 @@ function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; head: 
   while (oi < offHost.length && offHost[oi]!.seq <= start.afterSeq) oi++;
   const hashAt = (s: number, at: number): string | undefined => (s <= start.afterSeq ? undefined : at - s < RING ? ring[s & (RING - 1)] : src.storedHashAt(s));
   let problem: AuditProblem | undefined;
-  for (const r of src.rows(start.afterSeq)) {
-    const seq = r[0];
+  const fast = src.canonicalRows !== undefined;
+  const rows: Iterable<ChainRow | CanonicalRow> = src.canonicalRows ? src.canonicalRows(start.afterSeq) : src.rows(start.afterSeq);
+  for (const x of rows) {
+    const seq = x[0];
     firstSeq ??= seq;
     if (seq !== expected) {
       problem = { kind: 'missing', seq: expected, message: seq === expected + 1 ? `record ${expected} is missing (the chain goes from ${expected - 1} to ${seq})` : `records ${expected}–${seq - 1} are missing (the chain goes from ${expected - 1} to ${seq})` };
       break;
     }
-    const v = r[15] ?? 1;
+    const v = (fast ? (x as CanonicalRow)[6] : (x as ChainRow)[15]) ?? 1;
     if (v !== 1 && v !== 2) { problem = { kind: 'edited', seq, message: `record ${seq} names hash version ${v}, which does not exist` }; break; }
     if (v === 1 && sawV2) { problem = { kind: 'edited', seq, message: `record ${seq} claims the old hash version 1 after records of version 2 (a downgrade is an edit)` }; break; }
-    const h = v === 1 ? hash1(r, prev) : hash2(r, prev, seq);
-    if (h !== r[14]) { problem = diagnose(src, r, prev, start.afterSeq + 1); break; }
+    let h: string;
+    let event: string;
+    let detail: string | null;
+    if (fast) {
+      const f = x as CanonicalRow;
+      event = f[4];
+      detail = f[5];
+      // The stored prev_hash is in the text: equal to the running one, the text hashes as the chain's would.
+      if (f[2] !== prev || (h = hash('sha256', f[1], 'hex')) !== f[3]) {
+        const r = src.row(seq)!;
+        h = rowHash(r, prev, seq);
+        if (h !== r[14]) { problem = diagnose(src, r, prev, start.afterSeq + 1); break; }
+      }
+    } else {
+      const r = x as ChainRow;
+      event = r[2];
+      detail = r[11];
+      h = v === 1 ? hash1(r, prev) : hash2(r, prev, seq);
+      if (h !== r[14]) { problem = diagnose(src, r, prev, start.afterSeq + 1); break; }
+    }
     if (v === 2) sawV2 = true;
     ring[seq & (RING - 1)] = h;
     count++;
-    if (r[2] === CHECKPOINT_EVENT) {
-      const covered = coveredSeq(r[11]);
+    if (event === CHECKPOINT_EVENT) {
+      const covered = coveredSeq(detail);
       const ok = covered !== undefined && covered < seq;
-      checkpoints.push({ recordSeq: seq, detail: r[11], head: ok ? hashAt(covered, seq) : undefined, countAt: ok && covered > start.afterSeq ? count - (seq - covered) : undefined });
+      if (seq !== skip) {
+        const checked = checkStored(detail, keys);
+        checked.catch(() => undefined);
+        checkpoints.push({ recordSeq: seq, detail, head: ok ? hashAt(covered, seq) : undefined, countAt: ok && covered > start.afterSeq ? count - (seq - covered) : undefined, checked });
+      }
     }
     while (oi < offHost.length && offHost[oi]!.seq === seq) {
       const o = offHost[oi++]!;
@@ -204,6 +249,7 @@ function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; head: 
     }
     prev = h;
     expected++;
+    if ((seq & (YIELD_EVERY - 1)) === 0 && checkpoints.length) await new Promise<void>((r) => setImmediate(r));
   }
   return { records: count - start.count, firstSeq, lastSeq: expected - 1, problem, checkpoints, anchors };
 }
@@ -264,19 +310,11 @@ export async function verifyAuditLog(src: ChainSource, o: VerifyOptions): Promis
   }
   offHost.sort((a, b) => a.seq - b.seq);
   const start = o.start ?? FROM_GENESIS;
-  const w = walk(src, start, offHost);
+  const w = await walk(src, start, offHost, keys, o.anchorRecord);
   if (w.problem) problems.push(w.problem);
-  if (o.anchorRecord !== undefined) w.checkpoints = w.checkpoints.filter((c) => c.recordSeq !== o.anchorRecord);
   const anchors = [...w.anchors];
-  // Checkpoint signatures, a few at a time (WebCrypto works off the main thread).
-  const results = new Array<Checked | undefined>(w.checkpoints.length);
-  for (let i = 0; i < w.checkpoints.length; i += 64) {
-    await Promise.all(w.checkpoints.slice(i, i + 64).map(async (c, j) => {
-      let jws: unknown;
-      try { jws = (JSON.parse(c.detail ?? 'null') as { jws?: unknown } | null)?.jws; } catch { /* below */ }
-      results[i + j] = typeof jws === 'string' ? await checkJws(jws, keys) : { ok: false, kind: 'bad_checkpoint', why: 'its detail has no jws' };
-    }));
-  }
+  // Checkpoint signatures: started during the walk, checked on the thread pool meanwhile.
+  const results = await Promise.all(w.checkpoints.map((c) => c.checked));
   for (const [i, c] of w.checkpoints.entries()) {
     const r = results[i]!;
     if (!r.ok) { problems.push({ kind: r.kind, seq: c.recordSeq, message: `checkpoint record ${c.recordSeq} is not valid: ${r.why}` }); continue; }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
 import { BrokerError } from '../../errors.js';
-import type { ChainRow, ChainSource } from '../audit-verify.js';
+import type { CanonicalRow, ChainRow, ChainSource } from '../audit-verify.js';
 import { AUDIT_TRIGGERS } from './migrations.js';
 
 /**
@@ -16,6 +16,20 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
     ${have.has('vault_accessor') ? 'vault_accessor' : 'NULL'}, prev_hash, hash, ${have.has('hash_version') ? 'hash_version' : '1'}`;
   const rows = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq`);
   rows.setReturnArrays(true);
+  const one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`);
+  one.setReturnArrays(true);
+  // The canonical text of audit-chain.ts built by SQLite (json_array writes JSON as JSON.stringify
+  // does, but for lone surrogates: such a record fails here and is checked again from its fields).
+  const va = have.has('vault_accessor') ? 'vault_accessor' : 'NULL';
+  const fields = `at, event, decision, developer, template, session_id, reason, access_key_id, role_session_name, expiration, detail`;
+  const version = have.has('hash_version') ? 'hash_version' : '1';
+  const canonical = db.prepare(`SELECT seq,
+    CASE WHEN ${version} = 2 THEN json_array(2, seq, prev_hash, ${fields}, ${va})
+         WHEN ${va} IS NULL OR ${va} = '' THEN json_array(prev_hash, ${fields})
+         ELSE json_array(prev_hash, ${fields}, ${va}) END,
+    prev_hash, hash, event, CASE WHEN event = 'audit.checkpoint' THEN detail END, ${version}
+    FROM audit WHERE seq > ? ORDER BY seq`);
+  canonical.setReturnArrays(true);
   const hashAt = db.prepare('SELECT hash FROM audit WHERE seq = ?');
   const seqOf = db.prepare('SELECT seq FROM audit WHERE hash = ? LIMIT 1');
   const lastOf = db.prepare(`SELECT ${cols} FROM audit WHERE event = ? ORDER BY seq DESC LIMIT 1`);
@@ -23,6 +37,8 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
   const countThrough = db.prepare('SELECT count(*) AS n FROM audit WHERE seq <= ?');
   return {
     rows: (afterSeq) => rows.iterate(afterSeq) as Iterable<ChainRow>,
+    canonicalRows: (afterSeq) => canonical.iterate(afterSeq) as Iterable<CanonicalRow>,
+    row: (seq) => one.get(seq) as ChainRow | undefined,
     storedHashAt: (seq) => (hashAt.get(seq) as { hash: string } | undefined)?.hash,
     seqOfHash: (hash) => (seqOf.get(hash) as { seq: number } | undefined)?.seq,
     sequenceMax: () => {
