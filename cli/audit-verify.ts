@@ -6,6 +6,7 @@ import { BrokerError, EXIT_NO } from '../broker/errors.js';
 import { loadSigningKeys } from '../broker/identity/broker-tokens.js';
 import { AuditKeySet, parseCheckpointLines, verifyAuditLog, type VerifyReport } from '../broker/store/audit-verify.js';
 import { SqliteAuditReader } from '../broker/store/sqlite/audit-chain-source.js';
+import { parallelWalker } from '../broker/store/sqlite/audit-parallel.js';
 import { action, out, printJson } from './output.js';
 
 interface Opts { db?: string; config?: string; checkpoints?: string; keys?: string; json?: boolean }
@@ -69,7 +70,8 @@ export function register(audit: Command): void {
             hint: 'pass --keys with the service\'s /.well-known/audit-jwks.json, or --config with its audit.signingKeys',
           });
         }
-        report = await verifyAuditLog(reader.source, { keys, offHost });
+        // Two walks at once on a large store (two cores), each with its own read-only connection.
+        report = await verifyAuditLog(reader.source, { keys, offHost, walker: parallelWalker(reader.path, reader.source, reader.lastSeq(), jwks) });
       } finally {
         reader.close();
       }

@@ -41,9 +41,9 @@ export type CanonicalRow = [number, string, string, string, string, string | nul
 
 export interface ChainSource {
   /** Records with seq > afterSeq, in seq order. */
-  rows(afterSeq: number): Iterable<ChainRow>;
+  rows(afterSeq: number, throughSeq?: number): Iterable<ChainRow>;
   /** The same records with their canonical text encoded by the store itself, when it can (SQLite's json_array). */
-  canonicalRows?(afterSeq: number): Iterable<CanonicalRow>;
+  canonicalRows?(afterSeq: number, throughSeq?: number): Iterable<CanonicalRow>;
   /** One record. */
   row(seq: number): ChainRow | undefined;
   /** The stored hash of one record (verified records only are asked for), for a checkpoint far behind. */
@@ -108,7 +108,7 @@ export class AuditKeySet {
   get(kid: string): CryptoKey | undefined { return this.keys.get(kid); }
 }
 
-type Checked = { ok: true; payload: CheckpointPayload; kid: string } | { ok: false; kind: 'bad_signature' | 'unknown_kid' | 'bad_checkpoint'; why: string };
+export type Checked = { ok: true; payload: CheckpointPayload; kid: string } | { ok: false; kind: 'bad_signature' | 'unknown_kid' | 'bad_checkpoint'; why: string };
 
 export async function checkJws(jws: string, keys: AuditKeySet): Promise<Checked> {
   let kid: unknown;
@@ -168,14 +168,15 @@ const MOVE_WINDOW = 1000;
 /** Recent hashes kept in memory for the checkpoints that follow them. */
 const RING = 1 << 14;
 
-interface StoreCheckpoint { recordSeq: number; detail: string | null; head: string | undefined; countAt: number | undefined; checked: Promise<Checked> }
-interface Anchor { seq: number; head: string; count: number; matched: boolean; via: string }
+export interface StoreCheckpoint { recordSeq: number; detail: string | null; head: string | undefined; countAt: number | undefined; checked: Promise<Checked> }
+export interface Anchor { seq: number; head: string; count: number; matched: boolean; via: string }
 
 export interface WalkStart { afterSeq: number; prev: string; count: number; sawV2: boolean }
 const FROM_GENESIS: WalkStart = { afterSeq: 0, prev: GENESIS_HASH, count: 0, sawV2: false };
 
 /** What a walk of the chain found: the first chain problem (it stops there), checkpoints met, off-host comparisons. */
-interface Walk { records: number; firstSeq: number | null; lastSeq: number; problem: AuditProblem | undefined; checkpoints: StoreCheckpoint[]; anchors: Anchor[] }
+export interface OffHostAnchor { seq: number; head: string; count: number; via: string }
+export interface Walk { records: number; firstSeq: number | null; lastSeq: number; problem: AuditProblem | undefined; checkpoints: StoreCheckpoint[]; anchors: Anchor[] }
 
 /** Rows between yields of the walk: signatures started meanwhile are checked on the thread pool while the walk goes on. */
 const YIELD_EVERY = 4096;
@@ -186,7 +187,10 @@ function checkStored(detail: string | null, keys: AuditKeySet): Promise<Checked>
   return typeof jws === 'string' ? checkJws(jws, keys) : Promise.resolve({ ok: false, kind: 'bad_checkpoint', why: 'its detail has no jws' });
 }
 
-async function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; head: string; count: number; via: string }[], keys: AuditKeySet, skip: number | undefined): Promise<Walk> {
+/** A walk of the chain from `start` through `throughSeq` (default: the end). */
+export type Walker = (start: WalkStart, offHost: OffHostAnchor[], keys: AuditKeySet, skip: number | undefined) => Promise<Walk>;
+
+export async function walkChain(src: ChainSource, start: WalkStart, offHost: OffHostAnchor[], keys: AuditKeySet, skip: number | undefined, throughSeq = Number.MAX_SAFE_INTEGER): Promise<Walk> {
   let expected = start.afterSeq + 1;
   let prev = start.prev;
   let count = start.count;
@@ -197,10 +201,11 @@ async function walk(src: ChainSource, start: WalkStart, offHost: { seq: number; 
   const anchors: Anchor[] = [];
   let oi = 0;
   while (oi < offHost.length && offHost[oi]!.seq <= start.afterSeq) oi++;
-  const hashAt = (s: number, at: number): string | undefined => (s <= start.afterSeq ? undefined : at - s < RING ? ring[s & (RING - 1)] : src.storedHashAt(s));
+  // Before the start, the stored hash: the start is trusted (a checkpoint's head, or a segment the caller verifies).
+  const hashAt = (s: number, at: number): string | undefined => (s > start.afterSeq && at - s < RING ? ring[s & (RING - 1)] : src.storedHashAt(s));
   let problem: AuditProblem | undefined;
   const fast = src.canonicalRows !== undefined;
-  const rows: Iterable<ChainRow | CanonicalRow> = src.canonicalRows ? src.canonicalRows(start.afterSeq) : src.rows(start.afterSeq);
+  const rows: Iterable<ChainRow | CanonicalRow> = src.canonicalRows ? src.canonicalRows(start.afterSeq, throughSeq) : src.rows(start.afterSeq, throughSeq);
   for (const x of rows) {
     const seq = x[0];
     firstSeq ??= seq;
@@ -291,6 +296,8 @@ export interface VerifyOptions {
   start?: WalkStart;
   /** The record seq of a checkpoint already checked (the start-up check's anchor): not checked again. */
   anchorRecord?: number;
+  /** Walks the chain in another way (in parallel, sqlite/audit-parallel.ts); default one walk here. */
+  walker?: Walker;
 }
 
 /** Verifies a store's audit log: the first bad record by seq, and every problem found. */
@@ -300,7 +307,7 @@ export async function verifyAuditLog(src: ChainSource, o: VerifyOptions): Promis
   const keys = o.keys ?? await AuditKeySet.of([]);
   const kids = new Set<string>();
   // Off-host copies: checked first, then compared as the chain is walked.
-  const offHost: { seq: number; head: string; count: number; via: string }[] = [];
+  const offHost: OffHostAnchor[] = [];
   for (const c of o.offHost ?? []) {
     const r = await checkJws(c.jws, keys);
     const at = c.recordSeq ?? (r.ok ? r.payload.seq : null);
@@ -310,7 +317,7 @@ export async function verifyAuditLog(src: ChainSource, o: VerifyOptions): Promis
   }
   offHost.sort((a, b) => a.seq - b.seq);
   const start = o.start ?? FROM_GENESIS;
-  const w = await walk(src, start, offHost, keys, o.anchorRecord);
+  const w = await (o.walker ?? ((s, off, k, skip) => walkChain(src, s, off, k, skip)))(start, offHost, keys, o.anchorRecord);
   if (w.problem) problems.push(w.problem);
   const anchors = [...w.anchors];
   // Checkpoint signatures: started during the walk, checked on the thread pool meanwhile.

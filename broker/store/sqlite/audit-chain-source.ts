@@ -14,7 +14,7 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
   if (!have.size) throw new BrokerError('not_found', 'the store has no audit table', { hint: 'is this a broker store file? (store.sqlite in the service config)' });
   const cols = `seq, at, event, decision, developer, template, session_id, reason, access_key_id, role_session_name, expiration, detail,
     ${have.has('vault_accessor') ? 'vault_accessor' : 'NULL'}, prev_hash, hash, ${have.has('hash_version') ? 'hash_version' : '1'}`;
-  const rows = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq`);
+  const rows = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq`);
   rows.setReturnArrays(true);
   const one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`);
   one.setReturnArrays(true);
@@ -28,7 +28,7 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
          WHEN ${va} IS NULL OR ${va} = '' THEN json_array(prev_hash, ${fields})
          ELSE json_array(prev_hash, ${fields}, ${va}) END,
     prev_hash, hash, event, CASE WHEN event = 'audit.checkpoint' THEN detail END, ${version}
-    FROM audit WHERE seq > ? ORDER BY seq`);
+    FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq`);
   canonical.setReturnArrays(true);
   const hashAt = db.prepare('SELECT hash FROM audit WHERE seq = ?');
   const seqOf = db.prepare('SELECT seq FROM audit WHERE hash = ? LIMIT 1');
@@ -36,8 +36,8 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
   lastOf.setReturnArrays(true);
   const countThrough = db.prepare('SELECT count(*) AS n FROM audit WHERE seq <= ?');
   return {
-    rows: (afterSeq) => rows.iterate(afterSeq) as Iterable<ChainRow>,
-    canonicalRows: (afterSeq) => canonical.iterate(afterSeq) as Iterable<CanonicalRow>,
+    rows: (afterSeq, throughSeq = Number.MAX_SAFE_INTEGER) => rows.iterate(afterSeq, throughSeq) as Iterable<ChainRow>,
+    canonicalRows: (afterSeq, throughSeq = Number.MAX_SAFE_INTEGER) => canonical.iterate(afterSeq, throughSeq) as Iterable<CanonicalRow>,
     row: (seq) => one.get(seq) as ChainRow | undefined,
     storedHashAt: (seq) => (hashAt.get(seq) as { hash: string } | undefined)?.hash,
     seqOfHash: (hash) => (seqOf.get(hash) as { seq: number } | undefined)?.seq,
@@ -62,7 +62,7 @@ const normalize = (sql: string) => sql.replace(/\s+/g, ' ').replace(/ IF NOT EXI
  */
 export class SqliteAuditReader {
   readonly source: ChainSource;
-  private constructor(private readonly db: DatabaseSync) {
+  private constructor(private readonly db: DatabaseSync, readonly path: string) {
     this.source = sqliteChainSource(db);
   }
 
@@ -75,7 +75,12 @@ export class SqliteAuditReader {
     } catch (e) {
       throw new BrokerError('not_found', `cannot open the store at ${path}: ${(e as Error).message}`, { hint: 'give the service\'s store file (store.sqlite in its config) with --db' });
     }
-    return new SqliteAuditReader(db);
+    return new SqliteAuditReader(db, path);
+  }
+
+  /** The last seq in this snapshot (0 when empty). */
+  lastSeq(): number {
+    return (this.db.prepare('SELECT max(seq) AS m FROM audit').get() as { m: number | null }).m ?? 0;
   }
 
   hasCheckpoints(): boolean {
