@@ -245,7 +245,7 @@ export const serverConfigSchema = z.strictObject({
    * The audit log's signed checkpoints (README, "Audit log"): one every `everyRecords` records or
    * `everySeconds` (when there is anything new), signed with the first of `signingKeys` (its own
    * key, not a token key; all verify, so it rotates like them). Without signingKeys no checkpoint
-   * is written and the service checks the whole chain at every start.
+   * is written (tampering that recomputes the chain or cuts its tail then goes unseen).
    */
   audit: z.strictObject({
     checkpoints: z.strictObject({
