@@ -12,14 +12,15 @@ export function register(program: Command): void {
     // Not a requiredOption: commander checks those of every ancestor too, so `server keygen`
     // could not run without one.
     .option('--config <file>', 'service configuration (YAML), required to run the service; see README "Configuration"')
-    .action(action(async (opts: { config?: string }) => {
+    .option('--accept-broken-audit', 'start even if the audit log\'s chain is broken since its last checkpoint (recorded in the audit log)')
+    .action(action(async (opts: { config?: string; acceptBrokenAudit?: boolean }) => {
       if (!opts.config) {
         throw new BrokerError('invalid_request', 'broker server needs --config <file>', {
           hint: 'broker server --config broker.yaml (see README "Configuration"); a new signing key: broker server keygen',
         });
       }
       const config = loadServerConfig(opts.config);
-      const running = await startServer(config);
+      const running = await startServer(config, { acceptBrokenAudit: opts.acceptBrokenAudit ?? false });
       const stop = () => { void running.stop().then(() => process.exit(0)); };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);

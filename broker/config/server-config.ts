@@ -241,6 +241,19 @@ export const serverConfigSchema = z.strictObject({
      */
     signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]),
   }),
+  /**
+   * The audit log's signed checkpoints (README, "Audit log"): one every `everyRecords` records or
+   * `everySeconds` (when there is anything new), signed with the first of `signingKeys` (its own
+   * key, not a token key; all verify, so it rotates like them). Without signingKeys no checkpoint
+   * is written (tampering that recomputes the chain or cuts its tail then goes unseen).
+   */
+  audit: z.strictObject({
+    checkpoints: z.strictObject({
+      everyRecords: z.number().int().min(1).max(1_000_000).default(100),
+      everySeconds: boundedDuration(60, 1, 86_400, 'e.g. 60s'),
+    }).prefault({}),
+    signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]).optional(),
+  }).prefault({}),
   aws: z.strictObject({
     region: z.string().min(1).default('us-east-1'),
     stsEndpoint: z.url().optional(),

@@ -24,7 +24,7 @@ const VAULT_LOGIN_TTL_SECONDS = 60;
 export const BROKER_TOKEN_AUDIENCE = 'agent-credential-broker';
 const AUDIENCE = BROKER_TOKEN_AUDIENCE;
 
-interface SigningKey { kid: string; privateKey: CryptoKey; publicJwk: JWK }
+export interface SigningKey { kid: string; privateKey: CryptoKey; publicJwk: JWK }
 
 async function keyFromJwk(jwk: JWK, where: string): Promise<SigningKey> {
   if (!jwk.kid || jwk.kty !== 'EC' || jwk.crv !== 'P-256' || !jwk.d) {
@@ -44,11 +44,12 @@ export async function generateSigningJwk(kid = `broker-${new Date().toISOString(
 
 export type SigningKeySource = 'ephemeral' | ({ file: string } | { env: string })[];
 
-export async function loadSigningKeys(source: SigningKeySource, baseDir: string): Promise<SigningKey[]> {
+/** `field`: where the keys are configured, for messages (the audit key has its own, `audit.signingKeys`). */
+export async function loadSigningKeys(source: SigningKeySource, baseDir: string, field = 'tokens.signingKeys'): Promise<SigningKey[]> {
   if (source === 'ephemeral') return [await keyFromJwk(await generateSigningJwk(), 'ephemeral')];
   const keys: SigningKey[] = [];
   for (const [i, s] of source.entries()) {
-    const where = `tokens.signingKeys.${i}`;
+    const where = `${field}.${i}`;
     let text: string | undefined;
     if ('file' in s) {
       try { text = readFileSync(resolve(baseDir, s.file), 'utf8'); } catch (e) {
@@ -65,7 +66,7 @@ export async function loadSigningKeys(source: SigningKeySource, baseDir: string)
     keys.push(await keyFromJwk(jwk, where));
   }
   const kids = new Set(keys.map((k) => k.kid));
-  if (kids.size !== keys.length) throw new BrokerError('invalid_config', 'tokens.signingKeys: duplicate kid');
+  if (kids.size !== keys.length) throw new BrokerError('invalid_config', `${field}: duplicate kid`);
   return keys;
 }
 

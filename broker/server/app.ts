@@ -1,3 +1,4 @@
+import type { JWK } from 'jose';
 import { Hono, type Context } from 'hono';
 import type { AdminEndResult, AdminService } from '../admin/admin-service.js';
 import { parseDuration } from '../duration.js';
@@ -47,6 +48,8 @@ export interface AppDeps {
   publicUrl: () => string;
   sessions: TaskSessionService;
   auditLog: AuditLog;
+  /** The audit key's public JWKs, for verifying checkpoints (`broker audit verify --keys`); empty without checkpoints. */
+  auditJwks?: { keys: JWK[] };
   log: Logger;
   loginConfig: LoginConfig;
   issuePerMinute: number;
@@ -255,6 +258,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.get('/healthz', (c) => c.json({ ok: true } as const satisfies Body<typeof healthResponse>));
   app.get('/.well-known/jwks.json', (c) => c.json(deps.tokens.publicJwks()));
+  app.get('/.well-known/audit-jwks.json', (c) => c.json(deps.auditJwks ?? { keys: [] }));
   app.get('/v1/login-config', (c) => c.json(deps.loginConfig satisfies LoginConfig));
   if (deps.pages) mountRequestPages(app, deps.pages);
 

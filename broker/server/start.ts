@@ -31,6 +31,7 @@ import { VaultHttp } from '../vault/http.js';
 import { checkVaultAtStart } from '../vault/startup-check.js';
 import { VaultTokens } from '../vault/tokens.js';
 import { createApp } from './app.js';
+import { AuditCheckpointer, checkAuditAtStart } from './audit-checkpoints.js';
 import { DenialAudit } from './denial-audit.js';
 import { createMetricsApp } from './metrics-app.js';
 import { AuthRateLimiter } from './rate-limit.js';
@@ -122,6 +123,8 @@ export interface StartOptions {
   requestEvents?: RequestEvents;
   /** Stands in for targeted STS revocation of admin-ended sessions (API tests); by default the role deny documents below. */
   revocations?: StsRevoker;
+  /** Start even if the audit chain is broken (`broker server --accept-broken-audit`); the start records what was broken. */
+  acceptBrokenAudit?: boolean;
 }
 
 export async function startServer(config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> {
@@ -129,6 +132,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   // Read before anything is opened: a missing file stops the start with nothing to clean up.
   const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
+  const auditKeys = config.audit.signingKeys ? await loadSigningKeys(config.audit.signingKeys, config.baseDir, 'audit.signingKeys') : undefined;
   const now = options.now ?? Date.now;
   // Gauges read the store at scrape time; nothing is scraped before the listeners below are up.
   const metrics: ServiceMetrics = new ServiceMetrics({
@@ -141,11 +145,21 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now, onAuditWrite: (ok, s) => metrics.auditWrite(ok, s) });
   let templates: TemplateCatalog;
   try {
+    // Before anything is decided on this store: a chain broken since the last checkpoint stops the start.
+    await checkAuditAtStart({
+      source: store.auditLog.chainSource(), log: store.auditLog, keys: auditKeys, ephemeral: config.audit.signingKeys === 'ephemeral',
+      accept: options.acceptBrokenAudit ?? false, dbPath: config.store.sqlite, logger: log,
+    });
     templates = await TemplateCatalog.open({ dir: config.policiesDir, store, log, now });
   } catch (e) {
     await store.close();
     throw e;
   }
+  if (!auditKeys) log.warn({}, 'audit checkpoints are off (no audit.signingKeys): tampering that recomputes the chain or drops its tail goes undetected');
+  const checkpointer = auditKeys && new AuditCheckpointer({
+    log: store.auditLog, key: auditKeys[0]!, everyRecords: config.audit.checkpoints.everyRecords,
+    everySeconds: config.audit.checkpoints.everySeconds, logger: log, now,
+  });
   let url = config.publicUrl;
   const tokens = new BrokerTokens(keys, () => url, { access: config.tokens.accessTokenTtl });
   const logins = new BrokerLogins({ tokens, families: store.refreshTokenFamilies, auditLog: store.auditLog, refreshTtlSeconds: config.tokens.refreshTokenTtl, now });
@@ -225,6 +239,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   };
   const app = createApp({
     tokens, logins, idTokens, sessions, requests, confirmations, admin, reload, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
+    auditJwks: { keys: (auditKeys ?? []).map((k) => k.publicJwk) },
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops, metrics, adminMetrics: config.metrics.adminRoute ? metrics : undefined,
@@ -286,6 +301,11 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const watching = config.policiesWatch ? watchPolicyDir({ dir: config.policiesDir, onChange: onWatch, log }) : undefined;
   sweeper.start();
   denials.start();
+  if (checkpointer) {
+    checkpointer.start();
+    // The records since the last checkpoint (an accepted break among them) are covered at once.
+    void checkpointer.checkpoint();
+  }
   revocations.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
   const prune = setInterval(() => {
@@ -313,6 +333,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       iam.destroy();
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
+      // Last: a checkpoint over everything written, so the next start checks an empty tail.
+      await checkpointer?.stop();
       await close();
       // Bounded (notifier.ts): a receiver that hangs delays the stop by at most that long.
       await notifier?.close();

@@ -36,11 +36,19 @@ export type AuditEventName =
   | 'admin.freeze'
   | 'admin.unfreeze'
   /** The task templates reloaded (templates/catalog.ts): `updated` with the versions before and after, or `failed` with the problems. */
-  | 'policy.reload';
+  | 'policy.reload'
+  /**
+   * A signed checkpoint of the chain (`signed`): detail `{jws, seq, head, count}`, the JWS (ES256,
+   * the audit key's kid) over `{seq, head, at, count}` of the last record it covers. Exported with
+   * every other record, so each sink carries a copy off the host.
+   */
+  | 'audit.checkpoint'
+  /** The service started on a broken chain because it was told to (`broker server --accept-broken-audit`): what was broken. */
+  | 'audit.broken';
 
 /** `expired`: a Vault token the broker could not revoke, given up once it is past the latest it can live. */
 export type AuditDecision = 'allowed' | 'denied' | 'issued' | 'failed' | 'ended' | 'updated' | 'revoked' | 'expired'
-  | 'pending' | 'confirmed' | 'approved' | 'cancelled' | 'frozen' | 'unfrozen';
+  | 'pending' | 'confirmed' | 'approved' | 'cancelled' | 'frozen' | 'unfrozen' | 'signed';
 
 /**
  * What an audit record may hold. Deliberately no field for a secret: AccessKeyId and the role session

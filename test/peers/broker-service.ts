@@ -15,6 +15,8 @@ export interface BrokerServiceOptions {
   env?: Record<string, string>;
   /** Another build's bin/broker.cjs (a bench comparing with an older broker); default this checkout's. */
   bin?: string;
+  /** More arguments of `broker server` (e.g. --accept-broken-audit). */
+  args?: string[];
 }
 
 export interface BrokerService {
@@ -76,7 +78,7 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   writeFileSync(configFile, stringify(config));
   const out = openSync(logFile, 'a');
   // setpriv --pdeathsig: the service dies with the test process even if that is killed by a signal.
-  const argv = [process.execPath, o.bin ?? BROKER_BIN, 'server', '--config', configFile];
+  const argv = [process.execPath, o.bin ?? BROKER_BIN, 'server', '--config', configFile, ...(o.args ?? [])];
   const usePdeath = process.platform === 'linux' && existsSync('/usr/bin/setpriv');
   const child: ChildProcess = spawn(usePdeath ? '/usr/bin/setpriv' : argv[0]!, usePdeath ? ['--pdeathsig', 'KILL', '--', ...argv] : argv.slice(1), {
     stdio: ['ignore', out, out],

@@ -1,34 +1,75 @@
 import type { StatementSync } from 'node:sqlite';
-import { GENESIS_HASH, recordHash } from '../audit-chain.js';
+import { chainFields, GENESIS_HASH, HASH_VERSION, recordHashV2 } from '../audit-chain.js';
 import type { AuditEvent, AuditRecord } from '../audit-event.js';
+import { verifyAuditLog, type ChainSource } from '../audit-verify.js';
 import type { AuditLog } from '../store.js';
+import { sqliteChainSource } from './audit-chain-source.js';
 import type { SqliteDatabase } from './database.js';
 
 /** The audit log in SQLite: the `audit` table, append-only by trigger, hash-chained (audit-chain.ts). */
 export class SqliteAuditLog implements AuditLog {
-  private readonly lastHash: StatementSync;
+  private readonly last: StatementSync;
+  private readonly lastCheckpoint: StatementSync;
+  private readonly countBetween: StatementSync;
+  private readonly uncovered: StatementSync;
+  private chain: ChainSource | undefined;
+  /** Told of every record appended (after its transaction; a rolled-back one too): the checkpointer's cue. */
+  onAppend: ((e: AuditEvent) => void) | undefined;
   private readonly insert: StatementSync;
   private readonly after: StatementSync;
   private readonly session: StatementSync;
 
   constructor(private readonly sql: SqliteDatabase) {
-    this.lastHash = sql.prepare('SELECT hash FROM audit ORDER BY seq DESC LIMIT 1');
-    this.insert = sql.prepare(`INSERT INTO audit (at, event, decision, developer, template, session_id, reason, access_key_id,
-      role_session_name, expiration, detail, prev_hash, hash, vault_accessor) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`);
+    this.last = sql.prepare('SELECT seq, hash, event FROM audit ORDER BY seq DESC LIMIT 1');
+    this.lastCheckpoint = sql.prepare("SELECT seq, detail FROM audit WHERE event = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1");
+    this.countBetween = sql.prepare('SELECT count(*) AS n FROM audit WHERE seq > ? AND seq <= ?');
+    this.uncovered = sql.prepare("SELECT count(*) AS n FROM audit WHERE seq > ? AND event != 'audit.checkpoint'");
+    this.insert = sql.prepare(`INSERT INTO audit (seq, at, event, decision, developer, template, session_id, reason, access_key_id,
+      role_session_name, expiration, detail, prev_hash, hash, vault_accessor, hash_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`);
     this.after = sql.prepare('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?');
     this.session = sql.prepare('SELECT * FROM audit WHERE session_id = ? ORDER BY seq LIMIT ?');
   }
 
   /** Appends a record inside the caller's transaction (SqliteDatabase.write): the other repositories' half of "decision + audit record". */
   appendInTransaction(e: AuditEvent): void {
-    const prev = (this.lastHash.get() as { hash: string } | undefined)?.hash ?? GENESIS_HASH;
-    const at = new Date(this.sql.now()).toISOString();
+    const last = this.head();
+    const prev = last?.hash ?? GENESIS_HASH;
+    // The seq is hashed, so it is chosen here (inside the caller's IMMEDIATE transaction: no other writer).
+    const seq = (last?.seq ?? 0) + 1;
+    const f = chainFields(new Date(this.sql.now()).toISOString(), e);
     this.insert.run(
-      at, e.event, e.decision, e.developer ?? null, e.template ?? null, e.sessionId ?? null, e.reason ?? null,
-      e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
-      e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e), e.vaultAccessor ?? null,
+      seq, f.at, f.event, f.decision, f.developer, f.template, f.sessionId, f.reason, f.accessKeyId, f.roleSessionName,
+      f.expiration, f.detail, prev, recordHashV2(prev, seq, f), f.vaultAccessor, HASH_VERSION,
     );
     this.sql.auditAppended = true;
+    const listener = this.onAppend;
+    if (listener) queueMicrotask(() => listener(e));
+  }
+
+  /** The last record: its seq, hash and event. */
+  head(): { seq: number; hash: string; event: string } | undefined {
+    return this.last.get() as { seq: number; hash: string; event: string } | undefined;
+  }
+
+  /** The last checkpoint record's seq and detail ({jws, seq, head, count}). */
+  latestCheckpoint(): { seq: number; detail: { seq: number; head: string; count: number } } | undefined {
+    const r = this.lastCheckpoint.get() as { seq: number; detail: string } | undefined;
+    return r && { seq: r.seq, detail: JSON.parse(r.detail) as { seq: number; head: string; count: number } };
+  }
+
+  /** Records with afterSeq < seq <= throughSeq. */
+  count(afterSeq: number, throughSeq: number): number {
+    return (this.countBetween.get(afterSeq, throughSeq) as { n: number }).n;
+  }
+
+  /** Records after this seq that are not checkpoints (what a new checkpoint would cover). */
+  recordsAfter(seq: number): number {
+    return (this.uncovered.get(seq) as { n: number }).n;
+  }
+
+  /** The chain as the verifier reads it (store/audit-verify.ts). */
+  chainSource(): ChainSource {
+    return (this.chain ??= sqliteChainSource(this.sql.db));
   }
 
   async append(e: AuditEvent): Promise<void> {
@@ -39,13 +80,11 @@ export class SqliteAuditLog implements AuditLog {
     return this.read(afterSeq, limit);
   }
 
+  /** The chain and the store's own evidence only (no keys: checkpoint signatures are `broker audit verify`'s). */
   async verify(): Promise<number | null> {
-    let prev = GENESIS_HASH;
-    for (const r of this.read(0, Number.MAX_SAFE_INTEGER)) {
-      if (recordHash(prev, r.at, r) !== r.hash) return r.seq;
-      prev = r.hash;
-    }
-    return null;
+    const r = await verifyAuditLog(this.chainSource(), { keys: undefined });
+    const chain = r.problems.find((p) => p.seq !== null && p.kind !== 'unknown_kid');
+    return chain?.seq ?? null;
   }
 
   async ofSession(sessionId: string, limit = 10_000): Promise<AuditRecord[]> {

@@ -5,6 +5,18 @@ import type { DatabaseSync } from 'node:sqlite';
  * a store written by an older broker opens unchanged and gains them (ALTER TABLE ADD COLUMN adds no
  * rows, so the audit log's append-only triggers are not involved).
  */
+/**
+ * The audit table's append-only guards. They stop accidents and careless tools, not an attacker
+ * with write access to the file (one statement drops them): `broker audit verify` reports a missing
+ * or changed one, and the hash chain with its signed checkpoints is what detects the edits.
+ */
+export const AUDIT_TRIGGERS = {
+  audit_no_update: `CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;`,
+  audit_no_delete: `CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;`,
+} as const;
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS task_sessions (
   id TEXT PRIMARY KEY,
@@ -49,13 +61,13 @@ CREATE TABLE IF NOT EXISTS audit (
   detail TEXT,
   prev_hash TEXT NOT NULL,
   hash TEXT NOT NULL,
-  vault_accessor TEXT
+  vault_accessor TEXT,
+  hash_version INTEGER NOT NULL DEFAULT 1
 );
--- The audit log is append-only: the database itself refuses edits, not just our code.
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-  BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+-- The audit log is append-only: the database itself refuses edits, not just our code (AUDIT_TRIGGERS).
+${Object.values(AUDIT_TRIGGERS).join('\n')}
+-- The checkpoints (and accepted breaks) from the end, for the start-up check and the checkpointer.
+CREATE INDEX IF NOT EXISTS audit_event ON audit (event, seq);
 -- Vault tokens by accessor (a handle to look up and revoke a token, not the token), so every token
 -- of a session can be revoked when it ends, and a failed revocation is retried until it succeeds.
 CREATE TABLE IF NOT EXISTS vault_tokens (
@@ -176,6 +188,8 @@ CREATE TABLE IF NOT EXISTS role_revocation_documents (
 const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   // Stores created before Vault support.
   ['audit', 'vault_accessor TEXT'],
+  // Stores created before seq was hashed: their records stay version 1 (store/audit-chain.ts).
+  ['audit', 'hash_version INTEGER NOT NULL DEFAULT 1'],
   // Stores created before failed revocations were retried in order and given up past dead-by.
   ['vault_tokens', 'last_attempt_at INTEGER'],
   ['vault_tokens', 'dead_by INTEGER'],
