@@ -379,5 +379,12 @@ describe('broker audit: the principal chain behind an AccessKeyId, CloudTrail jo
       (await broker(['audit', 'show', '--developer', 'alice@example.com', '--db', stack.svc.dbPath], carol)).stdout,
     ].join('\n');
     for (const secret of [creds.SecretAccessKey, creds.SessionToken]) assert.equal(everything.includes(secret), false, 'no secret in any audit output');
+    // Her own `broker end` is recorded as hers (detail.by), and the chain says so.
+    const shown = JSON.parse((await broker(['audit', 'show', '--session', b.id, '--json'], carol)).stdout) as { chains: { end: { by: string | null; byAdmin: boolean } }[] };
+    assert.deepEqual([shown.chains[0]!.end.by, shown.chains[0]!.end.byAdmin], ['alice@example.com', false]);
+    const records = (await broker(['audit', 'tail', '-n', '1000', '--json'], carol)).stdout.trim().split('\n')
+      .map((l) => JSON.parse(l) as { event: string; sessionId?: string; detail?: { by?: string } });
+    const endRecord = records.find((r) => r.event === 'session.end' && r.sessionId === b.id);
+    assert.equal(endRecord?.detail?.by, 'alice@example.com');
   });
 });

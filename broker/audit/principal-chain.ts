@@ -113,8 +113,8 @@ export function buildChain(start: AuditRecord, records: AuditRecord[]): Principa
       agentChanges.push({ at: r.at, agent: rd.agent, previous: str(rd.previousAgent) });
     } else if (r.event === 'session.end' && r.decision === 'ended' && end === null) {
       const admin = str(rd.admin);
-      // `broker end` records the developer's own end with this reason (task-session-service.ts); an
-      // expiry or a start that failed is the service's, by nobody.
+      // `broker end` records who ended it in `detail.by` (task-session-service.ts); records written
+      // before it did are known by their reason. An expiry or a start that failed is the service's, by nobody.
       const by = admin ?? str(rd.by) ?? (r.reason === 'ended by developer' ? r.developer ?? null : null);
       end = { at: r.at, reason: r.reason ?? '', by, byAdmin: admin !== null };
     } else if (r.event === 'session.revoke' && r.decision === 'pending') {

@@ -336,11 +336,14 @@ export class TaskSessionService {
    * Vault tokens by accessor. A token Vault cannot revoke now stays recorded as unrevoked: the
    * sweeper retries, and it dies at its explicit max TTL (the end of the session) in any case.
    */
-  async end(p: Principal, sessionId: string, reason = 'ended by developer'): Promise<EndedSession> {
+  async end(p: Principal, sessionId: string, serviceReason?: string): Promise<EndedSession> {
     const s = await this.ownedSession(p, sessionId, 'session.end');
+    // Without a reason it is the developer's own `broker end`: `detail.by` says who ended it (the
+    // principal chain shows it, broker/audit/principal-chain.ts); with one, the service ended it.
+    const reason = serviceReason ?? 'ended by developer';
     await this.deps.store.sessions.end(s.id, reason, {
       event: 'session.end', decision: 'ended', developer: p.id, template: s.template, sessionId: s.id, reason,
-      roleSessionName: s.roleSessionName,
+      roleSessionName: s.roleSessionName, ...(serviceReason === undefined ? { detail: { by: p.id } } : {}),
     });
     const vaultTokens = this.deps.vault ? await this.deps.vault.revokeSession(s, reason) : [];
     return { session: this.view(s, await this.deps.templates.ofSession(s)), vaultTokens, awsRevocation: await this.revokeAws(s, p.id, reason) };
