@@ -16,6 +16,10 @@ import { createNotifier, requestEventsOf } from '../notify/notifier.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
 import { SessionRevocations } from '../sessions/session-revocations.js';
+import { AuditSinks } from '../sinks/audit-sinks.js';
+import { JsonlFileSink, StdoutSink } from '../sinks/jsonl-sink.js';
+import { OtlpSink } from '../sinks/otlp-sink.js';
+import type { AuditSink } from '../sinks/sink.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -44,6 +48,8 @@ export interface RunningServer {
    * directory watch and the admin route call.
    */
   reload(by: ReloadBy): Promise<ReloadResult>;
+  /** The audit sinks' backlogs (sinks/audit-sinks.ts), for metrics. */
+  sinks: Pick<AuditSinks, 'backlog' | 'status' | 'refresh'>;
   stop(): Promise<void>;
 }
 
@@ -74,6 +80,20 @@ function vaultAuthMethod(v: NonNullable<ServerConfig['vault']>): VaultAuthMethod
   if (v.approle) return { kind: 'approle', roleId: v.approle.roleId, secretId: v.approle.secretId, mount: v.approle.mount };
   if (v.jwt) return { kind: 'jwt', role: v.jwt.role, mount: v.jwt.mount, audience: v.jwt.audience };
   throw new TypeError('vault config without an auth method (the schema requires one)');
+}
+
+/**
+ * The configured audit sinks. OTLP header values are read now (an environment variable or a file),
+ * so a missing one stops the start naming the field, and they live only in the exporter.
+ */
+function makeSinks(config: ServerConfig, log: Logger, now: () => number): { sink: AuditSink; batchSize: number }[] {
+  return config.audit.sinks.map((s, i) => {
+    const id = s.id!;
+    if (s.type === 'jsonl') return { sink: new JsonlFileSink(id, s.path, { fsync: s.fsync, log }), batchSize: s.batchSize };
+    if (s.type === 'stdout') return { sink: new StdoutSink(id), batchSize: s.batchSize };
+    const headers = Object.fromEntries(Object.entries(s.headers).map(([name, src]) => [name, readSecret(src, config.baseDir, `audit.sinks.${i}.headers.${name}`)]));
+    return { sink: new OtlpSink(id, { endpoint: s.endpoint, headers, timeoutMs: s.timeoutMs, now }), batchSize: s.batchSize };
+  });
 }
 
 /**
@@ -125,6 +145,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const now = options.now ?? Date.now;
+  const sinkList = makeSinks(config, log, now);
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now });
   let templates: TemplateCatalog;
   try {
@@ -185,8 +206,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const confirmations = new DeviceConfirmations({
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
+  const sinks = new AuditSinks({ sinks: sinkList, auditLog: store.auditLog, cursors: store.sinkCursors, log, now });
   const admin = new AdminService({
-    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now,
+    admins: config.admins, store, sessions, logins, templates, revocations: options.revocations ?? revocations, sinks, log, now,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const reload = async (by: ReloadBy): Promise<ReloadResult> => {
@@ -252,6 +274,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   sweeper.start();
   denials.start();
   revocations.start();
+  await sinks.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
   const prune = setInterval(() => {
     void (async () => {
@@ -269,6 +292,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     port,
     routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     reload,
+    sinks,
     stop: async () => {
       watching?.close();
       clearInterval(prune);
@@ -277,6 +301,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       iam.destroy();
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
+      // After the last records of this process; what a sink has not taken yet it gets after the next start.
+      await sinks.stop();
       await close();
       // Bounded (notifier.ts): a receiver that hangs delays the stop by at most that long.
       await notifier?.close();

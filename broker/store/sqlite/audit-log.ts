@@ -10,6 +10,8 @@ export class SqliteAuditLog implements AuditLog {
   private readonly insert: StatementSync;
   private readonly after: StatementSync;
   private readonly session: StatementSync;
+  private readonly listeners = new Set<() => void>();
+  private notifying = false;
 
   constructor(private readonly sql: SqliteDatabase) {
     this.lastHash = sql.prepare('SELECT hash FROM audit ORDER BY seq DESC LIMIT 1');
@@ -28,6 +30,20 @@ export class SqliteAuditLog implements AuditLog {
       e.accessKeyId ?? null, e.roleSessionName ?? null, e.expiration ?? null,
       e.detail ? JSON.stringify(e.detail) : null, prev, recordHash(prev, at, e), e.vaultAccessor ?? null,
     );
+    // The transaction is synchronous (node:sqlite), so a callback on a later turn runs after its
+    // COMMIT (or ROLLBACK: then a listener finds nothing new, which is harmless).
+    if (this.listeners.size > 0 && !this.notifying) {
+      this.notifying = true;
+      setImmediate(() => {
+        this.notifying = false;
+        for (const l of this.listeners) l();
+      });
+    }
+  }
+
+  onAppend(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => { this.listeners.delete(listener); };
   }
 
   async append(e: AuditEvent): Promise<void> {

@@ -185,10 +185,24 @@ const COLUMNS_ADDED: readonly [table: string, column: string][] = [
   ['start_requests', 'template_version TEXT'],
 ];
 
+/**
+ * Stores created before audit sinks (broker/sinks/): how far each sink has been fed, one row per
+ * sink id, so delivery resumes after a restart. A cursor is delivery state, not a decision: it has
+ * no audit record and no trigger, and deleting a row only makes that sink receive the log again.
+ */
+const AUDIT_SINK_CURSORS = `
+CREATE TABLE IF NOT EXISTS audit_sink_cursors (
+  sink_id TEXT PRIMARY KEY,
+  delivered_seq INTEGER NOT NULL,
+  delivered_at INTEGER NOT NULL
+);
+`;
+
 export function migrate(db: DatabaseSync): void {
   db.exec(SCHEMA);
   for (const [table, column] of COLUMNS_ADDED) {
     const have = new Set((db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name));
     if (!have.has(column.split(' ')[0]!)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
   }
+  db.exec(AUDIT_SINK_CURSORS);
 }
