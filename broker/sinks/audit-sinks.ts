@@ -2,9 +2,10 @@
  * Feeds every configured audit sink from the audit log (README "Export to a SIEM"). The store is
  * the source of truth: each sink has a persisted cursor (store/sink-cursors.ts), the last `seq` it
  * took, and gets the records after it in bounded batches; the cursor moves only after the sink
- * has taken a batch. So delivery is at least once, in `seq` order, and resumes after a restart
- * from where it was; a crash between a delivery and the cursor's move repeats that batch (the
- * receiver deduplicates by `seq`).
+ * has taken a batch, and is written to the store at most once a second while records flow and
+ * whenever the sink has caught up (or stops). So delivery is at least once, in `seq` order, and
+ * resumes after a restart from the cursor last written; a crash repeats what was delivered after
+ * it, at most about a second's worth (the receiver deduplicates by `seq`).
  *
  * Never in an issuance's way: appends only wake the loops (AuditLog.onAppend), each sink runs on
  * its own, a failing one backs off (doubling, up to MAX_BACKOFF_MS) and its backlog grows, shown in
@@ -18,6 +19,17 @@ import type { AuditSink, SinkType } from './sink.js';
 
 /** How often a loop looks for records without being woken (a missed wake, another writer). */
 const IDLE_POLL_MS = 1000;
+/**
+ * After a wake, how long a loop lets records gather before it reads: under load one batch (one
+ * write, one fsync) takes many issuances' records instead of one each.
+ */
+const GATHER_MS = 50;
+/**
+ * The cursor is written at most this often while records flow, and whenever the sink has caught
+ * up: each write is a store commit (fsync'd) that would otherwise follow every issuance. A crash
+ * repeats at most this much (at least once either way).
+ */
+const CURSOR_SAVE_MS = 1000;
 const MIN_BACKOFF_MS = 250;
 const MAX_BACKOFF_MS = 15_000;
 /** Longest error message kept for status (an upstream body can be long). */
@@ -51,6 +63,9 @@ interface Feed {
   lastDeliveredAt?: number | undefined;
   lastError?: string | undefined;
   failures: number;
+  /** The seq last written to the store, and when. */
+  savedSeq: number;
+  savedAt: number;
   /** Resolves the loop's current wait early (a wake, or stop). */
   wake?: (() => void) | undefined;
   pending: boolean;
@@ -66,7 +81,7 @@ export class AuditSinks {
 
   constructor(private readonly deps: AuditSinksDeps) {
     this.now = deps.now ?? Date.now;
-    this.feeds = deps.sinks.map(({ sink, batchSize }) => ({ sink, batchSize, deliveredSeq: 0, failures: 0, pending: true }));
+    this.feeds = deps.sinks.map(({ sink, batchSize }) => ({ sink, batchSize, deliveredSeq: 0, failures: 0, savedSeq: 0, savedAt: 0, pending: true }));
   }
 
   /** Loads the cursors and starts one loop per sink; returns once the cursors are read. */
@@ -75,6 +90,7 @@ export class AuditSinks {
     for (const f of this.feeds) {
       const c = await this.deps.cursors.get(f.sink.id);
       f.deliveredSeq = c.deliveredSeq;
+      f.savedSeq = c.deliveredSeq;
       f.lastDeliveredAt = c.deliveredAt;
     }
     this.head = await this.deps.cursors.head();
@@ -116,13 +132,19 @@ export class AuditSinks {
 
   private async run(f: Feed): Promise<void> {
     while (!this.stopped) {
-      if (!f.pending) await this.waitWakeable(f, IDLE_POLL_MS);
+      if (!f.pending) {
+        await this.waitWakeable(f, IDLE_POLL_MS);
+        if (f.pending && !this.stopped) await this.waitBackoff(f, GATHER_MS);
+      }
       if (this.stopped) break;
       f.pending = false;
       let batch;
       try {
         batch = await this.deps.auditLog.records(f.deliveredSeq, f.batchSize);
-        if (batch.length === 0) continue;
+        if (batch.length === 0) {
+          await this.save(f);
+          continue;
+        }
         this.head = Math.max(this.head, batch.at(-1)!.seq);
         await f.sink.deliver(batch);
       } catch (e) {
@@ -136,12 +158,6 @@ export class AuditSinks {
       }
       const last = batch.at(-1)!.seq;
       const at = this.now();
-      try {
-        await this.deps.cursors.advance(f.sink.id, last, at);
-      } catch (e) {
-        // Delivered but not recorded: the batch comes again after a restart (at least once).
-        this.deps.log.warn({ sink: f.sink.id, seq: last, err: errorText(e) }, 'audit sink cursor could not be saved');
-      }
       if (f.failures > 0) this.deps.log.info({ sink: f.sink.id, type: f.sink.type, failures: f.failures }, 'audit sink delivering again');
       f.deliveredSeq = last;
       f.lastDeliveredAt = at;
@@ -149,6 +165,22 @@ export class AuditSinks {
       f.lastError = undefined;
       // A full batch: there may be more right behind it.
       if (batch.length === f.batchSize) f.pending = true;
+      if (at - f.savedAt >= CURSOR_SAVE_MS) await this.save(f);
+    }
+    await this.save(f);
+  }
+
+  /** Writes the cursor if it moved since it was last written. */
+  private async save(f: Feed): Promise<void> {
+    if (f.deliveredSeq === f.savedSeq) return;
+    const seq = f.deliveredSeq;
+    try {
+      await this.deps.cursors.advance(f.sink.id, seq, f.lastDeliveredAt ?? this.now());
+      f.savedSeq = seq;
+      f.savedAt = this.now();
+    } catch (e) {
+      // Delivered but not recorded: those records come again after a restart (at least once).
+      this.deps.log.warn({ sink: f.sink.id, seq, err: errorText(e) }, 'audit sink cursor could not be saved; retrying');
     }
   }
 
