@@ -3,14 +3,17 @@
  * prints figures. Target (issue 12): under 10% per issuance.
  *
  * It starts the local peers (moto as STS, the test IdP) and three real `broker server`s on their own
- * SQLite files: no sink, one JSON-lines sink with fdatasync per batch (the default), and one without
+ * SQLite files: no sink, one JSON-lines sink with fdatasync before each cursor write (the default), and one without
  * fsync. In each, a developer starts a deploy-lambda task, then the bench measures credential
  * issuances (`POST /v1/sessions/:id/credentials`: an STS AssumeRole and an audit record):
  *   - sequential: `--rounds` rounds of `--n` issuances per service, the services interleaved round by
- *     round so drift on a shared machine hits all alike; p50, p95 and mean per service;
+ *     round (in a rotating order) so drift on a shared machine hits all alike; p50, p95 and mean per service;
  *   - concurrent: `--concurrent` clients at once, `--n` issuances per service and round, interleaved
  *     the same way; issuances/s.
- * It checks at the end that the sink's file holds every audit record of its store.
+ * Wall-clock times on a shared 2-core machine move by more than the sink costs, so it also reports
+ * the service process's own CPU time per issuance (/proc/PID/stat, the sink's deferred work
+ * included: read after a 2 s settle), which other load on the machine does not inflate. It checks
+ * at the end that the sink's file holds every audit record of its store.
  *
  *   bench/audit-sink [--json] [--n N] [--rounds R] [--concurrent C]
  */
@@ -29,6 +32,16 @@ function stats(ms: number[]): Stats {
   const q = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
   return { p50: q(0.5), p95: q(0.95), mean: s.reduce((a, b) => a + b, 0) / s.length, n: s.length };
 }
+
+/** CPU time (user + system) the process has used, in ms, from /proc/PID/stat (Linux; clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  // After "pid (comm) ", field 3 is state; utime and stime are fields 14 and 15 of the whole line.
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 2000));
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);
@@ -74,7 +87,8 @@ async function main(): Promise<void> {
       { name: 'jsonl (fsync)', sinks: [{ type: 'jsonl', path: 'audit.jsonl', fsync: true }] },
       { name: 'jsonl (no fsync)', sinks: [{ type: 'jsonl', path: 'audit.jsonl', fsync: false }] },
     ];
-    const runs = [];
+    interface Run { name: string; sinks: unknown[]; svc: BrokerService; issue: () => Promise<number>; sequential: number[]; perSecond: number; cpuSeq: number; cpuConc: number }
+    const runs: Run[] = [];
     for (const v of variants) {
       const svc = await startBrokerService({
         issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url,
@@ -86,14 +100,21 @@ async function main(): Promise<void> {
       services.push(svc);
       const issue = await developer(svc, idp);
       for (let i = 0; i < 20; i++) await issue(); // warm-up
-      runs.push({ ...v, svc, issue, sequential: [] as number[], perSecond: 0 });
+      runs.push({ ...v, svc, issue, sequential: [], perSecond: 0, cpuSeq: 0, cpuConc: 0 });
     }
+    await settle();
+    const cpu0 = runs.map((r) => cpuMs(r.svc.pid));
+    // Each round in another order, so no variant always runs first (or right after another).
+    const order = (r: number) => runs.map((_, k) => runs[(k + r) % runs.length]!);
     for (let r = 0; r < rounds; r++) {
-      for (const run of runs) for (let i = 0; i < n; i++) run.sequential.push(await run.issue());
+      for (const run of order(r)) for (let i = 0; i < n; i++) run.sequential.push(await run.issue());
     }
+    await settle();
+    const cpu1 = runs.map((r) => cpuMs(r.svc.pid));
     const busyMs = runs.map(() => 0);
     for (let r = 0; r < rounds; r++) {
-      for (const [k, run] of runs.entries()) {
+      for (const run of order(r)) {
+        const k = runs.indexOf(run);
         const t = performance.now();
         let left = n;
         await Promise.all(Array.from({ length: concurrent }, async () => { while (left-- > 0) await run.issue(); }));
@@ -102,7 +123,12 @@ async function main(): Promise<void> {
     }
     for (const [k, run] of runs.entries()) run.perSecond = (n * rounds) / (busyMs[k]! / 1000);
     // Let the sinks catch up, then check the file against the store.
-    await new Promise((r) => setTimeout(r, 2000));
+    await settle();
+    const cpu2 = runs.map((r) => cpuMs(r.svc.pid));
+    for (const [k, run] of runs.entries()) {
+      run.cpuSeq = (cpu1[k]! - cpu0[k]!) / (n * rounds);
+      run.cpuConc = (cpu2[k]! - cpu1[k]!) / (n * rounds);
+    }
     const results = [];
     for (const run of runs) {
       let exported: number | null = null;
@@ -110,7 +136,7 @@ async function main(): Promise<void> {
       const s = new SqliteStore(run.svc.dbPath);
       try { stored = (await s.auditLog.records(0, 10_000_000)).length; } finally { await s.close(); }
       if (run.sinks.length) exported = readFileSync(join(run.svc.dir, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean).length;
-      results.push({ variant: run.name, sequentialMs: stats(run.sequential), concurrentPerSecond: run.perSecond, auditRecords: stored, exportedLines: exported });
+      results.push({ variant: run.name, sequentialMs: stats(run.sequential), concurrentPerSecond: run.perSecond, serviceCpuMsPerIssuance: { sequential: run.cpuSeq, concurrent: run.cpuConc }, auditRecords: stored, exportedLines: exported });
     }
     const base = results[0]!;
     const withCost = results.map((r) => ({
@@ -118,6 +144,8 @@ async function main(): Promise<void> {
       costMeanPercent: ((r.sequentialMs.mean / base.sequentialMs.mean) - 1) * 100,
       costP50Percent: ((r.sequentialMs.p50 / base.sequentialMs.p50) - 1) * 100,
       throughputLossPercent: (1 - r.concurrentPerSecond / base.concurrentPerSecond) * 100,
+      cpuCostPercent: ((r.serviceCpuMsPerIssuance.sequential / base.serviceCpuMsPerIssuance.sequential) - 1) * 100,
+      cpuCostConcurrentPercent: ((r.serviceCpuMsPerIssuance.concurrent / base.serviceCpuMsPerIssuance.concurrent) - 1) * 100,
     }));
     if (json) {
       console.log(JSON.stringify({ n, rounds, concurrent, results: withCost }, null, 2));
@@ -126,7 +154,9 @@ async function main(): Promise<void> {
     console.log(`credential issuances: ${rounds} rounds × ${n} sequential per service (interleaved), then ${rounds} rounds × ${n} with ${concurrent} concurrent clients`);
     for (const r of withCost) {
       const s = r.sequentialMs;
-      console.log(`${r.variant.padEnd(17)} p50 ${s.p50.toFixed(2)} ms  p95 ${s.p95.toFixed(2)} ms  mean ${s.mean.toFixed(2)} ms  (${r.costMeanPercent >= 0 ? '+' : ''}${r.costMeanPercent.toFixed(1)}% mean, ${r.costP50Percent >= 0 ? '+' : ''}${r.costP50Percent.toFixed(1)}% p50)  concurrent ${r.concurrentPerSecond.toFixed(0)}/s (${r.throughputLossPercent.toFixed(1)}% fewer)  audit ${r.auditRecords}${r.exportedLines === null ? '' : `, exported ${r.exportedLines}`}`);
+      const c = r.serviceCpuMsPerIssuance;
+      console.log(`${r.variant.padEnd(17)} service CPU per issuance: ${c.sequential.toFixed(2)} ms sequential (${r.cpuCostPercent >= 0 ? '+' : ''}${r.cpuCostPercent.toFixed(1)}%), ${c.concurrent.toFixed(2)} ms concurrent (${r.cpuCostConcurrentPercent >= 0 ? '+' : ''}${r.cpuCostConcurrentPercent.toFixed(1)}%)`);
+      console.log(`${''.padEnd(17)} p50 ${s.p50.toFixed(2)} ms  p95 ${s.p95.toFixed(2)} ms  mean ${s.mean.toFixed(2)} ms  (${r.costMeanPercent >= 0 ? '+' : ''}${r.costMeanPercent.toFixed(1)}% mean, ${r.costP50Percent >= 0 ? '+' : ''}${r.costP50Percent.toFixed(1)}% p50)  concurrent ${r.concurrentPerSecond.toFixed(0)}/s (${r.throughputLossPercent.toFixed(1)}% fewer)  audit ${r.auditRecords}${r.exportedLines === null ? '' : `, exported ${r.exportedLines}`}`);
     }
   } finally {
     for (const s of services) await s.stop();

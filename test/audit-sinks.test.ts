@@ -369,6 +369,13 @@ describe('audit sinks: JSON lines, stdout and OTLP fed from the store (real brok
     }
   });
 
+  it('refuses to start, naming the field, on an OTLP header whose variable is unset or a JSON-lines file in a missing directory', async () => {
+    await assert.rejects(service({ store: { sqlite: join(dir, 'refused.db') }, audit: { sinks: [{ type: 'otlp', endpoint: collector.logsUrl, headers: { Authorization: { env: 'OTLP_NOT_SET_ANYWHERE' } } }] } }),
+      /audit\.sinks\.0\.headers\.Authorization: environment variable OTLP_NOT_SET_ANYWHERE is not set/);
+    await assert.rejects(service({ store: { sqlite: join(dir, 'refused.db') }, audit: { sinks: [{ type: 'stdout' }, { type: 'jsonl', path: join(dir, 'no-such-dir', 'audit.jsonl') }] } }),
+      /audit\.sinks\.1\.path: the directory .*no-such-dir does not exist/);
+  });
+
   it('no secret in any sink output or the service log: issued keys, broker and IdP tokens, the OTLP header value', async () => {
     assert.ok(secrets.length >= 80, `${secrets.length} secrets issued in this file`);
     const roots = [dir, collector.outFile, ...services.map((s) => s.dir)];

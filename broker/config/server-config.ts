@@ -203,7 +203,7 @@ const auditSinkSchema = z.discriminatedUnion('type', [
     type: z.literal('jsonl'),
     id: sinkIdSchema.optional(),
     path: z.string().min(1),
-    /** fdatasync after every batch, before the cursor moves: a record counted as delivered survives a power cut. */
+    /** fdatasync before the cursor is written to the store (at most once a second): a record counted as delivered survives a power cut. */
     fsync: z.boolean().default(true),
     batchSize: batchSizeSchema,
   }),

@@ -1,5 +1,7 @@
 import { serve } from '@hono/node-server';
+import { existsSync } from 'node:fs';
 import type { ServerOptions } from 'node:http';
+import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AdminService, type StsRevoker } from '../admin/admin-service.js';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
@@ -7,6 +9,7 @@ import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
+import { BrokerError } from '../errors.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
@@ -89,7 +92,13 @@ function vaultAuthMethod(v: NonNullable<ServerConfig['vault']>): VaultAuthMethod
 function makeSinks(config: ServerConfig, log: Logger, now: () => number): { sink: AuditSink; batchSize: number }[] {
   return config.audit.sinks.map((s, i) => {
     const id = s.id!;
-    if (s.type === 'jsonl') return { sink: new JsonlFileSink(id, s.path, { fsync: s.fsync, log }), batchSize: s.batchSize };
+    if (s.type === 'jsonl') {
+      // A typo in the directory would otherwise only show as a sink failing forever.
+      if (!existsSync(dirname(s.path))) {
+        throw new BrokerError('invalid_config', `audit.sinks.${i}.path: the directory ${dirname(s.path)} does not exist`, { hint: 'create it (writable by the broker), or fix the path' });
+      }
+      return { sink: new JsonlFileSink(id, s.path, { fsync: s.fsync, log }), batchSize: s.batchSize };
+    }
     if (s.type === 'stdout') return { sink: new StdoutSink(id), batchSize: s.batchSize };
     const headers = Object.fromEntries(Object.entries(s.headers).map(([name, src]) => [name, readSecret(src, config.baseDir, `audit.sinks.${i}.headers.${name}`)]));
     return { sink: new OtlpSink(id, { endpoint: s.endpoint, headers, timeoutMs: s.timeoutMs, now }), batchSize: s.batchSize };

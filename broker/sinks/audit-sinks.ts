@@ -30,6 +30,7 @@ const GATHER_MS = 50;
  * repeats at most this much (at least once either way).
  */
 const CURSOR_SAVE_MS = 1000;
+const STOP_WAIT_MS = 5000;
 const MIN_BACKOFF_MS = 250;
 const MAX_BACKOFF_MS = 15_000;
 /** Longest error message kept for status (an upstream body can be long). */
@@ -94,11 +95,18 @@ export class AuditSinks {
       f.lastDeliveredAt = c.deliveredAt;
     }
     this.head = await this.deps.cursors.head();
-    this.unsubscribe = this.deps.auditLog.onAppend(() => { for (const f of this.feeds) this.wake(f); });
+    this.unsubscribe = this.deps.auditLog.onAppend(() => {
+      // The head as of this append (one MAX(seq) per burst), so backlog() is exact without a query.
+      void this.deps.cursors.head().then((h) => { this.head = Math.max(this.head, h); }, () => undefined);
+      for (const f of this.feeds) this.wake(f);
+    });
     for (const f of this.feeds) f.done = this.run(f);
   }
 
-  /** Per sink: how many records it has yet to take (for metrics: the sink lag). */
+  /**
+   * Per sink: how many records it has yet to take (for metrics: the sink lag), as of the last
+   * append; synchronous, so a metrics scrape costs no query.
+   */
   backlog(): { id: string; backlog: number }[] {
     return this.status().map(({ id, backlog }) => ({ id, backlog }));
   }
@@ -116,12 +124,21 @@ export class AuditSinks {
     return this.status();
   }
 
-  /** Stops the loops after the delivery in flight (bounded by each sink's own timeout) and closes the sinks. */
+  /**
+   * Stops the loops and closes the sinks. A delivery in flight gets at most STOP_WAIT_MS to finish
+   * (a hung receiver must not hold up the service's stop); one cut off is not counted as delivered,
+   * so it comes again after the next start.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     this.unsubscribe?.();
     for (const f of this.feeds) f.wake?.();
-    await Promise.all(this.feeds.map((f) => f.done));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(this.feeds.map((f) => f.done)),
+      new Promise<void>((r) => { timer = setTimeout(r, STOP_WAIT_MS); }),
+    ]);
+    clearTimeout(timer);
     await Promise.all(this.feeds.map((f) => f.sink.close().catch(() => undefined)));
   }
 
@@ -175,6 +192,7 @@ export class AuditSinks {
     if (f.deliveredSeq === f.savedSeq) return;
     const seq = f.deliveredSeq;
     try {
+      await f.sink.sync?.();
       await this.deps.cursors.advance(f.sink.id, seq, f.lastDeliveredAt ?? this.now());
       f.savedSeq = seq;
       f.savedAt = this.now();

@@ -10,9 +10,11 @@ import { jsonLine, type AuditSink } from './sink.js';
  *   shrunk file (never at the old offset, which would leave a hole of NUL bytes);
  * - before each batch the path is stat'ed: a different inode or no file at all (renamed or
  *   removed) and the path is opened again, created 0600, so the new file gets what follows.
- * A batch is written with one write() and, with `fsync`, made durable with fdatasync(2) before the
- * feeder moves the cursor; a batch that failed part-way is written again whole (at least once), on
- * a fresh line so a torn line never swallows a record.
+ * A batch is written with one write(); with `fsync`, fdatasync(2) makes the file durable before
+ * the feeder writes its cursor to the store (at most once a second, audit-sinks.ts), and before a
+ * rotated file is let go, so a cursor on disk never counts a record a power cut could take. A
+ * batch that failed part-way is written again whole (at least once), on a fresh line so a torn
+ * line never swallows a record.
  */
 export class JsonlFileSink implements AuditSink {
   readonly type = 'jsonl' as const;
@@ -21,6 +23,8 @@ export class JsonlFileSink implements AuditSink {
   private dev = -1;
   /** Check, before the next write, whether the file ends mid-line (after a failure or an open). */
   private checkTail = true;
+  /** Written since the last fdatasync. */
+  private dirty = false;
 
   constructor(readonly id: string, private readonly path: string, private readonly opts: { fsync: boolean; log: Logger }) {}
 
@@ -32,8 +36,8 @@ export class JsonlFileSink implements AuditSink {
       this.checkTail = false;
       const buf = Buffer.from(text);
       let off = 0;
+      this.dirty = true;
       while (off < buf.length) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
-      if (this.opts.fsync) await fh.datasync();
     } catch (e) {
       this.checkTail = true;
       await this.reset();
@@ -61,7 +65,15 @@ export class JsonlFileSink implements AuditSink {
     return fh;
   }
 
+  async sync(): Promise<void> {
+    if (!this.opts.fsync || !this.dirty || !this.fh) return;
+    await this.fh.datasync();
+    this.dirty = false;
+  }
+
   private async reset(): Promise<void> {
+    // A rotated file keeps what was written to it: made durable before it is let go.
+    await this.sync().catch(() => undefined);
     const fh = this.fh;
     this.fh = undefined;
     this.ino = -1;

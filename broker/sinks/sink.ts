@@ -13,6 +13,12 @@ export interface AuditSink {
   readonly id: string;
   readonly type: SinkType;
   deliver(records: readonly AuditRecord[]): Promise<void>;
+  /**
+   * Makes what was delivered durable (a file's fdatasync). Called before the cursor is written to
+   * the store, so a cursor on disk never runs ahead of what survives a power cut; absent when
+   * delivering already is (OTLP: the receiver answered).
+   */
+  sync?(): Promise<void>;
   close(): Promise<void>;
 }
 
