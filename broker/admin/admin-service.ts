@@ -11,6 +11,7 @@ import type { SessionFilter, Store, TaskSession } from '../store/store.js';
 import type { TemplateCatalog } from '../templates/catalog.js';
 import type { AdminAuditQuery, AdminAuditResponse, AdminSessionView } from '../wire/service-api.js';
 import type { RevocationWarning, SessionToRevoke } from '../sessions/session-revocations.js';
+import type { SinkStatus } from '../sinks/audit-sinks.js';
 
 /** Who may use the control plane (the service config's `admins`). */
 export interface AdminsConfig {
@@ -39,6 +40,8 @@ export interface AdminServiceDeps {
   logins: { revokeDeveloper(developer: string, reason: string, by?: string): Promise<number> };
   templates: Pick<TemplateCatalog, 'get' | 'ofSession' | 'versions'>;
   revocations?: StsRevoker | undefined;
+  /** The audit sinks (sinks/audit-sinks.ts): their backlogs, for status. */
+  sinks?: { refresh(): Promise<SinkStatus[]> } | undefined;
   log: Logger;
   now?: () => number;
   /** Refusals of the admin API are counted here (absent: not counted). */
@@ -183,8 +186,8 @@ export class AdminService {
     return this.deps.store.freezes.list();
   }
 
-  /** `broker admin status`: the templates in force, freezes, and revocations that need attention. */
-  async status(): Promise<{ templates: { name: string; version: string }[]; activeSessions: number; freezes: Freeze[]; revocationWarnings: RevocationWarning[] }> {
+  /** `broker admin status`: the templates in force, freezes, revocations that need attention, and the audit sinks' backlogs. */
+  async status(): Promise<{ templates: { name: string; version: string }[]; activeSessions: number; freezes: Freeze[]; revocationWarnings: RevocationWarning[]; auditSinks: SinkStatus[] }> {
     const versions = this.deps.templates.versions();
     // Active sessions are bounded (limits.maxActiveSessions per developer), so reading them is cheap.
     const active = await this.deps.store.sessions.search({ activeOnly: true, limit: 1_000_000 });
@@ -193,6 +196,7 @@ export class AdminService {
       activeSessions: active.length,
       freezes: await this.deps.store.freezes.list(),
       revocationWarnings: (await this.deps.revocations?.warnings()) ?? [],
+      auditSinks: (await this.deps.sinks?.refresh()) ?? [],
     };
   }
 

@@ -166,6 +166,99 @@ export const notificationsSchema = z.strictObject({
 }).prefault({});
 export type NotificationsConfig = z.infer<typeof notificationsSchema>;
 
+/** An audit sink's own name: its cursor is kept under it, so renaming a sink feeds it the whole log again. */
+const sinkIdSchema = z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, 'must be 1-64 letters, digits, _ . : -');
+/** Records per delivery: bounds the memory and event-loop time one batch takes. */
+const batchSizeSchema = z.number().int().min(1).max(5000).default(500);
+
+/**
+ * The OTLP/HTTP logs endpoint, used as written (e.g. https://collector.example.com:4318/v1/logs).
+ * Audit records name people and AccessKeyIds, so they travel over https, or plain http to loopback
+ * (a collector on this machine); no credentials in the URL (they would be logged with it).
+ */
+const otlpEndpointSchema = z.url().superRefine((raw, ctx) => {
+  let u: URL;
+  try { u = new URL(raw); } catch { return; }
+  if (u.username || u.password) {
+    ctx.addIssue({ code: 'custom', message: 'must not hold credentials; give them as headers: {Authorization: {env: NAME}}' });
+    return;
+  }
+  if (u.protocol === 'https:') return;
+  if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
+  ctx.addIssue({
+    code: 'custom',
+    message: u.protocol === 'http:' && u.hostname === 'localhost'
+      ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
+      : `must be https (plain http only to ${LOOPBACK_RULE}), e.g. https://collector.example.com:4318/v1/logs`,
+  });
+});
+
+/**
+ * Where audit records go besides the store (broker/sinks/, README "Export to a SIEM"): JSON lines
+ * to a file or stdout, OTLP logs over HTTP. Header values (an API key) come from an environment
+ * variable or a file, never inline in the config.
+ */
+const auditSinkSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('jsonl'),
+    id: sinkIdSchema.optional(),
+    path: z.string().min(1),
+    /** fdatasync before the cursor is written to the store (at most once a second): a record counted as delivered survives a power cut. */
+    fsync: z.boolean().default(true),
+    batchSize: batchSizeSchema,
+  }),
+  z.strictObject({ type: z.literal('stdout'), id: sinkIdSchema.optional(), batchSize: batchSizeSchema }),
+  z.strictObject({
+    type: z.literal('otlp'),
+    id: sinkIdSchema.optional(),
+    endpoint: otlpEndpointSchema,
+    headers: z.record(
+      z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'must be an HTTP header name (letters, digits, -)'),
+      z.union([
+        z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
+        z.strictObject({ file: z.string().min(1) }),
+      ], { error: 'must be {env: NAME} or {file: path} (a header value is never written in the config)' }),
+    ).default({}),
+    /** One export, the exporter's own retries included. */
+    timeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    batchSize: batchSizeSchema,
+  }),
+], { error: 'must have type jsonl (path), stdout, or otlp (endpoint)' });
+export type AuditSinkConfig = z.infer<typeof auditSinkSchema>;
+
+/** The id a sink is known by (its cursor's key): given, or derived from what it writes to. */
+export function sinkId(s: AuditSinkConfig): string {
+  if (s.id) return s.id;
+  if (s.type === 'jsonl') return `jsonl:${s.path}`;
+  if (s.type === 'otlp') return `otlp:${s.endpoint}`;
+  return 'stdout';
+}
+
+export const auditSchema = z.strictObject({
+  /**
+   * The audit log's signed checkpoints (README, "Audit log"): one every `everyRecords` records or
+   * `everySeconds` (when there is anything new), signed with the first of `signingKeys` (its own
+   * key, not a token key; all verify, so it rotates like them). Without signingKeys no checkpoint
+   * is written (tampering that recomputes the chain or cuts its tail then goes unseen).
+   */
+  checkpoints: z.strictObject({
+    everyRecords: z.number().int().min(1).max(1_000_000).default(100),
+    everySeconds: boundedDuration(60, 1, 86_400, 'e.g. 60s'),
+  }).prefault({}),
+  signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]).optional(),
+  /** Where records go besides the store (above). */
+  sinks: z.array(auditSinkSchema).max(16).default([]),
+}).superRefine((a, ctx) => {
+  const seen = new Map<string, number>();
+  a.sinks.forEach((s, i) => {
+    const id = sinkId(s);
+    const first = seen.get(id);
+    if (first !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['sinks', i], message: `is the same sink as sinks.${first} (id ${id}); remove one, or give each its own id` });
+    } else seen.set(id, i);
+  });
+}).prefault({});
+
 /**
  * The service configuration. Security-critical settings (issuer, audience, algorithms) have no
  * defaults: a broker that guessed them would accept tokens nobody meant it to.
@@ -241,19 +334,6 @@ export const serverConfigSchema = z.strictObject({
      */
     signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]),
   }),
-  /**
-   * The audit log's signed checkpoints (README, "Audit log"): one every `everyRecords` records or
-   * `everySeconds` (when there is anything new), signed with the first of `signingKeys` (its own
-   * key, not a token key; all verify, so it rotates like them). Without signingKeys no checkpoint
-   * is written (tampering that recomputes the chain or cuts its tail then goes unseen).
-   */
-  audit: z.strictObject({
-    checkpoints: z.strictObject({
-      everyRecords: z.number().int().min(1).max(1_000_000).default(100),
-      everySeconds: boundedDuration(60, 1, 86_400, 'e.g. 60s'),
-    }).prefault({}),
-    signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]).optional(),
-  }).prefault({}),
   aws: z.strictObject({
     region: z.string().min(1).default('us-east-1'),
     stsEndpoint: z.url().optional(),
@@ -326,6 +406,7 @@ export const serverConfigSchema = z.strictObject({
     /** Node's process metrics (process_*, nodejs_*) besides the broker's own. */
     processMetrics: z.boolean().default(true),
   }).prefault({}),
+  audit: auditSchema,
   log: z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']).default('info') }).prefault({}),
 }).superRefine((c, ctx) => {
   const m = c.metrics.listen;
@@ -374,6 +455,8 @@ export function parseServerConfig(raw: unknown, baseDir: string, source = 'confi
     publicUrl,
     policiesDir: resolve(baseDir, c.policiesDir),
     store: { ...c.store, sqlite: c.store.sqlite === ':memory:' ? ':memory:' : resolve(baseDir, c.store.sqlite) },
+    // The id is derived from the path as written, so moving the config's directory keeps the cursor.
+    audit: { ...c.audit, sinks: c.audit.sinks.map((s) => (s.type === 'jsonl' ? { ...s, id: sinkId(s), path: resolve(baseDir, s.path) } : { ...s, id: sinkId(s) })) },
   };
 }
 

@@ -582,6 +582,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.json({
       ...r, freezes: r.freezes.map(freezeBody),
       revocationWarnings: r.revocationWarnings.map((w) => ({ ...w, since: new Date(w.since).toISOString() })),
+      auditSinks: r.auditSinks.map((s) => ({
+        id: s.id, type: s.type, deliveredSeq: s.deliveredSeq, backlog: s.backlog,
+        ...(s.lastError ? { lastError: s.lastError } : {}),
+        ...(s.lastDeliveredAt !== undefined ? { lastDeliveredAt: new Date(s.lastDeliveredAt).toISOString() } : {}),
+      })),
     } satisfies Body<typeof adminStatusResponse>);
   });
 

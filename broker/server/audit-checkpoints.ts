@@ -16,7 +16,7 @@ export interface CheckpointedLog {
   /** Records after this seq that are not checkpoints. */
   recordsAfter(seq: number): number;
   append(e: AuditEvent): Promise<void>;
-  onAppend: ((e: AuditEvent) => void) | undefined;
+  onRecord: ((e: AuditEvent) => void) | undefined;
 }
 
 export async function signCheckpoint(p: CheckpointPayload, key: SigningKey): Promise<string> {
@@ -45,7 +45,7 @@ export class AuditCheckpointer {
   }
 
   start(): void {
-    this.o.log.onAppend = (e) => {
+    this.o.log.onRecord = (e) => {
       if (e.event === CHECKPOINT_EVENT) return;
       if (++this.pending >= this.o.everyRecords) void this.checkpoint();
     };
@@ -58,7 +58,7 @@ export class AuditCheckpointer {
     this.running ??= this.write().finally(() => {
       this.running = undefined;
       // Records that came in while this one was signed.
-      if (this.pending >= this.o.everyRecords && this.o.log.onAppend) void this.checkpoint();
+      if (this.pending >= this.o.everyRecords && this.o.log.onRecord) void this.checkpoint();
     });
     return this.running;
   }
@@ -82,7 +82,7 @@ export class AuditCheckpointer {
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
-    this.o.log.onAppend = undefined;
+    this.o.log.onRecord = undefined;
     await this.running;
     await this.checkpoint();
   }

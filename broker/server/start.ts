@@ -1,5 +1,7 @@
 import { serve } from '@hono/node-server';
+import { existsSync } from 'node:fs';
 import type { ServerOptions } from 'node:http';
+import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AdminService, type StsRevoker } from '../admin/admin-service.js';
 import { makeIamClient, makeStsClient } from '../aws/clients.js';
@@ -7,17 +9,21 @@ import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
+import { BrokerError } from '../errors.js';
 import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { BrokerLogins } from '../identity/logins.js';
-import { BrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { ServiceMetrics } from '../metrics/service-metrics.js';
 import { createNotifier, requestEventsOf } from '../notify/notifier.js';
 import { DeviceConfirmations } from '../requests/device-confirmations.js';
 import { StartRequests, type RequestEvents } from '../requests/start-requests.js';
 import { SessionRevocations } from '../sessions/session-revocations.js';
+import { AuditSinks } from '../sinks/audit-sinks.js';
+import { JsonlFileSink, StdoutSink } from '../sinks/jsonl-sink.js';
+import { OtlpSink } from '../sinks/otlp-sink.js';
+import type { AuditSink } from '../sinks/sink.js';
 import { SessionVaultTokens } from '../sessions/session-vault-tokens.js';
 import { SessionSweeper } from '../sessions/sweeper.js';
 import { TaskSessionService } from '../sessions/task-session-service.js';
@@ -50,6 +56,8 @@ export interface RunningServer {
    * directory watch and the admin route call.
    */
   reload(by: ReloadBy): Promise<ReloadResult>;
+  /** The audit sinks' backlogs (sinks/audit-sinks.ts), for metrics. */
+  sinks: Pick<AuditSinks, 'backlog' | 'status' | 'refresh'>;
   stop(): Promise<void>;
 }
 
@@ -80,6 +88,26 @@ function vaultAuthMethod(v: NonNullable<ServerConfig['vault']>): VaultAuthMethod
   if (v.approle) return { kind: 'approle', roleId: v.approle.roleId, secretId: v.approle.secretId, mount: v.approle.mount };
   if (v.jwt) return { kind: 'jwt', role: v.jwt.role, mount: v.jwt.mount, audience: v.jwt.audience };
   throw new TypeError('vault config without an auth method (the schema requires one)');
+}
+
+/**
+ * The configured audit sinks. OTLP header values are read now (an environment variable or a file),
+ * so a missing one stops the start naming the field, and they live only in the exporter.
+ */
+function makeSinks(config: ServerConfig, log: Logger, now: () => number): { sink: AuditSink; batchSize: number }[] {
+  return config.audit.sinks.map((s, i) => {
+    const id = s.id!;
+    if (s.type === 'jsonl') {
+      // A typo in the directory would otherwise only show as a sink failing forever.
+      if (!existsSync(dirname(s.path))) {
+        throw new BrokerError('invalid_config', `audit.sinks.${i}.path: the directory ${dirname(s.path)} does not exist`, { hint: 'create it (writable by the broker), or fix the path' });
+      }
+      return { sink: new JsonlFileSink(id, s.path, { fsync: s.fsync, log }), batchSize: s.batchSize };
+    }
+    if (s.type === 'stdout') return { sink: new StdoutSink(id), batchSize: s.batchSize };
+    const headers = Object.fromEntries(Object.entries(s.headers).map(([name, src]) => [name, readSecret(src, config.baseDir, `audit.sinks.${i}.headers.${name}`)]));
+    return { sink: new OtlpSink(id, { endpoint: s.endpoint, headers, timeoutMs: s.timeoutMs, now }), batchSize: s.batchSize };
+  });
 }
 
 /**
@@ -134,12 +162,13 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const auditKeys = config.audit.signingKeys ? await loadSigningKeys(config.audit.signingKeys, config.baseDir, 'audit.signingKeys') : undefined;
   const now = options.now ?? Date.now;
-  // Gauges read the store at scrape time; nothing is scraped before the listeners below are up.
+  const sinkList = makeSinks(config, log, now);
+  // Gauges read the store (and the sinks' backlog) at scrape time; nothing is scraped before the
+  // listeners below are up, and by then both exist.
   const metrics: ServiceMetrics = new ServiceMetrics({
     activeSessions: () => store.sessions.countActive(),
     pendingStartRequests: () => store.startRequests.countPending(),
-    // Audit sinks are not built in this branch: when they are, they report their backlog here
-    // (sinkBacklog: () => sinks.map((s) => ({ id: s.id, backlog: s.backlog() }))).
+    sinkBacklog: () => sinks.backlog(),
     processMetrics: config.metrics.processMetrics,
   });
   const store = new SqliteStore(config.store.sqlite, { busyTimeoutMs: config.store.busyTimeoutMs, now, onAuditWrite: (ok, s) => metrics.auditWrite(ok, s) });
@@ -215,8 +244,9 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const confirmations = new DeviceConfirmations({
     issuer: config.oidc.issuer, clientId: config.oidc.cliClientId, scopes: config.oidc.scopes, verifier: idTokens, requests, log, now,
   });
+  const sinks = new AuditSinks({ sinks: sinkList, auditLog: store.auditLog, cursors: store.sinkCursors, log, now });
   const admin = new AdminService({
-    admins: config.admins, store, auditSearch: store.auditSearch, sessions, logins, templates, revocations: options.revocations ?? revocations, log, now, metrics,
+    admins: config.admins, store, auditSearch: store.auditSearch, sessions, logins, templates, revocations: options.revocations ?? revocations, sinks, log, now, metrics,
   });
   const sweeper = new SessionSweeper({ sessions, requests, intervalSeconds: config.sweeper.interval, log });
   const reload = async (by: ReloadBy): Promise<ReloadResult> => {
@@ -307,6 +337,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     void checkpointer.checkpoint();
   }
   revocations.start();
+  await sinks.start();
   // Logins and ID tokens past their end are refused by their own expiry; their rows go at the sweeper's pace.
   const prune = setInterval(() => {
     void (async () => {
@@ -325,6 +356,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     metricsUrl,
     routes: app.routes.map((r) => ({ method: r.method, path: r.path })),
     reload,
+    sinks,
     stop: async () => {
       watching?.close();
       clearInterval(prune);
@@ -333,8 +365,10 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       iam.destroy();
       // Counts of refused requests still pending are written before the store closes.
       await denials.stop();
-      // Last: a checkpoint over everything written, so the next start checks an empty tail.
+      // A checkpoint over everything written, so the next start checks an empty tail; then the
+      // sinks take what they can of the last records (checkpoint included), the rest after the next start.
       await checkpointer?.stop();
+      await sinks.stop();
       await close();
       // Bounded (notifier.ts): a receiver that hangs delays the stop by at most that long.
       await notifier?.close();

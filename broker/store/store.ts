@@ -108,6 +108,11 @@ export interface AuditLog {
   verify(): Promise<number | null>;
   /** The records of one task session, oldest first (its history, for `broker admin session`). */
   ofSession(sessionId: string, limit?: number): Promise<AuditRecord[]>;
+  /**
+   * Calls `listener` soon after records are appended (once per burst, after the appending
+   * transaction has finished), so the audit sinks wake without polling; returns the unsubscribe.
+   */
+  onAppend(listener: () => void): () => void;
 }
 
 export interface SessionRepository {

@@ -512,12 +512,27 @@ export const adminFreezesResponse = z.object({ freezes: z.array(freezeView) });
  */
 export const revocationWarningView = z.object({ roleArn: z.string(), kind: z.enum(['fallback', 'not-applied']), message: z.string(), since: timestamp });
 
+/**
+ * An audit sink's delivery (README "Export to a SIEM"): the last `seq` it took, how many records
+ * it has yet to take, and, while it is failing, why.
+ */
+export const auditSinkView = z.object({
+  id: z.string(),
+  type: z.enum(['jsonl', 'stdout', 'otlp']),
+  deliveredSeq: count,
+  backlog: count,
+  lastError: z.string().optional(),
+  lastDeliveredAt: timestamp.optional(),
+});
+
 /** `GET /v1/admin/status`: what is in force, and what needs an admin's attention. */
 export const adminStatusResponse = z.object({
   templates: z.array(z.object({ name: z.string(), version: z.string() })),
   activeSessions: count,
   freezes: z.array(freezeView),
   revocationWarnings: z.array(revocationWarningView),
+  /** Absent from a service older than audit sinks. */
+  auditSinks: z.array(auditSinkView).default([]),
 });
 export type AdminStatusResponse = z.infer<typeof adminStatusResponse>;
 

@@ -28,6 +28,8 @@ export interface BrokerService {
   signal(sig: NodeJS.Signals): void;
   dbPath: string;
   logFile: string;
+  /** The service's process id (setpriv execs it, so it is the node process). */
+  pid: number | undefined;
   log(): string;
   stop(): Promise<void>;
 }
@@ -104,7 +106,7 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   process.once('exit', () => child.kill('SIGKILL'));
   return {
-    url, dir, policiesDir, dbPath, logFile, log,
+    url, dir, policiesDir, dbPath, logFile, log, pid: child.pid,
     signal: (sig) => { child.kill(sig); },
     stop: async () => { if (child.exitCode === null) { child.kill('SIGTERM'); await exited; } },
   };

@@ -13,11 +13,16 @@ export class SqliteAuditLog implements AuditLog {
   private readonly countBetween: StatementSync;
   private readonly uncovered: StatementSync;
   private chain: ChainSource | undefined;
-  /** Told of every record appended (after its transaction; a rolled-back one too): the checkpointer's cue. */
-  onAppend: ((e: AuditEvent) => void) | undefined;
+  /**
+   * Told of every record appended (after its transaction; a rolled-back one too): the checkpointer's
+   * cue, which counts records. The sinks subscribe with onAppend, woken once per turn however many.
+   */
+  onRecord: ((e: AuditEvent) => void) | undefined;
   private readonly insert: StatementSync;
   private readonly after: StatementSync;
   private readonly session: StatementSync;
+  private readonly listeners = new Set<() => void>();
+  private notifying = false;
 
   constructor(private readonly sql: SqliteDatabase) {
     this.last = sql.prepare('SELECT seq, hash, event FROM audit ORDER BY seq DESC LIMIT 1');
@@ -42,8 +47,17 @@ export class SqliteAuditLog implements AuditLog {
       f.expiration, f.detail, prev, recordHashV2(prev, seq, f), f.vaultAccessor, HASH_VERSION,
     );
     this.sql.auditAppended = true;
-    const listener = this.onAppend;
+    const listener = this.onRecord;
     if (listener) queueMicrotask(() => listener(e));
+    // The transaction is synchronous (node:sqlite), so a callback on a later turn runs after its
+    // COMMIT (or ROLLBACK: then a listener finds nothing new, which is harmless).
+    if (this.listeners.size > 0 && !this.notifying) {
+      this.notifying = true;
+      setImmediate(() => {
+        this.notifying = false;
+        for (const l of this.listeners) l();
+      });
+    }
   }
 
   /** The last record: its seq, hash and event. */
@@ -70,6 +84,11 @@ export class SqliteAuditLog implements AuditLog {
   /** The chain as the verifier reads it (store/audit-verify.ts). */
   chainSource(): ChainSource {
     return (this.chain ??= sqliteChainSource(this.sql.db));
+  }
+
+  onAppend(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => { this.listeners.delete(listener); };
   }
 
   async append(e: AuditEvent): Promise<void> {

@@ -212,6 +212,19 @@ CREATE INDEX IF NOT EXISTS audit_vault_accessor ON audit (vault_accessor) WHERE 
 CREATE INDEX IF NOT EXISTS audit_event ON audit (event, decision, seq);
 `;
 
+/**
+ * Stores created before audit sinks (broker/sinks/): how far each sink has been fed, one row per
+ * sink id, so delivery resumes after a restart. A cursor is delivery state, not a decision: it has
+ * no audit record and no trigger, and deleting a row only makes that sink receive the log again.
+ */
+const AUDIT_SINK_CURSORS = `
+CREATE TABLE IF NOT EXISTS audit_sink_cursors (
+  sink_id TEXT PRIMARY KEY,
+  delivered_seq INTEGER NOT NULL,
+  delivered_at INTEGER NOT NULL
+);
+`;
+
 export function migrate(db: DatabaseSync): void {
   db.exec(SCHEMA);
   for (const [table, column] of COLUMNS_ADDED) {
@@ -219,4 +232,5 @@ export function migrate(db: DatabaseSync): void {
     if (!have.has(column.split(' ')[0]!)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column}`);
   }
   db.exec(INDEXES);
+  db.exec(AUDIT_SINK_CURSORS);
 }

@@ -9,6 +9,7 @@ import { SqliteRefreshTokenFamilies } from './refresh-token-families.js';
 import { SqliteSeenIdTokens } from './seen-id-tokens.js';
 import { SqliteRevocationRepository } from './session-revocations.js';
 import { SqliteSessionRepository } from './sessions.js';
+import { SqliteSinkCursors } from './sink-cursors.js';
 import { SqliteStartRequests } from './start-requests.js';
 import { SqliteTemplateVersions } from './template-versions.js';
 import { SqliteVaultTokenRepository } from './vault-tokens.js';
@@ -30,6 +31,7 @@ export class SqliteStore implements Store {
   readonly freezes: SqliteFreezes;
   readonly revocations: SqliteRevocationRepository;
   readonly templateVersions: SqliteTemplateVersions;
+  readonly sinkCursors: SqliteSinkCursors;
   private readonly sql: SqliteDatabase;
 
   constructor(path: string, options: { busyTimeoutMs?: number; now?: () => number; onAuditWrite?: AuditWriteObserver } = {}) {
@@ -52,6 +54,7 @@ export class SqliteStore implements Store {
     this.freezes = new SqliteFreezes(this.sql, this.auditLog);
     this.revocations = new SqliteRevocationRepository(this.sql, this.auditLog);
     this.templateVersions = new SqliteTemplateVersions(this.sql, this.auditLog);
+    this.sinkCursors = new SqliteSinkCursors(this.sql);
   }
 
   async close(): Promise<void> {
