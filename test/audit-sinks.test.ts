@@ -345,6 +345,12 @@ describe('audit sinks: JSON lines, stdout and OTLP fed from the store (real brok
     const siem = hung.find((x) => x.id === 'siem')!;
     assert.equal(siem.type, 'otlp');
     assert.ok(siem.backlog >= 10, `the OTLP backlog shows (${siem.backlog})`);
+    // The same backlog in the metrics (GET /metrics on the API port, for admins).
+    const token = await fetch(`${svc.url}/v1/auth/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id_token: await idp.loginAs('carol@example.com') }) })
+      .then(async (r) => ((await r.json()) as { access_token: string }).access_token);
+    const scrape = await (await fetch(`${svc.url}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+    const gauge = /^broker_audit_sink_backlog_records\{sink="siem"\} (\d+)$/m.exec(scrape);
+    assert.ok(gauge && Number(gauge[1]) > 0, `broker_audit_sink_backlog_records for siem:\n${scrape.split('\n').filter((l) => l.includes('sink')).join('\n')}`);
 
     // Refusing: the error shows, without the header's value.
     await hang.close();
