@@ -18,13 +18,15 @@ export const CENSOR = '[redacted]';
  * `clientToken`, `X-Vault-Token` alike): what the broker handles that is secret — STS credentials
  * (`SecretAccessKey`, `SessionToken`), Vault tokens and login secrets (`client_token`, `token`,
  * `secret_id`, `jwt`), OAuth tokens (`access_token`, `refresh_token`, `id_token`), HTTP headers
- * that carry them (`authorization`, `x-vault-token`, `dpop`, cookies), private keys, passwords, and
+ * that carry them (`authorization`, `x-vault-token`, `dpop`, cookies, `x-api-key`), private keys, passwords, and
  * the environment variables `broker exec` deals with.
  */
 const SECRET_KEYS = new Set([
   'token', 'clienttoken', 'accesstoken', 'refreshtoken', 'idtoken', 'sessiontoken', 'securitytoken', 'webidentitytoken',
   'secretaccesskey', 'secretkey', 'secret', 'secretid', 'clientsecret', 'jwt', 'password', 'passphrase', 'privatekey',
   'authorization', 'proxyauthorization', 'cookie', 'setcookie', 'xvaulttoken', 'dpop',
+  // The API-key headers telemetry receivers take (an OTLP audit sink's headers, broker/sinks/).
+  'apikey', 'xapikey', 'apitoken', 'ddapikey',
   'awssecretaccesskey', 'awssessiontoken', 'awssecuritytoken', 'vaulttoken', 'baotoken', 'awscontainerauthorizationtoken',
 ]);
 

@@ -49,7 +49,7 @@ function shapes(): Record<string, () => unknown> {
     rsaPrivateJwk: () => ({ kty: 'RSA', n: shown('rsa-n'), e: 'AQAB', d: secret('rsa-d'), p: secret('rsa-p'), q: secret('rsa-q'), dp: secret('rsa-dp'), dq: secret('rsa-dq'), qi: secret('rsa-qi') }),
     pem: () => ({ kid: shown('pem-kid'), privateKey: secret('-----BEGIN PRIVATE KEY-----') }),
     // HTTP headers as fetch and the SDKs keep them: bearer tokens, Vault tokens, DPoP proofs.
-    headers: () => ({ headers: { authorization: secret('Bearer'), 'x-vault-token': secret('x-vault-token'), dpop: secret('dpop-proof'), accept: shown('accept') } }),
+    headers: () => ({ headers: { authorization: secret('Bearer'), 'x-vault-token': secret('x-vault-token'), dpop: secret('dpop-proof'), 'X-Api-Key': secret('x-api-key'), 'api-key': secret('api-key'), 'DD-API-KEY': secret('dd-api-key'), accept: shown('accept') } }),
     capitalisedHeaders: () => ({ Authorization: secret('Bearer-cap'), 'X-Vault-Token': secret('x-vault-token-cap'), 'Content-Type': shown('type') }),
     // The environment `broker exec` builds for a child.
     environment: () => ({ env: { AWS_SECRET_ACCESS_KEY: secret('env-secret-key'), AWS_SESSION_TOKEN: secret('env-session-token'), VAULT_TOKEN: secret('env-vault-token'), AWS_PROFILE: shown('profile') } }),
