@@ -132,6 +132,15 @@ const vaultSchema = z.strictObject({
 /** The events a webhook may receive (broker/notify). */
 export const NOTIFY_EVENTS = ['request.created', 'request.decided', 'request.expired', 'break_glass'] as const;
 
+/** HTTP headers to send (a webhook's, an OTLP sink's): each value read from the environment or a file, never written in the config. */
+const headersFromSecretsSchema = z.record(
+  z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'must be an HTTP header name (letters, digits, -)'),
+  z.union([
+    z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
+    z.strictObject({ file: z.string().min(1) }),
+  ], { error: 'must be {env: NAME} or {file: path} (a header value is never written in the config)' }),
+).default({});
+
 /**
  * A webhook receiver. Its URL is a secret of its own (a Slack incoming-webhook URL is the
  * credential), so it is never logged beyond its host; https, or plain http to loopback only.
@@ -152,13 +161,7 @@ const webhookSchema = z.strictObject({
   }),
   format: z.enum(['generic', 'slack']).default('generic'),
   events: z.array(z.enum(NOTIFY_EVENTS)).min(1).default([...NOTIFY_EVENTS]),
-  headers: z.record(
-    z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'must be an HTTP header name (letters, digits, -)'),
-    z.union([
-      z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
-      z.strictObject({ file: z.string().min(1) }),
-    ], { error: 'must be {env: NAME} or {file: path} (a header value is never written in the config)' }),
-  ).default({}),
+  headers: headersFromSecretsSchema,
 });
 
 export const notificationsSchema = z.strictObject({
@@ -212,13 +215,7 @@ const auditSinkSchema = z.discriminatedUnion('type', [
     type: z.literal('otlp'),
     id: sinkIdSchema.optional(),
     endpoint: otlpEndpointSchema,
-    headers: z.record(
-      z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'must be an HTTP header name (letters, digits, -)'),
-      z.union([
-        z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }),
-        z.strictObject({ file: z.string().min(1) }),
-      ], { error: 'must be {env: NAME} or {file: path} (a header value is never written in the config)' }),
-    ).default({}),
+    headers: headersFromSecretsSchema,
     /** One export, the exporter's own retries included. */
     timeoutMs: z.number().int().min(100).max(120_000).default(10_000),
     batchSize: batchSizeSchema,
