@@ -2,9 +2,9 @@
  * bench/audit-sink: what one JSON-lines audit sink costs an issuance. A script, not a test: it
  * prints figures. Target (issue 12): under 10% per issuance.
  *
- * It starts the local peers (moto as STS, the test IdP) and three real `broker server`s on their own
- * SQLite files: no sink, one JSON-lines sink with fdatasync before each cursor write (the default), and one without
- * fsync. In each, a developer starts a deploy-lambda task, then the bench measures credential
+ * It starts the local peers (moto as STS, the test IdP) and four real `broker server`s on their own
+ * SQLite files: no sink, one JSON-lines sink with fdatasync before each cursor write (the default), one without
+ * fsync, and signed checkpoints (every 100 records) with the default sink. In each, a developer starts a deploy-lambda task, then the bench measures credential
  * issuances (`POST /v1/sessions/:id/credentials`: an STS AssumeRole and an audit record):
  *   - sequential: `--rounds` rounds of `--n` issuances per service, the services interleaved round by
  *     round (in a rotating order) so drift on a shared machine hits all alike; p50, p95 and mean per service;
@@ -86,15 +86,17 @@ async function main(): Promise<void> {
       { name: 'no sink', sinks: [] as unknown[] },
       { name: 'jsonl (fsync)', sinks: [{ type: 'jsonl', path: 'audit.jsonl', fsync: true }] },
       { name: 'jsonl (no fsync)', sinks: [{ type: 'jsonl', path: 'audit.jsonl', fsync: false }] },
+      // What the issue measures: signed checkpoints (every 100 records) and one JSON-lines sink on.
+      { name: 'checkpoints + jsonl (fsync)', sinks: [{ type: 'jsonl', path: 'audit.jsonl', fsync: true }], checkpoints: true },
     ];
-    interface Run { name: string; sinks: unknown[]; svc: BrokerService; issue: () => Promise<number>; sequential: number[]; perSecond: number; cpuSeq: number; cpuConc: number }
+    interface Run { name: string; sinks: unknown[]; checkpoints?: boolean; svc: BrokerService; issue: () => Promise<number>; sequential: number[]; perSecond: number; cpuSeq: number; cpuConc: number }
     const runs: Run[] = [];
     for (const v of variants) {
       const svc = await startBrokerService({
         issuer: idp.issuer, stsEndpoint: moto.url, iamEndpoint: moto.url,
         extra: {
           aws: { region: 'us-east-1', stsEndpoint: moto.url, iamEndpoint: moto.url, checkTrustAtStartup: false },
-          limits: { issuePerMinute: 1_000_000 }, log: { level: 'info' }, audit: { sinks: v.sinks },
+          limits: { issuePerMinute: 1_000_000 }, log: { level: 'info' }, audit: { sinks: v.sinks, ...('checkpoints' in v ? { signingKeys: 'ephemeral' } : {}) },
         },
       });
       services.push(svc);
