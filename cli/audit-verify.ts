@@ -118,7 +118,8 @@ export function register(audit: Command): void {
         const { report, server, keys, store } = await verifyServer(opts, offHost);
         // What a client cannot see for itself is labelled as the service's word, or as unchecked.
         const storeWord = store ? 'reported by the service' : 'not reported by the service: not checked';
-        if (opts.json) printJson({ server, keys: { source: keys.source, from: keys.from }, storeEvidence: { triggers: storeWord, sequenceCounter: store ? storeWord : 'not reported by the service: not checked' }, ...report });
+        const counterWord = !store ? storeWord : store.sequenceMax === null ? 'the service reports none: not checked' : storeWord;
+        if (opts.json) printJson({ server, keys: { source: keys.source, from: keys.from }, storeEvidence: { triggers: storeWord, sequenceCounter: counterWord }, ...report });
         else {
           printReport(report, store ? 'append-only triggers in place (the service says so)' : 'append-only triggers not checked (the service did not report them)');
           out(keys.source === 'file'
