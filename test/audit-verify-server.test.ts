@@ -132,7 +132,7 @@ describe('broker audit verify --server: the client downloads the chain and check
     return { remote, local, r: parse(remote), l: parse(local) };
   };
 
-  it('an intact log: exit 0 over --server with the same report as --db; keys from the service or from --keys, and the report says which', async () => {
+  it('an intact log: exit 0 over --server with the same report as --db; keys from the service or from --keys, and the report says which; each run audited once', async () => {
     const { remote, local, r, l } = await both();
     assert.equal(remote.code, 0, remote.stdout + remote.stderr);
     assert.equal(local.code, 0, local.stdout);
@@ -151,6 +151,12 @@ describe('broker audit verify --server: the client downloads the chain and check
     const human = await broker(['audit', 'verify', '--server'], carol, { timeoutMs: 120_000 });
     assert.equal(human.code, 0, human.stderr);
     assert.match(human.stdout, /^audit log intact: \d+ record\(s\), seq 1–\d+; \d+ of \d+ checkpoint\(s\) verified \(key audit-remote-1\), 0 off-host; append-only triggers in place \(the service says so\)$/m);
+    // The download is audited once per run, with the admin and the query.
+    const d = new DatabaseSync(dbPath, { readOnly: true });
+    const views = (d.prepare("SELECT detail FROM audit WHERE event = 'admin.view'").all() as { detail: string }[]).map((v) => JSON.parse(v.detail) as Record<string, unknown>);
+    d.close();
+    assert.equal(views.length, 3, 'one per run of the three');
+    assert.deepEqual(views[0], { admin: 'carol@example.com', route: 'audit', filter: { view: 'chain', limit: 1000 } });
     assert.match(human.stdout, /^keys: fetched from the service \(http:\/\/127\.0\.0\.1:\d+\/\.well-known\/audit-jwks\.json\); whoever controls the service can serve keys of its own/m);
   });
 
