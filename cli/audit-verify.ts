@@ -54,13 +54,15 @@ function parseKeys(text: string, file: string): JWK[] {
 }
 
 /** The audit keys and where they came from: the report says which, since it changes what a pass proves. */
-interface Keys { set: AuditKeySet; jwks: JWK[]; source: 'file' | 'config' | 'service'; from: string }
+interface Keys { set: AuditKeySet; source: 'file' | 'service'; from: string }
 
 /**
  * `--server`: every record downloaded as stored (`GET /v1/admin/audit?view=chain`, paged, through the
  * daemon with the admin's login, like `broker audit show`), then the same verifier as `--db`, here.
  */
 async function verifyServer(opts: Opts, offHost: ReturnType<typeof parseCheckpointLines>): Promise<{ report: VerifyReport; server: string; keys: Keys; store: AdminAuditResponse['store'] }> {
+  // A bad keys file fails before the download, not after it.
+  const held = opts.keys ? await AuditKeySet.of(parseKeys(readText(opts.keys, 'keys file'), opts.keys), opts.keys) : undefined;
   const chain = new DownloadedChain();
   try {
     let after: number | undefined;
@@ -78,13 +80,11 @@ async function verifyServer(opts: Opts, offHost: ReturnType<typeof parseCheckpoi
     }
     const { server } = await callDaemon({ op: 'whoami' });
     let keys: Keys;
-    if (opts.keys) {
-      const jwks = parseKeys(readText(opts.keys, 'keys file'), opts.keys);
-      keys = { set: await AuditKeySet.of(jwks, opts.keys), jwks, source: 'file', from: opts.keys };
-    } else {
+    if (held) keys = { set: held, source: 'file', from: opts.keys! };
+    else {
       const url = `${server}/.well-known/audit-jwks.json`;
       const jwks = (await new BrokerApi(server).request('GET', '/.well-known/audit-jwks.json', auditJwksResponse)).keys as JWK[];
-      keys = { set: await AuditKeySet.of(jwks, url), jwks, source: 'service', from: url };
+      keys = { set: await AuditKeySet.of(jwks, url), source: 'service', from: url };
     }
     if (!keys.set.size && (offHost.length || chain.hasCheckpoints())) {
       throw new BrokerError('invalid_request', 'the audit log has signed checkpoints, and no key to check them was given', {
