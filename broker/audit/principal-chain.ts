@@ -11,7 +11,8 @@ import { BrokerError } from '../errors.js';
 import { MAX_DURATION_SECONDS } from '../limits/aws.js';
 import type { AuditRecord } from '../store/audit-event.js';
 import type { AuditSearch } from '../store/audit-search.js';
-import type { AdminAuditQuery, AdminAuditResponse, PrincipalChainView } from '../wire/service-api.js';
+import type { ChainRow } from '../store/audit-verify.js';
+import type { AdminAuditQuery, AdminAuditResponse, ChainRecordView, PrincipalChainView } from '../wire/service-api.js';
 
 /** A page when the query names no limit. */
 export const DEFAULT_AUDIT_PAGE = 100;
@@ -28,6 +29,19 @@ type RecordView = AdminAuditResponse['records'][number];
 /** A record as an admin reads it: the fields that are set, without the chain's hash. */
 export function recordView(r: AuditRecord): RecordView {
   return Object.fromEntries(Object.entries(r).filter(([k, v]) => v !== undefined && k !== 'hash')) as RecordView;
+}
+
+/** A stored row (ChainRow order) as the wire carries it: every field as stored. */
+export function chainRecordOf(r: ChainRow): ChainRecordView {
+  return {
+    seq: r[0], at: r[1], event: r[2], decision: r[3], developer: r[4], template: r[5], sessionId: r[6], reason: r[7], accessKeyId: r[8],
+    roleSessionName: r[9], expiration: r[10], detail: r[11], vaultAccessor: r[12], prevHash: r[13], hash: r[14], hashVersion: r[15],
+  };
+}
+
+/** The inverse of chainRecordOf: a record from the wire as the verifier reads a stored one. */
+export function chainRowOf(v: ChainRecordView): ChainRow {
+  return [v.seq, v.at, v.event, v.decision, v.developer, v.template, v.sessionId, v.reason, v.accessKeyId, v.roleSessionName, v.expiration, v.detail, v.vaultAccessor, v.prevHash, v.hash, v.hashVersion];
 }
 
 /** An instant of the query (RFC 3339 UTC, or a duration before `now`) as the records' own time format. */
@@ -54,6 +68,16 @@ export async function queryAudit(search: AuditSearch, q: AdminAuditQuery, now: n
   }
   const limit = q.limit ?? DEFAULT_AUDIT_PAGE;
   const after = q.after ?? 0;
+  if (q.view === 'chain') {
+    // One page in memory at a time, however long the log; the store's own word on the first page.
+    const rows = await search.chain(after, limit);
+    const store = q.after === undefined ? await search.chainStore() : undefined;
+    return {
+      chains: [], records: [], chain: rows.map(chainRecordOf),
+      ...(store ? { store: { sequenceMax: store.sequenceMax ?? null, missingTriggers: store.missingGuards } } : {}),
+      next: rows.length === limit ? rows.at(-1)![0] : null,
+    };
+  }
   if (q.view === 'records' || q.denied || q.latest) {
     const records = await search.records({
       sessions: q.session, developers: q.developer, template: q.template, accessKeyIds: q.accessKeyId, roleSessionNames: q.roleSessionName,

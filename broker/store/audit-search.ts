@@ -6,6 +6,7 @@
  * (sqlite/audit-search.ts), so an incident responder on the host reads exactly what the service would.
  */
 import type { AuditRecord } from './audit-event.js';
+import type { ChainRow } from './audit-verify.js';
 
 /**
  * Which task sessions: each field narrows (AND); a list matches any of its values (OR). Times are
@@ -52,4 +53,8 @@ export interface AuditSearch {
    * (still oldest first).
    */
   records(filter: RecordFilter, afterSeq: number, limit: number, latest?: boolean): Promise<AuditRecord[]>;
+  /** Every record after `afterSeq` exactly as stored (at most `limit`), for a verifier elsewhere (`broker audit verify --server`). */
+  chain(afterSeq: number, limit: number): Promise<ChainRow[]>;
+  /** The store's own evidence, as it reports it: its highest seq handed out, its append-only guards missing or changed. */
+  chainStore(): Promise<{ sequenceMax: number | undefined; missingGuards: string[] }>;
 }

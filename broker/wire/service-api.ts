@@ -560,11 +560,12 @@ const roleSessionNameParam = z.string().regex(/^[\w+=,.@-]{2,64}$/, 'must be a r
 /**
  * `GET /v1/admin/audit`: the query, every parameter checked (a 400 names the parameter). `view`
  * `chains` (default): one principal chain per task session matching; `records`: the raw records
- * matching (`denied` and `latest` imply it). Paging by `seq`: pass the answer's `next` as `after`
- * until it is null. Filters narrow together (AND); a repeated one matches any of its values.
+ * matching (`denied` and `latest` imply it); `chain`: every record as stored, for `broker audit
+ * verify --server` (no filter). Paging by `seq`: pass the answer's `next` as `after` until it is
+ * null. Filters narrow together (AND); a repeated one matches any of its values.
  */
 export const adminAuditQuery = z.strictObject({
-  view: z.enum(['chains', 'records'], { error: 'must be chains or records' }).optional(),
+  view: z.enum(['chains', 'records', 'chain'], { error: 'must be chains, records or chain' }).optional(),
   after: z.string().regex(/^\d{1,15}$/, 'must be a record seq (a whole number)').transform(Number).optional(),
   limit: z.string().regex(/^\d{1,4}$/, `must be a whole number from 1 to ${MAX_AUDIT_PAGE}`).transform(Number)
     .refine((n) => n >= 1 && n <= MAX_AUDIT_PAGE, `must be a whole number from 1 to ${MAX_AUDIT_PAGE}`).optional(),
@@ -582,6 +583,11 @@ export const adminAuditQuery = z.strictObject({
   /** The last `limit` records (with `view=records`, no `after`): where `broker audit tail` starts. */
   latest: flag.optional(),
 }).superRefine((q, ctx) => {
+  if (q.view === 'chain') {
+    // The chain is verified whole: a filtered part of it proves nothing.
+    for (const k of Object.keys(q)) if (!['view', 'after', 'limit'].includes(k)) ctx.addIssue({ code: 'custom', path: [k], message: 'not with view=chain: the chain is the whole log (page it with after and limit)' });
+    return;
+  }
   const records = q.view === 'records' || q.denied === true || q.latest === true;
   if (q.view === 'chains' && (q.denied || q.latest)) ctx.addIssue({ code: 'custom', path: [q.denied ? 'denied' : 'latest'], message: 'lists records: leave out view=chains' });
   if (records && q.agent !== undefined) ctx.addIssue({ code: 'custom', path: ['agent'], message: 'selects sessions: not with view=records, denied or latest' });
@@ -642,13 +648,41 @@ export const principalChainView = z.object({
 export type PrincipalChainView = z.infer<typeof principalChainView>;
 
 /**
+ * One record exactly as the store holds it, for `broker audit verify --server` to recompute the chain
+ * itself (broker/store/audit-chain.ts): every hashed field, null where the store has none (null and
+ * "" hash differently), `detail` as the stored JSON text, the stored `prevHash`, `hash` and
+ * `hashVersion` (null: a store from before the column, read as 1). Nothing is checked but the types:
+ * a record an attacker edited into nonsense must still reach the verifier, which names it.
+ */
+const storedText = z.string().nullable();
+export const chainRecordView = z.object({
+  seq: z.number().int(), at: z.string(), event: z.string(), decision: z.string(), developer: storedText, template: storedText, sessionId: storedText,
+  reason: storedText, accessKeyId: storedText, roleSessionName: storedText, expiration: storedText, detail: storedText, vaultAccessor: storedText,
+  prevHash: z.string(), hash: z.string(), hashVersion: z.number().int().nullable(),
+});
+export type ChainRecordView = z.infer<typeof chainRecordView>;
+
+/** `GET /.well-known/audit-jwks.json`: the audit keys' public JWKs (checked as keys by the verifier). */
+export const auditJwksResponse = z.object({ keys: z.array(z.record(z.string(), z.unknown())).max(100) });
+
+/**
+ * What the store says of itself, on the first page of `view=chain` only: the highest seq it ever
+ * handed out (SQLite's sqlite_sequence; null when it keeps none) and its append-only triggers that
+ * are missing or changed. The service's word: a client cannot check either.
+ */
+export const chainStoreView = z.object({ sequenceMax: count.nullable(), missingTriggers: z.array(z.string()) });
+
+/**
  * `GET /v1/admin/audit`: `chains` (view chains) or `records` (view records); the other is empty.
+ * With `view=chain`, both are empty and `chain` holds the records as stored (`store` on the first page).
  * `next`: pass it as `after` for the next page; null when this page was the last. A page of chains
  * may hold fewer than `limit` (sessions outside since/until are dropped after the page is read).
  */
 export const adminAuditResponse = z.object({
   chains: z.array(principalChainView),
   records: z.array(auditRecordView),
+  chain: z.array(chainRecordView).optional(),
+  store: chainStoreView.optional(),
   next: count.nullable(),
 });
 export type AdminAuditResponse = z.infer<typeof adminAuditResponse>;

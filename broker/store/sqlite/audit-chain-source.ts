@@ -10,10 +10,8 @@ import { AUDIT_TRIGGERS } from './migrations.js';
  * predates them (a read-only open does not migrate).
  */
 export function sqliteChainSource(db: DatabaseSync): ChainSource {
-  const have = new Set((db.prepare('PRAGMA table_info(audit)').all() as { name: string }[]).map((c) => c.name));
-  if (!have.size) throw new BrokerError('not_found', 'the store has no audit table', { hint: 'is this a broker store file? (store.sqlite in the service config)' });
-  const cols = `seq, at, event, decision, developer, template, session_id, reason, access_key_id, role_session_name, expiration, detail,
-    ${have.has('vault_accessor') ? 'vault_accessor' : 'NULL'}, prev_hash, hash, ${have.has('hash_version') ? 'hash_version' : '1'}`;
+  const have = auditColumns(db);
+  const cols = chainColumns(have);
   const rows = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq`);
   rows.setReturnArrays(true);
   const one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`);
@@ -52,6 +50,25 @@ export function sqliteChainSource(db: DatabaseSync): ChainSource {
     lastOf: (event) => lastOf.get(event) as ChainRow | undefined,
     countThrough: (seq) => (countThrough.get(seq) as { n: number }).n,
   };
+}
+
+function auditColumns(db: DatabaseSync): Set<string> {
+  const have = new Set((db.prepare('PRAGMA table_info(audit)').all() as { name: string }[]).map((c) => c.name));
+  if (!have.size) throw new BrokerError('not_found', 'the store has no audit table', { hint: 'is this a broker store file? (store.sqlite in the service config)' });
+  return have;
+}
+
+/** The columns of a ChainRow, in its order. */
+function chainColumns(have: Set<string>): string {
+  return `seq, at, event, decision, developer, template, session_id, reason, access_key_id, role_session_name, expiration, detail,
+    ${have.has('vault_accessor') ? 'vault_accessor' : 'NULL'}, prev_hash, hash, ${have.has('hash_version') ? 'hash_version' : '1'}`;
+}
+
+/** One page of the chain as stored (ChainRow order): what `GET /v1/admin/audit?view=chain` serves, a page at a time. */
+export function chainPage(db: DatabaseSync): (afterSeq: number, limit: number) => ChainRow[] {
+  const page = db.prepare(`SELECT ${chainColumns(auditColumns(db))} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`);
+  page.setReturnArrays(true);
+  return (afterSeq, limit) => page.all(afterSeq, limit) as unknown as ChainRow[];
 }
 
 const normalize = (sql: string) => sql.replace(/\s+/g, ' ').replace(/ IF NOT EXISTS/i, '').replace(/;\s*$/, '').trim();

@@ -3,6 +3,8 @@ import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { BrokerError } from '../../errors.js';
 import type { AuditRecord } from '../audit-event.js';
 import type { AuditSearch, RecordFilter, SessionStartFilter } from '../audit-search.js';
+import type { ChainRow, ChainSource } from '../audit-verify.js';
+import { chainPage, sqliteChainSource } from './audit-chain-source.js';
 import { toRecord } from './audit-log.js';
 
 /** SQLite caps bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, 32766 since 3.32); our lists stay far below. */
@@ -65,6 +67,19 @@ export class SqliteAuditSearch implements AuditSearch {
     const rows = this.all(sql, [...args, limit]);
     return latest ? rows.reverse() : rows;
   }
+
+  async chain(afterSeq: number, limit: number): Promise<ChainRow[]> {
+    this.page ??= chainPage(this.db);
+    return this.page(afterSeq, limit);
+  }
+
+  async chainStore(): Promise<{ sequenceMax: number | undefined; missingGuards: string[] }> {
+    this.source ??= sqliteChainSource(this.db);
+    return { sequenceMax: this.source.sequenceMax(), missingGuards: this.source.missingGuards() };
+  }
+
+  private page: ((afterSeq: number, limit: number) => ChainRow[]) | undefined;
+  private source: ChainSource | undefined;
 
   private all(sql: string, args: SQLInputValue[]): AuditRecord[] {
     return (this.db.prepare(sql).all(...args) as Record<string, unknown>[]).map(toRecord);
