@@ -75,12 +75,30 @@ otelcol_hash=$(sha256sum "$OTELCOL_MANIFEST" | cut -d' ' -f1)
 if [ ! -x "$OTELCOL_BIN" ] || [ "$(cat "$OTELCOL_STAMP" 2>/dev/null)" != "$otelcol_hash" ]; then
   GO=$(command -v go || true)
   [ -n "$GO" ] || GO=/usr/local/go/bin/go
+  # No Go on the machine: the Go toolchain itself, from the Go module proxy (the module
+  # golang.org/toolchain, what `go` fetches for GOTOOLCHAIN), unpacked under .peers/go-toolchain.
+  GO_TOOLCHAIN=v0.0.1-go1.26.8.linux-amd64
+  if [ ! -x "$GO" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
+    GO=$PEERS/go-toolchain/golang.org/toolchain@$GO_TOOLCHAIN/bin/go
+    if [ ! -x "$GO" ]; then
+      log "no Go on this machine: fetching the Go toolchain ($GO_TOOLCHAIN) from the Go module proxy"
+      mkdir -p "$PEERS/go-toolchain"
+      curl -fsSL "https://proxy.golang.org/golang.org/toolchain/@v/$GO_TOOLCHAIN.zip" -o "$PEERS/go-toolchain/toolchain.zip"
+      python3 -c 'import sys, zipfile, os
+z = zipfile.ZipFile(sys.argv[1])
+for i in z.infolist():
+    p = z.extract(i, sys.argv[2])
+    mode = (i.external_attr >> 16) & 0o777
+    if mode: os.chmod(p, mode)' "$PEERS/go-toolchain/toolchain.zip" "$PEERS/go-toolchain"
+      rm -f "$PEERS/go-toolchain/toolchain.zip"
+    fi
+  fi
   if [ -x "$GO" ]; then
     log "building the OpenTelemetry Collector into .peers/otelcol (ocb $OCB_VERSION)"
     started=$(date +%s)
     mkdir -p "$PEERS/otelcol/build" "$PEERS/go"
     (
-      export PATH="$(dirname "$GO"):$PATH" GOMODCACHE="$PEERS/go/mod" GOCACHE="$PEERS/go/cache" GOBIN="$PEERS/go/bin" GOFLAGS=-modcacherw
+      export PATH="$(dirname "$GO"):$PATH" GOTOOLCHAIN=local GOMODCACHE="$PEERS/go/mod" GOCACHE="$PEERS/go/cache" GOBIN="$PEERS/go/bin" GOFLAGS=-modcacherw
       [ -x "$GOBIN/builder" ] && "$GOBIN/builder" version 2>/dev/null | grep -q "${OCB_VERSION#v}" \
         || "$GO" install "go.opentelemetry.io/collector/cmd/builder@$OCB_VERSION"
       "$GOBIN/builder" --config "$OTELCOL_MANIFEST" >"$PEERS/otelcol/build.log" 2>&1 \
