@@ -85,7 +85,7 @@ export async function consoleSigninUrl(o: {
     res = await (o.fetchImpl ?? fetch)(tokenUrl, { signal: AbortSignal.timeout(FEDERATION_TIMEOUT_MS), redirect: 'error' });
   } catch (e) {
     // The error's cause names the socket failure; its message never holds the URL, but keep to the code.
-    const code = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).name;
+    const code = (e as { cause?: { code?: string } }).cause?.code ?? ((e as Error).name === 'TimeoutError' ? 'timed out' : 'fetch failed');
     throw new BrokerError('upstream_unavailable', `cannot reach ${where} (${code})`, { hint: 'check the network; the console sign-in needs AWS\'s federation endpoint' });
   }
   const body = await res.text();
