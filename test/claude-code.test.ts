@@ -44,6 +44,10 @@ function federationEndpoint() {
     } catch {
       problems.push('Session is not JSON');
     }
+    const fields = session && typeof session === 'object' ? Object.keys(session).sort().join(',') : '';
+    if (fields !== 'sessionId,sessionKey,sessionToken' || Object.values(session as object).some((v) => typeof v !== 'string' || v === '')) {
+      problems.push(`Session holds ${fields || 'no object'}`);
+    }
     seen.push({ action: u.searchParams.get('Action'), duration: u.searchParams.get('SessionDuration'), session, problems });
     if (status !== 200 || problems.length || u.searchParams.get('Action') !== 'getSigninToken') {
       res.writeHead(status === 200 ? 400 : status).end('Bad Request');
