@@ -151,7 +151,7 @@ async function backUp(file: string, name: string, mode: number): Promise<string>
   }
 }
 
-async function writeAtomically(file: string, bytes: Buffer, mode: number): Promise<void> {
+export async function writeAtomically(file: string, bytes: Buffer, mode: number): Promise<void> {
   const tmp = `${file}.broker-tmp-${randomBytes(6).toString('hex')}`;
   const fh = await open(tmp, 'wx', mode);
   try {

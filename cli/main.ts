@@ -10,6 +10,9 @@ import * as status from './status.js';
 import * as end from './end.js';
 import * as templates from './templates.js';
 import * as configureAws from './configure-aws.js';
+import * as configureClaude from './configure-claude.js';
+import * as credentials from './credentials.js';
+import * as consoleSignin from './console.js';
 import * as policy from './policy.js';
 import * as server from './server.js';
 import * as daemon from './daemon.js';
@@ -39,7 +42,7 @@ export function buildProgram(): Command {
     // Options of a command come before its subcommand; lets `broker exec` leave its command's options alone.
     .enablePositionalOptions()
     .exitOverride();
-  for (const m of [login, logout, whoami, templates, task, exec, requests, decide, vaultToken, status, end, configureAws, daemon, policy, admin, audit, server]) m.register(program);
+  for (const m of [login, logout, whoami, templates, task, exec, requests, decide, vaultToken, status, end, configureAws, configureClaude, credentials, consoleSignin, daemon, policy, admin, audit, server]) m.register(program);
   program
     .command('credential-process')
     .description('print AWS credential_process JSON for a task session (used from ~/.aws/config)')

@@ -14,6 +14,7 @@ interface Options {
   wait: boolean;
   confirmHere?: boolean;
   breakGlass?: boolean;
+  ensure?: boolean;
 }
 
 export function register(program: Command): void {
@@ -31,15 +32,18 @@ export function register(program: Command): void {
     .option('--no-wait', 'when a confirmation is needed: print the request id (--json: the request) and exit 13 at once')
     .option('--confirm-here', 'when a confirmation is needed: confirm from this terminal (a login at the IdP with a code) instead of the page')
     .option('--break-glass', 'a template that allows it: start without approvers (needs --reason; you still confirm; everybody is notified)')
+    .option('--ensure', 'reuse the template\'s active session (its parameters must match, when given) and start one only if none is (Claude Code\'s awsAuthRefresh)')
     .option('--json', 'print the session as JSON (never the credentials)')
     .action(action(async (template: string, opts: Options) => {
       checkBreakGlass(opts.breakGlass, opts.reason);
       const request: StartRequest = {
         template, params: opts.param, reason: opts.reason, agent: opts.agent, ...(opts.ttl ? { ttl: opts.ttl } : {}), ...(opts.breakGlass ? { breakGlass: true } : {}),
       };
-      const r = await startConfirmed(() => callDaemon({ op: 'start', request }), request, {
+      const r = await startConfirmed(() => (opts.ensure
+        ? callDaemon({ op: 'ensure', request, paramsGiven: Object.keys(opts.param).length > 0 })
+        : callDaemon({ op: 'start', request })), request, {
         noWait: !opts.wait, confirmHere: opts.confirmHere, json: opts.json, pendingExit: PENDING_EXIT,
-        resume: ['broker', 'task', template, ...startWords(request)].join(' '),
+        resume: ['broker', 'task', template, ...(opts.ensure ? ['--ensure'] : []), ...startWords(request)].join(' '),
       });
       // The credentials are not printed: agents get them through credential_process.
       if (opts.json) {
@@ -51,7 +55,7 @@ export function register(program: Command): void {
         return;
       }
       // The same facts as --json, readable, on stdout; what to do next is a hint (stderr).
-      out(`Task session ${r.session.id} started: ${template}${r.accessKeyId ? ` as ${r.session.roleSessionName}` : ''}`);
+      out(`Task session ${r.session.id} ${r.reused ? 'reused' : 'started'}: ${template}${r.accessKeyId ? ` as ${r.session.roleSessionName}` : ''}`);
       out(`  ends in ${timeLeft(r.session.expiresAt)} (${r.session.expiresAt}); the daemon refreshes what it grants until then`);
       if (r.accessKeyId) out(`  AWS: AWS_PROFILE=broker-${template} (AccessKeyId ${r.accessKeyId}, expires ${r.credentialsExpire})`);
       // The token itself is never printed here; only its accessor.
