@@ -80,6 +80,8 @@ export interface TestIdp {
    * code in it is the client's to redeem). With `abort`, cancels at the login form instead.
    */
   authorize(authorizationUrl: string, email: string, opts?: { abort?: boolean }): Promise<string>;
+  /** Every PKCE code verifier a client redeemed an authorization code with, in order. */
+  readonly codeVerifiers: readonly string[];
   /** A browser of its own (cookies: the IdP session), and how often the IdP had it log in. */
   newSession(): IdpSession;
   /** Refuses a pending device login (the "Abort" button of the confirmation page). */
@@ -195,6 +197,13 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
   // RFC 8628 §3.2: the IdP may name the polling interval (clients default to 5 s without it).
   const interval = opts.pollIntervalSeconds ?? 1;
   provider.on('device_authorization.success', (_ctx: unknown, body: Record<string, unknown>) => { body.interval = interval; });
+  // The PKCE verifiers clients redeemed codes with (RFC 7636 §4.5), for tests that look for them
+  // where they must not be.
+  const codeVerifiers: string[] = [];
+  provider.on('grant.success', (ctx: { oidc: { params?: Record<string, unknown> } }) => {
+    const v = ctx.oidc.params?.code_verifier;
+    if (typeof v === 'string') codeVerifiers.push(v);
+  });
   providerCallback = provider.callback();
 
   const discovery = async () => {
@@ -286,7 +295,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
   };
 
   return {
-    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, authorize, registerWebClient, denyDevice, loginAs, issueIdToken,
+    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, authorize, registerWebClient, denyDevice, loginAs, issueIdToken, codeVerifiers,
     newSession: () => ({ browser: new Browser(), logins: 0 }),
     stop: async () => {
       server.closeAllConnections();
