@@ -1,8 +1,9 @@
 /**
  * The test IdP: the real, certified `oidc-provider` (v9) serving real HTTP on 127.0.0.1, in the test
- * process. One public client, `broker-cli`, with the OAuth 2.0 device authorization grant (RFC 8628);
- * and, once a test registers it with the service's callback URL (`registerWebClient`), the request
- * page's `broker-web`: authorization code, PKCE required (oidc-provider requires it for public
+ * process. One public native client, `broker-cli` (`broker login`): the authorization code grant
+ * with PKCE to a loopback redirect on any port (RFC 8252 §7.3), and the OAuth 2.0 device
+ * authorization grant (RFC 8628); and, once a test registers it with the service's callback URL
+ * (`registerWebClient`), the request page's `broker-web`: authorization code, PKCE required (oidc-provider requires it for public
  * clients; `pkce.required` below says so for every client). ID tokens signed RS256 (or ES256)
  * carrying `email`, `email_verified` and `groups`.
  *
@@ -13,8 +14,8 @@
  *
  * The login and consent pages are our own minimal ones (the provider's devInteractions are off): a
  * real form with email and password (every test user's password is TEST_PASSWORD unless it names
- * its own), then consent. `approveDevice` drives them over HTTP as a browser would; the request
- * page's test drives them in chromium.
+ * its own), then consent. `approveDevice` and `authorize` drive them over HTTP as a browser would;
+ * the request page's and the CLI login's browser tests drive them in chromium.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
