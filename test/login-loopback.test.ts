@@ -138,6 +138,14 @@ describe('browser login (authorization code + PKCE, loopback redirect) against o
     await assert.rejects(login.result, isBrokerError('unauthenticated', /did not accept the authorization code/));
   });
 
+  it('an ID token issued for another nonce is refused (the authorization URL rewritten on its way to the IdP)', async () => {
+    const login = await startLoopbackLogin(opts);
+    const u = new URL(login.url);
+    u.searchParams.set('nonce', 'nonce-of-another-login');
+    await fetch(await idp.authorize(u.href, 'alice@example.com'));
+    await assert.rejects(login.result, isBrokerError('unauthenticated', /ID token failed the check of its nonce claim/));
+  });
+
   describe('--remote: the redirect address pasted back', () => {
     const remote = async (paste: (url: string, redirectUri: string) => Promise<string>, extra: Partial<BrowserLoginOptions> = {}) => {
       const input = new PassThrough();

@@ -91,9 +91,9 @@ async function finish(config: oidc.Configuration, opts: BrowserLoginOptions, flo
     if (e instanceof oidc.ResponseBodyError && e.error === 'invalid_grant') {
       throw new BrokerError('unauthenticated', 'the identity provider did not accept the authorization code (expired, used, or from another login)', { hint: 'run broker login again' });
     }
-    const claim = (e as { cause?: { claim?: unknown } }).cause?.claim;
-    if (typeof claim === 'string') {
-      throw new BrokerError('unauthenticated', `the identity provider's ID token failed the check of its ${claim.slice(0, 32)} claim`, { hint: 'run broker login again' });
+    const claim = failedClaim(e);
+    if (claim !== undefined) {
+      throw new BrokerError('unauthenticated', `the identity provider's ID token failed the check of its ${claim} claim`, { hint: 'run broker login again' });
     }
     throw idpError(e, opts.issuer, 'code exchange');
   }
@@ -103,6 +103,15 @@ async function finish(config: oidc.Configuration, opts: BrowserLoginOptions, flo
     });
   }
   return tokens.id_token;
+}
+
+/** The ID token claim a check failed on (nonce, iss, aud…), where openid-client's error chain names one. */
+function failedClaim(e: unknown): string | undefined {
+  for (let c: unknown = e, depth = 0; c && typeof c === 'object' && depth < 4; c = (c as { cause?: unknown }).cause, depth++) {
+    const claim = (c as { claim?: unknown }).claim;
+    if (typeof claim === 'string' && /^[a-z_]{1,32}$/.test(claim)) return claim;
+  }
+  return undefined;
 }
 
 /** The IdP's refusal in the redirect (RFC 6749 §4.1.2.1); its code quoted only when it is one. */
