@@ -45,7 +45,7 @@ async function main(): Promise<void> {
   try {
     process.stdout.write(`  moto ${moto.url}   IdP ${idp.issuer}   broker ${svc.url}   HOME ${home}\n`);
 
-    say(`$ broker login --server ${svc.url}      (device flow; the demo approves it as alice@example.com)`);
+    say(`$ broker login --server ${svc.url} --device      (device flow; the demo approves it as alice@example.com)`);
     const login = await deviceLogin(svc.url, env, idp, 'alice@example.com');
     show(login);
     if (login.code !== 0) throw new Error('login failed');

@@ -37,16 +37,7 @@ const EXPIRY_GRACE_MS = 5_000;
  * at the IdP's interval (§3.4, §3.5). No token ever appears in an error message.
  */
 export async function deviceLogin(opts: DeviceLoginOptions): Promise<{ idToken: string }> {
-  const issuer = issuerUrl(opts.issuer, opts.allowInsecureHttp === true);
-  let config: oidc.Configuration;
-  try {
-    config = await oidc.discovery(issuer, opts.clientId, undefined, oidc.None(), {
-      timeout: REQUEST_TIMEOUT_SECONDS,
-      ...(issuer.protocol === 'http:' ? { execute: [oidc.allowInsecureRequests] } : {}),
-    });
-  } catch (e) {
-    throw idpError(e, opts.issuer, 'discovery');
-  }
+  const config = await discoverIdp(opts);
   if (!config.serverMetadata().device_authorization_endpoint) {
     throw new BrokerError('upstream_error', `the identity provider ${opts.issuer} does not offer the device flow (no device_authorization_endpoint in its discovery document)`, {
       hint: 'enable the OAuth 2.0 device authorization grant for the broker CLI client at the IdP, or log in with --id-token-file',
@@ -85,6 +76,22 @@ export async function deviceLogin(opts: DeviceLoginOptions): Promise<{ idToken: 
   return { idToken: tokens.id_token };
 }
 
+/**
+ * The IdP's discovery document (OIDC Discovery §4), for the broker CLI's public client (no client
+ * authentication: `token_endpoint_auth_method: none`).
+ */
+export async function discoverIdp(opts: { issuer: string; clientId: string; allowInsecureHttp?: boolean }): Promise<oidc.Configuration> {
+  const issuer = issuerUrl(opts.issuer, opts.allowInsecureHttp === true);
+  try {
+    return await oidc.discovery(issuer, opts.clientId, undefined, oidc.None(), {
+      timeout: REQUEST_TIMEOUT_SECONDS,
+      ...(issuer.protocol === 'http:' ? { execute: [oidc.allowInsecureRequests] } : {}),
+    });
+  } catch (e) {
+    throw idpError(e, opts.issuer, 'discovery');
+  }
+}
+
 function issuerUrl(issuer: string, allowInsecureHttp: boolean): URL {
   let url: URL;
   try {
@@ -114,7 +121,7 @@ function expired(expiresIn: number): BrokerError {
  * One clear error per way the IdP can fail us. The IdP's own `error` and `error_description` are
  * quoted (they help the operator); response bodies and tokens never are.
  */
-function idpError(e: unknown, issuer: string, step: string, expiresIn = 0): BrokerError {
+export function idpError(e: unknown, issuer: string, step: string, expiresIn = 0): BrokerError {
   if (e instanceof oidc.ResponseBodyError) {
     switch (e.error) {
       case 'access_denied': // RFC 8628 §3.5: the user (or the IdP's policy) refused
@@ -131,7 +138,9 @@ function idpError(e: unknown, issuer: string, step: string, expiresIn = 0): Brok
       case 'unauthorized_client':
       case 'invalid_scope':
         return new BrokerError('upstream_error', `the identity provider refused the ${step} request: ${describe(e)}`, {
-          hint: 'the broker service\'s oidc.cliClientId and oidc.scopes must name a public client with the device grant enabled at the IdP',
+          hint: step === 'token' || step === 'device authorization'
+            ? 'the broker service\'s oidc.cliClientId and oidc.scopes must name a public client with the device grant enabled at the IdP'
+            : 'the broker service\'s oidc.cliClientId must name a public native client with the authorization code grant and the redirect URI http://127.0.0.1/callback (any port) at the IdP',
         });
       default:
         return new BrokerError('upstream_error', `the identity provider answered the ${step} request with ${describe(e)}`);

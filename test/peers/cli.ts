@@ -56,10 +56,13 @@ export function makeTestHome(prefix = 'broker-home-'): TestHome {
   };
 }
 
-/** Logs in through the device flow, approving the printed code at the test IdP as `email`. */
-export async function deviceLogin(serverUrl: string, env: Record<string, string>, idp: { approveDevice(code: string, email: string): Promise<void> }, email: string): Promise<RunResult> {
+/**
+ * Logs in through the device flow (`--device`, or `args` in its place), approving the printed code
+ * at the test IdP as `email`.
+ */
+export async function deviceLogin(serverUrl: string, env: Record<string, string>, idp: { approveDevice(code: string, email: string): Promise<void> }, email: string, args = ['--device']): Promise<RunResult> {
   let approval: Promise<void> | undefined;
-  const r = await broker(['login', '--server', serverUrl], env, {
+  const r = await broker(['login', '--server', serverUrl, ...args], env, {
     onStderr: (chunk) => {
       const m = /code: ([A-Z0-9-]+)/.exec(chunk);
       if (m && !approval) approval = idp.approveDevice(m[1]!, email);

@@ -1,8 +1,9 @@
 /**
  * The test IdP: the real, certified `oidc-provider` (v9) serving real HTTP on 127.0.0.1, in the test
- * process. One public client, `broker-cli`, with the OAuth 2.0 device authorization grant (RFC 8628);
- * and, once a test registers it with the service's callback URL (`registerWebClient`), the request
- * page's `broker-web`: authorization code, PKCE required (oidc-provider requires it for public
+ * process. One public native client, `broker-cli` (`broker login`): the authorization code grant
+ * with PKCE to a loopback redirect on any port (RFC 8252 §7.3), and the OAuth 2.0 device
+ * authorization grant (RFC 8628); and, once a test registers it with the service's callback URL
+ * (`registerWebClient`), the request page's `broker-web`: authorization code, PKCE required (oidc-provider requires it for public
  * clients; `pkce.required` below says so for every client). ID tokens signed RS256 (or ES256)
  * carrying `email`, `email_verified` and `groups`.
  *
@@ -13,8 +14,8 @@
  *
  * The login and consent pages are our own minimal ones (the provider's devInteractions are off): a
  * real form with email and password (every test user's password is TEST_PASSWORD unless it names
- * its own), then consent. `approveDevice` drives them over HTTP as a browser would; the request
- * page's test drives them in chromium.
+ * its own), then consent. `approveDevice` and `authorize` drive them over HTTP as a browser would;
+ * the request page's and the CLI login's browser tests drive them in chromium.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -44,6 +45,8 @@ export const DEFAULT_USERS: readonly TestUser[] = [
 export const CLI_CLIENT_ID = 'broker-cli';
 export const WEB_CLIENT_ID = 'broker-web';
 export const LOGIN_SCOPE = 'openid email profile groups';
+/** The CLI's loopback redirect URI as registered; the CLI adds the port it listens on. */
+export const CLI_REDIRECT_URI = 'http://127.0.0.1/callback';
 
 export interface IdpOptions {
   users?: TestUser[];
@@ -72,6 +75,14 @@ export interface TestIdp {
    * `session`, in that browser: a live IdP session there is reused unless the IdP asks to log in again.
    */
   approveDevice(userCode: string, email: string, session?: IdpSession): Promise<void>;
+  /**
+   * Follows an authorization URL as a browser would (login form as `email`, consent) up to the
+   * IdP's redirect back to the client, and returns that redirect's URL without following it (the
+   * code in it is the client's to redeem). With `abort`, cancels at the login form instead.
+   */
+  authorize(authorizationUrl: string, email: string, opts?: { abort?: boolean }): Promise<string>;
+  /** Every PKCE code verifier a client redeemed an authorization code with, in order. */
+  readonly codeVerifiers: readonly string[];
   /** A browser of its own (cookies: the IdP session), and how often the IdP had it log in. */
   newSession(): IdpSession;
   /** Refuses a pending device login (the "Abort" button of the confirmation page). */
@@ -139,9 +150,13 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       client_id: CLI_CLIENT_ID,
       client_name: 'Agent credential broker CLI',
       token_endpoint_auth_method: 'none',
-      grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
-      response_types: [],
-      redirect_uris: [],
+      // A native app (RFC 8252): authorization code + PKCE to a loopback redirect, where
+      // oidc-provider allows any port for a registered http://127.0.0.1 URI of a native client
+      // (RFC 8252 §7.3; lib/models/client.js, stripLoopbackPort); and the device flow.
+      application_type: 'native',
+      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
+      response_types: ['code'],
+      redirect_uris: [CLI_REDIRECT_URI],
       id_token_signed_response_alg: idTokenAlg,
     }],
     jwks: { keys: jwks },
@@ -183,6 +198,13 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
   // RFC 8628 §3.2: the IdP may name the polling interval (clients default to 5 s without it).
   const interval = opts.pollIntervalSeconds ?? 1;
   provider.on('device_authorization.success', (_ctx: unknown, body: Record<string, unknown>) => { body.interval = interval; });
+  // The PKCE verifiers clients redeemed codes with (RFC 7636 §4.5), for tests that look for them
+  // where they must not be.
+  const codeVerifiers: string[] = [];
+  provider.on('grant.success', (ctx: { oidc: { params?: Record<string, unknown> } }) => {
+    const v = ctx.oidc.params?.code_verifier;
+    if (typeof v === 'string') codeVerifiers.push(v);
+  });
   providerCallback = provider.callback();
 
   const discovery = async () => {
@@ -207,6 +229,24 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
       }
     }
     throw new Error('test IdP: device approval did not finish');
+  };
+
+  const authorize = async (authorizationUrl: string, email: string, { abort = false } = {}): Promise<string> => {
+    const b = new Browser();
+    let p = await b.go(authorizationUrl, (location) => !location.startsWith(issuer));
+    for (let step = 0; step < 4; step++) {
+      if (p.status >= 300 && p.status < 400) return p.url;
+      if (hasForm(p.html, 'login')) {
+        p = abort
+          ? await b.submit(p, 'abort', {}, (location) => !location.startsWith(issuer))
+          : await b.submit(p, 'login', { email, password: userByEmail(email)?.password ?? TEST_PASSWORD }, (location) => !location.startsWith(issuer));
+      } else if (hasForm(p.html, 'consent')) {
+        p = await b.submit(p, 'consent', {}, (location) => !location.startsWith(issuer));
+      } else {
+        throw new Error(`test IdP: authorization stopped at ${p.url} (${p.status}): ${errorText(p.html)}`);
+      }
+    }
+    throw new Error('test IdP: authorization did not finish');
   };
 
   const denyDevice = async (userCode: string): Promise<void> => {
@@ -256,7 +296,7 @@ export async function startIdp(opts: IdpOptions = {}): Promise<TestIdp> {
   };
 
   return {
-    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, registerWebClient, denyDevice, loginAs, issueIdToken,
+    issuer, clientId: CLI_CLIENT_ID, users, approveDevice, authorize, registerWebClient, denyDevice, loginAs, issueIdToken, codeVerifiers,
     newSession: () => ({ browser: new Browser(), logins: 0 }),
     stop: async () => {
       server.closeAllConnections();
@@ -380,12 +420,13 @@ class Browser {
     return p;
   }
 
-  go(url: string): Promise<Page> {
-    return this.request(url, 'GET');
+  /** With `stopAt`: a redirect whose location it accepts is not followed; its page has that URL and the 3xx status. */
+  go(url: string, stopAt?: (location: string) => boolean): Promise<Page> {
+    return this.request(url, 'GET', undefined, stopAt);
   }
 
   /** Submits form `id` of `p` as a browser would: its hidden inputs, plus `fields`. */
-  submit(p: Page, id: string, fields: Record<string, string>): Promise<Page> {
+  submit(p: Page, id: string, fields: Record<string, string>, stopAt?: (location: string) => boolean): Promise<Page> {
     const m = new RegExp(`<form\\b[^>]*\\bid="${id.replace(/\./g, '\\.')}"[^>]*>([\\s\\S]*?)</form>`).exec(p.html);
     if (!m) throw new Error(`test IdP: no form ${id} at ${p.url}`);
     const attrs = attributes(m[0].slice(0, m[0].indexOf('>') + 1));
@@ -395,10 +436,10 @@ class Browser {
       if (a.type === 'hidden' && a.name) body.set(a.name, a.value ?? '');
     }
     for (const [k, v] of Object.entries(fields)) body.set(k, v);
-    return this.request(new URL(attrs.action ?? p.url, p.url).href, (attrs.method ?? 'get').toUpperCase(), body);
+    return this.request(new URL(attrs.action ?? p.url, p.url).href, (attrs.method ?? 'get').toUpperCase(), body, stopAt);
   }
 
-  private async request(url: string, method: string, body?: URLSearchParams): Promise<Page> {
+  private async request(url: string, method: string, body?: URLSearchParams, stopAt?: (location: string) => boolean): Promise<Page> {
     for (let hops = 0; hops < 10; hops++) {
       const u = new URL(url);
       const cookie = [...this.jar.values()].filter((c) => u.pathname.startsWith(c.path)).map((c) => `${c.name}=${c.value}`).join('; ');
@@ -408,6 +449,7 @@ class Browser {
       if (res.status >= 300 && res.status < 400 && location) {
         await res.body?.cancel();
         url = new URL(location, url).href;
+        if (stopAt?.(url)) return { url, status: res.status, html: '' };
         method = 'GET';
         body = undefined;
         continue;
