@@ -1,0 +1,190 @@
+/**
+ * A broker without AWS keys (README, "A broker without AWS keys"): with `aws.via: web-identity` the
+ * service signs a JWT per issuance and calls STS AssumeRoleWithWebIdentity, unsigned. moto does not
+ * verify the JWT, so this test does: against the JWKS the running service publishes at its discovery
+ * document's jwks_uri, claim by claim.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
+import { stringify } from 'yaml';
+import { parseServerConfig } from '../broker/config/server-config.js';
+import { isBrokerError } from '../broker/errors.js';
+import { loadTemplates, loadTemplatesOrThrow } from '../broker/templates/load.js';
+import { buildAssumeRoleRequest } from '../broker/templates/render.js';
+import { apiCaller, startBrokerService, type BrokerService } from './peers/broker-service.js';
+import { run } from './peers/cli.js';
+import { startIdp, type TestIdp } from './peers/idp.js';
+import { awsTestEnv, createRole, startMoto, type Moto } from './peers/moto.js';
+import { POLICIES_DIR, VENV_BIN } from './peers/paths.js';
+import { startRecordingProxy, type RecordedRequest } from './peers/recording-proxy.js';
+
+const ACCOUNT = '123456789012';
+const ROLE = 'broker-read-cloudwatch-logs';
+
+/** The trust deploy/iam/web-identity-trust-policy.json describes, for an issuer on loopback. */
+export function webIdentityTrust(issuerHostPath: string, template: string): object {
+  return {
+    Version: '2012-10-17',
+    Statement: [{
+      Effect: 'Allow',
+      Principal: { Federated: `arn:aws:iam::${ACCOUNT}:oidc-provider/${issuerHostPath}` },
+      Action: ['sts:AssumeRoleWithWebIdentity', 'sts:TagSession', 'sts:SetSourceIdentity'],
+      Condition: {
+        StringEquals: { [`${issuerHostPath}:aud`]: 'sts.amazonaws.com' },
+        StringLike: { [`${issuerHostPath}:sub`]: `task/${template}/*` },
+      },
+    }],
+  };
+}
+
+describe('a broker without AWS keys: AssumeRoleWithWebIdentity with its own token', () => {
+  let moto: Moto;
+  let proxy: Awaited<ReturnType<typeof startRecordingProxy>>;
+  let idp: TestIdp;
+  let svc: BrokerService;
+  let started: { status: number; body: any };
+  let call: RecordedRequest;
+
+  before(async () => {
+    moto = await startMoto();
+    proxy = await startRecordingProxy(moto.url);
+    idp = await startIdp();
+    await createRole(moto.url, ROLE, webIdentityTrust('127.0.0.1', 'read-cloudwatch-logs'), 43200);
+    svc = await startBrokerService({
+      issuer: idp.issuer, stsEndpoint: proxy.url, iamEndpoint: moto.url, withoutAwsKeys: true,
+      extra: { aws: { region: 'us-east-1', stsEndpoint: proxy.url, iamEndpoint: moto.url, via: 'web-identity', webIdentity: { signingKeys: 'ephemeral' } } },
+    });
+    const api = apiCaller(svc, idp);
+    started = await api('POST', '/v1/sessions', 'alice@example.com', { template: 'read-cloudwatch-logs', params: { logGroup: '/aws/lambda/checkout-api' }, agent: 'claude-code' });
+    const calls = proxy.requests.filter((r) => r.action === 'AssumeRoleWithWebIdentity');
+    assert.equal(calls.length, 1, `one AssumeRoleWithWebIdentity: ${JSON.stringify(proxy.requests.map((r) => r.action))}`);
+    call = calls[0]!;
+  });
+  after(async () => {
+    await svc?.stop();
+    await idp?.stop();
+    await proxy?.stop();
+    await moto?.stop();
+  });
+
+  it('issues credentials through AssumeRoleWithWebIdentity, unsigned, with the parameters AssumeRole would get', () => {
+    assert.equal(started.status, 201, JSON.stringify(started.body));
+    assert.ok(started.body.credentials.AccessKeyId);
+    assert.equal(proxy.requests.filter((r) => r.action === 'AssumeRole').length, 0, 'no AssumeRole');
+    // Unsigned: no SigV4 Authorization header, no security token; the service had no AWS keys at all.
+    assert.equal(call.headers.authorization, undefined);
+    assert.equal(call.headers['x-amz-security-token'], undefined);
+    const t = loadTemplatesOrThrow(POLICIES_DIR).get('read-cloudwatch-logs');
+    const expected = buildAssumeRoleRequest(t!, { developer: 'alice@example.com', sessionId: started.body.session.id, agent: 'claude-code', params: { logGroup: '/aws/lambda/checkout-api' } }, 3600);
+    assert.equal(call.params.RoleArn, `arn:aws:iam::${ACCOUNT}:role/${ROLE}`);
+    assert.equal(call.params.RoleSessionName, expected.RoleSessionName);
+    assert.equal(call.params.Policy, expected.Policy);
+    const duration = Number(call.params.DurationSeconds);
+    assert.ok(duration >= 900 && duration <= 3600, `DurationSeconds ${duration}`);
+    // Tags and SourceIdentity are not parameters of this call: they travel in the token.
+    assert.equal(Object.keys(call.params).filter((k) => /^(Tags|TransitiveTagKeys|SourceIdentity)/.test(k)).length, 0);
+    assert.ok(call.params.WebIdentityToken);
+    assert.ok(call.params.WebIdentityToken.length <= 20_000, 'STS takes tokens of at most 20,000 chars');
+  });
+
+  it("the recorded token verifies against the service's web-identity JWKS, fetched through its discovery document, with every claim as AWS reads it", async () => {
+    const discovery = await (await fetch(`${svc.url}/.well-known/openid-configuration`)).json() as Record<string, any>;
+    const token = call.params.WebIdentityToken!;
+    const { payload, protectedHeader } = await jwtVerify(token, createRemoteJWKSet(new URL(discovery.jwks_uri)), {
+      issuer: svc.url, audience: 'sts.amazonaws.com', algorithms: ['ES256'],
+    });
+    assert.equal(protectedHeader.alg, 'ES256');
+    assert.ok(protectedHeader.kid);
+    const t = loadTemplatesOrThrow(POLICIES_DIR).get('read-cloudwatch-logs');
+    const expected = buildAssumeRoleRequest(t!, { developer: 'alice@example.com', sessionId: started.body.session.id, agent: 'claude-code', params: { logGroup: '/aws/lambda/checkout-api' } }, 3600);
+    assert.deepEqual(Object.keys(payload).sort(), ['aud', 'exp', 'https://aws.amazon.com/source_identity', 'https://aws.amazon.com/tags', 'iat', 'iss', 'jti', 'nbf', 'sub'].sort());
+    assert.equal(payload.iss, svc.url);
+    assert.equal(payload.aud, 'sts.amazonaws.com');
+    assert.equal(payload.sub, `task/read-cloudwatch-logs/${started.body.session.id}`);
+    assert.ok(payload.exp! - payload.iat! <= 300, `lives ${payload.exp! - payload.iat!} s`);
+    assert.ok(Math.abs(payload.iat! - Date.now() / 1000) < 120);
+    assert.equal(payload.nbf, payload.iat);
+    assert.match(String(payload.jti), /^[0-9a-f-]{36}$/);
+    assert.equal(payload['https://aws.amazon.com/source_identity'], 'alice@example.com');
+    assert.deepEqual(payload['https://aws.amazon.com/tags'], {
+      principal_tags: Object.fromEntries(expected.Tags.map((x) => [x.Key, [x.Value]])),
+      transitive_tag_keys: expected.TransitiveTagKeys,
+    });
+    // The four broker tags, with this session's values.
+    const tags = (payload['https://aws.amazon.com/tags'] as { principal_tags: Record<string, string[]> }).principal_tags;
+    assert.deepEqual(tags['broker:developer'], ['alice@example.com']);
+    assert.deepEqual(tags['broker:task'], ['read-cloudwatch-logs']);
+    assert.deepEqual(tags['broker:session'], [started.body.session.id]);
+    assert.deepEqual(tags['broker:agent'], ['claude-code']);
+  });
+
+  it('the credentials work: the AWS CLI is the assumed role session', async () => {
+    const c = started.body.credentials;
+    const r = await run(join(VENV_BIN, 'aws'), ['sts', 'get-caller-identity', '--output', 'json'], {
+      env: { ...process.env, ...awsTestEnv(moto.url), AWS_ACCESS_KEY_ID: c.AccessKeyId, AWS_SECRET_ACCESS_KEY: c.SecretAccessKey, AWS_SESSION_TOKEN: c.SessionToken },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).Arn, `arn:aws:sts::${ACCOUNT}:assumed-role/${ROLE}/${call.params.RoleSessionName}`);
+  });
+
+  it("the web-identity keys are not the broker's token keys, and a token of one never verifies with the other", async () => {
+    const tokenJwks = await (await fetch(`${svc.url}/.well-known/jwks.json`)).json() as { keys: JWK[] };
+    const webJwks = await (await fetch(`${svc.url}/.well-known/web-identity-jwks.json`)).json() as { keys: JWK[] };
+    assert.ok(tokenJwks.keys.length >= 1 && webJwks.keys.length >= 1);
+    for (const w of webJwks.keys) {
+      assert.equal(w.d, undefined, 'public keys only');
+      assert.ok(!tokenJwks.keys.some((k) => k.kid === w.kid || k.x === w.x), `web-identity key ${w.kid} is also a token key`);
+    }
+    await assert.rejects(jwtVerify(call.params.WebIdentityToken!, createLocalJWKSet(tokenJwks), { algorithms: ['ES256'] }));
+    assert.ok(webJwks.keys.some((k) => k.kid === decodeProtectedHeader(call.params.WebIdentityToken!).kid));
+  });
+
+  it('serves a valid OpenID Connect discovery document at the issuer URL', async () => {
+    const res = await fetch(`${svc.url}/.well-known/openid-configuration`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^application\/json/);
+    const d = await res.json() as Record<string, any>;
+    // OpenID Connect Discovery 1.0 §3 and §4.3: issuer identical to the URL it was fetched under (and the tokens' iss).
+    assert.equal(d.issuer, svc.url);
+    assert.equal(d.jwks_uri, `${svc.url}/.well-known/web-identity-jwks.json`);
+    assert.deepEqual(d.id_token_signing_alg_values_supported, ['ES256']);
+    assert.deepEqual(d.response_types_supported, ['id_token']);
+    assert.deepEqual(d.subject_types_supported, ['public']);
+    assert.ok(d.claims_supported.includes('https://aws.amazon.com/tags'));
+  });
+
+  it('nothing secret reaches the service log: not the token, not the credentials', () => {
+    const log = svc.log();
+    assert.ok(!log.includes(call.params.WebIdentityToken!), 'the web-identity token is in the log');
+    assert.ok(!log.includes(started.body.credentials.SecretAccessKey));
+    assert.ok(!log.includes(started.body.credentials.SessionToken));
+  });
+});
+
+describe('aws.via at load', () => {
+  it('a template with a bad aws.via is refused, naming the field', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'broker-via-'));
+    writeFileSync(join(dir, 'bad-via.yaml'), stringify({
+      name: 'bad-via', description: 'x', allowed: { groups: ['developers'] }, session: { maxDuration: '1h' },
+      aws: { roleArn: `arn:aws:iam::${ACCOUNT}:role/x`, region: 'us-east-1', via: 'web-ident', policy: { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::b/*' }] } },
+    }));
+    const { problems } = loadTemplates(dir);
+    assert.deepEqual(problems.map((p) => [p.path, p.message]), [['aws.via', 'must be assume-role or web-identity']]);
+  });
+
+  it('a service whose aws.via is web-identity without aws.webIdentity is refused, naming the field', () => {
+    const base = { oidc: { issuer: 'https://idp.example.com', audience: 'broker-cli', algorithms: ['RS256'], cliClientId: 'broker-cli' }, tokens: { signingKeys: 'ephemeral' } };
+    assert.throws(() => parseServerConfig({ ...base, aws: { via: 'web-identity' } }, '/tmp'), (e) => {
+      assert.ok(isBrokerError(e) && e.code === 'invalid_config');
+      assert.deepEqual(e.details?.map((d) => d.path), ['config:aws.webIdentity']);
+      return true;
+    });
+    assert.throws(() => parseServerConfig({ ...base, aws: { via: 'web' } }, '/tmp'), (e) => isBrokerError(e) && e.details?.[0]?.path === 'config:aws.via');
+    assert.equal(parseServerConfig({ ...base, aws: { via: 'web-identity', webIdentity: { signingKeys: 'ephemeral' } } }, '/tmp').aws.via, 'web-identity');
+    assert.equal(parseServerConfig(base, '/tmp').aws.via, 'assume-role');
+  });
+});
