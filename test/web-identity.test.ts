@@ -12,13 +12,15 @@ import { after, before, describe, it } from 'node:test';
 import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
 import { stringify } from 'yaml';
 import { parseServerConfig } from '../broker/config/server-config.js';
-import { isBrokerError } from '../broker/errors.js';
+import { CreateOpenIDConnectProviderCommand } from '@aws-sdk/client-iam';
+import { evaluateFederatedTrust, oidcProviderFor, type TrustFinding } from '../broker/aws/trust-check.js';
+import { EXIT_CODES, EXIT_NO, isBrokerError } from '../broker/errors.js';
 import { loadTemplates, loadTemplatesOrThrow } from '../broker/templates/load.js';
 import { buildAssumeRoleRequest } from '../broker/templates/render.js';
 import { apiCaller, startBrokerService, type BrokerService } from './peers/broker-service.js';
-import { run } from './peers/cli.js';
+import { broker, run } from './peers/cli.js';
 import { startIdp, type TestIdp } from './peers/idp.js';
-import { awsTestEnv, createRole, startMoto, type Moto } from './peers/moto.js';
+import { awsTestEnv, createRole, motoIamClient, startMoto, type Moto } from './peers/moto.js';
 import { POLICIES_DIR, VENV_BIN } from './peers/paths.js';
 import { startRecordingProxy, type RecordedRequest } from './peers/recording-proxy.js';
 
@@ -186,5 +188,74 @@ describe('aws.via at load', () => {
     assert.throws(() => parseServerConfig({ ...base, aws: { via: 'web' } }, '/tmp'), (e) => isBrokerError(e) && e.details?.[0]?.path === 'config:aws.via');
     assert.equal(parseServerConfig({ ...base, aws: { via: 'web-identity', webIdentity: { signingKeys: 'ephemeral' } } }, '/tmp').aws.via, 'web-identity');
     assert.equal(parseServerConfig(base, '/tmp').aws.via, 'assume-role');
+  });
+});
+
+describe('broker policy check --aws for web-identity roles', () => {
+  const ISSUER = 'https://broker.example.com';
+  const ID = 'broker.example.com';
+  let moto: Moto;
+  let dir: string;
+  const env = () => ({ ...awsTestEnv(moto.url), HOME: dir });
+  const template = (name: string, role: string, via?: string) => stringify({
+    name, description: 'x', allowed: { groups: ['developers'] }, session: { maxDuration: '8h', credentialLifetime: '1h' },
+    aws: { roleArn: `arn:aws:iam::${ACCOUNT}:role/${role}`, region: 'us-east-1', ...(via ? { via } : {}), policy: { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::b/*' }] } },
+  });
+
+  before(async () => {
+    moto = await startMoto();
+    const iam = motoIamClient(moto.url);
+    await iam.send(new CreateOpenIDConnectProviderCommand({ Url: ISSUER, ClientIDList: ['sts.amazonaws.com'], ThumbprintList: ['0'.repeat(40)] }));
+    iam.destroy();
+    await createRole(moto.url, 'web-good', webIdentityTrust(ID, 'w-good'), 3600);
+    // No aud condition, no sts:SetSourceIdentity, and a subject that is another template's.
+    await createRole(moto.url, 'web-bad', {
+      Version: '2012-10-17',
+      Statement: [{
+        Effect: 'Allow', Principal: { Federated: `arn:aws:iam::${ACCOUNT}:oidc-provider/${ID}` }, Action: ['sts:AssumeRoleWithWebIdentity', 'sts:TagSession'],
+        Condition: { StringLike: { [`${ID}:sub`]: 'task/w-other/*' } },
+      }],
+    }, 3600);
+    dir = mkdtempSync(join(tmpdir(), 'broker-webtrust-'));
+    writeFileSync(join(dir, 'w-good.yaml'), template('w-good', 'web-good', 'web-identity'));
+    writeFileSync(join(dir, 'w-bad.yaml'), template('w-bad', 'web-bad'));
+  });
+  after(async () => { await moto?.stop(); });
+
+  it('the provider ARN and condition-key prefix come from the issuer URL', () => {
+    assert.deepEqual(oidcProviderFor('https://broker.example.com/tenant-a', ACCOUNT), { id: 'broker.example.com/tenant-a', arn: `arn:aws:iam::${ACCOUNT}:oidc-provider/broker.example.com/tenant-a` });
+    const doc = webIdentityTrust(ID, 'w-good');
+    assert.equal(evaluateFederatedTrust(doc, `arn:aws:iam::${ACCOUNT}:oidc-provider/${ID}`, 'sts:AssumeRoleWithWebIdentity').decision, 'allowed');
+    assert.equal(evaluateFederatedTrust(doc, `arn:aws:iam::${ACCOUNT}:oidc-provider/other.example.com`, 'sts:AssumeRoleWithWebIdentity').decision, 'not-allowed');
+    assert.equal(evaluateFederatedTrust(doc, `arn:aws:iam::${ACCOUNT}:oidc-provider/${ID}`, 'sts:AssumeRole').decision, 'not-allowed');
+  });
+
+  it('reports a good and a bad web-identity trust (the bad one by check), and exits 1', async () => {
+    const r = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url, '--issuer', ISSUER, '--via', 'web-identity', '--json'], env());
+    assert.equal(r.code, EXIT_NO, r.stderr);
+    const out = JSON.parse(r.stdout) as { findings: TrustFinding[] };
+    assert.deepEqual(out.findings.map((f) => [f.template, f.ok, f.problems.map((p) => p.check).sort()]).sort(), [
+      ['w-bad', false, ['audience', 'set-source-identity', 'subject']],
+      ['w-good', true, []],
+    ]);
+    const bad = out.findings.find((f) => f.template === 'w-bad')!;
+    assert.match(bad.problems.find((p) => p.check === 'set-source-identity')!.hint, /"Federated":"arn:aws:iam::123456789012:oidc-provider\/broker\.example\.com"/);
+    const text = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url, '--issuer', ISSUER, '--via', 'web-identity'], env());
+    assert.match(text.stdout, /ok {3}w-good/);
+    assert.match(text.stdout, /FAIL w-bad[\s\S]*\[audience\][\s\S]*broker\.example\.com:aud/);
+  });
+
+  it('an issuer with no IAM OIDC provider is a problem, with the command that creates it', async () => {
+    const r = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url, '--issuer', 'https://other.example.com', '--via', 'web-identity', '--json'], env());
+    assert.equal(r.code, EXIT_NO, r.stderr);
+    const out = JSON.parse(r.stdout) as { findings: TrustFinding[] };
+    const good = out.findings.find((f) => f.template === 'w-good')!;
+    assert.ok(good.problems.some((p) => p.check === 'oidc-provider' && /create-open-id-connect-provider --url https:\/\/other\.example\.com --client-id-list sts\.amazonaws\.com/.test(p.hint)));
+  });
+
+  it('web-identity templates without --issuer: a clear refusal', async () => {
+    const r = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url], env());
+    assert.equal(r.code, EXIT_CODES.invalid_request);
+    assert.match(r.stderr, /aws\.via web-identity \(w-good\): give --issuer/);
   });
 });
