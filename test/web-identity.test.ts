@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
 import { stringify } from 'yaml';
 import { parseServerConfig } from '../broker/config/server-config.js';
+import { generateSigningJwk } from '../broker/identity/broker-tokens.js';
 import { CreateOpenIDConnectProviderCommand } from '@aws-sdk/client-iam';
 import { evaluateFederatedTrust, oidcProviderFor, type TrustFinding } from '../broker/aws/trust-check.js';
 import { EXIT_CODES, EXIT_NO, isBrokerError } from '../broker/errors.js';
@@ -188,6 +189,25 @@ describe('aws.via at load', () => {
     assert.throws(() => parseServerConfig({ ...base, aws: { via: 'web' } }, '/tmp'), (e) => isBrokerError(e) && e.details?.[0]?.path === 'config:aws.via');
     assert.equal(parseServerConfig({ ...base, aws: { via: 'web-identity', webIdentity: { signingKeys: 'ephemeral' } } }, '/tmp').aws.via, 'web-identity');
     assert.equal(parseServerConfig(base, '/tmp').aws.via, 'assume-role');
+  });
+});
+
+describe('aws.webIdentity keys at start', () => {
+  it('a web-identity key that is also a token key stops the start, naming the field', async () => {
+    const idp = await startIdp();
+    try {
+      const key = JSON.stringify(await generateSigningJwk('shared-1'));
+      await assert.rejects(startBrokerService({
+        issuer: idp.issuer, stsEndpoint: 'http://127.0.0.1:9', iamEndpoint: 'http://127.0.0.1:9', withoutAwsKeys: true,
+        env: { TOKEN_KEY: key, WEB_KEY: key },
+        extra: {
+          tokens: { signingKeys: [{ env: 'TOKEN_KEY' }] },
+          aws: { region: 'us-east-1', via: 'web-identity', checkTrustAtStartup: false, webIdentity: { signingKeys: [{ env: 'WEB_KEY' }] } },
+        },
+      }), /aws\.webIdentity\.signingKeys: key shared-1 is also one of tokens\.signingKeys/);
+    } finally {
+      await idp.stop();
+    }
   });
 });
 
