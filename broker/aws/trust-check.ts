@@ -290,6 +290,7 @@ export function evaluateFederatedTrust(doc: unknown, providerArn: string, action
     const p = st.Principal;
     const named = p === '*' || (!!p && typeof p === 'object' && !Array.isArray(p) && list((p as Record<string, unknown>).Federated).includes(providerArn));
     if (!named) return;
+    if (p === '*' && st.Effect === 'Allow') notes.push(`statement ${label} allows ${action} to any principal ("*"); name ${providerArn} in Principal.Federated instead`);
     const condition = st.Condition && typeof st.Condition === 'object' && Object.keys(st.Condition).length ? st.Condition as ConditionBlock : undefined;
     if (st.Effect === 'Deny') {
       if (condition) notes.push(`statement ${label} may deny ${action} (has conditions, not evaluated)`);

@@ -1,24 +1,10 @@
-import { AssumeRoleWithWebIdentityCommand, STSClient } from '@aws-sdk/client-sts';
+import { AssumeRoleWithWebIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import { BrokerError } from '../errors.js';
 import type { WebIdentityTokens } from '../identity/web-identity-tokens.js';
 import type { AwsCredentialIssuer, AwsCredentials, AwsVia, IssueTarget } from '../sessions/aws-credential-issuer.js';
 import type { AssumeRoleRequest } from '../templates/render.js';
-import { sendBounded, type AwsClientOptions } from './clients.js';
+import { sendBounded } from './clients.js';
 import { wrapStsError } from './sts-issuer.js';
-
-/**
- * An STS client that never looks for AWS credentials: AssumeRoleWithWebIdentity is an unsigned call
- * (STS API Reference, AssumeRoleWithWebIdentity: "does not require the use of AWS security
- * credentials"; the SDK's auth scheme for it is `smithy.api#noAuth`). The credential provider below
- * is never asked; if it were, it fails rather than reaching for the SDK's default chain.
- */
-export function makeUnsignedStsClient(o: Pick<AwsClientOptions, 'region' | 'endpoint'>): STSClient {
-  return new STSClient({
-    region: o.region,
-    ...(o.endpoint ? { endpoint: o.endpoint } : {}),
-    credentials: async () => { throw new Error('AssumeRoleWithWebIdentity is unsigned; no AWS credentials are used'); },
-  });
-}
 
 /**
  * The task-session domain's AWS credentials from STS AssumeRoleWithWebIdentity, with a JWT the broker

@@ -4,10 +4,10 @@ import type { ServerOptions } from 'node:http';
 import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AdminService, type StsRevoker } from '../admin/admin-service.js';
-import { makeIamClient, makeStsClient } from '../aws/clients.js';
+import { makeIamClient, makeStsClient, makeUnsignedStsClient } from '../aws/clients.js';
 import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
-import { makeUnsignedStsClient, RoutedCredentialIssuer, WebIdentityCredentialIssuer } from '../aws/web-identity-issuer.js';
+import { RoutedCredentialIssuer, WebIdentityCredentialIssuer } from '../aws/web-identity-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
 import { BrokerError } from '../errors.js';
@@ -248,7 +248,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const webIdentity = webKeys && new WebIdentityTokens(webKeys, () => url, now);
   const issuers: Partial<Record<AwsVia, AwsCredentialIssuer>> = { 'assume-role': new StsCredentialIssuer(sts, config.aws.requestTimeoutMs) };
   if (webIdentity) {
-    const unsigned = makeUnsignedStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint });
+    const unsigned = makeUnsignedStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
     issuers['web-identity'] = new WebIdentityCredentialIssuer(unsigned, webIdentity, config.aws.requestTimeoutMs);
     // AWS fetches the discovery document from the issuer URL, and an IAM OIDC provider's URL is https.
     if (!url.startsWith('https:')) log.warn({ publicUrl: url }, 'aws.webIdentity with a plain-http publicUrl: AWS cannot fetch its discovery document; only a test STS (moto) accepts these tokens');
