@@ -273,6 +273,16 @@ describe('broker policy check --aws for web-identity roles', () => {
     assert.ok(good.problems.some((p) => p.check === 'oidc-provider' && /create-open-id-connect-provider --url https:\/\/other\.example\.com --client-id-list sts\.amazonaws\.com/.test(p.hint)));
   });
 
+  it('broker policy explain names the call a web-identity template makes', async () => {
+    const r = await broker(['policy', 'explain', 'w-good', '--as', 'alice@example.com', '--dir', dir], env());
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /AssumeRoleWithWebIdentity request \(aws\.via web-identity; not sent/);
+    const json = await broker(['policy', 'explain', 'w-good', '--as', 'alice@example.com', '--dir', dir, '--json'], env());
+    assert.equal(JSON.parse(json.stdout).via, 'web-identity');
+    const other = await broker(['policy', 'explain', 'w-bad', '--as', 'alice@example.com', '--dir', dir, '--json'], env());
+    assert.equal(JSON.parse(other.stdout).via, undefined, "a template without aws.via takes the service's, which explain cannot know");
+  });
+
   it('web-identity templates without --issuer: a clear refusal', async () => {
     const r = await broker(['policy', 'check', '--aws', '--dir', dir, '--endpoint-url', moto.url], env());
     assert.equal(r.code, EXIT_CODES.invalid_request);
