@@ -69,6 +69,8 @@ export function register(policy: Command): void {
           policyChars: sessionPolicyChars(request.Policy, t.aws?.managedPolicyArns ?? []),
           policyCharLimit: MAX_SESSION_POLICY_CHARS,
           request,
+          // Offline: a template without aws.via takes the service's (assume-role unless configured).
+          ...(t.aws?.via ? { via: t.aws.via } : {}),
         } : {}),
         ...(vaultRequest ? { vaultRequest } : {}),
       };
@@ -99,7 +101,7 @@ interface Explanation {
   template: string; file: string; description: string; principal: { email: string; groups: string[] }; allowed: boolean;
   allowedBy: { groups: string[]; emails: string[] }; sampleSessionId: string; region: string | null; sessionSeconds: number; confirm: ConfirmShown;
   duration?: { seconds: number; rule: string }; policyChars?: number; policyCharLimit?: number; request?: AssumeRoleRequest;
-  vaultRequest?: VaultTokenRequest;
+  via?: 'assume-role' | 'web-identity'; vaultRequest?: VaultTokenRequest;
 }
 
 interface ConfirmShown {
@@ -136,7 +138,9 @@ function text(x: Explanation): string {
   if (r && x.duration) {
     lines.push(
       '',
-      `AssumeRole request (not sent; sample session id ${x.sampleSessionId}):`,
+      x.via === 'web-identity'
+        ? `AssumeRoleWithWebIdentity request (aws.via web-identity; not sent; sample session id ${x.sampleSessionId}); SourceIdentity, Tags and TransitiveTagKeys go in its token's claims:`
+        : `AssumeRole request (not sent; sample session id ${x.sampleSessionId}):`,
       `  RoleArn:           ${r.RoleArn}`,
       `  Region:            ${x.region ?? '-'}`,
       `  RoleSessionName:   ${r.RoleSessionName}`,

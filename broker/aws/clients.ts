@@ -42,6 +42,20 @@ export function makeStsClient(o: AwsClientOptions): STSClient {
   return observed(new STSClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) }), o.observe);
 }
 
+/**
+ * An STS client that never looks for AWS credentials, for AssumeRoleWithWebIdentity: an unsigned
+ * call (STS API Reference, AssumeRoleWithWebIdentity: "does not require the use of AWS security
+ * credentials"; the SDK's auth scheme for it is `smithy.api#noAuth`). The credential provider is
+ * never asked; if it were, it fails rather than reaching for the SDK's default chain.
+ */
+export function makeUnsignedStsClient(o: AwsClientOptions): STSClient {
+  return observed(new STSClient({
+    region: o.region,
+    ...(o.endpoint ? { endpoint: o.endpoint } : {}),
+    credentials: async () => { throw new Error('AssumeRoleWithWebIdentity is unsigned; no AWS credentials are used'); },
+  }), o.observe);
+}
+
 export function makeIamClient(o: AwsClientOptions): IAMClient {
   return observed(new IAMClient({ region: o.region, ...(o.endpoint ? { endpoint: o.endpoint } : {}) }), o.observe);
 }

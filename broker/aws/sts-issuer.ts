@@ -26,16 +26,25 @@ const HINTS: Record<string, string> = {
 
 const THROTTLE = new Set(['Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequestsException']);
 
+/** For AssumeRoleWithWebIdentity, the hints that differ (the role trusts the broker's OIDC provider, not its principal). */
+const WEB_IDENTITY_HINTS: Record<string, string> = {
+  AccessDenied: "the role's trust policy must let the broker's OIDC provider (Principal.Federated) call sts:AssumeRoleWithWebIdentity, sts:TagSession and sts:SetSourceIdentity with aud sts.amazonaws.com; run: broker policy check --aws --issuer <publicUrl>",
+  InvalidIdentityToken: "AWS could not verify the broker's token: the IAM OIDC provider's URL must be the broker's publicUrl, its audience sts.amazonaws.com, and AWS must reach <publicUrl>/.well-known/openid-configuration over https",
+  IDPCommunicationError: 'AWS could not fetch the broker\'s OIDC discovery document or keys: the publicUrl must be reachable from the internet over https',
+  ExpiredToken: "the broker's web-identity token expired before STS saw it: check the broker host's clock",
+};
+
 /** Wraps STS errors with STS's own name and message (they never carry our secrets). */
-export function wrapStsError(e: unknown): BrokerError {
+export function wrapStsError(e: unknown, operation: 'AssumeRole' | 'AssumeRoleWithWebIdentity' = 'AssumeRole'): BrokerError {
   const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
   const name = err.name ?? 'Error';
   if (err.$metadata?.httpStatusCode === undefined) {
     return new BrokerError('upstream_unavailable', `STS is unreachable: ${err.message ?? name}`, { cause: e, hint: 'check aws.stsEndpoint / network' });
   }
   if (THROTTLE.has(name)) return new BrokerError('upstream_unavailable', `STS throttled the request (${name}); retry shortly`, { cause: e });
-  const hint = HINTS[name.replace(/Exception$/, '')];
-  return new BrokerError('upstream_error', `STS AssumeRole failed: ${name}: ${err.message ?? ''}`.trim(), { cause: e, ...(hint ? { hint } : {}) });
+  const short = name.replace(/Exception$/, '');
+  const hint = (operation === 'AssumeRoleWithWebIdentity' ? WEB_IDENTITY_HINTS[short] : undefined) ?? HINTS[short];
+  return new BrokerError('upstream_error', `STS ${operation} failed: ${name}: ${err.message ?? ''}`.trim(), { cause: e, ...(hint ? { hint } : {}) });
 }
 
 /**

@@ -1,9 +1,11 @@
-import { GetRoleCommand, type IAMClient, type Role } from '@aws-sdk/client-iam';
+import { GetOpenIDConnectProviderCommand, GetRoleCommand, type IAMClient, type Role } from '@aws-sdk/client-iam';
 import { GetCallerIdentityCommand, type STSClient } from '@aws-sdk/client-sts';
 import { formatDuration } from '../duration.js';
 import { BrokerError } from '../errors.js';
 import { sendBounded } from './clients.js';
 import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, ROLE_CHAINING_MAX_SECONDS } from '../limits/aws.js';
+import { STS_AUDIENCE, webIdentitySubject } from '../identity/web-identity-tokens.js';
+import type { AwsVia } from '../sessions/aws-credential-issuer.js';
 
 /**
  * Checks, before any developer hits an AccessDenied, that each template's role lets the broker call
@@ -14,7 +16,9 @@ import { DEFAULT_ROLE_MAX_SESSION_SECONDS, MAX_DURATION_SECONDS, ROLE_ARN_RE, RO
  * resource — is small. Conditions are not evaluated; they are reported as notes.
  */
 
-export type TrustCheck = 'assume' | 'tag-session' | 'set-source-identity' | 'max-session-duration' | 'role';
+export type TrustCheck = 'assume' | 'tag-session' | 'set-source-identity' | 'max-session-duration' | 'role'
+  // aws.via web-identity: the role trusts the broker's IAM OIDC provider (README, "A broker without AWS keys").
+  | 'web-identity' | 'audience' | 'subject' | 'oidc-provider';
 
 export interface TrustProblem {
   check: TrustCheck;
@@ -37,6 +41,8 @@ export interface RoleToCheck {
   roleArn: string;
   /** The DurationSeconds the broker will ask AssumeRole for (the template's credential lifetime). */
   durationSeconds: number;
+  /** How the broker gets the credentials (the template's aws.via, else the service's); absent: assume-role. */
+  via?: AwsVia | undefined;
 }
 
 /**
@@ -49,6 +55,29 @@ export const REQUIRED_ACTIONS = [
   { check: 'tag-session', action: 'sts:TagSession' },
   { check: 'set-source-identity', action: 'sts:SetSourceIdentity' },
 ] as const satisfies readonly { check: TrustCheck; action: string }[];
+
+/**
+ * What a web-identity role must allow the broker's OIDC provider: AssumeRoleWithWebIdentity, and
+ * the tags and source identity its token carries (IAM User Guide, "Passing session tags using
+ * AssumeRoleWithWebIdentity"; "Monitor and control actions taken with assumed roles").
+ */
+export const WEB_IDENTITY_ACTIONS = [
+  { check: 'web-identity', action: 'sts:AssumeRoleWithWebIdentity' },
+  { check: 'tag-session', action: 'sts:TagSession' },
+  { check: 'set-source-identity', action: 'sts:SetSourceIdentity' },
+] as const satisfies readonly { check: TrustCheck; action: string }[];
+
+/**
+ * The IAM OIDC provider for an issuer URL: its ARN is `oidc-provider/` + the URL without its scheme
+ * (IAM User Guide, "Create an OpenID Connect (OIDC) identity provider in IAM"), and that same string
+ * prefixes its condition keys (`<id>:aud`, `<id>:sub`; IAM User Guide, "Available keys for AWS OIDC
+ * federation").
+ */
+export function oidcProviderFor(issuer: string, account: string, partition = 'aws'): { id: string; arn: string } {
+  const u = new URL(issuer);
+  const id = `${u.host}${u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '')}`;
+  return { id, arn: `arn:${partition}:iam::${account}:oidc-provider/${id}` };
+}
 
 /** Per AWS call, the SDK's retries and credential resolution included: a check must end. */
 const CHECK_TIMEOUT_MS = 15_000;
@@ -240,6 +269,59 @@ export function evaluateTrustPolicy(doc: unknown, brokerPrincipalArn: string, ac
   return { decision: 'not-allowed', notes };
 }
 
+/** A statement's Condition block, as operator → key → values. */
+export type ConditionBlock = Record<string, Record<string, unknown>>;
+
+/**
+ * Whether the OIDC provider `providerArn` may call `action` under this trust policy: it must be named
+ * in `Principal.Federated` (exactly: IAM takes no wildcard there). An explicit unconditional Deny
+ * wins; the allowing statement's conditions are returned, for the audience and subject checks.
+ */
+export function evaluateFederatedTrust(doc: unknown, providerArn: string, action: string): TrustDecision & { condition?: ConditionBlock } {
+  const notes: string[] = [];
+  let allow: { statement: string; condition: ConditionBlock | undefined } | undefined;
+  let deny: string | undefined;
+  statementsOf(doc).forEach((st, i) => {
+    const label = typeof st.Sid === 'string' && st.Sid ? `"${st.Sid}"` : `Statement[${i}]`;
+    const actionApplies = st.NotAction !== undefined
+      ? !list(st.NotAction).some((a) => actionMatches(a, action))
+      : list(st.Action).some((a) => actionMatches(a, action));
+    if (!actionApplies) return;
+    const p = st.Principal;
+    const named = p === '*' || (!!p && typeof p === 'object' && !Array.isArray(p) && list((p as Record<string, unknown>).Federated).includes(providerArn));
+    if (!named) return;
+    if (p === '*' && st.Effect === 'Allow') notes.push(`statement ${label} allows ${action} to any principal ("*"); name ${providerArn} in Principal.Federated instead`);
+    const condition = st.Condition && typeof st.Condition === 'object' && Object.keys(st.Condition).length ? st.Condition as ConditionBlock : undefined;
+    if (st.Effect === 'Deny') {
+      if (condition) notes.push(`statement ${label} may deny ${action} (has conditions, not evaluated)`);
+      else deny ??= label;
+    } else if (st.Effect === 'Allow' && !allow) {
+      allow = { statement: label, condition };
+    }
+  });
+  if (deny) return { decision: 'denied', statement: deny, notes };
+  if (allow) return { decision: 'allowed', statement: allow.statement, ...(allow.condition ? { condition: allow.condition } : {}), notes };
+  return { decision: 'not-allowed', notes };
+}
+
+/** IAM string condition matching: `StringLike` takes `*` and `?`; both are case-sensitive. */
+function conditionMatches(operator: string, pattern: string, value: string): boolean {
+  if (!/like$/i.test(operator)) return pattern === value;
+  const re = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${re}$`).test(value);
+}
+
+/** The values a condition block tests `key` with (`StringEquals`, `StringLike`, their ForAnyValue forms), by operator. */
+function conditionValues(c: ConditionBlock | undefined, key: string): { operator: string; values: string[] }[] {
+  if (!c) return [];
+  const out: { operator: string; values: string[] }[] = [];
+  for (const [operator, keys] of Object.entries(c)) {
+    if (!/^(ForAnyValue:)?String(Equals|Like)$/i.test(operator) || !keys || typeof keys !== 'object') continue;
+    for (const [k, v] of Object.entries(keys)) if (k.toLowerCase() === key.toLowerCase()) out.push({ operator, values: list(v) });
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The check against IAM
 // ---------------------------------------------------------------------------------------------
@@ -263,20 +345,38 @@ function awsError(what: string, e: unknown, hint: string): BrokerError {
   return new BrokerError('upstream_error', `${what} failed: ${err.name ?? 'Error'}: ${err.message ?? ''}`.trim(), { cause: e, hint });
 }
 
-/** Checks one role; the IAM lookups of several templates sharing a role are shared. */
-export async function checkRoleTrust(opts: { iam: IAMClient; brokerPrincipalArn: string; roles: RoleToCheck[] }): Promise<TrustFinding[]> {
+/**
+ * Checks one role; the IAM lookups of several templates sharing a role are shared. Roles of
+ * web-identity templates are checked against the IAM OIDC provider of `issuer` (the broker's
+ * publicUrl), which must then be given.
+ */
+export async function checkRoleTrust(opts: { iam: IAMClient; brokerPrincipalArn: string; roles: RoleToCheck[]; issuer?: string | undefined }): Promise<TrustFinding[]> {
   const broker = parsePrincipalArn(opts.brokerPrincipalArn);
   const principal = trustPrincipalFor(opts.brokerPrincipalArn);
   const lookups = new Map<string, Promise<Role | TrustProblem>>();
+  const providers = new Map<string, Promise<TrustProblem | undefined>>();
   const findings: TrustFinding[] = [];
   for (const r of opts.roles) {
-    let lookup = lookups.get(r.roleArn);
-    if (!lookup) lookups.set(r.roleArn, (lookup = getRole(opts.iam, r.roleArn, broker, principal)));
+    const web = r.via === 'web-identity';
+    if (web && !opts.issuer) throw new TypeError(`template ${r.template} uses web identity: the broker's issuer URL is needed`);
+    const roleAccount = r.roleArn.split(':')[4] ?? broker.account;
+    const provider = web ? oidcProviderFor(opts.issuer!, roleAccount, broker.partition) : undefined;
+    const statement = provider ? webIdentityStatement(provider, r.template) : statementToAdd(principal, REQUIRED_ACTIONS.map((a) => a.action));
+    const key = `${r.via ?? 'assume-role'} ${r.roleArn}`;
+    let lookup = lookups.get(key);
+    if (!lookup) lookups.set(key, (lookup = getRole(opts.iam, r.roleArn, broker, principal, statement)));
     const role = await lookup;
     const problems: TrustProblem[] = [];
     const notes: string[] = [];
     if ('check' in role) {
       problems.push(role);
+    } else if (provider) {
+      checkWebIdentityTrust(role, provider, r.template, problems, notes);
+      checkDuration(role, r, undefined, problems);
+      let p = providers.get(provider.arn);
+      if (!p) providers.set(provider.arn, (p = checkOidcProvider(opts.iam, provider, opts.issuer!, broker.account)));
+      const providerProblem = await p;
+      if (providerProblem) problems.push(providerProblem);
     } else {
       checkTrustPolicy(role, principal, opts.brokerPrincipalArn, problems, notes);
       checkDuration(role, r, broker, problems);
@@ -289,9 +389,77 @@ export async function checkRoleTrust(opts: { iam: IAMClient; brokerPrincipalArn:
   return findings;
 }
 
-async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal, principal: string): Promise<Role | TrustProblem> {
+/** The trust statement a web-identity template's role needs (deploy/iam/web-identity-trust-policy.json). */
+function webIdentityStatement(provider: { id: string; arn: string }, template: string): string {
+  return JSON.stringify({
+    Effect: 'Allow', Principal: { Federated: provider.arn }, Action: WEB_IDENTITY_ACTIONS.map((a) => a.action),
+    Condition: { StringEquals: { [`${provider.id}:aud`]: STS_AUDIENCE }, StringLike: { [`${provider.id}:sub`]: webIdentitySubject(template, '*') } },
+  });
+}
+
+function checkWebIdentityTrust(role: Role, provider: { id: string; arn: string }, template: string, problems: TrustProblem[], notes: string[]): void {
+  let decisions: { check: TrustCheck; action: string; d: ReturnType<typeof evaluateFederatedTrust> }[];
+  try {
+    const doc = parsePolicyDocument(role.AssumeRolePolicyDocument!);
+    decisions = WEB_IDENTITY_ACTIONS.map((a) => ({ ...a, d: evaluateFederatedTrust(doc, provider.arn, a.action) }));
+  } catch (e) {
+    problems.push({ check: 'role', message: `cannot read the trust policy of ${role.RoleName}: ${(e as Error).message}`, hint: `inspect it: aws iam get-role --role-name ${role.RoleName}` });
+    return;
+  }
+  const fix = `add this statement to the trust policy of ${role.RoleName}: ${webIdentityStatement(provider, template)}`;
+  for (const { check, action, d } of decisions) {
+    notes.push(...d.notes);
+    if (d.decision === 'denied') {
+      problems.push({ check, message: `trust policy of ${role.RoleName} explicitly denies ${action} to the OIDC provider ${provider.arn} in statement ${d.statement}`, hint: `remove or narrow statement ${d.statement} (an explicit Deny overrides every Allow)` });
+    } else if (d.decision === 'not-allowed') {
+      problems.push({ check, message: `trust policy of ${role.RoleName} does not allow the broker's OIDC provider (${provider.arn}) to call ${action}`, hint: fix });
+    }
+  }
+  const assume = decisions[0]!.d;
+  if (assume.decision !== 'allowed') return;
+  // The audience: an IAM OIDC provider accepts any of its client IDs, so the role itself should say
+  // which one (IAM User Guide, "Create a role for OpenID Connect federation": a condition on aud).
+  const aud = conditionValues(assume.condition, `${provider.id}:aud`);
+  if (!aud.length) {
+    problems.push({ check: 'audience', message: `trust policy of ${role.RoleName} allows ${provider.arn} without a condition on ${provider.id}:aud`, hint: `add "Condition": {"StringEquals": {"${provider.id}:aud": "${STS_AUDIENCE}"}} to statement ${assume.statement}` });
+  } else if (!aud.every((c) => c.values.some((v) => conditionMatches(c.operator, v, STS_AUDIENCE)))) {
+    problems.push({ check: 'audience', message: `trust policy of ${role.RoleName} requires ${provider.id}:aud to be ${aud.flatMap((c) => c.values).join(', ')}, but the broker's tokens carry aud ${STS_AUDIENCE}`, hint: `set the condition to "StringEquals": {"${provider.id}:aud": "${STS_AUDIENCE}"}` });
+  }
+  // The subject names the template (web-identity-tokens.ts): a condition on it keeps other templates' tokens out.
+  const sub = conditionValues(assume.condition, `${provider.id}:sub`);
+  const sample = webIdentitySubject(template, 'abcdefghij');
+  if (!sub.length) {
+    notes.push(`trust policy of ${role.RoleName} accepts tokens for any template of this broker; add "StringLike": {"${provider.id}:sub": "${webIdentitySubject(template, '*')}"} so only ${template}'s tokens assume it`);
+  } else if (!sub.every((c) => c.values.some((v) => conditionMatches(c.operator, v, sample)))) {
+    problems.push({ check: 'subject', message: `trust policy of ${role.RoleName} requires ${provider.id}:sub to be ${sub.flatMap((c) => c.values).join(', ')}, which template ${template}'s tokens (sub ${webIdentitySubject(template, '<session>')}) never are`, hint: `set it to "StringLike": {"${provider.id}:sub": "${webIdentitySubject(template, '*')}"}` });
+  }
+}
+
+/** That the IAM OIDC provider exists and lists the audience STS checks tokens against. */
+async function checkOidcProvider(iam: IAMClient, provider: { id: string; arn: string }, issuer: string, callerAccount: string): Promise<TrustProblem | undefined> {
+  const create = `aws iam create-open-id-connect-provider --url ${issuer} --client-id-list ${STS_AUDIENCE} (deploy/iam/README.md)`;
+  if (provider.arn.split(':')[4] !== callerAccount) return undefined; // another account's IAM: the role check above said so
+  try {
+    const out = await sendBounded((o) => iam.send(new GetOpenIDConnectProviderCommand({ OpenIDConnectProviderArn: provider.arn }), o), AbortSignal.timeout(CHECK_TIMEOUT_MS));
+    if (!(out.ClientIDList ?? []).includes(STS_AUDIENCE)) {
+      return { check: 'oidc-provider', message: `the IAM OIDC provider ${provider.arn} does not list the audience ${STS_AUDIENCE}`, hint: `aws iam add-client-id-to-open-id-connect-provider --open-id-connect-provider-arn ${provider.arn} --client-id ${STS_AUDIENCE}` };
+    }
+    return undefined;
+  } catch (e) {
+    const err = e as { name?: string; message?: string };
+    if (err.name === 'NoSuchEntity' || err.name === 'NoSuchEntityException') {
+      return { check: 'oidc-provider', message: `there is no IAM OIDC provider for ${issuer} (${provider.arn})`, hint: create };
+    }
+    if (err.name === 'AccessDenied' || err.name === 'AccessDeniedException') {
+      return { check: 'oidc-provider', message: `not allowed to read the IAM OIDC provider ${provider.arn}: ${err.message ?? 'AccessDenied'}`, hint: 'allow iam:GetOpenIDConnectProvider, or run the check with credentials that can read it' };
+    }
+    throw awsError(`IAM GetOpenIDConnectProvider ${provider.arn}`, e, 'check the IAM endpoint and your AWS credentials');
+  }
+}
+
+/** `statement`: the trust statement the role needs, for the hints. */
+async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal, principal: string, statement: string): Promise<Role | TrustProblem> {
   const account = roleArn.split(':')[4];
-  const all = REQUIRED_ACTIONS.map((a) => a.action);
   if (!ROLE_ARN_RE.test(roleArn)) {
     return { check: 'role', message: `"${roleArn}" is not an IAM role ARN`, hint: 'set aws.roleArn to arn:aws:iam::<account>:role/<name> in the template' };
   }
@@ -300,7 +468,7 @@ async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal,
     return {
       check: 'role',
       message: `role is in account ${account} but the broker's credentials are in ${broker.account}, so its trust policy cannot be read from here`,
-      hint: `run the check with credentials of account ${account}, or verify by hand that the trust policy of ${roleArn} contains ${statementToAdd(principal, all)}`,
+      hint: `run the check with credentials of account ${account}, or verify by hand that the trust policy of ${roleArn} contains ${statement}`,
     };
   }
   const name = roleNameOf(roleArn);
@@ -314,7 +482,7 @@ async function getRole(iam: IAMClient, roleArn: string, broker: BrokerPrincipal,
       return {
         check: 'role',
         message: `role ${name} does not exist in account ${account}`,
-        hint: `create it: aws iam create-role --role-name ${name}${path === '/' ? '' : ` --path ${path}`} --assume-role-policy-document '{"Version":"2012-10-17","Statement":[${statementToAdd(principal, all)}]}' (or fix aws.roleArn in the template)`,
+        hint: `create it: aws iam create-role --role-name ${name}${path === '/' ? '' : ` --path ${path}`} --assume-role-policy-document '{"Version":"2012-10-17","Statement":[${statement}]}' (or fix aws.roleArn in the template)`,
       };
     }
     if (err.name === 'AccessDenied' || err.name === 'AccessDeniedException') {
@@ -370,10 +538,11 @@ function checkTrustPolicy(role: Role, principal: string, brokerArn: string, prob
   }
 }
 
-function checkDuration(role: Role, r: RoleToCheck, broker: BrokerPrincipal, problems: TrustProblem[]): void {
+/** `broker` undefined: web identity, which is not role chaining, so no 1 h cap. */
+function checkDuration(role: Role, r: RoleToCheck, broker: BrokerPrincipal | undefined, problems: TrustProblem[]): void {
   const max = role.MaxSessionDuration ?? DEFAULT_ROLE_MAX_SESSION_SECONDS;
   const want = r.durationSeconds;
-  if (broker.roleName && want > ROLE_CHAINING_MAX_SECONDS) {
+  if (broker?.roleName && want > ROLE_CHAINING_MAX_SECONDS) {
     problems.push({
       check: 'max-session-duration',
       message: `the broker runs as a role session (${broker.arn}), and AWS caps role-chained sessions at ${formatDuration(ROLE_CHAINING_MAX_SECONDS)}, but template ${r.template} asks for ${formatDuration(want)}`,

@@ -341,6 +341,24 @@ export const serverConfigSchema = z.strictObject({
      */
     requestTimeoutMs: z.number().int().min(500).max(10_000).default(8_000),
     checkTrustAtStartup: z.boolean().default(true),
+    /**
+     * How templates that name no aws.via get their credentials: AssumeRole with the broker's own AWS
+     * credentials, or AssumeRoleWithWebIdentity with a token the broker signs (README, "A broker
+     * without AWS keys"), which needs `webIdentity`.
+     */
+    via: z.enum(['assume-role', 'web-identity'], { error: 'must be assume-role or web-identity' }).default('assume-role'),
+    /**
+     * The broker as an OIDC issuer for AWS: private JWKs of its own (never the tokens' keys; the first
+     * signs, all are published, so they rotate like them), or `ephemeral` (development and tests:
+     * AWS would have to fetch the new keys after every restart).
+     */
+    webIdentity: z.strictObject({
+      signingKeys: z.union([z.literal('ephemeral'), z.array(signingKeySchema).min(1)]),
+    }).optional(),
+  }).superRefine((a, ctx) => {
+    if (a.via === 'web-identity' && !a.webIdentity) {
+      ctx.addIssue({ code: 'custom', path: ['webIdentity'], message: 'is missing, and aws.via is web-identity: set aws.webIdentity.signingKeys (a list of {file} or {env} private JWKs, generated with broker server keygen)' });
+    }
   }).prefault({}),
   vault: vaultSchema.optional(),
   /**

@@ -10,6 +10,7 @@ import type { DpopVerifier } from '../identity/dpop-verifier.js';
 import { idTokenFailureReason, type IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { DenialRecorded, type BrokerLogins, type IssuedLogin } from '../identity/logins.js';
 import type { Principal } from '../identity/principal.js';
+import { DISCOVERY_PATH, WEB_IDENTITY_JWKS_PATH, type WebIdentityTokens } from '../identity/web-identity-tokens.js';
 import type { Logger } from '../log.js';
 import { NO_METRICS, type BrokerMetrics, type ServiceMetrics } from '../metrics/service-metrics.js';
 import type { AwsCredentials, IssuedCredentials, IssuedVaultToken, TaskSessionService } from '../sessions/task-session-service.js';
@@ -50,6 +51,8 @@ export interface AppDeps {
   auditLog: AuditLog;
   /** The audit key's public JWKs, for verifying checkpoints (`broker audit verify --keys`); empty without checkpoints. */
   auditJwks?: { keys: JWK[] };
+  /** The broker as an OIDC issuer for AWS (README, "A broker without AWS keys"); absent: no discovery document. */
+  webIdentity?: WebIdentityTokens | undefined;
   log: Logger;
   loginConfig: LoginConfig;
   issuePerMinute: number;
@@ -259,6 +262,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/healthz', (c) => c.json({ ok: true } as const satisfies Body<typeof healthResponse>));
   app.get('/.well-known/jwks.json', (c) => c.json(deps.tokens.publicJwks()));
   app.get('/.well-known/audit-jwks.json', (c) => c.json(deps.auditJwks ?? { keys: [] }));
+  const webIdentity = deps.webIdentity;
+  if (webIdentity) {
+    // What AWS fetches to verify the broker's web-identity tokens (web-identity-tokens.ts).
+    app.get(DISCOVERY_PATH, (c) => c.json(webIdentity.discovery()));
+    app.get(WEB_IDENTITY_JWKS_PATH, (c) => c.json(webIdentity.publicJwks()));
+  }
   app.get('/v1/login-config', (c) => c.json(deps.loginConfig satisfies LoginConfig));
   if (deps.pages) mountRequestPages(app, deps.pages);
 

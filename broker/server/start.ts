@@ -4,13 +4,16 @@ import type { ServerOptions } from 'node:http';
 import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AdminService, type StsRevoker } from '../admin/admin-service.js';
-import { makeIamClient, makeStsClient } from '../aws/clients.js';
+import { makeIamClient, makeStsClient, makeUnsignedStsClient } from '../aws/clients.js';
 import { IamRoleDenyPolicies } from '../aws/role-revocations.js';
 import { StsCredentialIssuer } from '../aws/sts-issuer.js';
+import { RoutedCredentialIssuer, WebIdentityCredentialIssuer } from '../aws/web-identity-issuer.js';
 import { checkRoleTrust, resolveBrokerPrincipal } from '../aws/trust-check.js';
 import { listenUrl, type ServerConfig } from '../config/server-config.js';
 import { BrokerError } from '../errors.js';
-import { BrokerTokens, loadSigningKeys } from '../identity/broker-tokens.js';
+import { BrokerTokens, loadSigningKeys, type SigningKey } from '../identity/broker-tokens.js';
+import { WebIdentityTokens } from '../identity/web-identity-tokens.js';
+import type { AwsCredentialIssuer, AwsVia } from '../sessions/aws-credential-issuer.js';
 import { DpopVerifier } from '../identity/dpop-verifier.js';
 import { IdTokenVerifier } from '../identity/id-token-verifier.js';
 import { BrokerLogins } from '../identity/logins.js';
@@ -71,7 +74,10 @@ async function checkTrustInBackground(config: ServerConfig, templates: Iterable<
     const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
     const iam = makeIamClient({ region: config.aws.region, endpoint: config.aws.iamEndpoint, observe: (op, ok, s) => metrics.upstream('iam', op, ok, s) });
     const brokerPrincipalArn = await resolveBrokerPrincipal(sts);
-    const roles = [...templates].flatMap((t) => (t.aws ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
+    const roles = [...templates].flatMap((t) => (t.aws && viaOf(t, config) === 'assume-role' ? [{ template: t.name, roleArn: t.aws.roleArn, durationSeconds: t.credentialLifetimeSeconds }] : []));
+    // Web-identity roles trust the broker's OIDC provider, and a broker without AWS keys cannot read
+    // IAM: `broker policy check --aws --issuer` checks them, with an admin's credentials.
+    if (!roles.length) return;
     const findings = await checkRoleTrust({ iam, brokerPrincipalArn, roles });
     for (const f of findings) {
       for (const p of f.problems) log.warn({ template: f.template, roleArn: f.roleArn, check: p.check, hint: p.hint }, p.message);
@@ -80,6 +86,29 @@ async function checkTrustInBackground(config: ServerConfig, templates: Iterable<
     log.info({ brokerPrincipalArn, templates: findings.length, withProblems: bad }, 'role trust check finished');
   } catch (e) {
     log.warn({ err: (e as Error).message }, 'role trust check could not run');
+  }
+}
+
+/** The template's aws.via, else the service's. */
+function viaOf(t: TaskTemplate, config: ServerConfig): AwsVia {
+  return t.aws?.via ?? config.aws.via;
+}
+
+/**
+ * The web-identity keys must be keys of their own: AWS trusts every key published at the discovery
+ * document's jwks_uri, so a token key there would let AWS accept whatever else those keys sign.
+ */
+function checkKeysApart(webKeys: SigningKey[], others: { field: string; keys: SigningKey[] }[]): void {
+  const fingerprint = (k: SigningKey) => `${String(k.publicJwk.x)}.${String(k.publicJwk.y)}`;
+  for (const { field, keys } of others) {
+    const kids = new Set(keys.map((k) => k.kid));
+    const prints = new Set(keys.map(fingerprint));
+    const same = webKeys.find((k) => kids.has(k.kid) || prints.has(fingerprint(k)));
+    if (same) {
+      throw new BrokerError('invalid_config', `aws.webIdentity.signingKeys: key ${same.kid} is also one of ${field} (same kid or same key)`, {
+        hint: 'give web identity a key of its own: broker server keygen',
+      });
+    }
   }
 }
 
@@ -161,6 +190,8 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const webClientSecret = config.oidc.webClientSecretFile ? readSecret({ file: config.oidc.webClientSecretFile }, config.baseDir, 'oidc.webClientSecretFile') : undefined;
   const keys = await loadSigningKeys(config.tokens.signingKeys, config.baseDir);
   const auditKeys = config.audit.signingKeys ? await loadSigningKeys(config.audit.signingKeys, config.baseDir, 'audit.signingKeys') : undefined;
+  const webKeys = config.aws.webIdentity ? await loadSigningKeys(config.aws.webIdentity.signingKeys, config.baseDir, 'aws.webIdentity.signingKeys') : undefined;
+  if (webKeys) checkKeysApart(webKeys, [{ field: 'tokens.signingKeys', keys }, ...(auditKeys ? [{ field: 'audit.signingKeys', keys: auditKeys }] : [])]);
   const now = options.now ?? Date.now;
   const sinkList = makeSinks(config, log, now);
   // Gauges read the store (and the sinks' backlog) at scrape time; nothing is scraped before the
@@ -180,6 +211,12 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
       accept: options.acceptBrokenAudit ?? false, dbPath: config.store.sqlite, logger: log,
     });
     templates = await TemplateCatalog.open({ dir: config.policiesDir, store, log, now });
+    const needWebIdentity = templates.values().filter((t) => t.aws && viaOf(t, config) === 'web-identity').map((t) => t.name);
+    if (needWebIdentity.length && !webKeys) {
+      throw new BrokerError('invalid_config', `aws.webIdentity: missing, and templates use aws.via web-identity: ${needWebIdentity.join(', ')}`, {
+        hint: 'set aws.webIdentity.signingKeys in the service configuration (README, "A broker without AWS keys"), or set those templates\' aws.via to assume-role',
+      });
+    }
   } catch (e) {
     await store.close();
     throw e;
@@ -208,6 +245,14 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const auth = config.limits.auth;
   const denials = new DenialAudit({ auditLog: store.auditLog, log, windowMs: auth.auditWindow * 1000, maxKeys: auth.auditMaxKeys, now });
   const sts = makeStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
+  const webIdentity = webKeys && new WebIdentityTokens(webKeys, () => url, now);
+  const issuers: Partial<Record<AwsVia, AwsCredentialIssuer>> = { 'assume-role': new StsCredentialIssuer(sts, config.aws.requestTimeoutMs) };
+  if (webIdentity) {
+    const unsigned = makeUnsignedStsClient({ region: config.aws.region, endpoint: config.aws.stsEndpoint, observe: (op, ok, s) => metrics.upstream('sts', op, ok, s) });
+    issuers['web-identity'] = new WebIdentityCredentialIssuer(unsigned, webIdentity, config.aws.requestTimeoutMs);
+    // AWS fetches the discovery document from the issuer URL, and an IAM OIDC provider's URL is https.
+    if (!url.startsWith('https:')) log.warn({ publicUrl: url }, 'aws.webIdentity with a plain-http publicUrl: AWS cannot fetch its discovery document; only a test STS (moto) accepts these tokens');
+  }
   let vault: { auth: VaultAuth; tokens: VaultTokens; sessionTokens: SessionVaultTokens } | undefined;
   if (config.vault) {
     const http = new VaultHttp({
@@ -233,7 +278,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     store, policies: new IamRoleDenyPolicies(iam), log, now, intervalMs: config.sweeper.interval * 1000,
   });
   const sessions = new TaskSessionService({
-    store, templates, issuer: new StsCredentialIssuer(sts, config.aws.requestTimeoutMs), vault: vault?.sessionTokens, revocations, log,
+    store, templates, issuer: new RoutedCredentialIssuer(issuers), defaultAwsVia: config.aws.via, vault: vault?.sessionTokens, revocations, log,
     maxActiveSessions: config.limits.maxActiveSessions, now, limitRefusals: denials, metrics,
   });
   const notifier = options.requestEvents ? undefined : createNotifier(config.notifications, log, { baseDir: config.baseDir });
@@ -259,6 +304,10 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
     }
     const fresh = new Set([...r.added.map((a) => a.name), ...r.changed.map((c) => c.name)]);
     const brought = templates.values().filter((t) => fresh.has(t.name));
+    const needWebIdentity = brought.filter((t) => t.aws && viaOf(t, config) === 'web-identity').map((t) => t.name);
+    if (!webIdentity && needWebIdentity.length) {
+      log.warn({ templates: needWebIdentity }, 'these templates use aws.via web-identity and the service has no aws.webIdentity configuration; starting them fails');
+    }
     if (!config.vault && brought.some((t) => t.vault)) {
       log.warn({ templates: brought.filter((t) => t.vault).map((t) => t.name) }, 'these templates grant Vault tokens and the service has no vault: configuration; starting them fails');
     }
@@ -270,6 +319,7 @@ export async function startServer(config: ServerConfig, options: StartOptions = 
   const app = createApp({
     tokens, logins, idTokens, sessions, requests, confirmations, admin, reload, auditLog: store.auditLog, log, issuePerMinute: config.limits.issuePerMinute, now,
     auditJwks: { keys: (auditKeys ?? []).map((k) => k.publicJwk) },
+    webIdentity,
     dpop: new DpopVerifier({ clockToleranceSeconds: config.oidc.clockToleranceSeconds, now }),
     authLimiter: new AuthRateLimiter({ perAddress: auth.perAddress, global: auth.global, maxAddresses: auth.maxAddresses }, now),
     denials, trustedProxyHops: auth.trustedProxyHops, metrics, adminMetrics: config.metrics.adminRoute ? metrics : undefined,

@@ -11,7 +11,7 @@ import { credentialSeconds, outlivesSessionSeconds, sessionSeconds } from '../te
 import { buildAssumeRoleRequest, isAllowed, newSessionId, roleSessionName, validateParams, type AssumeRoleRequest } from '../templates/render.js';
 import type { TaskTemplate } from '../templates/schema.js';
 import type { SessionView } from '../wire/service-api.js';
-import type { AwsCredentialIssuer, AwsCredentials } from './aws-credential-issuer.js';
+import type { AwsCredentialIssuer, AwsCredentials, AwsVia } from './aws-credential-issuer.js';
 import { KeyedLock } from './keyed-lock.js';
 import type { SessionRevoker } from './session-revocations.js';
 import { vaultNotConfigured, type IssuedVaultToken, type RevocationResult, type SessionVaultTokens } from './session-vault-tokens.js';
@@ -87,8 +87,10 @@ export interface TaskSessionServiceDeps {
   templates: TemplateCatalog;
   /** Refusals by a template's limits, recorded in aggregate (server/denial-audit.ts); none: each audited alone. */
   limitRefusals?: LimitRefusals | undefined;
-  /** AWS credentials for a session's AssumeRole request (STS today: aws/sts-issuer.ts). */
+  /** AWS credentials for a session's AssumeRole request (aws/sts-issuer.ts, aws/web-identity-issuer.ts). */
   issuer: AwsCredentialIssuer;
+  /** The service's `aws.via`, for templates that name none (absent: assume-role). */
+  defaultAwsVia?: AwsVia | undefined;
   /** Absent when the service has no `vault:` configuration. */
   vault?: SessionVaultTokens | undefined;
   /** Denies an ended session's issued AWS credentials in its role's policy (absent: no revocation). */
@@ -522,9 +524,10 @@ export class TaskSessionService {
 
   private async issue(t: TaskTemplate, s: TaskSession, request: AssumeRoleRequest, event: 'credentials.issue' | 'credentials.reissue'): Promise<AwsCredentials> {
     const base = { event, developer: s.developer, template: t.name, sessionId: s.id, roleSessionName: s.roleSessionName };
+    const via = t.aws?.via ?? this.deps.defaultAwsVia ?? 'assume-role';
     let credentials: AwsCredentials;
     try {
-      credentials = await this.deps.issuer.issue(request);
+      credentials = await this.deps.issuer.issue(request, { via, template: t.name, sessionId: s.id });
     } catch (e) {
       this.metrics.issuance(event, t.name, 'failed');
       try {
@@ -539,7 +542,7 @@ export class TaskSessionService {
     try {
       await this.deps.store.auditLog.append({
         ...base, decision: 'issued', accessKeyId: credentials.accessKeyId, expiration: credentials.expiration.toISOString(),
-        detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn, ...(outlives > 0 ? { outlivesSessionSeconds: outlives } : {}) },
+        detail: { durationSeconds: request.DurationSeconds, roleArn: request.RoleArn, via, ...(outlives > 0 ? { outlivesSessionSeconds: outlives } : {}) },
       });
     } catch (e) {
       // STS issued them, but they are withheld: the AccessKeyId (not a secret) goes to the server log

@@ -50,6 +50,9 @@ const awsSchema = z.strictObject({
   tags: z.record(z.string(), z.string()).default({}),
   transitiveTagKeys: z.array(z.string()).default([]),
   allowBroadWildcard: z.boolean().default(false),
+  // How the broker gets the credentials (README, "A broker without AWS keys"); absent: the
+  // service's aws.via.
+  via: z.enum(['assume-role', 'web-identity'], { error: 'must be assume-role or web-identity' }).optional(),
   // A developer's own `broker end` also denies the session's issued credentials in the role's
   // policy (docs/revocation.md); an admin's end always does.
   revokeOnEnd: z.boolean().default(true),
@@ -148,6 +151,8 @@ export interface AwsGrant {
   allowBroadWildcard: boolean;
   /** `broker end` adds the session to the role's deny policy (sessions/session-revocations.ts). */
   revokeOnEnd: boolean;
+  /** AssumeRole with the broker's AWS credentials, or AssumeRoleWithWebIdentity with its own token; undefined: the service's aws.via. */
+  via?: 'assume-role' | 'web-identity' | undefined;
 }
 
 export interface VaultGrant {

@@ -17,6 +17,8 @@ export interface BrokerServiceOptions {
   bin?: string;
   /** More arguments of `broker server` (e.g. --accept-broken-audit). */
   args?: string[];
+  /** Run with no AWS credentials in the environment at all (a broker that uses web identity only). */
+  withoutAwsKeys?: boolean;
 }
 
 export interface BrokerService {
@@ -86,7 +88,7 @@ export async function startBrokerService(o: BrokerServiceOptions): Promise<Broke
     stdio: ['ignore', out, out],
     env: {
       PATH: process.env.PATH ?? '', HOME: dir,
-      AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: 'us-east-1',
+      ...(o.withoutAwsKeys ? {} : { AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' }), AWS_REGION: 'us-east-1',
       AWS_EC2_METADATA_DISABLED: 'true', AWS_CONFIG_FILE: join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: join(dir, 'none'),
       ...o.env,
     },
