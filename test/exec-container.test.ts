@@ -202,6 +202,21 @@ describe('broker exec: the container credentials endpoint', () => {
     assert.match(both.stderr, /--env and --credential-process cannot be used together/);
   });
 
+  it('serves the session the exec ran under only: after broker end and a new task, its token gets 409, never the new session\'s credentials', async () => {
+    const a = await hold('deploy-lambda');
+    try {
+      await credentialsOf(a);
+      assert.equal((await broker(['end', 'deploy-lambda'], env)).code, 0);
+      const t = await broker(['task', 'deploy-lambda', '--param', 'function=checkout-api', '--json'], env);
+      assert.equal(t.code, 0, t.stderr);
+      const r = await get(a.url, { Authorization: a.token });
+      refused(r, 409);
+      assert.match(String(r.body.Message), /task session this command was started under has ended/);
+    } finally {
+      await a.end();
+    }
+  });
+
   it('leaves no token, secret key or session token on disk, nor any broker token', async () => {
     const r = await run('sh', ['-c', 'ls -A "$1"', 'sh', join(m.runtimeDir, 'agent-credential-broker', 'exec-tokens')]);
     assert.equal(r.stdout, '', 'no token file is left behind');
