@@ -86,7 +86,8 @@ describe('broker exec: the container credentials endpoint', () => {
     return (await sts.send(new GetCallerIdentityCommand({}))).Arn;
   };
   const refused = (r: Answer, status: number) => {
-    assert.equal(r.status, status, JSON.stringify(r.body));
+    // The body's Code and Message only: were it a credential, the test log must not show it.
+    assert.equal(r.status, status, `${String(r.body.Code)}: ${String(r.body.Message)}`);
     assert.equal(typeof r.body.Message, 'string');
     assert.equal(r.body.AccessKeyId, undefined, 'no credential in a refusal');
     assert.equal(r.body.SecretAccessKey, undefined);
@@ -127,9 +128,9 @@ describe('broker exec: the container credentials endpoint', () => {
     ].join(' && ')], { ...env, AWS_PROFILE: 'admin', HTTP_PROXY: 'http://127.0.0.1:9', HTTPS_PROXY: 'http://127.0.0.1:9', NODE_USE_ENV_PROXY: '1' });
     assert.equal(r.code, 0, r.stderr);
     const [vars, ...arns] = r.stdout.trim().split('\n');
-    assert.equal(vars, 'none /dev/null eu-west-1 127.0.0.1', 'no profile, no config file, the task\'s region, loopback not proxied');
     const expected = `arn:aws:sts::123456789012:assumed-role/broker-deploy-lambda/${sessions['deploy-lambda']!.roleSessionName}`;
     assert.deepEqual(arns, [expected, expected, expected], 'AWS CLI, boto3, JS SDK v3: the task\'s assumed role');
+    assert.equal(vars, 'none /dev/null eu-west-1 127.0.0.1', 'no profile, no config file, the task\'s region, loopback not proxied');
     assert.doesNotMatch(r.stderr, /added profile/, 'no credential_process profile is needed');
     assert.ok(!readFileSync(env.AWS_CONFIG_FILE!, 'utf8').includes('broker-deploy-lambda'), '~/.aws/config left alone');
   });
