@@ -170,6 +170,7 @@ describe('broker exec: the container credentials endpoint', () => {
 
       const ping = JSON.parse((await broker(['daemon', 'status', '--json'], env)).stdout) as { containerEndpoint?: { execs: number } };
       assert.equal(ping.containerEndpoint?.execs, 2);
+      assert.match((await broker(['daemon', 'status'], env)).stdout, /^endpoint {5}http:\/\/127\.0\.0\.1:\d+\/: 2 broker exec\(s\) with a token; \d+ served, \d+ refused$/m);
       const log = readFileSync(join(m.runtimeDir, 'agent-credential-broker', 'daemon.log'), 'utf8');
       assert.ok(!log.includes(a.token) && !log.includes(b.token), 'no token in the daemon log');
 
