@@ -132,6 +132,11 @@ describe('broker exec: the container credentials endpoint', () => {
     assert.deepEqual(arns, [expected, expected, expected], 'AWS CLI, boto3, JS SDK v3: the task\'s assumed role');
     assert.equal(vars, 'none /dev/null eu-west-1 127.0.0.1', 'no profile, no config file, the task\'s region, loopback not proxied');
     assert.doesNotMatch(r.stderr, /added profile/, 'no credential_process profile is needed');
+    // What reads the config file inside exec reads /dev/null; what writes it refuses, and /dev/null stays a device.
+    const nested = await broker(['exec', 'deploy-lambda', '--', 'sh', '-c', `"${process.execPath}" "${BROKER_BIN}" configure aws; echo "exit=$?"`], env);
+    assert.match(nested.stdout, /^exit=3$/m, nested.stderr);
+    assert.match(nested.stderr, /\/dev\/null is not a regular file/);
+    assert.ok(statSync('/dev/null').isCharacterDevice());
     assert.ok(!readFileSync(env.AWS_CONFIG_FILE!, 'utf8').includes('broker-deploy-lambda'), '~/.aws/config left alone');
   });
 
