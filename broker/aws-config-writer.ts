@@ -87,6 +87,14 @@ export async function configureAws(opts: ConfigureAwsOptions): Promise<Configure
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw fileError('read', configFile, e);
   }
+  // Inside `broker exec` AWS_CONFIG_FILE is /dev/null (cli/exec-env.ts): the rename below would
+  // replace the device itself with a file wherever /dev is writable (root in a container).
+  const st = await stat(target).catch(() => undefined);
+  if (st && !st.isFile()) {
+    throw new BrokerError('invalid_config', `${configFile} is not a regular file`, {
+      hint: 'inside broker exec there is no AWS config file (AWS_CONFIG_FILE=/dev/null): run this outside it, or pass --config-file',
+    });
+  }
   try {
     await mkdir(dirname(target), { recursive: true, mode: 0o700 });
   } catch (e) {

@@ -86,6 +86,7 @@ export function register(program: Command): void {
         `memory       ${memoryLine(p.memory)}`,
         `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
+        ...(p.containerEndpoint ? [`endpoint     ${p.containerEndpoint.url ?? 'not listening (no broker exec yet)'}: ${p.containerEndpoint.execs} broker exec(s) with a token; ${p.containerEndpoint.served} served, ${p.containerEndpoint.refused} refused`] : []),
         `socket       ${where.socket}`,
         `log          ${where.log}`,
       ].join('\n') + '\n');

@@ -57,6 +57,38 @@ export const CREDENTIAL_SOURCES_OFF: Readonly<Record<string, string>> = {
 };
 
 /**
+ * Set with the container credentials endpoint (the default of `broker exec`): no config file.
+ * Every SDK tries the profile's sources before the container endpoint — botocore
+ * (`credentials.py` create_credential_resolver: env, assume-role, web identity, SSO, shared
+ * credentials file, login, credential_process, config file, then container; the boto3 guide,
+ * "Credentials", https://docs.aws.amazon.com/boto3/latest/guide/credentials.html, lists the same
+ * order) and aws-sdk-js-v3 (`credential-provider-node/src/defaultProvider.ts`: env, SSO, ini,
+ * process, web identity token file, then remoteProvider, the container endpoint) — so a `[default]`
+ * profile with keys, SSO or a credential_process in `~/.aws/config` would win over the task's
+ * endpoint. Without a config file there is none; the region comes from AWS_REGION instead.
+ */
+export const CONTAINER_MODE_OFF: Readonly<Record<string, string>> = {
+  AWS_CONFIG_FILE: devNull,
+};
+
+/**
+ * NO_PROXY/no_proxy with 127.0.0.1 added, when a proxy is configured: botocore fetches the
+ * container endpoint through the environment's proxies unless the host is bypassed
+ * (`utils.py` get_environ_proxies / should_bypass_proxies), and Node's fetch and http do too with
+ * NODE_USE_ENV_PROXY. Through a proxy the exec's token (and the credentials) would leave loopback.
+ */
+export function loopbackWithoutProxy(env: NodeJS.ProcessEnv): Record<string, string> {
+  const proxied = ['HTTP_PROXY', 'http_proxy', 'HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'].some((k) => env[k]);
+  if (!proxied) return {};
+  const out: Record<string, string> = {};
+  for (const k of ['NO_PROXY', 'no_proxy']) {
+    const list = (env[k] ?? '').split(',').map((h) => h.trim()).filter(Boolean);
+    if (!list.includes('127.0.0.1') && !list.includes('*')) out[k] = [...list, '127.0.0.1'].join(',');
+  }
+  return out;
+}
+
+/**
  * Signals whose default action is to terminate and dump core (signal(7), "Core"): `broker exec`
  * does not raise one of these on itself when its child dies of it (exec.ts, runChild).
  */

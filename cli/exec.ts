@@ -4,14 +4,14 @@ import type { Command } from 'commander';
 import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
 import { startClean } from '../broker/clean-start.js';
 import { readCliSettings } from '../broker/client/cli-config.js';
-import { callDaemon } from '../broker/daemon/daemon-client.js';
+import { callDaemon, holdDaemonCall, type HeldConnection } from '../broker/daemon/daemon-client.js';
 import { BrokerError, EXEC_EXIT } from '../broker/errors.js';
 import { AGENT_NAME_RE, AGENT_NAME_RULE, agentNameFrom } from '../broker/limits/names.js';
 import { brokerCommand } from './configure-aws.js';
 import type { StartRequest } from '../broker/daemon/protocol.js';
 import { checkBreakGlass, shellWord, startConfirmed, startWords } from './confirmation.js';
 import { action, collectParam, failuresExitWith, info, reportError } from './output.js';
-import { CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, scrubEnvironment } from './exec-env.js';
+import { CONTAINER_MODE_OFF, CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, loopbackWithoutProxy, scrubEnvironment } from './exec-env.js';
 
 interface Options {
   param: Record<string, string>;
@@ -19,6 +19,7 @@ interface Options {
   reason: string;
   agent?: string;
   env?: boolean;
+  credentialProcess?: boolean;
   scrub: string[];
   verbose?: boolean;
   wait: boolean;
@@ -32,7 +33,7 @@ const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGQUIT', '
 export function register(program: Command): void {
   const exec = program
     .command('exec')
-    .description('run a command (an agent) under a task session: AWS_PROFILE points at the task (VAULT_ADDR/VAULT_TOKEN for a Vault grant), inherited static credentials are removed; exits with the command\'s status, 125 when exec itself fails, 126 when the command cannot be run, 127 when it is not found')
+    .description('run a command (an agent) under a task session: its AWS SDKs get the task\'s credentials from the daemon\'s loopback container credentials endpoint, with a token that dies with this exec (VAULT_ADDR/VAULT_TOKEN for a Vault grant), inherited static credentials are removed; exits with the command\'s status, 125 when exec itself fails, 126 when the command cannot be run, 127 when it is not found')
     .usage('<template> [options] [--] <command> [args…]')
     .argument('<template>', 'task template; its active session is reused, or one is started')
     .argument('<command...>', 'the command and its arguments: from the first word that is not an option of exec (or after --), every word is the command\'s')
@@ -40,7 +41,8 @@ export function register(program: Command): void {
     .option('--ttl <duration>', 'task session length when one is started, e.g. 2h')
     .option('--reason <text>', 'why: recorded in the audit log', '')
     .option('--agent <name>', 'agent name for the broker:agent session tag (default: the command\'s name)')
-    .option('--env', 'also put the credentials themselves in the environment (they are NOT refreshed there; prefer the profile)')
+    .option('--env', 'put the credentials themselves in the environment instead (they are NOT refreshed there; prefer the endpoint)')
+    .option('--credential-process', 'use the task\'s AWS profile instead (AWS_PROFILE=broker-<template>, credential_process: a process per call) of the container credentials endpoint')
     .option('--scrub <pattern>', 'also remove environment variables matching this name pattern, * as wildcard (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
     .option('--no-wait', 'when a new session needs a human confirmation: print the request id and exit 125 at once, without running the command')
     .option('--confirm-here', 'when a new session needs a human confirmation: confirm from this terminal (a login at the IdP with a code)')
@@ -68,6 +70,9 @@ export function register(program: Command): void {
       const removedFirst = (start.note ?? '').split(',').filter((n) => /^[A-Za-z0-9_]+$/.test(n));
 
       checkBreakGlass(opts.breakGlass, opts.reason);
+      if (opts.env && opts.credentialProcess) {
+        throw new BrokerError('invalid_request', '--env and --credential-process cannot be used together', { hint: 'pick one way to hand the agent its AWS credentials' });
+      }
       const request: StartRequest = {
         template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}), ...(opts.breakGlass ? { breakGlass: true } : {}),
       };
@@ -84,6 +89,7 @@ export function register(program: Command): void {
       const env = scrubbed.env;
       const removed = [...new Set([...removedFirst, ...scrubbed.removed])].sort();
       const set: string[] = [];
+      let endpoint: HeldConnection | undefined;
       const put = (k: string, v: string) => { env[k] = v; set.push(k); };
       for (const [k, v] of Object.entries(CREDENTIAL_SOURCES_OFF)) put(k, v);
       put('BROKER_SESSION', started.session.id);
@@ -96,11 +102,26 @@ export function register(program: Command): void {
           put('AWS_CREDENTIAL_EXPIRATION', c.Expiration);
           if (!env.AWS_REGION) put('AWS_REGION', started.session.region);
           info(`broker exec: credentials in the environment expire at ${c.Expiration} and are not refreshed there`);
-        } else {
+        } else if (opts.credentialProcess) {
           await ensureProfile(template, started.session.region);
           put('AWS_PROFILE', `broker-${template}`);
           // The JS SDK v2 reads ~/.aws/config (and so credential_process) only with this set.
           put('AWS_SDK_LOAD_CONFIG', '1');
+        } else {
+          // The daemon's container credentials endpoint (broker/daemon/container-endpoint.ts): no
+          // process per call. The token lives as long as this connection, i.e. as this exec.
+          const ep = await holdDaemonCall({ op: 'exec-endpoint', task: template, session: started.session.id });
+          endpoint = ep.connection;
+          ep.connection.onLost(() => info('broker exec: the broker daemon stopped: the command\'s AWS credentials endpoint is gone (run it again under broker exec)'));
+          put('AWS_CONTAINER_CREDENTIALS_FULL_URI', ep.result.url);
+          put('AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', ep.result.tokenFile);
+          for (const [k, v] of Object.entries(CONTAINER_MODE_OFF)) put(k, v);
+          // No config file, so no region from it: the task's, unless the caller chose one.
+          if (!env.AWS_REGION && !env.AWS_DEFAULT_REGION) {
+            put('AWS_REGION', started.session.region);
+            put('AWS_DEFAULT_REGION', started.session.region);
+          }
+          for (const [k, v] of Object.entries(loopbackWithoutProxy(env))) put(k, v);
         }
       }
       if (started.session.vault) {
@@ -123,7 +144,13 @@ export function register(program: Command): void {
         info(`removed: ${removed.join(', ') || '(none)'}`);
         info(`set: ${set.join(', ')}`);
       }
-      process.exitCode = await runChild(cmd, args, env);
+      try {
+        process.exitCode = await runChild(cmd, args, env);
+      } finally {
+        // The token is revoked and its file removed now (and by the kernel closing this
+        // connection, had this process been killed).
+        endpoint?.close();
+      }
     }));
   // 1–124 (and 128+n) are the command's: every failure of exec itself is 125, whatever its error code.
   failuresExitWith(exec, EXEC_EXIT.failed);

@@ -270,8 +270,8 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
   });
 
   describe('broker exec', () => {
-    it('runs the AWS CLI as the task (AWS_PROFILE), adding the profile, and tags the agent', async () => {
-      const r = await broker(['exec', 'deploy-lambda', '--', join(VENV_BIN, 'aws'), 'sts', 'get-caller-identity', '--endpoint-url', stack.moto.url, '--output', 'json'], env);
+    it('runs the AWS CLI as the task (--credential-process: AWS_PROFILE), adding the profile, and tags the agent', async () => {
+      const r = await broker(['exec', 'deploy-lambda', '--credential-process', '--', join(VENV_BIN, 'aws'), 'sts', 'get-caller-identity', '--endpoint-url', stack.moto.url, '--output', 'json'], env);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stderr, /added profile broker-deploy-lambda/);
       const arn = (JSON.parse(r.stdout) as { Arn: string }).Arn;
@@ -324,7 +324,7 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
       }
     });
 
-    it('removes inherited static credentials and configured patterns; sets the task profile and BROKER_SESSION', async () => {
+    it('removes inherited static credentials and configured patterns; sets the task\'s endpoint and BROKER_SESSION', async () => {
       writeFileSync(join(m.home, '.config', 'agent-credential-broker', 'config.json'),
         JSON.stringify({ serverUrl: stack.svc.url, exec: { scrub: ['*_API_KEY'] } }));
       const inherited = {
@@ -339,7 +339,9 @@ process.on('exit', () => writeFileSync(process.env.BROKER_TEST_IMPORT_LOG, JSON.
         assert.ok(!(k in childEnv), `${k} removed`);
       }
       assert.equal(childEnv.KEEP_ME, 'kept');
-      assert.equal(childEnv.AWS_PROFILE, 'broker-deploy-lambda');
+      assert.ok(!('AWS_PROFILE' in childEnv), 'AWS_PROFILE removed: the container endpoint serves the task');
+      assert.match(childEnv.AWS_CONTAINER_CREDENTIALS_FULL_URI!, /^http:\/\/127\.0\.0\.1:\d+\/v1\/exec\//);
+      assert.equal(childEnv.AWS_CONFIG_FILE, '/dev/null');
       assert.equal(childEnv.BROKER_SESSION, sessionId);
       assert.equal(childEnv.HOME, m.home);
       // --verbose names variables, never their values.

@@ -58,6 +58,17 @@ export class CredentialCache extends TaskCache<Entry> {
     return this.lookup(template, true);
   }
 
+  /**
+   * Credentials of one task session of the template (the container endpoint: a `broker exec`'s
+   * token serves the session it ran under, never a later session of the same template).
+   */
+  async getForSession(template: string, sessionId: string): Promise<ProcessCredentials> {
+    if ((this.entries.get(template)?.session.id ?? sessionId) !== sessionId) throw otherSession(template);
+    const doc = await this.get(template);
+    if (this.entries.get(template)?.session.id !== sessionId) throw otherSession(template);
+    return doc;
+  }
+
   private async lookup(template: string, mayRetry: boolean): Promise<ProcessCredentials> {
     const e = this.entries.get(template);
     const now = this.now();
@@ -236,6 +247,12 @@ export class CredentialCache extends TaskCache<Entry> {
     e.health = 'retrying';
     this.schedule(e);
   }
+}
+
+function otherSession(template: string): BrokerError {
+  return new BrokerError('conflict', `the "${template}" task session this command was started under has ended`, {
+    hint: `run it again: broker exec ${template} -- …`,
+  });
 }
 
 /**

@@ -1,7 +1,9 @@
+import { connect, type Socket } from 'node:net';
+import { dirname } from 'node:path';
 import type { z } from 'zod';
 import { BrokerError, isErrorCode } from '../errors.js';
 import { firstIssue } from '../wire/json-pointer.js';
-import { daemonCall, DIR_REFUSED, isNoDaemon, socketPath } from './socket.cjs';
+import { daemonCall, DIR_REFUSED, isNoDaemon, runtimeDirProblem, socketPath } from './socket.cjs';
 import { daemonResponse, resultSchemas, type DaemonOp, type DaemonRequest, type DaemonResult } from './protocol.js';
 
 /** Bounded: Go SDK v2 kills credential_process after a minute, and people should not wait longer. */
@@ -46,6 +48,73 @@ export async function callRunningDaemon<R extends DaemonRequest>(request: R, opt
     throw unreachable(e, sock);
   }
   return { result: resultOf(request, response) };
+}
+
+/** A connection to the daemon kept open after its answer (`exec-endpoint`): what it grants lives as long as it does. */
+export interface HeldConnection {
+  /** Called once if the daemon closes it first (it stopped): what it granted is gone. */
+  onLost(listener: () => void): void;
+  /** Closes it: the daemon revokes what it granted. */
+  close(): void;
+}
+
+/**
+ * A request whose answer stays valid only while its connection is open (`exec-endpoint`), to a
+ * daemon already running (exec asked it to start the session). The connection does not keep this
+ * process alive; the kernel closes it when the process ends, however it ends.
+ */
+export function holdDaemonCall<R extends DaemonRequest>(request: R, opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ result: DaemonResult<R['op']>; connection: HeldConnection }> {
+  const sock = socketPath(opts.env ?? process.env);
+  return new Promise((resolve, reject) => {
+    let problem;
+    try {
+      problem = runtimeDirProblem(dirname(sock));
+    } catch (e) {
+      reject(unreachable(e, sock));
+      return;
+    }
+    if (problem) {
+      reject(new BrokerError('invalid_config', `refusing to connect to the broker daemon: ${problem.problem}`, { hint: problem.hint }));
+      return;
+    }
+    const s: Socket = connect(sock);
+    let buf = '';
+    let answered = false;
+    let closing = false;
+    const lost: (() => void)[] = [];
+    const timer = setTimeout(() => { s.destroy(); reject(unreachable(new Error('no answer in time'), sock)); }, opts.timeoutMs ?? DAEMON_TIMEOUT_MS);
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(`${JSON.stringify(request)}\n`));
+    s.on('error', (e) => { if (!answered) { clearTimeout(timer); reject(unreachable(e, sock)); } });
+    s.on('close', () => {
+      if (!answered) { clearTimeout(timer); reject(unreachable(new Error('closed without answering'), sock)); return; }
+      if (!closing) for (const l of lost) l();
+    });
+    s.on('data', (chunk: string) => {
+      if (answered) return;
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      answered = true;
+      clearTimeout(timer);
+      let result: DaemonResult<R['op']>;
+      try {
+        result = resultOf(request, JSON.parse(buf.slice(0, nl)));
+      } catch (e) {
+        s.destroy();
+        reject(e instanceof BrokerError ? e : unreachable(e, sock));
+        return;
+      }
+      s.unref();
+      resolve({
+        result,
+        connection: {
+          onLost: (l) => { lost.push(l); },
+          close: () => { closing = true; s.destroy(); },
+        },
+      });
+    });
+  });
 }
 
 /** The answer to `request`, checked: its result by the op's schema, or its error as a BrokerError. */

@@ -10,6 +10,7 @@ import {
   startSessionResponse, templatesResponse, updateSessionResponse, whoamiResponse, type SessionStateResponse, type SessionView,
   type StartSessionRequest, type VaultTokenGrant,
 } from '../wire/service-api.js';
+import { ContainerEndpoint, type ExecRegistration } from './container-endpoint.js';
 import { CredentialCache } from './credential-cache.js';
 import { memoryProtection } from './memory-protection.js';
 import {
@@ -28,6 +29,8 @@ export const MAX_STATUS_CHECK_MS = 60_000;
 
 export interface DaemonCoreOptions {
   now?: () => number;
+  /** The daemon's directory: the container endpoint keeps its exec tokens there. */
+  runtimeDir?: string;
   /** The status-check interval, at most MAX_STATUS_CHECK_MS. */
   statusCheckMs?: number;
 }
@@ -74,6 +77,8 @@ export class DaemonCore {
   private loginProblem: BrokerError | undefined;
   readonly cache: CredentialCache;
   readonly vault: VaultTokenCache;
+  /** The container credentials endpoint of `broker exec` (only with a runtime directory). */
+  readonly endpoint: ContainerEndpoint | undefined;
   private readonly startedAt = new Date().toISOString();
   private readonly now: () => number;
   private readonly checker: NodeJS.Timeout;
@@ -101,6 +106,9 @@ export class DaemonCore {
         freshToken: (id) => freshVaultToken(this.service(), id),
         renew: (o) => renewVaultToken({ ...o, now }),
       },
+    });
+    this.endpoint = options.runtimeDir === undefined ? undefined : new ContainerEndpoint({
+      runtimeDir: options.runtimeDir, log, now, credentials: (t, id) => this.cache.getForSession(t, id),
     });
     this.checker = setInterval(() => { void this.checkHeld(); }, statusCheckMs);
     this.checker.unref();
@@ -189,7 +197,18 @@ export class DaemonCore {
     this.log.info({ developer: now?.developer ?? null }, now ? 'login replaced in the keychain by another session; adopted it' : 'login removed from the keychain by another session');
   }
 
+  /**
+   * A container endpoint token for `broker exec` (its task session's credentials only); released
+   * when the exec's connection closes. `onRevoked`: the daemon revoked it itself (it stops).
+   */
+  async execEndpoint(task: string, sessionId: string, onRevoked: () => void): Promise<ExecRegistration> {
+    if (!this.endpoint) throw new BrokerError('internal', 'this daemon serves no container credentials endpoint');
+    this.service();
+    return this.endpoint.register(task, sessionId, onRevoked);
+  }
+
   close(): void {
+    void this.endpoint?.close();
     clearInterval(this.checker);
     this.cache.close();
     this.vault.close();
@@ -212,6 +231,8 @@ export class DaemonCore {
       case 'ping': return answer('ping', this.ping());
       case 'credentials': return answer('credentials', await this.cache.get(req.task));
       case 'vault-token': return answer('vault-token', await this.vaultToken(req.task));
+      // Answered by the socket server itself, which keeps the connection (daemon.ts, serve).
+      case 'exec-endpoint': throw new BrokerError('invalid_request', 'exec-endpoint is answered only on a connection kept open');
       case 'start': return answer('start', await this.start(req.request));
       case 'ensure': return answer('ensure', await this.ensure(req.request, req.paramsGiven));
       case 'status': return answer('status', await this.status());
@@ -266,6 +287,7 @@ export class DaemonCore {
       pid: process.pid, version: PROTOCOL_VERSION, serverUrl: this.client?.serverUrl ?? readCliConfig()?.serverUrl ?? null,
       developer: this.client?.login.developer ?? null, startedAt: this.startedAt, memory: memoryProtection(), stats: { ...this.cache.stats },
       tasks: this.cache.status(),
+      ...(this.endpoint ? { containerEndpoint: this.endpoint.status() } : {}),
     };
   }
 

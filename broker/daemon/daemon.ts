@@ -1,5 +1,6 @@
 import { chmodSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { dirname } from 'node:path';
 import { BrokerError, isBrokerError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { DaemonCore, statusCheckMsFrom } from './daemon-core.js';
@@ -34,7 +35,7 @@ export async function runDaemon(options: { log?: Logger; env?: NodeJS.ProcessEnv
   const sock = socketPath(env);
   const lock = await takeInstanceLock(env);
   if (!lock) return undefined;
-  const core = new DaemonCore(log, { statusCheckMs: statusCheckMsFrom(env, log) });
+  const core = new DaemonCore(log, { statusCheckMs: statusCheckMsFrom(env, log), runtimeDir: dirname(sock) });
   const failures = new FailureLog(log);
   // Listening comes before the keychain: a second starter then finds someone at the socket within
   // milliseconds of the lock being taken, however long the keychain takes (a desktop keychain may
@@ -196,17 +197,26 @@ const taskOf = (req: DaemonRequest | undefined): { task?: string } =>
   req && (req.op === 'credentials' || req.op === 'vault-token') && req.task ? { task: req.task } : {};
 const stateKey = (req: DaemonRequest | undefined): string => `${req?.op ?? 'unknown'}:${taskOf(req).task ?? ''}`;
 
-/** One request per connection: a JSON line in, a JSON line out. */
+/**
+ * One request per connection: a JSON line in, a JSON line out. The exception is `exec-endpoint`:
+ * its answer leaves the connection open, and its token lives exactly as long as the connection —
+ * the `broker exec` that asked holds it until it ends, and the kernel closes it if the exec is
+ * killed, so the token dies with the exec however it ends.
+ */
 function serve(conn: Socket, core: DaemonCore, ready: Promise<void>, failures: FailureLog, stop: () => void): void {
   let buf = '';
   let answered = false;
+  let closed = false;
   conn.setEncoding('utf8');
-  const reply = (r: DaemonResponse) => {
+  const reply = (r: DaemonResponse, keepOpen = false) => {
     if (answered) return;
     answered = true;
-    conn.end(`${JSON.stringify(r)}\n`);
+    const line = `${JSON.stringify(r)}\n`;
+    if (keepOpen) conn.write(line);
+    else conn.end(line);
   };
   conn.on('error', () => { /* the client went away */ });
+  conn.on('close', () => { closed = true; });
   conn.on('data', (chunk: string) => {
     if (answered) return;
     buf += chunk;
@@ -228,6 +238,15 @@ function serve(conn: Socket, core: DaemonCore, ready: Promise<void>, failures: F
         }
         req = parseRequest(raw);
         await ready.catch((e: unknown) => { throw couldNotStart(e); });
+        if (req.op === 'exec-endpoint') {
+          const reg = await core.execEndpoint(req.task, req.session, () => conn.destroy());
+          // Gone while the token was made: it was never handed out.
+          if (closed) { reg.release(); return; }
+          conn.on('close', () => reg.release());
+          reply({ ok: true, result: { url: reg.url, tokenFile: reg.tokenFile } }, true);
+          failures.succeeded(req);
+          return;
+        }
         const result = await core.handle(req);
         reply({ ok: true, result });
         failures.succeeded(req);

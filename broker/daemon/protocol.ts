@@ -63,6 +63,12 @@ export const daemonRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('credentials'), task: templateName }),
   /** The task's Vault token (`broker vault-token`, `broker exec` for templates with a vault section). */
   z.strictObject({ op: z.literal('vault-token'), task: templateName.optional() }),
+  /**
+   * `broker exec`: a container credentials endpoint token for its task session (container-endpoint.ts).
+   * Answered on a connection the exec keeps open for its whole life: when it closes, however the
+   * exec ended, the token is revoked and its file removed.
+   */
+  z.strictObject({ op: z.literal('exec-endpoint'), task: templateName, session: z.string().min(1).max(100) }),
   z.strictObject({ op: z.literal('start'), request: startRequest }),
   /** Reuse the template's active session (its params must match, when given) or start one; `broker exec`. */
   z.strictObject({ op: z.literal('ensure'), request: startRequest, paramsGiven: z.boolean() }),
@@ -154,6 +160,19 @@ export const memoryProtectionState = z.discriminatedUnion('protected', [
 ]);
 export type MemoryProtection = z.infer<typeof memoryProtectionState>;
 
+/** The container credentials endpoint of `broker exec` (no token, ever). */
+export const containerEndpointStatus = z.object({
+  url: z.string().nullable(),
+  /** `broker exec`s with a live token. */
+  execs: z.number(),
+  served: z.number(),
+  refused: z.number(),
+});
+
+/** `exec-endpoint`: where the exec's task credentials are served, and the file holding its token. */
+export const execEndpointAnswer = z.object({ url: z.string().startsWith('http://127.0.0.1:'), tokenFile: z.string().min(1) });
+export type ExecEndpointAnswer = z.infer<typeof execEndpointAnswer>;
+
 /** `ping` and `reload-login`: who the daemon is, for whom, and what it holds. */
 export const pingResult = z.object({
   pid: z.number().int(),
@@ -164,6 +183,8 @@ export const pingResult = z.object({
   memory: memoryProtectionState,
   stats: cacheStats,
   tasks: z.array(entryStatus),
+  /** Absent from daemons older than the endpoint. */
+  containerEndpoint: containerEndpointStatus.optional(),
 });
 export type PingResult = z.infer<typeof pingResult>;
 
@@ -234,6 +255,7 @@ export const resultSchemas = {
   ping: pingResult,
   credentials: processCredentials,
   'vault-token': vaultTokenAnswer,
+  'exec-endpoint': execEndpointAnswer,
   start: startAnswer,
   ensure: startAnswer,
   status: daemonStatus,
