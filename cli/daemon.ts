@@ -84,6 +84,7 @@ export function register(program: Command): void {
         `running      pid ${p.pid}, up ${up}`,
         `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
         `memory       ${memoryLine(p.memory)}`,
+        ...(p.loginStore ? [`login store  ${p.loginStore.label}${p.loginStore.keyring ? ` (keyring ${p.loginStore.keyring})` : ''}`] : []),
         `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
         `socket       ${where.socket}`,

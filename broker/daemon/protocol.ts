@@ -155,6 +155,13 @@ export const memoryProtectionState = z.discriminatedUnion('protected', [
 export type MemoryProtection = z.infer<typeof memoryProtectionState>;
 
 /** `ping` and `reload-login`: who the daemon is, for whom, and what it holds. */
+/** Where the daemon reads the login (keychain.ts); the kernel keyring's is that of the session it was started in. */
+export const loginStoreInfo = z.object({
+  kind: z.enum(['secret-service', 'kernel-keyring']),
+  label: z.string(),
+  keyring: z.number().int().optional(),
+});
+
 export const pingResult = z.object({
   pid: z.number().int(),
   version: z.number().int(),
@@ -164,6 +171,8 @@ export const pingResult = z.object({
   memory: memoryProtectionState,
   stats: cacheStats,
   tasks: z.array(entryStatus),
+  /** Absent from older daemons, null when it has none (it then refuses to start). */
+  loginStore: loginStoreInfo.nullable().optional(),
 });
 export type PingResult = z.infer<typeof pingResult>;
 
@@ -244,7 +253,7 @@ export const resultSchemas = {
   confirmation: confirmationStatusResponse,
   end: endedTasks,
   templates: z.array(templateSummary),
-  whoami: whoamiResponse.extend({ server: z.string() }),
+  whoami: whoamiResponse.extend({ server: z.string(), loginStore: loginStoreInfo.nullable().optional() }),
   'reload-login': pingResult,
   'admin-sessions': adminSessionsResponse,
   'admin-session': adminSessionResponse,
