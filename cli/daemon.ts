@@ -9,6 +9,7 @@ import type { PingResult } from '../broker/daemon/protocol.js';
 import { logPath, socketPath } from '../broker/daemon/socket.cjs';
 import { installUnit, uninstallUnit, unitPlan } from '../broker/daemon/service-units.js';
 import { formatDuration } from '../broker/duration.js';
+import { loginStoreInUse } from '../broker/keychain.js';
 import { EXIT_NO } from '../broker/errors.js';
 import { action, info, out, printJson } from './output.js';
 
@@ -84,6 +85,7 @@ export function register(program: Command): void {
         `running      pid ${p.pid}, up ${up}`,
         `login        ${p.developer ? `${p.developer} at ${p.serverUrl}` : `not logged in${p.serverUrl ? ` (server ${p.serverUrl})` : ''}`}`,
         `memory       ${memoryLine(p.memory)}`,
+        ...(p.loginStore ? [`login store  ${p.loginStore.label}${p.loginStore.keyring ? ` (keyring ${p.loginStore.keyring})` : ''}`] : []),
         `credentials  ${p.stats.credentialRequests} requests: ${p.stats.servedFromMemory} from memory, ${p.stats.waitedForUpstream} waited for the service (${p.stats.sharedUpstream} of them on a request already under way); ${p.stats.upstreamIssues} issued`,
         ...p.tasks.map((t) => `task         ${t.template}: credentials expire ${t.credentialsExpireAt ?? '-'}, next refresh ${t.nextRefreshAt ?? 'none needed'}${t.health === 'retrying' ? ` (retrying: ${t.lastError ?? ''})` : ''}`),
         ...(p.containerEndpoint ? [`endpoint     ${p.containerEndpoint.url ?? 'not listening (no broker exec yet)'}: ${p.containerEndpoint.execs} broker exec(s) with a token; ${p.containerEndpoint.served} served, ${p.containerEndpoint.refused} refused`] : []),
@@ -98,8 +100,14 @@ export function register(program: Command): void {
     .option('--dry-run', 'print the unit and where it would go; change nothing')
     .option('--no-enable', 'write the unit but do not enable or start it')
     .option('--json', 'print the result as JSON')
-    .action(action((opts: { dryRun?: boolean; enable: boolean; json?: boolean }) => {
+    .action(action(async (opts: { dryRun?: boolean; enable: boolean; json?: boolean }) => {
       const plan = unitPlan();
+      // A service of the user manager has another session keyring than the login session: it would
+      // not see a login kept in the kernel keyring (README "Login store").
+      const store = await loginStoreInUse().catch(() => undefined);
+      if (store?.kind === 'kernel-keyring' && plan.kind === 'systemd') {
+        info('broker daemon: warning: your login is kept in the kernel keyring of this session, which a systemd --user service cannot read; let broker commands start the daemon instead (README "Login store")');
+      }
       if (opts.dryRun) {
         if (opts.json) printJson({ dryRun: true, kind: plan.kind, file: plan.file, text: plan.text, enable: plan.enable.map((c) => c.join(' ')) });
         else process.stdout.write(`# ${plan.file}\n${plan.text}`);

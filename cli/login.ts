@@ -7,15 +7,29 @@ import { dpopProof, generateDpopKey } from '../broker/client/dpop-key.js';
 import { loadDeviceKey, loadLogin, saveDeviceKey, saveLogin } from '../broker/client/login-record.js';
 import { revokeLogin } from '../broker/client/revoke-login.js';
 import { notifyDaemon } from '../broker/daemon/notify.js';
+import type { PingResult } from '../broker/daemon/protocol.js';
 import { BrokerError } from '../broker/errors.js';
+import { loginStoreInUse, type LoginStoreInfo } from '../broker/keychain.js';
 import { authTokenResponse, loginConfigResponse, type LoginConfig } from '../broker/wire/service-api.js';
 import { canOpenBrowser, launchBrowser } from './open-browser.js';
 import { action, info, out, printJson } from './output.js';
 
+/**
+ * A running daemon that reads another store, or another session's kernel keyring (one started under
+ * systemd --user, or from another SSH login), does not see this login: say so, and how to fix it.
+ */
+function daemonCannotSee(daemon: PingResult | undefined, store: LoginStoreInfo, developer: string): string | undefined {
+  if (!daemon || daemon.loginStore === undefined) return undefined;
+  const same = daemon.loginStore?.kind === store.kind && daemon.loginStore.keyring === store.keyring;
+  if (same && daemon.developer === developer) return undefined;
+  const where = daemon.loginStore ? `the ${daemon.loginStore.label}${daemon.loginStore.keyring ? ` of another session (keyring ${daemon.loginStore.keyring})` : ''}` : 'no login store';
+  return `the running daemon (pid ${daemon.pid}) reads ${where} and does not see this login; restart it from this session: broker daemon stop (the next broker command starts it here)`;
+}
+
 export function register(program: Command): void {
   program
     .command('login')
-    .description('log in with your identity provider in the browser (authorization code + PKCE) and keep the broker login in the OS keychain')
+    .description('log in with your identity provider in the browser (authorization code + PKCE) and keep the broker login in the OS keychain (or, on Linux without one, the kernel keyring of your session)')
     .option('--server <url>', 'broker service URL (remembered for later commands; or set BROKER_URL)')
     .option('--device', 'log in with a code shown here and confirmed at the IdP (OAuth 2.0 device flow) instead of a browser on this machine')
     .option('--remote', 'for an SSH session: print the login URL, open it in your own browser, and paste back the address it ends on')
@@ -58,14 +72,18 @@ export function register(program: Command): void {
       );
       if (!r.refresh_token || !r.login) throw new BrokerError('upstream_error', 'the broker service did not issue a refresh token', { hint: 'the service may be an older version; ask its operator' });
       // Two keychain items: the device key first, so a login record is never there without its key.
-      await saveDeviceKey(serverUrl, privateJwk);
+      await saveDeviceKey(serverUrl, privateJwk, r.login.expiresAt);
       await saveLogin({ v: 2, serverUrl, developer: r.developer, refreshToken: r.refresh_token, login: r.login });
       // Best effort: the replaced login would otherwise stay valid on the service until its end.
       if (previous) await revokeLogin(serverUrl, previous.record.refreshToken, previous.key).catch(() => undefined);
       if (opts.server) writeCliConfig({ serverUrl });
-      await notifyDaemon();
-      if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl });
+      const store = await loginStoreInUse();
+      const daemon = await notifyDaemon();
+      if (opts.json) printJson({ developer: r.developer, groups: r.groups, server: serverUrl, loginStore: { kind: store.kind, label: store.label } });
       else out(`Logged in to ${serverUrl} as ${r.developer}${r.groups.length ? ` (groups: ${r.groups.join(', ')})` : ''}`);
+      info(`login kept in the ${store.label}`);
+      const blind = daemonCannotSee(daemon, store, r.developer);
+      if (blind) info(`broker login: warning: ${blind}`);
     }));
 }
 

@@ -172,7 +172,7 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
     writeFileSync(file, `${await idp.loginAs('carol@example.com')}\n`, { mode: 0o600 });
     const r = await cli(['login', '--server', svc.url, '--id-token-file', file]);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stderr, '');
+    assert.equal(r.stderr, 'login kept in the OS keychain (Secret Service)\n', 'which store, for the person, on stderr');
     assert.match(r.stdout, new RegExp(`^Logged in to ${svc.url.replace(/\./g, '\\.')} as carol@example\\.com \\(groups: developers, admins\\)\\n$`));
     assert.doesNotMatch(r.stderr, /To log in, open/, 'no device flow');
     const stored = JSON.parse(keyring.read(account())!) as { developer: string; refreshToken: string };
@@ -180,16 +180,22 @@ describe('the CLI\'s other paths (compiled, with its own keychain)', () => {
     // And from stdin (`-`), with --json on stdout.
     const piped = await cli(['login', '--id-token-file', '-', '--json'], {}, { input: await idp.loginAs('carol@example.com') });
     assert.equal(piped.code, 0, piped.stderr);
-    assert.deepEqual(JSON.parse(piped.stdout), { developer: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url });
+    assert.deepEqual(JSON.parse(piped.stdout), {
+      developer: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url, loginStore: { kind: 'secret-service', label: 'OS keychain (Secret Service)' },
+    });
   });
 
   it('broker whoami, and --json (the same object)', async () => {
     const r = await cli(['whoami']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, `carol@example.com (groups: developers, admins) at ${svc.url}\n`);
+    assert.match(r.stderr, /^login kept in the OS keychain \(Secret Service\)$/m);
     const j = await cli(['whoami', '--json']);
     assert.equal(j.code, 0, j.stderr);
-    assert.deepEqual(JSON.parse(j.stdout), { id: 'carol@example.com', email: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url });
+    assert.deepEqual(JSON.parse(j.stdout), {
+      id: 'carol@example.com', email: 'carol@example.com', groups: ['developers', 'admins'], server: svc.url,
+      loginStore: { kind: 'secret-service', label: 'OS keychain (Secret Service)' },
+    });
   });
 
   it('broker templates lists what you may start: grants, parameters and patterns, max session; --json', async () => {

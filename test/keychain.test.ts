@@ -92,7 +92,9 @@ describe('keychain: no D-Bus session', () => {
         catch (e) { out.push({ name: e.name, code: e.code, message: e.message, hint: e.hint }); }
       }
       process.stdout.write(JSON.stringify(out));`;
-    const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: home, XDG_RUNTIME_DIR: runtime, XDG_DATA_HOME: join(home, '.local', 'share') };
+    // Pinned to the Secret Service: in `auto` a process with a session keyring of its own would use
+    // the kernel keyring instead (test/kernel-keyring.test.ts).
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: home, XDG_RUNTIME_DIR: runtime, XDG_DATA_HOME: join(home, '.local', 'share'), BROKER_LOGIN_STORE: 'secret-service' };
     if (busAddress !== undefined) env.DBUS_SESSION_BUS_ADDRESS = busAddress;
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env, cwd: home, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

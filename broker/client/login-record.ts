@@ -4,8 +4,9 @@ import { keychainDelete, keychainGet, keychainSet } from '../keychain.js';
 import type { LoginInfo } from '../wire/service-api.js';
 
 /**
- * A developer's broker login, as kept in the OS keychain, in two items under the broker's service
- * name, never written anywhere else:
+ * A developer's broker login, as kept in the login store (the OS keychain, or the kernel keyring of
+ * the session where there is none: keychain.ts), in two items under the broker's service name,
+ * never written anywhere else:
  * - `login:<server>`: the login record: whose, the current refresh token (rotated at every refresh,
  *   so the daemon writes each new one back), and the login on the service (its id, generation and
  *   fixed end);
@@ -31,12 +32,19 @@ export function deviceKeyAccount(serverUrl: string): string {
   return `device-key:${serverUrl}`;
 }
 
-export async function saveLogin(r: LoginRecord): Promise<void> {
-  await keychainSet(keychainAccount(r.serverUrl), JSON.stringify(r));
+/** Both items are of no use after the login's fixed end: a store that can drop them then does. */
+function endOf(expiresAt: string | undefined): { expiresAt?: number } {
+  const t = expiresAt === undefined ? NaN : Date.parse(expiresAt);
+  return Number.isFinite(t) ? { expiresAt: t } : {};
 }
 
-export async function saveDeviceKey(serverUrl: string, privateJwk: JWK): Promise<void> {
-  await keychainSet(deviceKeyAccount(serverUrl), JSON.stringify(privateJwk));
+export async function saveLogin(r: LoginRecord): Promise<void> {
+  await keychainSet(keychainAccount(r.serverUrl), JSON.stringify(r), endOf(r.login.expiresAt));
+}
+
+/** `loginEndsAt`: the login's fixed end (LoginInfo.expiresAt), when known. */
+export async function saveDeviceKey(serverUrl: string, privateJwk: JWK, loginEndsAt?: string): Promise<void> {
+  await keychainSet(deviceKeyAccount(serverUrl), JSON.stringify(privateJwk), endOf(loginEndsAt));
 }
 
 /** The stored login for this service, or null when there is none; not_logged_in when it is unreadable or a v1 one. */

@@ -3,6 +3,7 @@ import { readCliConfig } from '../client/cli-config.js';
 import { loadDeviceKey, loadLogin } from '../client/login-record.js';
 import { renewVaultToken } from '../client/vault-renew.js';
 import { BrokerError, isBrokerError } from '../errors.js';
+import { loginStoreInUse, type LoginStoreInfo } from '../keychain.js';
 import type { Logger } from '../log.js';
 import {
   adminAuditResponse, adminEndResponse, adminFreezeResponse, adminFreezesResponse, adminOffboardResponse, adminReloadResponse, adminSessionResponse, adminSessionsResponse, adminStatusResponse,
@@ -75,6 +76,8 @@ export class DaemonCore {
   private client: ServiceClient | undefined;
   /** Why the keychain's login cannot be used, when it cannot. */
   private loginProblem: BrokerError | undefined;
+  /** Where the login was read from (null: no store could be used). */
+  private loginStore: LoginStoreInfo | null = null;
   readonly cache: CredentialCache;
   readonly vault: VaultTokenCache;
   /** The container credentials endpoint of `broker exec` (only with a runtime directory). */
@@ -180,6 +183,7 @@ export class DaemonCore {
       this.log.warn({ serverUrl: serverUrl ?? null, err: e.message }, 'the login in the keychain cannot be used');
     }
     this.client = client;
+    this.loginStore = await loginStoreInUse().catch(() => null);
     if (before?.serverUrl !== this.client?.serverUrl || before?.login.developer !== this.client?.login.developer || !this.client) {
       this.cache.clear();
       this.vault.clear();
@@ -219,8 +223,13 @@ export class DaemonCore {
     if (!this.client && this.loginProblem) throw this.loginProblem;
     if (!this.client) {
       const server = readCliConfig()?.serverUrl;
+      // The kernel keyring is the session's: a daemon started elsewhere (systemd --user, another SSH
+      // login) never sees a login made here.
+      const elsewhere = this.loginStore?.kind === 'kernel-keyring'
+        ? `; this daemon (pid ${process.pid}) reads the kernel keyring of the session it was started in (keyring ${this.loginStore.keyring}): if you logged in from another session, run broker daemon stop and retry`
+        : '';
       throw new BrokerError('not_logged_in', server ? `not logged in to ${server}` : 'not logged in', {
-        hint: server ? 'run: broker login' : 'run: broker login --server <url>',
+        hint: (server ? 'run: broker login' : 'run: broker login --server <url>') + elsewhere,
       });
     }
     return this.client;
@@ -246,7 +255,7 @@ export class DaemonCore {
         await this.service().requestOnce('GET', `/v1/requests/${req.id}/confirmations/${encodeURIComponent(req.confirmation)}`, confirmationStatusResponse));
       case 'end': return answer('end', await this.end(req.template, req.all === true));
       case 'templates': return answer('templates', (await this.service().request('GET', '/v1/templates', templatesResponse)).templates);
-      case 'whoami': return answer('whoami', { ...(await this.service().request('GET', '/v1/whoami', whoamiResponse)), server: this.service().serverUrl });
+      case 'whoami': return answer('whoami', { ...(await this.service().request('GET', '/v1/whoami', whoamiResponse)), server: this.service().serverUrl, loginStore: this.loginStore });
       case 'reload-login': await this.loadLogin(); return answer('reload-login', this.ping());
       case 'admin-sessions': {
         const q = new URLSearchParams();
@@ -286,7 +295,7 @@ export class DaemonCore {
     return {
       pid: process.pid, version: PROTOCOL_VERSION, serverUrl: this.client?.serverUrl ?? readCliConfig()?.serverUrl ?? null,
       developer: this.client?.login.developer ?? null, startedAt: this.startedAt, memory: memoryProtection(), stats: { ...this.cache.stats },
-      tasks: this.cache.status(),
+      tasks: this.cache.status(), loginStore: this.loginStore,
       ...(this.endpoint ? { containerEndpoint: this.endpoint.status() } : {}),
     };
   }

@@ -16,6 +16,8 @@ export const DAEMON_ENV_ALLOWLIST: readonly string[] = [
   'DBUS_SESSION_BUS_ADDRESS',
   // The broker's own settings.
   'BROKER_URL', 'BROKER_LOG_LEVEL', 'BROKER_DEBUG',
+  // Which login store (keychain.ts): the daemon must read the one `broker login` wrote to.
+  'BROKER_LOGIN_STORE',
   // How often it asks the service whether a session it holds was stopped (at most 60 s; tests shorten it).
   'BROKER_STATUS_CHECK_SECONDS',
   // Locale and time zone (log timestamps, messages).

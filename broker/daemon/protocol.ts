@@ -174,6 +174,13 @@ export const execEndpointAnswer = z.object({ url: z.string().startsWith('http://
 export type ExecEndpointAnswer = z.infer<typeof execEndpointAnswer>;
 
 /** `ping` and `reload-login`: who the daemon is, for whom, and what it holds. */
+/** Where the daemon reads the login (keychain.ts); the kernel keyring's is that of the session it was started in. */
+export const loginStoreInfo = z.object({
+  kind: z.enum(['secret-service', 'kernel-keyring']),
+  label: z.string(),
+  keyring: z.number().int().optional(),
+});
+
 export const pingResult = z.object({
   pid: z.number().int(),
   version: z.number().int(),
@@ -185,6 +192,8 @@ export const pingResult = z.object({
   tasks: z.array(entryStatus),
   /** Absent from daemons older than the endpoint. */
   containerEndpoint: containerEndpointStatus.optional(),
+  /** Absent from older daemons, null when it has none (it then refuses to start). */
+  loginStore: loginStoreInfo.nullable().optional(),
 });
 export type PingResult = z.infer<typeof pingResult>;
 
@@ -266,7 +275,7 @@ export const resultSchemas = {
   confirmation: confirmationStatusResponse,
   end: endedTasks,
   templates: z.array(templateSummary),
-  whoami: whoamiResponse.extend({ server: z.string() }),
+  whoami: whoamiResponse.extend({ server: z.string(), loginStore: loginStoreInfo.nullable().optional() }),
   'reload-login': pingResult,
   'admin-sessions': adminSessionsResponse,
   'admin-session': adminSessionResponse,
