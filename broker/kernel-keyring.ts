@@ -109,12 +109,24 @@ function description(service: string, account: string): string {
   return `${service}:${account}`;
 }
 
-/** The id of the item in the session keyring, or null when there is none (or it expired). */
+/**
+ * The id of the item in the session keyring itself, or null when there is none (or it expired).
+ * `keyctl search` also descends into keyrings linked from @s, among them the user keyring @u that
+ * pam_keyinit links there, which any process of the user can write from outside the session: a
+ * key planted there under our name must not be taken for the login. The search looks at @s's own
+ * keys before nested keyrings (keyctl_search(3)), so a result that is not a direct member of @s
+ * means @s holds none.
+ */
 async function find(desc: string): Promise<number | null> {
   const r = await keyctl(['search', '@s', 'user', desc]);
-  if (r.code === 0) return Number(r.stdout.trim());
-  if (GONE.test(r.stderr)) return null;
-  throw failure('cannot search the session keyring', r);
+  if (r.code !== 0) {
+    if (GONE.test(r.stderr)) return null;
+    throw failure('cannot search the session keyring', r);
+  }
+  const id = Number(r.stdout.trim());
+  const members = await keyctl(['rlist', '@s']);
+  if (members.code !== 0) throw failure('cannot list the session keyring', members);
+  return members.stdout.trim().split(/\s+/).map(Number).includes(id) ? id : null;
 }
 
 export async function kernelGet(service: string, account: string): Promise<string | null> {

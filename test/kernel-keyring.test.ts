@@ -161,6 +161,21 @@ describe('kernel keyring: the store itself (no D-Bus session bus)', () => {
     assert.equal(await keyId(s, account), null);
   });
 
+  it('a key planted under the login\'s name in a keyring linked into the session (as @u is) is not taken for the login', async () => {
+    const account = `login:https://planted-${randomUUID()}.example`;
+    // A keyring linked from @s, as pam_keyinit links the user keyring, which any process of the user can write.
+    const ring = await inSession(s, KEYCTL, ['newring', `planted-${randomUUID().slice(0, 8)}`, '@s'], noBus());
+    assert.equal(ring.code, 0, ring.stderr);
+    const planted = await inSession(s, KEYCTL, ['padd', 'user', `${KEYCHAIN_SERVICE}:${account}`, ring.stdout.trim()], noBus(), { input: 'an-attackers-login' });
+    assert.equal(planted.code, 0, planted.stderr);
+    const [got] = await ops(s, [['get', account]], '');
+    assert.equal(got, null, 'the planted key is not read as the login');
+    const [set, mine] = await ops(s, [['set', account], ['get', account]], 'the-real-login');
+    assert.deepEqual([set, mine], [true, 'the-real-login'], 'a login stored in @s itself is found before the planted one');
+    await ops(s, [['delete', account]], '');
+    await inSession(s, KEYCTL, ['unlink', ring.stdout.trim(), '@s'], noBus());
+  });
+
   it('another user, and the same user outside the session, get EACCES for the key id (a process inheriting the session does not); it dies with its session', async () => {
     const account = `login:https://kr-${randomUUID()}.example`;
     const secret = `refresh-${randomUUID()}`;
