@@ -14,6 +14,6 @@ for f in "$@"; do f=${f%.ts}; files+=("dist/${f}.js"); done
 [ ${#files[@]} -gt 0 ] || mapfile -t files < <(ls dist/test/*.test.js)
 # A hard limit for the whole run: a peer or child process that hangs must fail the suite, not hold
 # CI until its own limit (90 min); --test-force-exit ends a test file whose tests are done even if a
-# leaked handle (an orphaned child holding a pipe) would keep it alive. A full run takes about 5½ min
+# leaked handle (an orphaned child holding a pipe) would keep it alive. A full run takes about 6–7 min
 # on 2 cores.
 exec timeout --kill-after=30s 40m bash scripts/with-keychain.sh node --test --test-concurrency=2 --test-timeout=300000 --test-force-exit "${files[@]}"
