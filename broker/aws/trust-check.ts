@@ -225,11 +225,8 @@ export function evaluateTrustPolicy(doc: unknown, brokerPrincipalArn: string, ac
   let deny: string | undefined;
 
   statementsOf(doc).forEach((st, i) => {
-    const label = typeof st.Sid === 'string' && st.Sid ? `"${st.Sid}"` : `Statement[${i}]`;
-    const actionApplies = st.NotAction !== undefined
-      ? !list(st.NotAction).some((a) => actionMatches(a, action))
-      : list(st.Action).some((a) => actionMatches(a, action));
-    if (!actionApplies) return;
+    const label = statementLabel(st, i);
+    if (!statementActionApplies(st, action)) return;
     const conditional = !!st.Condition && typeof st.Condition === 'object' && Object.keys(st.Condition).length > 0;
 
     let matched: PrincipalMatch;
@@ -272,6 +269,18 @@ export function evaluateTrustPolicy(doc: unknown, brokerPrincipalArn: string, ac
 /** A statement's Condition block, as operator → key → values. */
 export type ConditionBlock = Record<string, Record<string, unknown>>;
 
+/** How a problem names a statement: its Sid, or its place in the document. */
+function statementLabel(st: { Sid?: unknown }, i: number): string {
+  return typeof st.Sid === 'string' && st.Sid ? `"${st.Sid}"` : `Statement[${i}]`;
+}
+
+/** Whether the statement's Action (or NotAction) covers the action, wildcards as IAM matches them. */
+function statementActionApplies(st: { Action?: unknown; NotAction?: unknown }, action: string): boolean {
+  return st.NotAction !== undefined
+    ? !list(st.NotAction).some((a) => actionMatches(a, action))
+    : list(st.Action).some((a) => actionMatches(a, action));
+}
+
 /**
  * Whether the OIDC provider `providerArn` may call `action` under this trust policy: it must be named
  * in `Principal.Federated` (exactly: IAM takes no wildcard there). An explicit unconditional Deny
@@ -282,11 +291,8 @@ export function evaluateFederatedTrust(doc: unknown, providerArn: string, action
   let allow: { statement: string; condition: ConditionBlock | undefined } | undefined;
   let deny: string | undefined;
   statementsOf(doc).forEach((st, i) => {
-    const label = typeof st.Sid === 'string' && st.Sid ? `"${st.Sid}"` : `Statement[${i}]`;
-    const actionApplies = st.NotAction !== undefined
-      ? !list(st.NotAction).some((a) => actionMatches(a, action))
-      : list(st.Action).some((a) => actionMatches(a, action));
-    if (!actionApplies) return;
+    const label = statementLabel(st, i);
+    if (!statementActionApplies(st, action)) return;
     const p = st.Principal;
     const named = p === '*' || (!!p && typeof p === 'object' && !Array.isArray(p) && list((p as Record<string, unknown>).Federated).includes(providerArn));
     if (!named) return;

@@ -129,6 +129,18 @@ const vaultSchema = z.strictObject({
   } catch { /* z.url() reported it */ }
 });
 
+/** A receiver's URL (a webhook, an OTLP sink): https, or plain http to loopback only (broker/limits/urls.ts). */
+function requireHttpsOrLoopback(u: URL, ctx: z.RefinementCtx, fix: `; ${string}` | `, ${string}`): void {
+  if (u.protocol === 'https:') return;
+  if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
+  ctx.addIssue({
+    code: 'custom',
+    message: u.protocol === 'http:' && u.hostname === 'localhost'
+      ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
+      : `must be https (plain http only to ${LOOPBACK_RULE})${fix}`,
+  });
+}
+
 /** The events a webhook may receive (broker/notify). */
 export const NOTIFY_EVENTS = ['request.created', 'request.decided', 'request.expired', 'break_glass'] as const;
 
@@ -150,14 +162,7 @@ const webhookSchema = z.strictObject({
   url: z.url().superRefine((raw, ctx) => {
     let u: URL;
     try { u = new URL(raw); } catch { return; }
-    if (u.protocol === 'https:') return;
-    if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
-    ctx.addIssue({
-      code: 'custom',
-      message: u.protocol === 'http:' && u.hostname === 'localhost'
-        ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
-        : `must be https (plain http only to ${LOOPBACK_RULE}); give the receiver's https URL`,
-    });
+    requireHttpsOrLoopback(u, ctx, "; give the receiver's https URL");
   }),
   format: z.enum(['generic', 'slack']).default('generic'),
   events: z.array(z.enum(NOTIFY_EVENTS)).min(1).default([...NOTIFY_EVENTS]),
@@ -186,14 +191,7 @@ const otlpEndpointSchema = z.url().superRefine((raw, ctx) => {
     ctx.addIssue({ code: 'custom', message: 'must not hold credentials; give them as headers: {Authorization: {env: NAME}}' });
     return;
   }
-  if (u.protocol === 'https:') return;
-  if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
-  ctx.addIssue({
-    code: 'custom',
-    message: u.protocol === 'http:' && u.hostname === 'localhost'
-      ? `is plain http to localhost, which can resolve to another machine; ${localhostFix(u)}`
-      : `must be https (plain http only to ${LOOPBACK_RULE}), e.g. https://collector.example.com:4318/v1/logs`,
-  });
+  requireHttpsOrLoopback(u, ctx, ', e.g. https://collector.example.com:4318/v1/logs');
 });
 
 /**
